@@ -1,0 +1,35 @@
+/**
+ * The one error class of eigenlorax. `code` is stable and safe to branch on; the message
+ * names the file, tensor, shape or option at fault. Native code raises the same class.
+ */
+export type ErrorCode =
+  | 'ERR_INVALID_ARGUMENT'
+  | 'ERR_SHAPE_MISMATCH'
+  | 'ERR_NON_FINITE'
+  | 'ERR_DETACHED_BUFFER'
+  | 'ERR_OUT_OF_MEMORY'
+  | 'ERR_NATIVE_UNAVAILABLE'
+  | 'ERR_INTERNAL';
+
+export class EigenLoraxError extends Error {
+  readonly code: ErrorCode;
+
+  constructor(message: string, code: ErrorCode | string = 'ERR_INTERNAL') {
+    super(message);
+    this.name = 'EigenLoraxError';
+    this.code = code as ErrorCode;
+  }
+}
+
+/** Appends the caller's stack (captured before an async native call) to a native error. */
+export async function withCallerStack<T>(promise: Promise<T>, callSite: Error): Promise<T> {
+  try {
+    return await promise;
+  } catch (error) {
+    if (error instanceof Error && callSite.stack) {
+      const frames = callSite.stack.split('\n').slice(1).join('\n');
+      error.stack = `${error.stack ?? String(error)}\n    -- called from:\n${frames}`;
+    }
+    throw error;
+  }
+}

@@ -1,0 +1,20 @@
+/** eigenlorax: recycle LoRA adapters into a shared principal subspace (EigenLoRAx). */
+export { EigenLoraxError, type ErrorCode } from './errors.js';
+export { matrix, checkMatrix, type Matrix } from './matrix.js';
+export { rsvd, orthonormalize, completeBasis, type RsvdOptions, type SvdResult } from './linalg.js';
+export {
+  loraForward,
+  loraBackward,
+  eigenLoraForward,
+  eigenLoraBackward,
+  chooseProductOrder,
+  type LoraLayer,
+  type EigenLoraLayer,
+  type LoraGradients,
+  type EigenLoraGradients,
+  type ProductOrder,
+  type OrderQuery,
+} from './lowrank.js';
+export { toFloat32, fromFloat32, dtypes, dtypeBytes, type DType } from './dtype.js';
+export { buildInfo, setThreads, getThreads, type BuildInfo } from './runtime.js';
+export { version } from './version.js';

@@ -1,0 +1,82 @@
+/**
+ * Randomized SVD, orthonormalisation and basis completion (native, off the event loop).
+ */
+import { withCallerStack } from './errors.js';
+import { checkMatrix, matrix, type Matrix } from './matrix.js';
+import { native } from './native.js';
+import { integer, knownKeys, object, oneOf } from './validate.js';
+
+export interface RsvdOptions {
+  /** k: singular triplets to return, 1 <= k <= min(rows, cols). */
+  rank: number;
+  /** p: extra sketch columns (default 10). */
+  oversample?: number;
+  /** q: power iterations, each re-orthonormalised at both half steps (default 2). */
+  powerIters?: number;
+  /** Seed of the Gaussian test matrix (default 0): equal seeds give equal results. */
+  seed?: number;
+  /** 'auto' (default) takes the exact SVD when min(rows, cols) <= 2 (k + p). */
+  method?: 'auto' | 'exact' | 'randomized';
+}
+
+export interface SvdResult {
+  /** rows x k, orthonormal columns. */
+  U: Matrix;
+  /** k singular values, descending. */
+  S: Float32Array;
+  /** cols x k, orthonormal columns: matrix ~= U diag(S) V^T. */
+  V: Matrix;
+  /** Whether the exact path was taken. */
+  exact: boolean;
+}
+
+const methods = ['auto', 'exact', 'randomized'] as const;
+
+/**
+ * Truncated SVD by the randomized range finder of Halko, Martinsson and Tropp (2011).
+ * Each column of U has its largest-magnitude entry positive (V follows).
+ */
+export async function rsvd(input: Matrix, options: RsvdOptions): Promise<SvdResult> {
+  const callSite = new Error();
+  const m = checkMatrix(input, 'matrix');
+  const o = object(options, 'options');
+  knownKeys(o, 'options', ['rank', 'oversample', 'powerIters', 'seed', 'method']);
+  const rank = integer(o.rank, 'options.rank', 1, Math.min(m.rows, m.cols));
+  const oversample = integer(o.oversample ?? 10, 'options.oversample', 0);
+  const powerIters = integer(o.powerIters ?? 2, 'options.powerIters', 0, 1000);
+  const seed = integer(o.seed ?? 0, 'options.seed', 0);
+  const method = oneOf(o.method ?? 'auto', 'options.method', methods);
+  const U = matrix(m.rows, rank);
+  const V = matrix(m.cols, rank);
+  const S = new Float32Array(rank);
+  const info = await withCallerStack(
+    native.rsvd({ matrix: m, rank, oversample, powerIters, seed, method: methods.indexOf(method) as 0 | 1 | 2, U, S, V }),
+    callSite,
+  );
+  return { U, S, V, exact: info.exact };
+}
+
+/** The Q factor of the Householder QR of `input` (rows >= cols), with diag(R) >= 0. */
+export async function orthonormalize(input: Matrix): Promise<Matrix> {
+  const callSite = new Error();
+  const m = checkMatrix(input, 'matrix');
+  const out = matrix(m.rows, m.cols);
+  await withCallerStack(native.orthonormalize({ matrix: m, out }), callSite);
+  return out;
+}
+
+/**
+ * `extra` random orthonormal directions orthogonal to the columns of `basis` (which
+ * must be orthonormal): the augmentation step of EigenLoRAx. Seeded.
+ */
+export async function completeBasis(basis: Matrix, extra: number, options: { seed?: number } = {}): Promise<Matrix> {
+  const callSite = new Error();
+  const b = checkMatrix(basis, 'basis');
+  const o = object(options, 'options');
+  knownKeys(o, 'options', ['seed']);
+  const count = integer(extra, 'extra', 1, b.rows - b.cols);
+  const seed = integer(o.seed ?? 0, 'options.seed', 0);
+  const out = matrix(b.rows, count);
+  await withCallerStack(native.completeBasis({ basis: b, seed, out }), callSite);
+  return out;
+}

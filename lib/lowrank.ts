@@ -1,0 +1,194 @@
+/**
+ * Fused low-rank layers (DESIGN §1), forward and backward, computed natively off the
+ * event loop without ever forming a d_out x d_in matrix.
+ *
+ *   LoRA:      y = x W^T + b + s (x A^T) B^T
+ *   EigenLoRA: y = x W^T + b + s ((x V_A) alpha) beta^T U_B^T
+ *
+ * `weight` (W, d_out x d_in, as PyTorch's nn.Linear stores it) and `bias` are optional;
+ * without them the result is the adapter's contribution alone. Outputs are new matrices
+ * unless `out` buffers are given (reuse them in training loops).
+ */
+import { withCallerStack } from './errors.js';
+import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
+import { native, type NativeEigenLoraArgs, type NativeLoraArgs, type NativeOrder, type OrderName } from './native.js';
+import { finiteNumber, knownKeys, object, oneOf } from './validate.js';
+
+export interface LoraLayer {
+  /** r x d_in */
+  A: Matrix;
+  /** d_out x r */
+  B: Matrix;
+  /** s = lora_alpha / r (default 1). */
+  scale?: number;
+  weight?: Matrix;
+  bias?: Float32Array;
+}
+
+export interface EigenLoraLayer {
+  /** V_A: d_in x K_A, orthonormal columns (the A-side components). */
+  componentsA: Matrix;
+  /** K_A x r, trainable. */
+  alpha: Matrix;
+  /** K_B x r, trainable. */
+  beta: Matrix;
+  /** U_B: d_out x K_B (the B-side components). */
+  componentsB: Matrix;
+  scale?: number;
+  weight?: Matrix;
+  bias?: Float32Array;
+}
+
+export type ProductOrder = 'auto' | OrderName;
+const orders = ['auto', 'project', 'rebuild'] as const;
+
+export interface LoraGradients {
+  /** n x d_in, or null when `inputGrad: false`. */
+  dx: Matrix | null;
+  dA: Matrix;
+  dB: Matrix;
+}
+
+export interface EigenLoraGradients {
+  dx: Matrix | null;
+  dAlpha: Matrix;
+  dBeta: Matrix;
+}
+
+interface BackwardOptions<Out> {
+  /** Compute dx (default true); turn off for the first layer of a network. */
+  inputGrad?: boolean;
+  out?: Partial<Out>;
+}
+
+function outMatrix(given: Matrix | null | undefined, name: string, rows: number, cols: number): Matrix {
+  return given ? checkMatrix(given, name, { rows, cols }) : matrix(rows, cols);
+}
+
+function baseArgs(layer: { weight?: Matrix; bias?: Float32Array }, dOut: number, dIn: number) {
+  return {
+    weight: layer.weight === undefined ? null : checkMatrix(layer.weight, 'layer.weight', { rows: dOut, cols: dIn }),
+    bias: layer.bias === undefined ? null : checkVector(layer.bias, 'layer.bias', dOut),
+  };
+}
+
+function loraArgs(x: Matrix, layerInput: LoraLayer): NativeLoraArgs {
+  const layer = object(layerInput, 'layer') as unknown as LoraLayer;
+  knownKeys(layer as unknown as Record<string, unknown>, 'layer', ['A', 'B', 'scale', 'weight', 'bias']);
+  const A = checkMatrix(layer.A, 'layer.A', { cols: x.cols });
+  const B = checkMatrix(layer.B, 'layer.B', { cols: A.rows });
+  return { A, B, scale: finiteNumber(layer.scale ?? 1, 'layer.scale'), ...baseArgs(layer, B.rows, x.cols) };
+}
+
+function eigenLoraArgs(x: Matrix, layerInput: EigenLoraLayer): NativeEigenLoraArgs {
+  const layer = object(layerInput, 'layer') as unknown as EigenLoraLayer;
+  knownKeys(layer as unknown as Record<string, unknown>, 'layer', [
+    'componentsA',
+    'alpha',
+    'beta',
+    'componentsB',
+    'scale',
+    'weight',
+    'bias',
+  ]);
+  const componentsA = checkMatrix(layer.componentsA, 'layer.componentsA', { rows: x.cols });
+  const alpha = checkMatrix(layer.alpha, 'layer.alpha', { rows: componentsA.cols });
+  const componentsB = checkMatrix(layer.componentsB, 'layer.componentsB');
+  const beta = checkMatrix(layer.beta, 'layer.beta', { rows: componentsB.cols, cols: alpha.cols });
+  return {
+    componentsA,
+    alpha,
+    beta,
+    componentsB,
+    scale: finiteNumber(layer.scale ?? 1, 'layer.scale'),
+    ...baseArgs(layer, componentsB.rows, x.cols),
+  };
+}
+
+function orderCode(value: unknown): NativeOrder {
+  return orders.indexOf(oneOf(value ?? 'auto', 'options.order', orders)) as NativeOrder;
+}
+
+/** y = x W^T + b + s (x A^T) B^T, x: n x d_in, y: n x d_out. */
+export async function loraForward(x: Matrix, layer: LoraLayer, options: { out?: Matrix } = {}): Promise<Matrix> {
+  const callSite = new Error();
+  const xm = checkMatrix(x, 'x');
+  const args = loraArgs(xm, layer);
+  const y = outMatrix(object(options, 'options').out as Matrix | undefined, 'options.out', xm.rows, args.B.rows);
+  await withCallerStack(native.loraForward({ ...args, x: xm, y }), callSite);
+  return y;
+}
+
+/** Gradients of a LoRA layer given dy = dL/dy: dA, dB and (by default) dx. W is frozen. */
+export async function loraBackward(
+  x: Matrix,
+  dy: Matrix,
+  layer: LoraLayer,
+  options: BackwardOptions<LoraGradients> = {},
+): Promise<LoraGradients> {
+  const callSite = new Error();
+  const xm = checkMatrix(x, 'x');
+  const args = loraArgs(xm, layer);
+  const dym = checkMatrix(dy, 'dy', { rows: xm.rows, cols: args.B.rows });
+  const o = object(options, 'options') as BackwardOptions<LoraGradients>;
+  const out = o.out ?? {};
+  const dx = o.inputGrad === false ? null : outMatrix(out.dx, 'options.out.dx', xm.rows, xm.cols);
+  const dA = outMatrix(out.dA, 'options.out.dA', args.A.rows, args.A.cols);
+  const dB = outMatrix(out.dB, 'options.out.dB', args.B.rows, args.B.cols);
+  await withCallerStack(native.loraBackward({ ...args, x: xm, dy: dym, dx, dA, dB }), callSite);
+  return { dx, dA, dB };
+}
+
+/** y = x W^T + b + s ((x V_A) alpha) beta^T U_B^T, in the cheaper order of products. */
+export async function eigenLoraForward(
+  x: Matrix,
+  layer: EigenLoraLayer,
+  options: { out?: Matrix; order?: ProductOrder } = {},
+): Promise<Matrix> {
+  const callSite = new Error();
+  const xm = checkMatrix(x, 'x');
+  const args = eigenLoraArgs(xm, layer);
+  const o = object(options, 'options');
+  const order = orderCode(o.order);
+  const y = outMatrix(o.out as Matrix | undefined, 'options.out', xm.rows, args.componentsB.rows);
+  await withCallerStack(native.eigenLoraForward({ ...args, x: xm, y, order }), callSite);
+  return y;
+}
+
+/** Gradients of an EigenLoRA layer: dAlpha, dBeta and (by default) dx. Components and W are frozen. */
+export async function eigenLoraBackward(
+  x: Matrix,
+  dy: Matrix,
+  layer: EigenLoraLayer,
+  options: BackwardOptions<EigenLoraGradients> & { order?: ProductOrder } = {},
+): Promise<EigenLoraGradients> {
+  const callSite = new Error();
+  const xm = checkMatrix(x, 'x');
+  const args = eigenLoraArgs(xm, layer);
+  const dym = checkMatrix(dy, 'dy', { rows: xm.rows, cols: args.componentsB.rows });
+  const o = object(options, 'options') as BackwardOptions<EigenLoraGradients> & { order?: ProductOrder };
+  const order = orderCode(o.order);
+  const out = o.out ?? {};
+  const dx = o.inputGrad === false ? null : outMatrix(out.dx, 'options.out.dx', xm.rows, xm.cols);
+  const dAlpha = outMatrix(out.dAlpha, 'options.out.dAlpha', args.alpha.rows, args.alpha.cols);
+  const dBeta = outMatrix(out.dBeta, 'options.out.dBeta', args.beta.rows, args.beta.cols);
+  await withCallerStack(native.eigenLoraBackward({ ...args, x: xm, dy: dym, dx, dAlpha, dBeta, order }), callSite);
+  return { dx, dAlpha, dBeta };
+}
+
+export interface OrderQuery {
+  rows: number;
+  dIn: number;
+  dOut: number;
+  kA: number;
+  kB: number;
+  rank: number;
+  backward?: boolean;
+  inputGrad?: boolean;
+}
+
+/** The order of products `auto` picks for these shapes (by counting multiply-adds). */
+export function chooseProductOrder(query: OrderQuery): OrderName {
+  const q = object(query, 'query') as unknown as OrderQuery;
+  return native.chooseOrder({ ...q, backward: q.backward ?? false, inputGrad: q.inputGrad ?? true });
+}

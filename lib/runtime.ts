@@ -1,0 +1,32 @@
+/** Build facts and the per-environment thread count of the native kernels. */
+import { native, addonPath } from './native.js';
+import { integer } from './validate.js';
+
+export interface BuildInfo {
+  /** Package version the addon was built from. */
+  version: string;
+  /** Vendored Eigen version. */
+  eigen: string;
+  /** SIMD instruction sets the kernels were compiled for. */
+  simd: string;
+  openmp: boolean;
+  hardwareThreads: number;
+  backends: string[];
+  addonPath: string;
+}
+
+export function buildInfo(): BuildInfo {
+  return { ...native.buildInfo(), addonPath };
+}
+
+/**
+ * Threads used by native calls started from this environment (main thread or a worker
+ * thread each have their own setting). Default: the number of processors.
+ */
+export function setThreads(threads: number): void {
+  native.setThreads(integer(threads, 'threads', 1, 1024));
+}
+
+export function getThreads(): number {
+  return native.getThreads();
+}

@@ -1,0 +1,51 @@
+/**
+ * Option checks with one message shape: "Expected X for Y but received Z". Everything
+ * public validates here before the native layer sees it (which checks again).
+ */
+import { EigenLoraxError } from './errors.js';
+
+export function describe(value: unknown): string {
+  if (value === null) return 'null';
+  if (value === undefined) return 'undefined';
+  if (typeof value === 'number') return Number.isNaN(value) ? 'NaN' : String(value);
+  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}...` : value);
+  if (ArrayBuffer.isView(value)) return `${value.constructor.name}(${(value as unknown as { length?: number }).length ?? value.byteLength})`;
+  if (Array.isArray(value)) return `an array of length ${value.length}`;
+  return typeof value === 'object' ? 'an object' : typeof value;
+}
+
+export function invalid(expected: string, name: string, received: unknown): EigenLoraxError {
+  return new EigenLoraxError(`Expected ${expected} for ${name} but received ${describe(received)}`, 'ERR_INVALID_ARGUMENT');
+}
+
+export function integer(value: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
+  if (typeof value !== 'number' || !Number.isSafeInteger(value) || value < min || value > max) {
+    const range = max === Number.MAX_SAFE_INTEGER ? `>= ${min}` : `in [${min}, ${max}]`;
+    throw invalid(`an integer ${range}`, name, value);
+  }
+  return value;
+}
+
+export function finiteNumber(value: unknown, name: string): number {
+  if (typeof value !== 'number' || !Number.isFinite(value)) throw invalid('a finite number', name, value);
+  return value;
+}
+
+export function oneOf<T extends string>(value: unknown, name: string, choices: readonly T[]): T {
+  if (typeof value !== 'string' || !choices.includes(value as T)) {
+    throw invalid(`one of ${choices.map((c) => `'${c}'`).join(', ')}`, name, value);
+  }
+  return value as T;
+}
+
+export function object(value: unknown, name: string): Record<string, unknown> {
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) throw invalid('an options object', name, value);
+  return value as Record<string, unknown>;
+}
+
+/** Fails on option names that are not known: a typo should not be silently ignored. */
+export function knownKeys(options: Record<string, unknown>, name: string, keys: readonly string[]): void {
+  for (const key of Object.keys(options)) {
+    if (!keys.includes(key)) throw invalid(`one of the options ${keys.join(', ')}`, `${name}.${key}`, key);
+  }
+}

@@ -1,0 +1,77 @@
+// Module entry: registers the functions of each area and the per-environment settings.
+#include <napi.h>
+
+#include <Eigen/Core>
+
+#include "../core/threads.h"
+#include "args.h"
+#include "env.h"
+
+namespace eigenlorax::addon {
+
+void registerLinalg(Napi::Env env, Napi::Object exports);
+void registerLowrank(Napi::Env env, Napi::Object exports);
+void registerDtype(Napi::Env env, Napi::Object exports);
+
+namespace {
+
+#ifndef EIGENLORAX_VERSION
+#define EIGENLORAX_VERSION "0.0.0"
+#endif
+
+Napi::Value setErrorClass(const Napi::CallbackInfo& info) {
+  if (!info[0].IsFunction()) throwError(info.Env(), "ERR_INVALID_ARGUMENT", "setErrorClass: expected a constructor");
+  envState(info.Env()).errorClass = Napi::Persistent(info[0].As<Napi::Function>());
+  return info.Env().Undefined();
+}
+
+Napi::Value setThreads(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object args = Napi::Object::New(env);
+  args.Set("threads", info[0]);
+  envState(env).threads = static_cast<int>(readInteger(env, args, "threads", 1, 1024));
+  return env.Undefined();
+}
+
+Napi::Value getThreads(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), envState(info.Env()).threads);
+}
+
+Napi::Value buildInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("version", EIGENLORAX_VERSION);
+  out.Set("eigen", std::to_string(EIGEN_WORLD_VERSION) + "." + std::to_string(EIGEN_MAJOR_VERSION) + "." +
+                       std::to_string(EIGEN_MINOR_VERSION));
+  out.Set("simd", Eigen::SimdInstructionSetsInUse());
+  out.Set("openmp", haveOpenMP());
+  out.Set("hardwareThreads", hardwareThreads());
+  out.Set("backends", [&] {
+    Napi::Array a = Napi::Array::New(env, 1);
+    a.Set(uint32_t(0), "cpu");
+    return a;
+  }());
+  return out;
+}
+
+Napi::Object init(Napi::Env env, Napi::Object exports) {
+  Eigen::initParallel();
+  envState(env);
+  exports.Set("setErrorClass", Napi::Function::New(env, setErrorClass));
+  exports.Set("setThreads", Napi::Function::New(env, setThreads));
+  exports.Set("getThreads", Napi::Function::New(env, getThreads));
+  exports.Set("buildInfo", Napi::Function::New(env, buildInfo));
+  registerLinalg(env, exports);
+  registerLowrank(env, exports);
+  registerDtype(env, exports);
+  return exports;
+}
+
+}  // namespace
+}  // namespace eigenlorax::addon
+
+static Napi::Object InitEigenlorax(Napi::Env env, Napi::Object exports) {
+  return eigenlorax::addon::init(env, exports);
+}
+
+NODE_API_MODULE(eigenlorax, InitEigenlorax)

@@ -1,0 +1,69 @@
+// dtype conversion behind the async boundary.
+#include "../core/dtype.h"
+#include "job.h"
+
+namespace eigenlorax::addon {
+namespace {
+
+DType readDType(Napi::Env env, const Napi::Object& args, const char* name) {
+  const std::string s = readString(env, args, name);
+  if (s == "f32") return DType::F32;
+  if (s == "f16") return DType::F16;
+  if (s == "bf16") return DType::BF16;
+  if (s == "f64") return DType::F64;
+  throwError(env, code::kInvalidArgument, std::string("Expected one of f32, f16, bf16, f64 for ") + name +
+                                              " but received " + s);
+}
+
+class ConvertJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    from_ = readDType(env, args, "from");
+    to_ = readDType(env, args, "to");
+    if (from_ != DType::F32 && to_ != DType::F32) {
+      throwError(env, code::kInvalidArgument, "convert: one of from, to must be f32");
+    }
+    src_ = readBytes(env, args, "src", false, keep, overlaps);
+    dst_ = readBytes(env, args, "dst", true, keep, overlaps);
+    overlaps.check(env);
+    const size_t inSize = dtypeSize(from_), outSize = dtypeSize(to_);
+    if (src_.bytes % inSize != 0) {
+      throwError(env, code::kShapeMismatch, "src: " + std::to_string(src_.bytes) + " bytes is not a whole number of " +
+                                                dtypeName(from_) + " elements");
+    }
+    count_ = src_.bytes / inSize;
+    if (dst_.bytes != count_ * outSize) {
+      throwError(env, code::kShapeMismatch, "dst: expected " + std::to_string(count_ * outSize) + " bytes for " +
+                                                std::to_string(count_) + " " + dtypeName(to_) +
+                                                " elements but received " + std::to_string(dst_.bytes));
+    }
+    if (to_ == DType::F32 && reinterpret_cast<uintptr_t>(dst_.data) % alignof(float) != 0) {
+      throwError(env, code::kInvalidArgument, "dst: f32 output must be 4-byte aligned");
+    }
+    if (from_ == DType::F32 && reinterpret_cast<uintptr_t>(src_.data) % alignof(float) != 0) {
+      throwError(env, code::kInvalidArgument, "src: f32 input must be 4-byte aligned");
+    }
+  }
+
+ protected:
+  void run() override { convert(src_.data, from_, dst_.data, to_, count_); }
+
+ private:
+  DType from_ = DType::F32, to_ = DType::F32;
+  Bytes src_, dst_;
+  size_t count_ = 0;
+};
+
+}  // namespace
+
+void registerDtype(Napi::Env env, Napi::Object exports) {
+  exports.Set("convert", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<ConvertJob>(info, "convert");
+              }));
+}
+
+}  // namespace eigenlorax::addon

@@ -1,0 +1,96 @@
+// Every heavy call is a Job: queued on libuv's thread pool, resolving a promise. The
+// arguments' buffers stay referenced (Keep) until the job settles; errors thrown by the
+// core become the library's typed JS error on the JS thread.
+#pragma once
+#include <napi.h>
+
+#include <new>
+#include <string>
+
+#include "../core/errors.h"
+#include "../core/threads.h"
+#include "args.h"
+#include "env.h"
+
+namespace eigenlorax::addon {
+
+class Job : public Napi::AsyncWorker {
+ public:
+  Job(Napi::Env env, const char* name)
+      : Napi::AsyncWorker(env, name),
+        name_(name),
+        deferred_(Napi::Promise::Deferred::New(env)),
+        threads_(envState(env).threads) {}
+
+  Keep keep;
+
+  // Queues the job; the returned promise settles when it ends.
+  Napi::Promise start() {
+    Napi::Promise promise = deferred_.Promise();
+    Queue();
+    return promise;
+  }
+
+ protected:
+  virtual void run() = 0;  // on a worker thread: no Napi calls here
+  virtual Napi::Value result(Napi::Env env) { return env.Undefined(); }
+
+ private:
+  void Execute() override {
+    useThreads(threads_);
+    try {
+      run();
+    } catch (const CoreError& e) {
+      fail(e.code(), e.what());
+    } catch (const std::bad_alloc&) {
+      fail(code::kOutOfMemory, "out of memory");
+    } catch (const std::exception& e) {
+      fail(code::kInternal, e.what());
+    }
+  }
+
+  void OnOK() override {
+    Napi::Env env = Env();
+    Napi::HandleScope scope(env);
+    if (failed_) {
+      deferred_.Reject(makeError(env, code_, name_ + ": " + message_).Value());
+      return;
+    }
+    try {
+      deferred_.Resolve(result(env));
+    } catch (const Napi::Error& e) {
+      deferred_.Reject(e.Value());
+    }
+  }
+
+  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+
+  void fail(const char* errorCode, const std::string& message) {
+    failed_ = true;
+    code_ = errorCode;
+    message_ = message;
+  }
+
+  std::string name_;
+  Napi::Promise::Deferred deferred_;
+  int threads_;
+  bool failed_ = false;
+  std::string code_;
+  std::string message_;
+};
+
+// Runs `check` (on the JS thread) so a bad argument is thrown before anything is queued.
+template <typename JobType, typename... Args>
+Napi::Value startJob(const Napi::CallbackInfo& info, Args&&... args) {
+  Napi::Env env = info.Env();
+  auto* job = new JobType(env, std::forward<Args>(args)...);
+  try {
+    job->prepare(info);
+  } catch (...) {
+    delete job;
+    throw;
+  }
+  return job->start();
+}
+
+}  // namespace eigenlorax::addon

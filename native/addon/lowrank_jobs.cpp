@@ -1,0 +1,198 @@
+// LoRA and EigenLoRA forward/backward behind the async boundary.
+#include "../core/lowrank.h"
+#include "job.h"
+
+namespace eigenlorax::addon {
+namespace {
+
+const char* orderName(ProductOrder order) {
+  return order == ProductOrder::Rebuild ? "rebuild" : "project";
+}
+
+ProductOrder readOrder(Napi::Env env, const Napi::Object& args) {
+  return static_cast<ProductOrder>(readInteger(env, args, "order", 0, 2));
+}
+
+LoraLayer readLora(Napi::Env env, const Napi::Object& args, Keep& keep, Overlaps& overlaps) {
+  LoraLayer layer;
+  layer.a = readMatrix(env, args, "A", keep, overlaps);
+  layer.b = readMatrix(env, args, "B", keep, overlaps);
+  layer.scale = static_cast<float>(readNumber(env, args, "scale"));
+  layer.weight = readOptionalMatrix(env, args, "weight", keep, overlaps);
+  layer.bias = readVector(env, args, "bias", static_cast<size_t>(layer.b.rows), true, false, keep, overlaps);
+  return layer;
+}
+
+EigenLoraLayer readEigenLora(Napi::Env env, const Napi::Object& args, Keep& keep, Overlaps& overlaps) {
+  EigenLoraLayer layer;
+  layer.componentsA = readMatrix(env, args, "componentsA", keep, overlaps);
+  layer.alpha = readMatrix(env, args, "alpha", keep, overlaps);
+  layer.beta = readMatrix(env, args, "beta", keep, overlaps);
+  layer.componentsB = readMatrix(env, args, "componentsB", keep, overlaps);
+  layer.scale = static_cast<float>(readNumber(env, args, "scale"));
+  layer.weight = readOptionalMatrix(env, args, "weight", keep, overlaps);
+  layer.bias =
+      readVector(env, args, "bias", static_cast<size_t>(layer.componentsB.rows), true, false, keep, overlaps);
+  return layer;
+}
+
+// Shape errors are thrown on the JS thread, before anything is queued.
+template <typename Fn>
+void checkNow(Napi::Env env, Fn fn) {
+  try {
+    fn();
+  } catch (const CoreError& e) {
+    throwError(env, e.code(), e.what());
+  }
+}
+
+class LoraForwardJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    x_ = readMatrix(env, args, "x", keep, overlaps);
+    layer_ = readLora(env, args, keep, overlaps);
+    y_ = readOutMatrix(env, args, "y", keep, overlaps);
+    overlaps.check(env);
+    checkNow(env, [&] { checkLora(x_, layer_, "y", y_.rows, y_.cols); });
+  }
+
+ protected:
+  void run() override { loraForward(x_, layer_, y_); }
+
+ private:
+  ConstMatView x_;
+  LoraLayer layer_;
+  MatView y_;
+};
+
+class LoraBackwardJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    x_ = readMatrix(env, args, "x", keep, overlaps);
+    dy_ = readMatrix(env, args, "dy", keep, overlaps);
+    layer_ = readLora(env, args, keep, overlaps);
+    dx_ = readOptionalOutMatrix(env, args, "dx", keep, overlaps);
+    dA_ = readOutMatrix(env, args, "dA", keep, overlaps);
+    dB_ = readOutMatrix(env, args, "dB", keep, overlaps);
+    overlaps.check(env);
+    checkNow(env, [&] {
+      checkLora(x_, layer_, "dy", dy_.rows, dy_.cols);
+      requireShape("dA", dA_.rows, dA_.cols, layer_.a.rows, layer_.a.cols);
+      requireShape("dB", dB_.rows, dB_.cols, layer_.b.rows, layer_.b.cols);
+      if (!dx_.empty()) requireShape("dx", dx_.rows, dx_.cols, x_.rows, x_.cols);
+    });
+  }
+
+ protected:
+  void run() override { loraBackward(x_, dy_, layer_, dx_, dA_, dB_); }
+
+ private:
+  ConstMatView x_, dy_;
+  LoraLayer layer_;
+  MatView dx_, dA_, dB_;
+};
+
+class EigenLoraForwardJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    x_ = readMatrix(env, args, "x", keep, overlaps);
+    layer_ = readEigenLora(env, args, keep, overlaps);
+    y_ = readOutMatrix(env, args, "y", keep, overlaps);
+    order_ = readOrder(env, args);
+    overlaps.check(env);
+    checkNow(env, [&] {
+      checkEigenLora(x_, layer_);
+      requireShape("y", y_.rows, y_.cols, x_.rows, layer_.componentsB.rows);
+    });
+  }
+
+ protected:
+  void run() override { order_ = eigenLoraForward(x_, layer_, y_, order_); }
+  Napi::Value result(Napi::Env env) override { return Napi::String::New(env, orderName(order_)); }
+
+ private:
+  ConstMatView x_;
+  EigenLoraLayer layer_;
+  MatView y_;
+  ProductOrder order_ = ProductOrder::Auto;
+};
+
+class EigenLoraBackwardJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    x_ = readMatrix(env, args, "x", keep, overlaps);
+    dy_ = readMatrix(env, args, "dy", keep, overlaps);
+    layer_ = readEigenLora(env, args, keep, overlaps);
+    dx_ = readOptionalOutMatrix(env, args, "dx", keep, overlaps);
+    dAlpha_ = readOutMatrix(env, args, "dAlpha", keep, overlaps);
+    dBeta_ = readOutMatrix(env, args, "dBeta", keep, overlaps);
+    order_ = readOrder(env, args);
+    overlaps.check(env);
+    checkNow(env, [&] {
+      checkEigenLora(x_, layer_);
+      requireShape("dy", dy_.rows, dy_.cols, x_.rows, layer_.componentsB.rows);
+      requireShape("dAlpha", dAlpha_.rows, dAlpha_.cols, layer_.alpha.rows, layer_.alpha.cols);
+      requireShape("dBeta", dBeta_.rows, dBeta_.cols, layer_.beta.rows, layer_.beta.cols);
+      if (!dx_.empty()) requireShape("dx", dx_.rows, dx_.cols, x_.rows, x_.cols);
+    });
+  }
+
+ protected:
+  void run() override { order_ = eigenLoraBackward(x_, dy_, layer_, dx_, dAlpha_, dBeta_, order_); }
+  Napi::Value result(Napi::Env env) override { return Napi::String::New(env, orderName(order_)); }
+
+ private:
+  ConstMatView x_, dy_;
+  EigenLoraLayer layer_;
+  MatView dx_, dAlpha_, dBeta_;
+  ProductOrder order_ = ProductOrder::Auto;
+};
+
+}  // namespace
+
+void registerLowrank(Napi::Env env, Napi::Object exports) {
+  exports.Set("loraForward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<LoraForwardJob>(info, "loraForward");
+              }));
+  exports.Set("loraBackward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<LoraBackwardJob>(info, "loraBackward");
+              }));
+  exports.Set("eigenLoraForward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<EigenLoraForwardJob>(info, "eigenLoraForward");
+              }));
+  exports.Set("eigenLoraBackward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<EigenLoraBackwardJob>(info, "eigenLoraBackward");
+              }));
+  exports.Set("chooseOrder", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
+                // Which order `auto` takes for these shapes: cheap, synchronous, no buffers read.
+                Napi::Env env = info.Env();
+                const Napi::Object args = requireObject(env, info[0], "arguments");
+                const int64_t kMax = 1LL << 40;
+                const Index rows = readInteger(env, args, "rows", 1, kMax);
+                EigenLoraLayer shape;
+                shape.componentsA = {nullptr, readInteger(env, args, "dIn", 1, kMax), readInteger(env, args, "kA", 1, kMax)};
+                shape.componentsB = {nullptr, readInteger(env, args, "dOut", 1, kMax), readInteger(env, args, "kB", 1, kMax)};
+                shape.alpha = {nullptr, shape.componentsA.cols, readInteger(env, args, "rank", 1, kMax)};
+                const bool backward = args.Get("backward").ToBoolean();
+                const bool inputGrad = args.Get("inputGrad").ToBoolean();
+                return Napi::String::New(env, orderName(chooseOrder(rows, shape, backward, inputGrad)));
+              }));
+}
+
+}  // namespace eigenlorax::addon

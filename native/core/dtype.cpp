@@ -1,0 +1,184 @@
+#include "dtype.h"
+
+#include <cstring>
+
+#include "errors.h"
+#include "threads.h"
+
+#if defined(__F16C__)
+#include <immintrin.h>
+#endif
+
+namespace eigenlorax {
+namespace {
+
+inline uint32_t bitsOf(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, 4);
+  return u;
+}
+inline float floatOf(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <typename T>
+inline T load(const unsigned char* p, size_t i) {
+  T v;
+  std::memcpy(&v, p + i * sizeof(T), sizeof(T));
+  return v;
+}
+template <typename T>
+inline void store(unsigned char* p, size_t i, T v) {
+  std::memcpy(p + i * sizeof(T), &v, sizeof(T));
+}
+
+// Each converter handles [begin, end). Plain loops over memcpy loads: GCC vectorises them.
+void bf16Range(const unsigned char* s, float* d, size_t b, size_t e) {
+  for (size_t i = b; i < e; ++i) d[i] = floatOf(static_cast<uint32_t>(load<uint16_t>(s, i)) << 16);
+}
+void toBf16Range(const float* s, unsigned char* d, size_t b, size_t e) {
+  for (size_t i = b; i < e; ++i) store<uint16_t>(d, i, f32ToBf16(s[i]));
+}
+void f64Range(const unsigned char* s, float* d, size_t b, size_t e) {
+  for (size_t i = b; i < e; ++i) d[i] = static_cast<float>(load<double>(s, i));
+}
+void toF64Range(const float* s, unsigned char* d, size_t b, size_t e) {
+  for (size_t i = b; i < e; ++i) store<double>(d, i, static_cast<double>(s[i]));
+}
+void f16Range(const unsigned char* s, float* d, size_t b, size_t e) {
+  size_t i = b;
+#if defined(__F16C__)
+  for (; i + 8 <= e; i += 8) {
+    __m128i h;
+    std::memcpy(&h, s + i * 2, 16);
+    _mm256_storeu_ps(d + i, _mm256_cvtph_ps(h));
+  }
+#endif
+  for (; i < e; ++i) d[i] = f16ToF32(load<uint16_t>(s, i));
+}
+void toF16Range(const float* s, unsigned char* d, size_t b, size_t e) {
+  size_t i = b;
+#if defined(__F16C__)
+  for (; i + 8 <= e; i += 8) {
+    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    std::memcpy(d + i * 2, &h, 16);
+  }
+#endif
+  for (; i < e; ++i) store<uint16_t>(d, i, f32ToF16(s[i]));
+}
+void f32Range(const unsigned char* s, float* d, size_t b, size_t e) {
+  std::memcpy(d + b, s + b * 4, (e - b) * 4);
+}
+void toF32Range(const float* s, unsigned char* d, size_t b, size_t e) {
+  std::memcpy(d + b * 4, s + b, (e - b) * 4);
+}
+
+template <typename Fn>
+void parallelRanges(size_t count, Fn fn) {
+  constexpr size_t kChunk = size_t(1) << 16;  // below this, threads cost more than they save
+  const int threads = currentThreads();
+  const long chunks = static_cast<long>((count + kChunk - 1) / kChunk);
+  if (threads <= 1 || chunks <= 1) {
+    fn(size_t(0), count);
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (long c = 0; c < chunks; ++c) {
+    const size_t b = static_cast<size_t>(c) * kChunk;
+    fn(b, b + kChunk < count ? b + kChunk : count);
+  }
+}
+
+}  // namespace
+
+size_t dtypeSize(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return 4;
+    case DType::F16: return 2;
+    case DType::BF16: return 2;
+    case DType::F64: return 8;
+  }
+  return 0;
+}
+
+const char* dtypeName(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "f32";
+    case DType::F16: return "f16";
+    case DType::BF16: return "bf16";
+    case DType::F64: return "f64";
+  }
+  return "?";
+}
+
+float bf16ToF32(uint16_t bits) { return floatOf(static_cast<uint32_t>(bits) << 16); }
+
+uint16_t f32ToBf16(float value) {
+  const uint32_t u = bitsOf(value);
+  // NaN: truncating could clear every mantissa bit left and make it Inf; keep it a quiet NaN.
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
+  const uint32_t roundingBias = 0x7fffu + ((u >> 16) & 1u);  // ties to even
+  return static_cast<uint16_t>((u + roundingBias) >> 16);
+}
+
+float f16ToF32(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponentMantissa = h & 0x7fffu;
+  if (exponentMantissa >= 0x7c00u) {  // Inf or NaN: all exponent bits set
+    return floatOf(sign | 0x7f800000u | (exponentMantissa & 0x3ffu) << 13);
+  }
+  // Shift into float position and rescale by 2^112: exact for normals and subnormals.
+  const float magnitude = floatOf(exponentMantissa << 13) * 0x1p112f;
+  return floatOf(sign | bitsOf(magnitude));
+}
+
+uint16_t f32ToF16(float value) {
+  const uint32_t u = bitsOf(value);
+  const uint16_t sign = static_cast<uint16_t>((u >> 16) & 0x8000u);
+  const uint32_t a = u & 0x7fffffffu;
+  if (a > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u | ((a >> 13) & 0x3ffu));  // quiet NaN
+  if (a >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds past 65504: Inf
+  if (a < 0x38800000u) {
+    // f16 subnormal (or zero): add 0.5 so the FPU's own round-to-nearest-even does the
+    // rounding at the f16 subnormal step (2^-24), then read the low mantissa bits.
+    const float shifted = floatOf(a) + 0.5f;
+    return static_cast<uint16_t>(sign | static_cast<uint16_t>(bitsOf(shifted) - bitsOf(0.5f)));
+  }
+  // Normal: rebias exponent (127 -> 15) and round the 13 dropped bits to nearest even.
+  const uint32_t oddMantissa = (a >> 13) & 1u;
+  const uint32_t rebased = a - ((127u - 15u) << 23) + 0xfffu + oddMantissa;
+  return static_cast<uint16_t>(sign | (rebased >> 13));
+}
+
+void convert(const void* src, DType from, void* dst, DType to, size_t count) {
+  const auto* s = static_cast<const unsigned char*>(src);
+  auto* d = static_cast<unsigned char*>(dst);
+  if (from == DType::F32 && to == DType::F32) {
+    parallelRanges(count, [&](size_t b, size_t e) { f32Range(s, reinterpret_cast<float*>(d), b, e); });
+    return;
+  }
+  if (to == DType::F32) {
+    auto* out = reinterpret_cast<float*>(d);  // caller passes an aligned Float32Array
+    switch (from) {
+      case DType::BF16: parallelRanges(count, [&](size_t b, size_t e) { bf16Range(s, out, b, e); }); return;
+      case DType::F16: parallelRanges(count, [&](size_t b, size_t e) { f16Range(s, out, b, e); }); return;
+      case DType::F64: parallelRanges(count, [&](size_t b, size_t e) { f64Range(s, out, b, e); }); return;
+      case DType::F32: break;
+    }
+  }
+  if (from == DType::F32) {
+    const auto* in = reinterpret_cast<const float*>(s);
+    switch (to) {
+      case DType::BF16: parallelRanges(count, [&](size_t b, size_t e) { toBf16Range(in, d, b, e); }); return;
+      case DType::F16: parallelRanges(count, [&](size_t b, size_t e) { toF16Range(in, d, b, e); }); return;
+      case DType::F64: parallelRanges(count, [&](size_t b, size_t e) { toF64Range(in, d, b, e); }); return;
+      case DType::F32: parallelRanges(count, [&](size_t b, size_t e) { toF32Range(in, d, b, e); }); return;
+    }
+  }
+  throw CoreError(code::kInvalidArgument, std::string("dtype: conversion from ") + dtypeName(from) + " to " +
+                                              dtypeName(to) + " is not supported; one side must be f32");
+}
+
+}  // namespace eigenlorax

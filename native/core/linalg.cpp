@@ -1,0 +1,183 @@
+#include "linalg.h"
+
+#include <Eigen/Householder>
+#include <Eigen/QR>
+#include <Eigen/SVD>
+#include <algorithm>
+#include <string>
+
+#include "random.h"
+
+namespace eigenlorax {
+namespace {
+
+void requireFinite(const char* name, const ConstMapF& m) {
+  if (!m.allFinite()) {
+    throw CoreError(code::kNonFinite, std::string(name) + ": contains NaN or Inf");
+  }
+}
+
+// Replaces y (m x l, m >= l) by the thin Q of its Householder QR.
+template <typename Mat>
+void orthonormalizeInPlace(Mat& y) {
+  using Scalar = typename Mat::Scalar;
+  using Work = Eigen::Matrix<Scalar, Eigen::Dynamic, Eigen::Dynamic>;
+  const Index m = y.rows();
+  const Index l = y.cols();
+  Eigen::HouseholderQR<Eigen::Ref<Work>> qr(y);  // in place: reflectors stored in y
+  Work q = Work::Identity(m, l);
+  q.applyOnTheLeft(qr.householderQ());
+  // Make diag(R) >= 0 so Q is unique for full-rank input.
+  for (Index j = 0; j < l; ++j) {
+    if (qr.matrixQR()(j, j) < Scalar(0)) q.col(j) = -q.col(j);
+  }
+  y.swap(q);
+}
+
+// Largest-magnitude entry of each u column made positive; v columns follow.
+template <typename U, typename V>
+void fixSigns(U& u, V& v) {
+  for (Index j = 0; j < u.cols(); ++j) {
+    Index at = 0;
+    u.col(j).cwiseAbs().maxCoeff(&at);
+    if (u(at, j) < 0) {
+      u.col(j) = -u.col(j);
+      v.col(j) = -v.col(j);
+    }
+  }
+}
+
+}  // namespace
+
+void checkRsvdArguments(ConstMatView a, const RsvdOptions& o, MatView u, MatView v) {
+  const Index m = a.rows, n = a.cols, k = o.rank;
+  if (m <= 0 || n <= 0) {
+    throw CoreError(code::kInvalidArgument, "matrix: expected a non-empty matrix but received " + shapeString(m, n));
+  }
+  if (k < 1 || k > std::min(m, n)) {
+    throw CoreError(code::kInvalidArgument, "rank: expected an integer in [1, min(rows, cols) = " +
+                                                std::to_string(std::min(m, n)) + "] but received " +
+                                                std::to_string(k));
+  }
+  if (o.oversample < 0) {
+    throw CoreError(code::kInvalidArgument, "oversample: expected a non-negative integer but received " +
+                                                std::to_string(o.oversample));
+  }
+  if (o.powerIters < 0) {
+    throw CoreError(code::kInvalidArgument, "powerIters: expected a non-negative integer but received " +
+                                                std::to_string(o.powerIters));
+  }
+  requireShape("U", u.rows, u.cols, m, k);
+  requireShape("V", v.rows, v.cols, n, k);
+}
+
+namespace {
+
+void exactSvd(const ConstMapF& a, Index k, MatView u, float* s, MatView v) {
+  const ColMatD ad = a.cast<double>();
+  Eigen::BDCSVD<ColMatD> svd(ad, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  ColMatD uk = svd.matrixU().leftCols(k);
+  ColMatD vk = svd.matrixV().leftCols(k);
+  fixSigns(uk, vk);
+  u.map() = uk.cast<float>();
+  v.map() = vk.cast<float>();
+  for (Index j = 0; j < k; ++j) s[j] = static_cast<float>(svd.singularValues()(j));
+}
+
+}  // namespace
+
+bool rsvdPrefersExact(Index rows, Index cols, Index rank, Index oversample) {
+  return std::min(rows, cols) <= 2 * (rank + oversample);
+}
+
+RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatView v) {
+  checkRsvdArguments(av, o, u, v);
+  const ConstMapF a = av.map();
+  requireFinite("matrix", a);
+  const Index m = av.rows, n = av.cols, k = o.rank;
+
+  const bool exact = o.method == SvdMethod::Exact ||
+                     (o.method == SvdMethod::Auto && rsvdPrefersExact(m, n, k, o.oversample));
+  if (exact) {
+    exactSvd(a, k, u, s, v);
+    return {true, 0};
+  }
+
+  const Index l = std::min(k + o.oversample, std::min(m, n));
+  Rng rng(o.seed);
+  ColMatF omega(n, l);
+  rng.fillGaussian(omega.data(), omega.size());
+
+  // Range finder: Q spans (A A^T)^q A Omega, re-orthonormalised at every half step.
+  ColMatF q = a * omega;
+  orthonormalizeInPlace(q);
+  ColMatF z(n, l);
+  for (int it = 0; it < o.powerIters; ++it) {
+    z.noalias() = a.transpose() * q;
+    orthonormalizeInPlace(z);
+    q.noalias() = a * z;
+    orthonormalizeInPlace(q);
+  }
+
+  // B = Q^T A, computed as B^T = A^T Q (n x l). SVD of B through QR of B^T:
+  // B^T = Qb R  =>  B = R^T Qb^T = Ur S (Qb Vr)^T, with the l x l core in double.
+  z.noalias() = a.transpose() * q;
+  ColMatD bt = z.cast<double>();
+  Eigen::HouseholderQR<Eigen::Ref<ColMatD>> qrB(bt);
+  const ColMatD rT = qrB.matrixQR().topRows(l).template triangularView<Eigen::Upper>().transpose();
+  Eigen::JacobiSVD<ColMatD> core(rT, Eigen::ComputeFullU | Eigen::ComputeFullV);
+  ColMatD qb = ColMatD::Identity(n, l);
+  qb.applyOnTheLeft(qrB.householderQ());
+
+  ColMatD vk = qb * core.matrixV().leftCols(k);
+  ColMatF uk = q * core.matrixU().leftCols(k).cast<float>();
+  fixSigns(uk, vk);
+  u.map() = uk;
+  v.map() = vk.cast<float>();
+  for (Index j = 0; j < k; ++j) s[j] = static_cast<float>(core.singularValues()(j));
+  return {false, l};
+}
+
+void orthonormalize(ConstMatView in, MatView out) {
+  if (in.rows <= 0 || in.cols <= 0 || in.rows < in.cols) {
+    throw CoreError(code::kInvalidArgument, "matrix: expected rows >= cols >= 1 but received " +
+                                                shapeString(in.rows, in.cols));
+  }
+  requireShape("out", out.rows, out.cols, in.rows, in.cols);
+  requireFinite("matrix", in.map());
+  ColMatF y = in.map();
+  orthonormalizeInPlace(y);
+  out.map() = y;
+}
+
+void completeBasis(ConstMatView basis, uint64_t seed, MatView out) {
+  const Index m = basis.rows, k = basis.cols, extra = out.cols;
+  if (m <= 0) throw CoreError(code::kInvalidArgument, "basis: expected at least one row");
+  if (out.rows != m) requireShape("out", out.rows, out.cols, m, extra);
+  if (extra < 1 || k + extra > m) {
+    throw CoreError(code::kInvalidArgument, "extra: expected an integer in [1, rows - cols = " +
+                                                std::to_string(m - k) + "] but received " +
+                                                std::to_string(extra));
+  }
+  ColMatD b = basis.map().cast<double>();
+  if (k > 0) {
+    if (!b.allFinite()) throw CoreError(code::kNonFinite, "basis: contains NaN or Inf");
+    const double defect = (b.transpose() * b - ColMatD::Identity(k, k)).cwiseAbs().maxCoeff();
+    if (defect > 1e-3) {
+      throw CoreError(code::kInvalidArgument,
+                      "basis: expected orthonormal columns but |B^T B - I| reaches " + std::to_string(defect));
+    }
+  }
+  Rng rng(seed);
+  ColMatD g(m, extra);
+  rng.fillGaussian(g.data(), g.size());
+  // Project out the basis twice ("twice is enough"), orthonormalise, and once more after,
+  // so the new directions are orthogonal to the basis to working precision.
+  for (int pass = 0; pass < 2; ++pass) {
+    if (k > 0) g -= b * (b.transpose() * g);
+    orthonormalizeInPlace(g);
+  }
+  out.map() = g.cast<float>();
+}
+
+}  // namespace eigenlorax

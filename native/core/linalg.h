@@ -1,0 +1,45 @@
+// Dense linear algebra on caller-owned buffers: randomized SVD (Halko, Martinsson and
+// Tropp 2011, Algorithm 4.4 with re-orthonormalisation at every half step), Householder
+// orthonormalisation, and random orthonormal completion of a basis.
+#pragma once
+#include <cstdint>
+
+#include "matrix.h"
+
+namespace eigenlorax {
+
+enum class SvdMethod { Auto = 0, Exact = 1, Randomized = 2 };
+
+struct RsvdOptions {
+  Index rank = 0;        // k: number of singular triplets returned
+  Index oversample = 10; // p: extra sketch columns
+  int powerIters = 2;    // q: power iterations
+  uint64_t seed = 0;
+  SvdMethod method = SvdMethod::Auto;
+};
+
+struct RsvdInfo {
+  bool exact = false;    // the exact path was taken
+  Index sketchSize = 0;  // l = min(k + p, min(m, n)); 0 on the exact path
+};
+
+// True when `Auto` takes the exact path: the matrix is small next to the sketch.
+bool rsvdPrefersExact(Index rows, Index cols, Index rank, Index oversample);
+
+// Argument and shape checks of rsvd, without reading the matrix.
+void checkRsvdArguments(ConstMatView a, const RsvdOptions& options, MatView u, MatView v);
+
+// a (m x n) ~= u diag(s) v^T with u: m x k, s: k, v: n x k, singular values descending.
+// Each u column's largest-magnitude entry is made positive (v follows), so results are
+// reproducible and comparable across paths. Throws ERR_NON_FINITE on NaN/Inf input.
+RsvdInfo rsvd(ConstMatView a, const RsvdOptions& options, MatView u, float* s, MatView v);
+
+// out = Q of the Householder QR of `in` (m x n, m >= n), signs chosen so diag(R) >= 0.
+// `out` may alias `in`.
+void orthonormalize(ConstMatView in, MatView out);
+
+// out (m x extra): orthonormal columns, orthogonal to the columns of `basis` (m x k,
+// orthonormal columns; k may be 0), drawn at random from `seed`. Needs k + extra <= m.
+void completeBasis(ConstMatView basis, uint64_t seed, MatView out);
+
+}  // namespace eigenlorax

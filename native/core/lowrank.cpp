@@ -1,0 +1,203 @@
+#include "lowrank.h"
+
+#include <string>
+
+#include "threads.h"
+
+namespace eigenlorax {
+namespace {
+
+using RowVecF = Eigen::Matrix<float, 1, Eigen::Dynamic>;
+
+// Eigen runs a product with very few rows as a single-threaded GEMV; below this many rows
+// the output columns are split across threads by hand instead.
+constexpr Index kFewRows = 4;
+
+// dst (=|+=) alpha * lhs * rhs, multi-threaded for every row count.
+template <typename Dst, typename Lhs, typename Rhs>
+void product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, float alpha, bool accumulate) {
+  const int threads = currentThreads();
+  const Index cols = dst.cols();
+  if (dst.rows() >= kFewRows || threads <= 1 || cols < 64 * threads) {
+    if (accumulate) dst.noalias() += alpha * lhs * rhs;
+    else dst.noalias() = alpha * lhs * rhs;
+    return;
+  }
+#pragma omp parallel for num_threads(threads) schedule(static)
+  for (int t = 0; t < threads; ++t) {
+    const Index begin = cols * t / threads, end = cols * (t + 1) / threads;
+    auto d = dst.middleCols(begin, end - begin);
+    if (accumulate) d.noalias() += alpha * lhs * rhs.middleCols(begin, end - begin);
+    else d.noalias() = alpha * lhs * rhs.middleCols(begin, end - begin);
+  }
+}
+
+// y = x W^T + b, or y = 0 without a base layer.
+void baseForward(const ConstMapF& x, ConstMatView weight, const float* bias, MapF& y) {
+  if (!weight.empty()) product(y, x, weight.map().transpose(), 1.0f, false);
+  else y.setZero();
+  if (bias != nullptr) y.rowwise() += Eigen::Map<const RowVecF>(bias, y.cols());
+}
+
+// dx = dy W, or dx = 0 without a base layer.
+void baseBackward(const ConstMapF& dy, ConstMatView weight, MapF& dx) {
+  if (!weight.empty()) product(dx, dy, weight.map(), 1.0f, false);
+  else dx.setZero();
+}
+
+void requirePositive(const char* name, Index value) {
+  if (value < 1) throw CoreError(code::kInvalidArgument, std::string(name) + ": expected at least 1 but received " + std::to_string(value));
+}
+
+void checkBase(ConstMatView weight, Index dOut, Index dIn) {
+  if (!weight.empty()) requireShape("weight", weight.rows, weight.cols, dOut, dIn);
+}
+
+}  // namespace
+
+void checkLora(ConstMatView x, const LoraLayer& layer, const char* outName, Index outRows, Index outCols) {
+  const Index n = x.rows, dIn = x.cols, r = layer.a.rows, dOut = layer.b.rows;
+  requirePositive("x rows", n);
+  requirePositive("x cols (d_in)", dIn);
+  requirePositive("A rows (rank)", r);
+  requirePositive("B rows (d_out)", dOut);
+  requireShape("A", layer.a.rows, layer.a.cols, r, dIn);
+  requireShape("B", layer.b.rows, layer.b.cols, dOut, r);
+  checkBase(layer.weight, dOut, dIn);
+  if (outName != nullptr) requireShape(outName, outRows, outCols, n, dOut);
+}
+
+void checkEigenLora(ConstMatView x, const EigenLoraLayer& l) {
+  const Index dIn = x.cols, kA = l.componentsA.cols, kB = l.componentsB.cols, r = l.alpha.cols,
+              dOut = l.componentsB.rows;
+  requirePositive("x rows", x.rows);
+  requirePositive("x cols (d_in)", dIn);
+  requirePositive("componentsA cols (K_A)", kA);
+  requirePositive("componentsB cols (K_B)", kB);
+  requirePositive("alpha cols (rank)", r);
+  requirePositive("componentsB rows (d_out)", dOut);
+  requireShape("componentsA", l.componentsA.rows, l.componentsA.cols, dIn, kA);
+  requireShape("alpha", l.alpha.rows, l.alpha.cols, kA, r);
+  requireShape("beta", l.beta.rows, l.beta.cols, kB, r);
+  checkBase(l.weight, dOut, dIn);
+}
+
+void loraForward(ConstMatView xv, const LoraLayer& layer, MatView yv) {
+  checkLora(xv, layer, "y", yv.rows, yv.cols);
+  const ConstMapF x = xv.map();
+  MapF y = yv.map();
+  baseForward(x, layer.weight, layer.bias, y);
+  const RowMatF h = x * layer.a.map().transpose();  // n x r
+  product(y, h, layer.b.map().transpose(), layer.scale, true);
+}
+
+void loraBackward(ConstMatView xv, ConstMatView dyv, const LoraLayer& layer, MatView dxv, MatView dAv,
+                  MatView dBv) {
+  checkLora(xv, layer, "dy", dyv.rows, dyv.cols);
+  const Index n = xv.rows, dIn = xv.cols, r = layer.a.rows, dOut = layer.b.rows;
+  requireShape("dA", dAv.rows, dAv.cols, r, dIn);
+  requireShape("dB", dBv.rows, dBv.cols, dOut, r);
+  if (!dxv.empty()) requireShape("dx", dxv.rows, dxv.cols, n, dIn);
+
+  const ConstMapF x = xv.map(), dy = dyv.map(), a = layer.a.map(), b = layer.b.map();
+  const RowMatF h = x * a.transpose();                 // n x r
+  const RowMatF dh = layer.scale * (dy * b);           // n x r
+  dBv.map().noalias() = layer.scale * (dy.transpose() * h);
+  dAv.map().noalias() = dh.transpose() * x;
+  if (!dxv.empty()) {
+    MapF dx = dxv.map();
+    baseBackward(dy, layer.weight, dx);
+    product(dx, dh, a, 1.0f, true);
+  }
+}
+
+double eigenLoraCost(Index rows, const EigenLoraLayer& l, ProductOrder order, bool backward, bool needInputGrad) {
+  const double n = static_cast<double>(rows), dIn = static_cast<double>(l.componentsA.rows),
+               dOut = static_cast<double>(l.componentsB.rows), kA = static_cast<double>(l.componentsA.cols),
+               kB = static_cast<double>(l.componentsB.cols), r = static_cast<double>(l.alpha.cols);
+  const double rebuildFactors = r * (dIn * kA + dOut * kB);
+  if (order == ProductOrder::Rebuild) {
+    if (!backward) return rebuildFactors + n * r * (dIn + dOut);
+    return rebuildFactors + 2 * n * r * (dIn + dOut) + r * (kA * dIn + kB * dOut) +
+           (needInputGrad ? n * r * dIn : 0.0);
+  }
+  if (!backward) return n * (dIn * kA + kA * r + r * kB + kB * dOut);
+  return n * (dIn * kA + dOut * kB) + 2 * n * r * (kA + kB) + (needInputGrad ? n * kA * (r + dIn) : 0.0);
+}
+
+ProductOrder chooseOrder(Index rows, const EigenLoraLayer& l, bool backward, bool needInputGrad) {
+  return eigenLoraCost(rows, l, ProductOrder::Rebuild, backward, needInputGrad) <
+                 eigenLoraCost(rows, l, ProductOrder::Project, backward, needInputGrad)
+             ? ProductOrder::Rebuild
+             : ProductOrder::Project;
+}
+
+ProductOrder eigenLoraForward(ConstMatView xv, const EigenLoraLayer& l, MatView yv, ProductOrder order) {
+  checkEigenLora(xv, l);
+  requireShape("y", yv.rows, yv.cols, xv.rows, l.componentsB.rows);
+  if (order == ProductOrder::Auto) order = chooseOrder(xv.rows, l, false, false);
+
+  const ConstMapF x = xv.map(), vA = l.componentsA.map(), alpha = l.alpha.map(), beta = l.beta.map(),
+                  uB = l.componentsB.map();
+  MapF y = yv.map();
+  baseForward(x, l.weight, l.bias, y);
+  if (order == ProductOrder::Rebuild) {
+    const ColMatF aT = vA * alpha;  // d_in x r
+    const ColMatF b = uB * beta;    // d_out x r
+    const RowMatF z = x * aT;       // n x r
+    product(y, z, b.transpose(), l.scale, true);
+  } else {
+    const RowMatF h = x * vA;                   // n x K_A
+    const RowMatF t = (h * alpha) * beta.transpose();  // n x K_B
+    product(y, t, uB.transpose(), l.scale, true);
+  }
+  return order;
+}
+
+ProductOrder eigenLoraBackward(ConstMatView xv, ConstMatView dyv, const EigenLoraLayer& l, MatView dxv,
+                               MatView dAlphaV, MatView dBetaV, ProductOrder order) {
+  checkEigenLora(xv, l);
+  const Index n = xv.rows, dIn = xv.cols, dOut = l.componentsB.rows;
+  requireShape("dy", dyv.rows, dyv.cols, n, dOut);
+  requireShape("dAlpha", dAlphaV.rows, dAlphaV.cols, l.alpha.rows, l.alpha.cols);
+  requireShape("dBeta", dBetaV.rows, dBetaV.cols, l.beta.rows, l.beta.cols);
+  if (!dxv.empty()) requireShape("dx", dxv.rows, dxv.cols, n, dIn);
+  if (order == ProductOrder::Auto) order = chooseOrder(n, l, true, !dxv.empty());
+
+  const ConstMapF x = xv.map(), dy = dyv.map(), vA = l.componentsA.map(), alpha = l.alpha.map(),
+                  beta = l.beta.map(), uB = l.componentsB.map();
+  const float s = l.scale;
+  MapF dAlpha = dAlphaV.map(), dBeta = dBetaV.map();
+
+  if (order == ProductOrder::Rebuild) {
+    const ColMatF aT = vA * alpha;                     // d_in x r
+    const ColMatF b = uB * beta;                       // d_out x r
+    const RowMatF z = x * aT;                          // n x r
+    const RowMatF dz = s * (dy * b);                   // n x r
+    const ColMatF xTdz = x.transpose() * dz;           // d_in x r
+    dAlpha.noalias() = vA.transpose() * xTdz;
+    const ColMatF dyTz = dy.transpose() * z;           // d_out x r
+    dBeta.noalias() = s * (uB.transpose() * dyTz);
+    if (!dxv.empty()) {
+      MapF dx = dxv.map();
+      baseBackward(dy, l.weight, dx);
+      product(dx, dz, aT.transpose(), 1.0f, true);
+    }
+  } else {
+    const RowMatF h = x * vA;                          // n x K_A
+    const RowMatF z = h * alpha;                       // n x r
+    const RowMatF g = dy * uB;                         // n x K_B
+    dBeta.noalias() = s * (g.transpose() * z);
+    const RowMatF dz = s * (g * beta);                 // n x r
+    dAlpha.noalias() = h.transpose() * dz;
+    if (!dxv.empty()) {
+      MapF dx = dxv.map();
+      baseBackward(dy, l.weight, dx);
+      const RowMatF dh = dz * alpha.transpose();       // n x K_A
+      product(dx, dh, vA.transpose(), 1.0f, true);
+    }
+  }
+  return order;
+}
+
+}  // namespace eigenlorax

@@ -1,0 +1,54 @@
+// Fused low-rank layers, forward and backward, into caller-owned buffers (DESIGN §1).
+// No d_out x d_in matrix is ever formed: the adapter is applied through its factors.
+//
+//   LoRA:      y = x W^T + b + s (x A^T) B^T              A: r x d_in, B: d_out x r
+//   EigenLoRA: y = x W^T + b + s ((x V_A) alpha) beta^T U_B^T
+//              V_A: d_in x K_A, alpha: K_A x r, beta: K_B x r, U_B: d_out x K_B
+//
+// W (d_out x d_in) and b (d_out) are optional: without them y is the adapter's delta.
+#pragma once
+#include "matrix.h"
+
+namespace eigenlorax {
+
+struct LoraLayer {
+  ConstMatView a, b;       // A: r x d_in, B: d_out x r
+  float scale = 1.0f;
+  ConstMatView weight;     // optional W: d_out x d_in
+  const float* bias = nullptr;  // optional, d_out
+};
+
+struct EigenLoraLayer {
+  ConstMatView componentsA;  // V_A: d_in x K_A
+  ConstMatView alpha;        // K_A x r
+  ConstMatView beta;         // K_B x r
+  ConstMatView componentsB;  // U_B: d_out x K_B
+  float scale = 1.0f;
+  ConstMatView weight;       // optional W: d_out x d_in
+  const float* bias = nullptr;
+};
+
+// Order of products for an EigenLoRA layer. `Project` sends every row through the
+// components (x V_A, then U_B); `Rebuild` first forms the r x d factors
+// A^T = V_A alpha and B = U_B beta once and applies them like a LoRA pair.
+enum class ProductOrder { Auto = 0, Project = 1, Rebuild = 2 };
+
+// Multiply-add counts of both orders; Auto picks the smaller.
+double eigenLoraCost(Index rows, const EigenLoraLayer& layer, ProductOrder order, bool backward, bool needInputGrad);
+ProductOrder chooseOrder(Index rows, const EigenLoraLayer& layer, bool backward, bool needInputGrad);
+
+// Shape checks, named per argument; call before any memory is read.
+void checkLora(ConstMatView x, const LoraLayer& layer, const char* outName, Index outRows, Index outCols);
+void checkEigenLora(ConstMatView x, const EigenLoraLayer& layer);
+
+// y: n x d_out.
+void loraForward(ConstMatView x, const LoraLayer& layer, MatView y);
+// dy: n x d_out. Outputs dA (r x d_in), dB (d_out x r); dx (n x d_in) only if given.
+void loraBackward(ConstMatView x, ConstMatView dy, const LoraLayer& layer, MatView dx, MatView dA, MatView dB);
+
+ProductOrder eigenLoraForward(ConstMatView x, const EigenLoraLayer& layer, MatView y, ProductOrder order);
+// Outputs dAlpha (K_A x r), dBeta (K_B x r); dx (n x d_in) only if given.
+ProductOrder eigenLoraBackward(ConstMatView x, ConstMatView dy, const EigenLoraLayer& layer, MatView dx,
+                               MatView dAlpha, MatView dBeta, ProductOrder order);
+
+}  // namespace eigenlorax
