@@ -1,0 +1,41 @@
+# The same CPU addon as CMakeLists.txt, built with node-gyp instead of cmake-js.
+# `npm run build:gyp` builds it in a scratch copy (so it does not clobber the cmake-js
+# build/ folder) and CI runs the test suite against it.
+{
+  "targets": [
+    {
+      "target_name": "eigenlorax",
+      "sources": [
+        "native/core/dtype.cpp",
+        "native/core/linalg.cpp",
+        "native/core/lowrank.cpp",
+        "native/addon/addon.cpp",
+        "native/addon/args.cpp",
+        "native/addon/env.cpp",
+        "native/addon/dtype_jobs.cpp",
+        "native/addon/linalg_jobs.cpp",
+        "native/addon/lowrank_jobs.cpp"
+      ],
+      "include_dirs": [
+        "<!(node -p \"require('node-addon-api').include_dir\")",
+        "native/third_party/eigen"
+      ],
+      "defines": [
+        "NAPI_VERSION=8",
+        "NAPI_CPP_EXCEPTIONS",
+        "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "EIGEN_MPL2_ONLY",
+        "EIGENLORAX_VERSION=\"<!(node -p \"require('./package.json').version\")\""
+      ],
+      "cflags!": ["-fno-exceptions"],
+      "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++14"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fopenmp", "-fexceptions"],
+      "ldflags": ["-fopenmp"],
+      "conditions": [
+        ["'<!(node -p \"process.env.EIGENLORAX_PORTABLE || ''\")'==''", {
+          "cflags_cc": ["-march=native"]
+        }]
+      ]
+    }
+  ]
+}
