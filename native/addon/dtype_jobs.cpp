@@ -44,9 +44,6 @@ class ConvertJob : public Job {
     if (to_ == DType::F32 && reinterpret_cast<uintptr_t>(dst_.data) % alignof(float) != 0) {
       throwError(env, code::kInvalidArgument, "dst: f32 output must be 4-byte aligned");
     }
-    if (from_ == DType::F32 && reinterpret_cast<uintptr_t>(src_.data) % alignof(float) != 0) {
-      throwError(env, code::kInvalidArgument, "src: f32 input must be 4-byte aligned");
-    }
   }
 
  protected:

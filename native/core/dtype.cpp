@@ -38,14 +38,14 @@ inline void store(unsigned char* p, size_t i, T v) {
 void bf16Range(const unsigned char* s, float* d, size_t b, size_t e) {
   for (size_t i = b; i < e; ++i) d[i] = floatOf(static_cast<uint32_t>(load<uint16_t>(s, i)) << 16);
 }
-void toBf16Range(const float* s, unsigned char* d, size_t b, size_t e) {
-  for (size_t i = b; i < e; ++i) store<uint16_t>(d, i, f32ToBf16(s[i]));
+void toBf16Range(const unsigned char* s, unsigned char* d, size_t b, size_t e) {
+  for (size_t i = b; i < e; ++i) store<uint16_t>(d, i, f32ToBf16(load<float>(s, i)));
 }
 void f64Range(const unsigned char* s, float* d, size_t b, size_t e) {
   for (size_t i = b; i < e; ++i) d[i] = static_cast<float>(load<double>(s, i));
 }
-void toF64Range(const float* s, unsigned char* d, size_t b, size_t e) {
-  for (size_t i = b; i < e; ++i) store<double>(d, i, static_cast<double>(s[i]));
+void toF64Range(const unsigned char* s, unsigned char* d, size_t b, size_t e) {
+  for (size_t i = b; i < e; ++i) store<double>(d, i, static_cast<double>(load<float>(s, i)));
 }
 void f16Range(const unsigned char* s, float* d, size_t b, size_t e) {
   size_t i = b;
@@ -58,21 +58,19 @@ void f16Range(const unsigned char* s, float* d, size_t b, size_t e) {
 #endif
   for (; i < e; ++i) d[i] = f16ToF32(load<uint16_t>(s, i));
 }
-void toF16Range(const float* s, unsigned char* d, size_t b, size_t e) {
+void toF16Range(const unsigned char* s, unsigned char* d, size_t b, size_t e) {
   size_t i = b;
 #if defined(__F16C__)
   for (; i + 8 <= e; i += 8) {
-    const __m128i h = _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    const __m256 f = _mm256_loadu_ps(reinterpret_cast<const float*>(s + i * 4));
+    const __m128i h = _mm256_cvtps_ph(f, _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     std::memcpy(d + i * 2, &h, 16);
   }
 #endif
-  for (; i < e; ++i) store<uint16_t>(d, i, f32ToF16(s[i]));
+  for (; i < e; ++i) store<uint16_t>(d, i, f32ToF16(load<float>(s, i)));
 }
-void f32Range(const unsigned char* s, float* d, size_t b, size_t e) {
-  std::memcpy(d + b, s + b * 4, (e - b) * 4);
-}
-void toF32Range(const float* s, unsigned char* d, size_t b, size_t e) {
-  std::memcpy(d + b * 4, s + b, (e - b) * 4);
+void copyRange(const unsigned char* s, unsigned char* d, size_t b, size_t e) {
+  std::memcpy(d + b * 4, s + b * 4, (e - b) * 4);
 }
 
 template <typename Fn>
@@ -127,7 +125,9 @@ float f16ToF32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
   const uint32_t exponentMantissa = h & 0x7fffu;
   if (exponentMantissa >= 0x7c00u) {  // Inf or NaN: all exponent bits set
-    return floatOf(sign | 0x7f800000u | (exponentMantissa & 0x3ffu) << 13);
+    const uint32_t mantissa = (exponentMantissa & 0x3ffu) << 13;
+    // NaN comes out quiet, as the F16C instruction makes it.
+    return floatOf(sign | 0x7f800000u | mantissa | (mantissa != 0 ? 0x00400000u : 0u));
   }
   // Shift into float position and rescale by 2^112: exact for normals and subnormals.
   const float magnitude = floatOf(exponentMantissa << 13) * 0x1p112f;
@@ -156,11 +156,11 @@ void convert(const void* src, DType from, void* dst, DType to, size_t count) {
   const auto* s = static_cast<const unsigned char*>(src);
   auto* d = static_cast<unsigned char*>(dst);
   if (from == DType::F32 && to == DType::F32) {
-    parallelRanges(count, [&](size_t b, size_t e) { f32Range(s, reinterpret_cast<float*>(d), b, e); });
+    parallelRanges(count, [&](size_t b, size_t e) { copyRange(s, d, b, e); });
     return;
   }
   if (to == DType::F32) {
-    auto* out = reinterpret_cast<float*>(d);  // caller passes an aligned Float32Array
+    auto* out = reinterpret_cast<float*>(d);  // the addon checks f32 outputs are aligned
     switch (from) {
       case DType::BF16: parallelRanges(count, [&](size_t b, size_t e) { bf16Range(s, out, b, e); }); return;
       case DType::F16: parallelRanges(count, [&](size_t b, size_t e) { f16Range(s, out, b, e); }); return;
@@ -169,12 +169,11 @@ void convert(const void* src, DType from, void* dst, DType to, size_t count) {
     }
   }
   if (from == DType::F32) {
-    const auto* in = reinterpret_cast<const float*>(s);
     switch (to) {
-      case DType::BF16: parallelRanges(count, [&](size_t b, size_t e) { toBf16Range(in, d, b, e); }); return;
-      case DType::F16: parallelRanges(count, [&](size_t b, size_t e) { toF16Range(in, d, b, e); }); return;
-      case DType::F64: parallelRanges(count, [&](size_t b, size_t e) { toF64Range(in, d, b, e); }); return;
-      case DType::F32: parallelRanges(count, [&](size_t b, size_t e) { toF32Range(in, d, b, e); }); return;
+      case DType::BF16: parallelRanges(count, [&](size_t b, size_t e) { toBf16Range(s, d, b, e); }); return;
+      case DType::F16: parallelRanges(count, [&](size_t b, size_t e) { toF16Range(s, d, b, e); }); return;
+      case DType::F64: parallelRanges(count, [&](size_t b, size_t e) { toF64Range(s, d, b, e); }); return;
+      case DType::F32: break;
     }
   }
   throw CoreError(code::kInvalidArgument, std::string("dtype: conversion from ") + dtypeName(from) + " to " +

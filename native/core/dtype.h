@@ -19,7 +19,8 @@ float f16ToF32(uint16_t bits);
 uint16_t f32ToF16(float value);
 
 // Converts `count` elements from `src` (of `from`) into `dst` (of `to`); one side must be
-// F32. Multi-threaded and vectorised. `src` and `dst` must not overlap.
+// F32. Multi-threaded and vectorised. `src` may be unaligned; an f32 `dst` must be
+// 4-byte aligned. `src` and `dst` must not overlap.
 void convert(const void* src, DType from, void* dst, DType to, size_t count);
 
 }  // namespace eigenlorax

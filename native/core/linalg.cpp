@@ -4,6 +4,7 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 #include <algorithm>
+#include <cstring>
 #include <string>
 
 #include "random.h"
@@ -11,8 +12,21 @@
 namespace eigenlorax {
 namespace {
 
+// Exponent bits all set means Inf or NaN. A branch-free loop the compiler vectorises:
+// Eigen's allFinite() computes x - x and compares coefficient by coefficient, ~30x slower.
+bool allFinite(const float* data, Index count) {
+  uint32_t bad = 0;
+#pragma omp parallel for reduction(| : bad) schedule(static) if (count > (Index(1) << 20))
+  for (Index i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, data + i, 4);
+    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+  }
+  return bad == 0;
+}
+
 void requireFinite(const char* name, const ConstMapF& m) {
-  if (!m.allFinite()) {
+  if (!allFinite(m.data(), m.size())) {
     throw CoreError(code::kNonFinite, std::string(name) + ": contains NaN or Inf");
   }
 }

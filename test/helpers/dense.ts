@@ -40,7 +40,7 @@ export function matmul(a: Dense, b: Dense): Dense {
       const aik = a.data[i * a.cols + k]!;
       if (aik === 0) continue;
       const bRow = k * b.cols, cRow = i * b.cols;
-      for (let j = 0; j < b.cols; j++) c.data[cRow + j] += aik * b.data[bRow + j]!;
+      for (let j = 0; j < b.cols; j++) c.data[cRow + j] = c.data[cRow + j]! + aik * b.data[bRow + j]!;
     }
   }
   return c;
@@ -61,7 +61,7 @@ export function scale(a: Dense, s: number): Dense {
 /** Adds vector v (length cols) to every row. */
 export function addRow(a: Dense, v: ArrayLike<number>): Dense {
   const c = dense(a.rows, a.cols, a.data);
-  for (let i = 0; i < a.rows; i++) for (let j = 0; j < a.cols; j++) c.data[i * a.cols + j] += v[j]!;
+  for (let i = 0; i < a.rows; i++) for (let j = 0; j < a.cols; j++) c.data[i * a.cols + j] = c.data[i * a.cols + j]! + v[j]!;
   return c;
 }
 

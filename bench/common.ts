@@ -1,0 +1,115 @@
+/**
+ * Shared pieces of the benchmarks: the machine record, medians, seeded test data and
+ * plain-text tables. Benchmarks print numbers and ratios; they never pass or fail on time.
+ */
+import os from 'node:os';
+import { readFileSync } from 'node:fs';
+import { buildInfo, getThreads, version } from '../lib/index.js';
+
+export function median(values: number[]): number {
+  if (values.length === 0) return Number.NaN;
+  const sorted = [...values].sort((a, b) => a - b);
+  const mid = sorted.length >> 1;
+  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
+}
+
+/** Milliseconds since an arbitrary origin, sub-millisecond resolution. */
+export function now(): number {
+  return performance.now();
+}
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));
+
+function cpuModel(): string {
+  try {
+    const line = readFileSync('/proc/cpuinfo', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('model name'));
+    if (line) return line.split(':').slice(1).join(':').trim();
+  } catch {
+    // not Linux: fall through to os.cpus()
+  }
+  return os.cpus()[0]?.model ?? 'unknown';
+}
+
+/** Lines describing the machine and the software, printed at the top of every benchmark. */
+export function machineLines(): string[] {
+  const info = buildInfo();
+  const load = os.loadavg().map((v) => v.toFixed(2)).join(' ');
+  return [
+    `date        ${new Date().toISOString()}`,
+    `cpu         ${cpuModel()}, ${os.availableParallelism()} logical cores (${os.cpus().length} listed), ${os.arch()}`,
+    `memory      ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, load average ${load} (1/5/15 min)`,
+    `os          ${os.type()} ${os.release()}`,
+    `node        ${process.version}, eigenlorax ${version}, Eigen ${info.eigen}, SIMD ${info.simd}`,
+    `threads     eigenlorax ${getThreads()} (OpenMP ${info.openmp ? 'on' : 'off'}, hardware ${info.hardwareThreads})`,
+  ];
+}
+
+/** mulberry32-seeded xorshift: a cheap generator for test data (not the native one). */
+export function uniformSource(seed: number): () => number {
+  let a = (seed >>> 0) || 0x9e3779b9;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+/** Fills `out` with N(0, scale^2) draws (Box-Muller); for small and medium arrays. */
+export function fillGaussian(out: Float32Array, seed: number, scale = 1): void {
+  const u = uniformSource(seed);
+  for (let i = 0; i < out.length; i += 2) {
+    const radius = Math.sqrt(-2 * Math.log(1 - u())) * scale;
+    const angle = 2 * Math.PI * u();
+    out[i] = radius * Math.cos(angle);
+    if (i + 1 < out.length) out[i + 1] = radius * Math.sin(angle);
+  }
+}
+
+/** Adds iid uniform noise in [-amplitude, amplitude]: xorshift32, fast enough for 10^8 entries. */
+export function addUniformNoise(out: Float32Array, seed: number, amplitude: number): void {
+  let s = (seed >>> 0) || 2463534242;
+  const scale = (2 * amplitude) / 4294967296;
+  for (let i = 0; i < out.length; i++) {
+    s ^= s << 13;
+    s ^= s >>> 17;
+    s ^= s << 5;
+    out[i] = (out[i] as number) + ((s >>> 0) * scale - amplitude);
+  }
+}
+
+export type Cell = string | number;
+
+/** A plain-text table: numbers right-aligned, text left-aligned. */
+export function table(header: string[], rows: Cell[][]): string {
+  const text = rows.map((row) => row.map((cell) => String(cell)));
+  const widths = header.map((h, i) => Math.max(h.length, ...text.map((row) => (row[i] ?? '').length)));
+  const isNumeric = header.map((_, i) => rows.every((row) => typeof row[i] === 'number' || /^[-+]?[\d.]/.test(String(row[i] ?? '')) || row[i] === 'n/a' || row[i] === '-'));
+  const line = (cells: string[]) =>
+    cells.map((c, i) => (isNumeric[i] ? c.padStart(widths[i] as number) : c.padEnd(widths[i] as number))).join('  ').trimEnd();
+  return [line(header), widths.map((w) => '-'.repeat(w)).join('  '), ...text.map(line)].join('\n');
+}
+
+/** A number with `digits` significant digits, without exponent for ordinary sizes. */
+export function sig(value: number, digits = 3): string {
+  if (!Number.isFinite(value)) return 'n/a';
+  if (value === 0) return '0';
+  const magnitude = Math.floor(Math.log10(Math.abs(value)));
+  if (magnitude < -3 || magnitude > 6) return value.toExponential(digits - 1);
+  return value.toFixed(Math.max(0, digits - 1 - magnitude));
+}
+
+export function ms(seconds: number): string {
+  return Number.isFinite(seconds) ? sig(seconds * 1e3, 3) : 'n/a';
+}
+
+export function ratio(value: number): string {
+  return Number.isFinite(value) ? `${sig(value, 3)}x` : 'n/a';
+}
+
+export function exp(value: number): string {
+  return Number.isFinite(value) ? value.toExponential(1) : 'n/a';
+}
