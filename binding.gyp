@@ -24,7 +24,9 @@
         "NAPI_VERSION=8",
         "NAPI_CPP_EXCEPTIONS",
         "NODE_ADDON_API_DISABLE_DEPRECATED",
+        "NODE_API_SWALLOW_UNTHROWABLE_EXCEPTIONS",
         "EIGEN_MPL2_ONLY",
+        "EIGEN_NO_DEBUG",
         "EIGENLORAX_VERSION=\"<!(node -p \"require('./package.json').version\")\""
       ],
       "cflags!": ["-fno-exceptions"],

@@ -49,21 +49,31 @@ class Job : public Napi::AsyncWorker {
     }
   }
 
+  // Settles the promise. When the environment is being torn down (a worker thread
+  // terminated while the job ran) no JavaScript can run: every Napi call may throw, and
+  // nothing is left to tell, so those errors are dropped rather than let out of libuv's
+  // callback, where they would terminate the process.
   void OnOK() override {
     Napi::Env env = Env();
-    Napi::HandleScope scope(env);
-    if (failed_) {
-      deferred_.Reject(makeError(env, code_, name_ + ": " + message_).Value());
-      return;
-    }
     try {
-      deferred_.Resolve(result(env));
+      Napi::HandleScope scope(env);
+      if (failed_) deferred_.Reject(makeError(env, code_, name_ + ": " + message_).Value());
+      else deferred_.Resolve(result(env));
     } catch (const Napi::Error& e) {
-      deferred_.Reject(e.Value());
+      try {
+        deferred_.Reject(e.Value());
+      } catch (...) {
+      }
+    } catch (...) {
     }
   }
 
-  void OnError(const Napi::Error& e) override { deferred_.Reject(e.Value()); }
+  void OnError(const Napi::Error& e) override {
+    try {
+      deferred_.Reject(e.Value());
+    } catch (...) {
+    }
+  }
 
   void fail(const char* errorCode, const std::string& message) {
     failed_ = true;
