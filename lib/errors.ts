@@ -9,7 +9,21 @@ export type ErrorCode =
   | 'ERR_DETACHED_BUFFER'
   | 'ERR_OUT_OF_MEMORY'
   | 'ERR_NATIVE_UNAVAILABLE'
-  | 'ERR_INTERNAL';
+  | 'ERR_INTERNAL'
+  /** A file or folder that was asked for does not exist. */
+  | 'ERR_NOT_FOUND'
+  /** Any other file-system failure (permissions, disk full, a file that changed while read). */
+  | 'ERR_IO'
+  /** A safetensors file (or shard index) that breaks the format: header, dtype, shape, offsets. */
+  | 'ERR_SAFETENSORS_FORMAT'
+  /** A Git LFS pointer file where the real file was expected (`git lfs pull` was not run). */
+  | 'ERR_LFS_POINTER'
+  /** A tensor name that the file does not hold. */
+  | 'ERR_TENSOR_NOT_FOUND'
+  /** A tensor whose dtype the operation cannot handle (e.g. an integer tensor read as f32). */
+  | 'ERR_UNSUPPORTED_DTYPE'
+  /** A reader used after `close()`. */
+  | 'ERR_CLOSED';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;

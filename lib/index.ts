@@ -18,3 +18,24 @@ export {
 export { toFloat32, fromFloat32, dtypes, dtypeBytes, type DType } from './dtype.js';
 export { buildInfo, setThreads, getThreads, type BuildInfo } from './runtime.js';
 export { version } from './version.js';
+export {
+  openSafetensors,
+  writeSafetensors,
+  SafetensorsReader,
+  isSafetensorsFloatDtype,
+  safetensorsDtypes,
+  safetensorsDtypeBytes,
+  SAFETENSORS_MAX_HEADER_BYTES,
+  type SafetensorsDType,
+  type SafetensorsFloatDType,
+  type SafetensorsWriteDType,
+  type SafetensorsTensorInfo,
+  type Float32Tensor,
+  type RawTensor,
+  type ReadFloat32Options,
+  type ReadRawOptions,
+  type SafetensorsEntry,
+  type SafetensorsFloatEntry,
+  type SafetensorsRawEntry,
+  type WriteSafetensorsOptions,
+} from './io/safetensors.js';

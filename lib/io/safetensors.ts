@@ -1,0 +1,977 @@
+/**
+ * safetensors reader and writer.
+ *
+ * Format (https://github.com/huggingface/safetensors): 8 bytes of little-endian u64 `N`,
+ * then `N` bytes of UTF-8 JSON (the header), then the data section. The header maps each
+ * tensor name to `{ dtype, shape, data_offsets: [begin, end] }` (offsets relative to the
+ * start of the data section, row-major, little-endian) and may hold `__metadata__`, a
+ * map of strings to strings.
+ *
+ * Reading: {@link openSafetensors} reads and validates only the header; each tensor is
+ * read when asked for, with one positioned read (`FileHandle.read` at its offset) on
+ * libuv's thread pool, and converted to f32 by the native, vectorised conversion behind
+ * `toFloat32` (also off the event loop; in 4 MiB chunks, reading one while converting the
+ * previous, into a caller's `out` buffer when one is given). Nothing in the header is
+ * trusted: see {@link openSafetensors} for the checks. The reader is deliberately a little more permissive than the reference
+ * implementation in one respect: gaps between tensors and bytes after the last tensor are
+ * tolerated (the reference insists the tensors tile the data section exactly); overlaps
+ * and offsets outside the data section are not.
+ *
+ * Writing: {@link writeSafetensors} streams (header first, then one tensor at a time,
+ * lazily produced if the entry's data is a function), writes atomically (temporary file in
+ * the same folder, fsync, rename), and lays the file out exactly as the reference Rust
+ * crate (`safetensors::serialize_to_file`, what `safetensors.torch.save_file` calls) does,
+ * so that for the same tensors our bytes are the reference's bytes:
+ *  - tensors sorted by dtype, descending in the reference's `Dtype` enum order
+ *    (U64, I64, F64, F32, U32, I32, BF16, F16, U16, I16, F8_E4M3, F8_E5M2, I8, U8, BOOL),
+ *    then by name (byte-wise on UTF-8, as Rust compares `String`s), packed back to back
+ *    from offset 0;
+ *  - compact JSON (serde_json's output: no spaces, `__metadata__` first if given, then the
+ *    tensors in layout order, each as `{"dtype":..,"shape":[..],"data_offsets":[b,e]}`);
+ *  - the header padded with spaces to a multiple of 8 bytes, so the data section starts
+ *    8-byte aligned.
+ * One difference: the reference keeps `__metadata__` in a Rust `HashMap`, so with two or
+ * more metadata keys its key order is arbitrary (not reproducible from run to run); we
+ * write metadata keys sorted (UTF-8 byte order). With zero or one metadata key the files
+ * are byte-identical.
+ */
+import { readdir, readFile, open, stat, type FileHandle } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { dtypeBytes, fromFloat32, type DType } from '../dtype.js';
+import { EigenLoraxError, withCallerStack } from '../errors.js';
+import { native } from '../native.js';
+import { describe, invalid, knownKeys, object, oneOf } from '../validate.js';
+import { fileError, ioError, readFully, withAtomicFile, writeFully } from './files.js';
+
+// ---------------------------------------------------------------------------------------
+// dtypes
+
+/** The element types of the safetensors format that eigenlorax knows. */
+export type SafetensorsDType =
+  | 'BOOL'
+  | 'U8'
+  | 'I8'
+  | 'F8_E5M2'
+  | 'F8_E4M3'
+  | 'I16'
+  | 'U16'
+  | 'F16'
+  | 'BF16'
+  | 'I32'
+  | 'U32'
+  | 'F32'
+  | 'F64'
+  | 'I64'
+  | 'U64';
+
+/** The floating-point dtypes that are read as (and written from) f32. */
+export type SafetensorsFloatDType = 'F32' | 'F16' | 'BF16' | 'F64';
+
+/**
+ * All known dtypes, in the order of the reference crate's `Dtype` enum (increasing
+ * alignment); the writer lays tensors out in the reverse of this order.
+ */
+export const safetensorsDtypes: readonly SafetensorsDType[] = [
+  'BOOL',
+  'U8',
+  'I8',
+  'F8_E5M2',
+  'F8_E4M3',
+  'I16',
+  'U16',
+  'F16',
+  'BF16',
+  'I32',
+  'U32',
+  'F32',
+  'F64',
+  'I64',
+  'U64',
+];
+
+/** Bytes per element of each dtype. */
+export const safetensorsDtypeBytes: Readonly<Record<SafetensorsDType, number>> = {
+  BOOL: 1,
+  U8: 1,
+  I8: 1,
+  F8_E5M2: 1,
+  F8_E4M3: 1,
+  I16: 2,
+  U16: 2,
+  F16: 2,
+  BF16: 2,
+  I32: 4,
+  U32: 4,
+  F32: 4,
+  F64: 8,
+  I64: 8,
+  U64: 8,
+};
+
+const floatDtypes: Readonly<Record<SafetensorsFloatDType, DType>> = { F32: 'f32', F16: 'f16', BF16: 'bf16', F64: 'f64' };
+
+/** True for F32, F16, BF16 and F64: the dtypes `readFloat32` converts. */
+export function isSafetensorsFloatDtype(dtype: string): dtype is SafetensorsFloatDType {
+  return Object.prototype.hasOwnProperty.call(floatDtypes, dtype);
+}
+
+const dtypeRank = new Map<string, number>(safetensorsDtypes.map((d, i) => [d, i]));
+
+/** The reference crate refuses headers larger than this (100 MB, decimal). */
+export const SAFETENSORS_MAX_HEADER_BYTES = 100_000_000;
+/** The first bytes of a Git LFS pointer file. */
+const LFS_PREFIX = 'version https://git-lfs.github.com/spec/';
+/** A shard index (`*.safetensors.index.json`) is refused above this size. */
+const MAX_INDEX_BYTES = 100_000_000;
+/** Bytes of stored data read per chunk when converting to f32 (a multiple of 8). */
+const CONVERT_CHUNK_BYTES = 4 << 20;
+
+function assertLittleEndian(): void {
+  if (os.endianness() !== 'LE') {
+    throw new EigenLoraxError('safetensors I/O needs a little-endian machine (the format and typed arrays disagree otherwise)', 'ERR_INTERNAL');
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Reader
+
+/** What the header says about one tensor. */
+export interface SafetensorsTensorInfo {
+  readonly dtype: SafetensorsDType;
+  readonly shape: readonly number[];
+  /** `product(shape) * bytes per element`. */
+  readonly byteLength: number;
+  /** Absolute path of the file (shard) that holds it. */
+  readonly file: string;
+  /** Absolute byte offset of its data in that file. */
+  readonly offset: number;
+}
+
+/** A tensor converted to f32. */
+export interface Float32Tensor {
+  /** The dtype it was stored as. */
+  dtype: SafetensorsFloatDType;
+  shape: number[];
+  /** Row-major values, `product(shape)` of them, in a buffer of its own. */
+  data: Float32Array;
+}
+
+/** A tensor's stored bytes, as they are in the file (little-endian). */
+export interface RawTensor {
+  dtype: SafetensorsDType;
+  shape: number[];
+  /** `byteLength` bytes in an ArrayBuffer of its own (offset 0, so any typed-array view over it is aligned). */
+  bytes: Uint8Array;
+}
+
+export interface ReadFloat32Options {
+  /** Write into this array (exactly `product(shape)` elements) instead of a new one. */
+  out?: Float32Array;
+}
+
+export interface ReadRawOptions {
+  /** Write into this array (exactly `byteLength` bytes) instead of a new one. */
+  out?: Uint8Array;
+}
+
+/** One opened safetensors file. */
+interface OpenedFile {
+  path: string;
+  handle: FileHandle | null;
+  metadata: Record<string, string>;
+}
+
+interface Entry {
+  name: string;
+  info: SafetensorsTensorInfo;
+  source: OpenedFile;
+}
+
+/**
+ * An opened safetensors file, or a sharded checkpoint presented as one. Only headers have
+ * been read; tensors are read when asked for. Close it when done (`await reader.close()`,
+ * or `await using reader = await openSafetensors(path)`).
+ *
+ * Reads may run concurrently. Errors are EigenLoraxErrors naming the file and tensor.
+ */
+export class SafetensorsReader {
+  /** What was opened: the .safetensors file or the shard index (absolute). */
+  readonly path: string;
+  /** The safetensors files read from: one, or every shard in name order (absolute). */
+  readonly files: readonly string[];
+  /**
+   * The `__metadata__` strings. For a sharded checkpoint, those of all shards merged (the
+   * first shard in name order wins where two disagree; `shardMetadata` has each one).
+   */
+  readonly metadata: Readonly<Record<string, string>>;
+  /** Each shard's own `__metadata__`, by absolute file path. */
+  readonly shardMetadata: ReadonlyMap<string, Readonly<Record<string, string>>>;
+  /** The shard index's `metadata` object (e.g. `total_size`); null for a single file. */
+  readonly indexMetadata: Readonly<Record<string, unknown>> | null;
+  /** Every tensor by name, in file order (shard by shard, by offset). */
+  readonly tensors: ReadonlyMap<string, SafetensorsTensorInfo>;
+
+  readonly #entries: Map<string, Entry>;
+  readonly #opened: OpenedFile[];
+  #closed = false;
+  readonly #inflight = new Set<Promise<unknown>>();
+  /** Up to two reusable chunk buffers for conversions (more are allocated when reads overlap). */
+  #chunkBuffers: Buffer[] = [];
+
+  /** @internal Use {@link openSafetensors}. */
+  constructor(where: string, opened: OpenedFile[], entries: Map<string, Entry>, indexMetadata: Record<string, unknown> | null) {
+    this.path = where;
+    this.#opened = opened;
+    this.#entries = entries;
+    this.files = opened.map((f) => f.path);
+    const merged = new Map<string, string>();
+    for (const file of opened) for (const [k, v] of Object.entries(file.metadata)) if (!merged.has(k)) merged.set(k, v);
+    this.metadata = Object.freeze(Object.fromEntries(merged));
+    this.shardMetadata = new Map(opened.map((f) => [f.path, Object.freeze({ ...f.metadata })]));
+    this.indexMetadata = indexMetadata === null ? null : Object.freeze({ ...indexMetadata });
+    this.tensors = new Map([...entries].map(([name, entry]) => [name, entry.info]));
+  }
+
+  /** True when the reader holds a tensor called `name`. */
+  has(name: string): boolean {
+    return this.#entries.has(name);
+  }
+
+  /**
+   * Reads tensor `name` and converts it to f32. F32 is read straight into the result (no
+   * copy). F16, BF16 and F64 are read in 4 MiB chunks into two reusable buffers and
+   * converted by the native, vectorised conversion (the same as `toFloat32`, off the event
+   * loop) into the result, reading chunk k+1 while chunk k converts (4 MiB measured best
+   * in bench/io.ts: the chunk stays in cache between the read and the conversion); f64
+   * rounds to nearest even; NaN and Inf are kept. Other dtypes are refused with
+   * ERR_UNSUPPORTED_DTYPE (use {@link readRaw}).
+   *
+   * `options.out`: a Float32Array of exactly `product(shape)` elements to write into
+   * (returned as `data`), so a loop over many tensors can reuse one buffer (`subarray` it
+   * to each tensor's size); without it a new array is allocated.
+   */
+  readFloat32(name: string, options: ReadFloat32Options = {}): Promise<Float32Tensor> {
+    return this.#track(this.#readFloat32(name, options));
+  }
+
+  async #readFloat32(name: string, options: ReadFloat32Options): Promise<Float32Tensor> {
+    const { info, source } = this.#entry(name);
+    const out = readOutOption(options, Float32Array, 'a Float32Array');
+    const dtype = info.dtype;
+    if (!isSafetensorsFloatDtype(dtype)) {
+      throw fileError(
+        'ERR_UNSUPPORTED_DTYPE',
+        source.path,
+        `dtype ${dtype} is not a floating-point type (F32, F16, BF16, F64) and cannot be read as f32; read it with readRaw()`,
+        name,
+      );
+    }
+    const count = info.byteLength / safetensorsDtypeBytes[dtype];
+    if (out !== undefined && out.length !== count) {
+      throw fileError('ERR_SHAPE_MISMATCH', source.path, `options.out has ${out.length} elements but the tensor has ${count}`, name);
+    }
+    const handle = this.#handle(source, name);
+    const shape = [...info.shape];
+    const data = out ?? new Float32Array(count);
+    if (dtype === 'F32') {
+      await readFully(handle, data, info.offset, source.path, name);
+      return { dtype, shape, data };
+    }
+    await this.#readConverted(handle, info, floatDtypes[dtype], data, source.path, name);
+    return { dtype, shape, data };
+  }
+
+  /**
+   * Reads tensor `name` as stored (any dtype, little-endian). Without `options.out` the
+   * bytes are in a new ArrayBuffer of their own (offset 0, so typed-array views over it are
+   * aligned); with it (a Uint8Array of exactly `byteLength` bytes) they are written there.
+   */
+  readRaw(name: string, options: ReadRawOptions = {}): Promise<RawTensor> {
+    return this.#track(this.#readRaw(name, options));
+  }
+
+  async #readRaw(name: string, options: ReadRawOptions): Promise<RawTensor> {
+    const { info, source } = this.#entry(name);
+    const out = readOutOption(options, Uint8Array, 'a Uint8Array');
+    if (out !== undefined && out.byteLength !== info.byteLength) {
+      throw fileError('ERR_SHAPE_MISMATCH', source.path, `options.out has ${out.byteLength} bytes but the tensor has ${info.byteLength}`, name);
+    }
+    const handle = this.#handle(source, name);
+    const bytes = out ?? new Uint8Array(info.byteLength);
+    await readFully(handle, bytes, info.offset, source.path, name);
+    return { dtype: info.dtype, shape: [...info.shape], bytes };
+  }
+
+  /** Chunked read + native conversion, the read of chunk k+1 overlapping the conversion of chunk k. */
+  async #readConverted(handle: FileHandle, info: SafetensorsTensorInfo, from: DType, out: Float32Array, file: string, name: string) {
+    if (out.length === 0) return;
+    const elementBytes = dtypeBytes[from];
+    const chunkElements = Math.floor(CONVERT_CHUNK_BYTES / elementBytes);
+    const chunks = Math.ceil(out.length / chunkElements);
+    const buffers = [this.#takeChunkBuffer(), chunks > 1 ? this.#takeChunkBuffer() : null];
+    const read = (k: number): Promise<Uint8Array> => {
+      const first = k * chunkElements;
+      const length = (Math.min(out.length, first + chunkElements) - first) * elementBytes;
+      const bytes = (buffers[k % 2] as Buffer).subarray(0, length);
+      return readFully(handle, bytes, info.offset + first * elementBytes, file, name).then(() => bytes);
+    };
+    const convert = (k: number, bytes: Uint8Array): Promise<void> => {
+      const first = k * chunkElements;
+      const dst = out.subarray(first, first + bytes.byteLength / elementBytes);
+      return withCallerStack(native.convert({ src: bytes, from, dst, to: 'f32' }), callSite);
+    };
+    const callSite = new Error();
+    try {
+      let current = await read(0);
+      for (let k = 0; k < chunks; k++) {
+        // allSettled: when one side fails, the other still finishes before we return, so
+        // nothing writes into `out` or the chunk buffers afterwards.
+        const [next, converted] = await Promise.allSettled([k + 1 < chunks ? read(k + 1) : null, convert(k, current)]);
+        if (converted.status === 'rejected') throw converted.reason;
+        if (next.status === 'rejected') throw next.reason;
+        current = next.value as Uint8Array;
+      }
+    } finally {
+      for (const b of buffers) if (b !== null) this.#giveBackChunkBuffer(b);
+    }
+  }
+
+  /** Registers a read so that close() waits for it. */
+  #track<T>(promise: Promise<T>): Promise<T> {
+    this.#inflight.add(promise);
+    const forget = () => this.#inflight.delete(promise);
+    promise.then(forget, forget);
+    return promise;
+  }
+
+  /**
+   * Closes every file. Reads already started finish first (close resolves after them);
+   * reads started later throw ERR_CLOSED. Calling it again is harmless.
+   */
+  async close(): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    await Promise.allSettled([...this.#inflight]);
+    this.#chunkBuffers = [];
+    await closeAll(this.#opened);
+  }
+
+  async [Symbol.asyncDispose](): Promise<void> {
+    await this.close();
+  }
+
+  #entry(name: string): Entry {
+    if (typeof name !== 'string') throw invalid('a tensor name (string)', 'name', name);
+    if (this.#closed) throw fileError('ERR_CLOSED', this.path, 'the reader is closed', name);
+    const entry = this.#entries.get(name);
+    if (entry === undefined) {
+      const n = this.#entries.size;
+      throw fileError('ERR_TENSOR_NOT_FOUND', this.path, `no such tensor (the file holds ${n} tensor${n === 1 ? '' : 's'})`, name);
+    }
+    return entry;
+  }
+
+  #handle(source: OpenedFile, name: string): FileHandle {
+    if (this.#closed || source.handle === null) throw fileError('ERR_CLOSED', source.path, 'the reader is closed', name);
+    return source.handle;
+  }
+
+  #takeChunkBuffer(): Buffer {
+    return this.#chunkBuffers.pop() ?? Buffer.allocUnsafeSlow(CONVERT_CHUNK_BYTES);
+  }
+
+  #giveBackChunkBuffer(buffer: Buffer): void {
+    if (!this.#closed && this.#chunkBuffers.length < 2) this.#chunkBuffers.push(buffer);
+  }
+}
+
+/** The `out` option of readFloat32 / readRaw, checked. */
+function readOutOption<T extends Float32Array | Uint8Array>(
+  options: unknown,
+  type: new (...args: never[]) => T,
+  expected: string,
+): T | undefined {
+  const opts = object(options, 'options');
+  knownKeys(opts, 'options', ['out']);
+  if (opts.out === undefined) return undefined;
+  if (!(opts.out instanceof type)) throw invalid(expected, 'options.out', opts.out);
+  return opts.out;
+}
+
+async function closeAll(files: OpenedFile[]): Promise<void> {
+  const handles = files.map((f) => f.handle).filter((h): h is FileHandle => h !== null);
+  for (const f of files) f.handle = null;
+  await Promise.all(handles.map((h) => h.close().catch(() => undefined)));
+}
+
+/**
+ * Opens a safetensors file, a sharded checkpoint, or a folder, reading only headers.
+ *
+ * `target` may be:
+ *  - a `.safetensors` file (any name);
+ *  - a shard index, `<anything>.safetensors.index.json` (as written by transformers and
+ *    diffusers: `{ "metadata": {...}, "weight_map": { tensor: shard file } }`): every shard
+ *    named in `weight_map` is opened and the shards are presented as one reader; each
+ *    `weight_map` tensor must be in the shard it names, no tensor may be in two shards,
+ *    and shard paths may not leave the index's folder;
+ *  - a folder: its one `*.safetensors.index.json` if it has exactly one, else its one
+ *    `*.safetensors` file if it has exactly one; anything else is an error listing what
+ *    was found.
+ *
+ * Checks on every header, each failure an EigenLoraxError naming the file (and tensor):
+ * ERR_LFS_POINTER for a Git LFS pointer file; ERR_SAFETENSORS_FORMAT for a file shorter
+ * than 8 bytes, a header length over 100,000,000 bytes or past the end of the file, a
+ * header that is not UTF-8 JSON object, `__metadata__` that is not a map of strings, an
+ * unknown dtype, a shape that is not an array of non-negative safe integers, data_offsets
+ * that are not `[begin, end]` with `begin <= end` inside the data section, a byte length
+ * other than `product(shape) * dtype size`, or two tensors that overlap; ERR_NOT_FOUND
+ * for a missing file, folder or shard (naming the index too); ERR_IO for other I/O
+ * failures.
+ *
+ * The header JSON is parsed on the calling thread (a 1 MB header, ~10,000 tensors, takes a
+ * few milliseconds); everything else is asynchronous.
+ */
+export async function openSafetensors(target: string): Promise<SafetensorsReader> {
+  if (typeof target !== 'string' || target.length === 0) throw invalid('a path (non-empty string)', 'path', target);
+  assertLittleEndian();
+  let where = path.resolve(target);
+  let stats;
+  try {
+    stats = await stat(where);
+  } catch (cause) {
+    throw ioError(cause, where, 'open');
+  }
+  if (stats.isDirectory()) where = await resolveFolder(where);
+  if (where.endsWith('.index.json')) return openSharded(where);
+  const file = await openFile(where);
+  return new SafetensorsReader(where, [file.opened], toEntryMap(file), null);
+}
+
+async function resolveFolder(folder: string): Promise<string> {
+  let names: string[];
+  try {
+    names = (await readdir(folder)).sort();
+  } catch (cause) {
+    throw ioError(cause, folder, 'list the folder');
+  }
+  const indexes = names.filter((n) => n.endsWith('.safetensors.index.json'));
+  if (indexes.length === 1) return path.join(folder, indexes[0] as string);
+  if (indexes.length > 1) {
+    throw fileError('ERR_INVALID_ARGUMENT', folder, `the folder holds several shard indexes (${indexes.join(', ')}); open one of them`);
+  }
+  const files = names.filter((n) => n.endsWith('.safetensors'));
+  if (files.length === 1) return path.join(folder, files[0] as string);
+  if (files.length === 0) throw fileError('ERR_NOT_FOUND', folder, 'the folder holds no .safetensors file and no *.safetensors.index.json');
+  throw fileError(
+    'ERR_INVALID_ARGUMENT',
+    folder,
+    `the folder holds several .safetensors files (${files.join(', ')}) and no shard index; open one of them`,
+  );
+}
+
+interface ParsedFile {
+  opened: OpenedFile;
+  tensors: Array<{ name: string; info: SafetensorsTensorInfo }>;
+}
+
+function toEntryMap(file: ParsedFile): Map<string, Entry> {
+  return new Map(file.tensors.map((t) => [t.name, { name: t.name, info: t.info, source: file.opened }]));
+}
+
+/** Opens one file and validates its header; the handle stays open on success only. */
+async function openFile(file: string): Promise<ParsedFile> {
+  let handle: FileHandle;
+  try {
+    handle = await open(file, 'r');
+  } catch (cause) {
+    throw ioError(cause, file, 'open');
+  }
+  try {
+    let size: number;
+    try {
+      size = (await handle.stat()).size;
+    } catch (cause) {
+      throw ioError(cause, file, 'stat');
+    }
+    const head = new Uint8Array(Math.min(size, LFS_PREFIX.length));
+    await readFully(handle, head, 0, file);
+    if (Buffer.from(head).toString('latin1') === LFS_PREFIX) throw await lfsPointerError(handle, file, size);
+    if (size < 8) throw fileError('ERR_SAFETENSORS_FORMAT', file, `the file is ${size} bytes long, shorter than the 8-byte header length`);
+
+    const headerLength64 = Buffer.from(head.buffer, head.byteOffset, 8).readBigUInt64LE(0);
+    if (headerLength64 > BigInt(SAFETENSORS_MAX_HEADER_BYTES)) {
+      throw fileError(
+        'ERR_SAFETENSORS_FORMAT',
+        file,
+        `header length ${headerLength64} bytes is over the ${SAFETENSORS_MAX_HEADER_BYTES}-byte limit (not a safetensors file, or a corrupt one)`,
+      );
+    }
+    const headerLength = Number(headerLength64);
+    if (8 + headerLength > size) {
+      throw fileError(
+        'ERR_SAFETENSORS_FORMAT',
+        file,
+        `header length ${headerLength} bytes runs past the end of the file (${size} bytes; the file is truncated or not safetensors)`,
+      );
+    }
+    const headerBytes = new Uint8Array(headerLength);
+    await readFully(handle, headerBytes, 8, file);
+    const dataStart = 8 + headerLength;
+    const { metadata, tensors } = parseHeader(file, headerBytes, dataStart, size - dataStart);
+    return { opened: { path: file, handle, metadata }, tensors };
+  } catch (error) {
+    await handle.close().catch(() => undefined);
+    throw error;
+  }
+}
+
+async function lfsPointerError(handle: FileHandle, file: string, size: number): Promise<EigenLoraxError> {
+  const text = new Uint8Array(Math.min(size, 1024));
+  await readFully(handle, text, 0, file);
+  const lines = Buffer.from(text).toString('utf8').split('\n');
+  const oid = lines.find((l) => l.startsWith('oid '))?.slice(4);
+  const bytes = lines.find((l) => l.startsWith('size '))?.slice(5);
+  const details = [oid === undefined ? '' : `oid ${oid}`, bytes === undefined ? '' : `size ${bytes} bytes`].filter(Boolean).join(', ');
+  return fileError(
+    'ERR_LFS_POINTER',
+    file,
+    `this is a Git LFS pointer file${details ? ` (${details})` : ''}, not the safetensors file itself; ` +
+      'fetch the real file (e.g. `git lfs pull`) and try again',
+  );
+}
+
+/** Validates a header; returns the metadata and the tensors sorted by offset. */
+function parseHeader(
+  file: string,
+  headerBytes: Uint8Array,
+  dataStart: number,
+  dataLength: number,
+): { metadata: Record<string, string>; tensors: Array<{ name: string; info: SafetensorsTensorInfo }> } {
+  const bad = (message: string, key?: string) => fileError('ERR_SAFETENSORS_FORMAT', file, message, key);
+  let text: string;
+  try {
+    text = new TextDecoder('utf-8', { fatal: true, ignoreBOM: true }).decode(headerBytes);
+  } catch {
+    throw bad('the header is not valid UTF-8');
+  }
+  let header: unknown;
+  try {
+    header = JSON.parse(text);
+  } catch (cause) {
+    throw bad(`the header is not valid JSON (${(cause as Error).message})`);
+  }
+  if (typeof header !== 'object' || header === null || Array.isArray(header)) {
+    throw bad(`the header is not a JSON object but ${describe(header)}`);
+  }
+
+  let metadata: Record<string, string> = {};
+  const tensors: Array<{ name: string; info: SafetensorsTensorInfo; begin: number; end: number }> = [];
+  for (const [name, value] of Object.entries(header)) {
+    if (name === '__metadata__') {
+      metadata = parseMetadata(value, (message) => bad(message));
+      continue;
+    }
+    if (typeof value !== 'object' || value === null || Array.isArray(value)) {
+      throw bad(`the header entry is not an object with dtype, shape and data_offsets but ${describe(value)}`, name);
+    }
+    const { dtype, shape, data_offsets: offsets } = value as Record<string, unknown>;
+    if (typeof dtype !== 'string' || !dtypeRank.has(dtype)) {
+      throw bad(`unknown dtype ${describe(dtype)} (known: ${safetensorsDtypes.join(', ')})`, name);
+    }
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)) {
+      throw bad(`shape must be an array of non-negative integers, not ${JSON.stringify(shape) ?? 'undefined'}`, name);
+    }
+    const dims = shape as number[];
+    if (
+      !Array.isArray(offsets) ||
+      offsets.length !== 2 ||
+      !offsets.every((o) => Number.isSafeInteger(o) && (o as number) >= 0)
+    ) {
+      throw bad(`data_offsets must be [begin, end], two non-negative integers, not ${JSON.stringify(offsets) ?? 'undefined'}`, name);
+    }
+    const [begin, end] = offsets as [number, number];
+    if (begin > end) throw bad(`data_offsets [${begin}, ${end}] end before they begin`, name);
+    if (end > dataLength) {
+      throw bad(
+        `data_offsets [${begin}, ${end}] run past the end of the data section (${dataLength} bytes; the file is truncated or corrupt)`,
+        name,
+      );
+    }
+    const size = safetensorsDtypeBytes[dtype as SafetensorsDType];
+    let count = 1;
+    for (const d of dims) {
+      count *= d;
+      if (!Number.isSafeInteger(count * size)) throw bad(`shape [${dims.join(', ')}] is too large`, name);
+    }
+    if (end - begin !== count * size) {
+      throw bad(
+        `data_offsets [${begin}, ${end}] span ${end - begin} bytes but ${dtype} x [${dims.join(', ')}] needs ${count * size}`,
+        name,
+      );
+    }
+    tensors.push({
+      name,
+      begin,
+      end,
+      info: Object.freeze({
+        dtype: dtype as SafetensorsDType,
+        shape: Object.freeze([...dims]),
+        byteLength: end - begin,
+        file,
+        offset: dataStart + begin,
+      }),
+    });
+  }
+  tensors.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  for (let i = 1; i < tensors.length; i++) {
+    const previous = tensors[i - 1] as (typeof tensors)[number];
+    const current = tensors[i] as (typeof tensors)[number];
+    if (current.begin < previous.end) {
+      throw bad(
+        `data_offsets [${current.begin}, ${current.end}] overlap those of tensor ${JSON.stringify(previous.name)} [${previous.begin}, ${previous.end}]`,
+        current.name,
+      );
+    }
+  }
+  return { metadata, tensors: tensors.map(({ name, info }) => ({ name, info })) };
+}
+
+function parseMetadata(value: unknown, bad: (message: string) => EigenLoraxError): Record<string, string> {
+  if (value === null) return {};
+  if (typeof value !== 'object' || Array.isArray(value)) throw bad(`__metadata__ must be an object of strings, not ${describe(value)}`);
+  for (const [key, v] of Object.entries(value)) {
+    if (typeof v !== 'string') throw bad(`__metadata__[${JSON.stringify(key)}] must be a string, not ${describe(v)}`);
+  }
+  return Object.fromEntries(Object.entries(value as Record<string, string>));
+}
+
+async function openSharded(indexPath: string): Promise<SafetensorsReader> {
+  const bad = (message: string, key?: string) => fileError('ERR_SAFETENSORS_FORMAT', indexPath, message, key);
+  let text: string;
+  try {
+    const { size } = await stat(indexPath);
+    if (size > MAX_INDEX_BYTES) throw bad(`the shard index is ${size} bytes, over the ${MAX_INDEX_BYTES}-byte limit`);
+    const bytes = await readFile(indexPath);
+    if (bytes.toString('latin1', 0, LFS_PREFIX.length) === LFS_PREFIX) {
+      throw fileError(
+        'ERR_LFS_POINTER',
+        indexPath,
+        'this is a Git LFS pointer file, not the shard index itself; fetch the real file (e.g. `git lfs pull`)',
+      );
+    }
+    text = bytes.toString('utf8');
+  } catch (cause) {
+    throw ioError(cause, indexPath, 'read the shard index');
+  }
+  let index: unknown;
+  try {
+    index = JSON.parse(text);
+  } catch (cause) {
+    throw bad(`the shard index is not valid JSON (${(cause as Error).message})`);
+  }
+  if (typeof index !== 'object' || index === null || Array.isArray(index)) throw bad(`the shard index is not a JSON object but ${describe(index)}`);
+  const { weight_map: weightMap, metadata } = index as Record<string, unknown>;
+  if (typeof weightMap !== 'object' || weightMap === null || Array.isArray(weightMap)) {
+    throw bad(`weight_map must be an object mapping tensor names to shard files, not ${describe(weightMap)}`);
+  }
+  if (metadata !== undefined && metadata !== null && (typeof metadata !== 'object' || Array.isArray(metadata))) {
+    throw bad(`metadata must be an object, not ${describe(metadata)}`);
+  }
+  const folder = path.dirname(indexPath);
+  const shardOf = new Map<string, string>();
+  for (const [name, shard] of Object.entries(weightMap)) {
+    if (typeof shard !== 'string' || shard.length === 0) throw bad(`weight_map names ${describe(shard)} as the shard, not a file name`, name);
+    const resolved = path.resolve(folder, shard);
+    const relative = path.relative(folder, resolved);
+    if (relative.startsWith('..') || path.isAbsolute(relative)) throw bad(`shard ${JSON.stringify(shard)} is outside the index's folder`, name);
+    shardOf.set(name, resolved);
+  }
+  const shardPaths = [...new Set(shardOf.values())].sort();
+
+  for (const shard of shardPaths) {
+    try {
+      await stat(shard);
+    } catch (cause) {
+      const error = ioError(cause, indexPath, `open shard ${shard} named in its weight_map`);
+      const key = [...shardOf].find(([, s]) => s === shard)?.[0];
+      if (error.code === 'ERR_NOT_FOUND') {
+        const missing = fileError(
+          'ERR_NOT_FOUND',
+          indexPath,
+          `the shard index names shard ${shard}${key === undefined ? '' : ` (for tensor ${JSON.stringify(key)})`}, ` +
+            'which does not exist',
+        );
+        missing.cause = cause;
+        throw missing;
+      }
+      throw error;
+    }
+  }
+
+  const parsed: ParsedFile[] = [];
+  try {
+    for (const shard of shardPaths) parsed.push(await openFile(shard));
+    const entries = new Map<string, Entry>();
+    for (const file of parsed) {
+      for (const t of file.tensors) {
+        const other = entries.get(t.name);
+        if (other !== undefined) {
+          throw bad(`the tensor is in two shards, ${other.source.path} and ${file.opened.path}`, t.name);
+        }
+        entries.set(t.name, { name: t.name, info: t.info, source: file.opened });
+      }
+    }
+    for (const [name, shard] of shardOf) {
+      if (entries.get(name)?.source.path !== shard) {
+        throw bad(`weight_map puts the tensor in shard ${shard}, which does not hold it`, name);
+      }
+    }
+    return new SafetensorsReader(
+      indexPath,
+      parsed.map((p) => p.opened),
+      entries,
+      (metadata ?? {}) as Record<string, unknown>,
+    );
+  } catch (error) {
+    await closeAll(parsed.map((p) => p.opened));
+    throw error;
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Writer
+
+/** Output dtypes for f32 data. */
+export type SafetensorsWriteDType = 'F32' | 'F16' | 'BF16';
+
+/**
+ * A tensor given as f32 values, written as `dtype` (the entry's, else the options', else
+ * F32). `data` may be a function returning the values (sync or async): it is called only
+ * when the writer reaches this tensor, so tensors can be produced one at a time.
+ */
+export interface SafetensorsFloatEntry {
+  name: string;
+  shape: readonly number[];
+  data: Float32Array | (() => Float32Array | Promise<Float32Array>);
+  /** Overrides `options.dtype` for this tensor (F64 is lossless from f32). */
+  dtype?: SafetensorsFloatDType;
+}
+
+/**
+ * A tensor given as its stored bytes (any dtype, little-endian, row-major), written
+ * unchanged: integer and bool tensors, or float tensors copied without conversion.
+ * `bytes` may be any typed array or a function returning one, called when needed.
+ */
+export interface SafetensorsRawEntry {
+  name: string;
+  shape: readonly number[];
+  dtype: SafetensorsDType;
+  bytes: ArrayBufferView | (() => ArrayBufferView | Promise<ArrayBufferView>);
+}
+
+export type SafetensorsEntry = SafetensorsFloatEntry | SafetensorsRawEntry;
+
+export interface WriteSafetensorsOptions {
+  /** Storage dtype of f32 entries without their own; F16/BF16 round to nearest even. Default F32. */
+  dtype?: SafetensorsWriteDType;
+  /** `__metadata__`: strings to strings. Omitted from the file when not given. */
+  metadata?: Readonly<Record<string, string>>;
+}
+
+interface PlannedEntry {
+  name: string;
+  shape: number[];
+  dtype: SafetensorsDType;
+  count: number;
+  byteLength: number;
+  begin: number;
+  /** 'float': convert f32 data to dtype; 'raw': write bytes as given. */
+  kind: 'float' | 'raw';
+  source: SafetensorsFloatEntry['data'] | SafetensorsRawEntry['bytes'];
+}
+
+const loneSurrogate = /\p{Cs}/u;
+
+function compareUtf8(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+/**
+ * Plans the layout (the reference crate's order) and validates every entry. Throws
+ * ERR_INVALID_ARGUMENT / ERR_SHAPE_MISMATCH naming the file and tensor.
+ */
+function plan(file: string, entries: unknown, options: WriteSafetensorsOptions): { planned: PlannedEntry[]; header: Buffer } {
+  if (!Array.isArray(entries)) throw invalid('an array of { name, shape, data } or { name, shape, dtype, bytes } entries', 'entries', entries);
+  const defaultDtype: SafetensorsFloatDType = options.dtype ?? 'F32';
+  const seen = new Set<string>();
+  const planned: PlannedEntry[] = [];
+  entries.forEach((raw: unknown, i: number) => {
+    const entry = object(raw, `entries[${i}]`);
+    const name = entry.name;
+    if (typeof name !== 'string') throw invalid('a tensor name (string)', `entries[${i}].name`, name);
+    const argError = (message: string, code: 'ERR_INVALID_ARGUMENT' | 'ERR_SHAPE_MISMATCH' = 'ERR_INVALID_ARGUMENT') =>
+      fileError(code, file, message, name);
+    if (name === '__metadata__') throw argError('the name __metadata__ is reserved by the format for the metadata map');
+    if (loneSurrogate.test(name)) throw argError('the name holds a lone UTF-16 surrogate, which UTF-8 cannot encode');
+    if (seen.has(name)) throw argError('two entries have this name');
+    seen.add(name);
+    const shape = entry.shape;
+    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)) {
+      throw argError(`expected shape to be an array of non-negative integers but received ${describe(shape)}`);
+    }
+    const isRaw = 'bytes' in entry;
+    if (isRaw === 'data' in entry) throw argError('an entry needs exactly one of data (f32 values) or bytes (stored bytes)');
+    let dtype: SafetensorsDType;
+    if (isRaw) {
+      dtype = oneOf(entry.dtype, `entries[${i}].dtype (tensor ${JSON.stringify(name)} of ${file})`, safetensorsDtypes);
+      const bytes = entry.bytes;
+      if (!ArrayBuffer.isView(bytes) && typeof bytes !== 'function') {
+        throw argError(`expected bytes to be a typed array or a function returning one but received ${describe(bytes)}`);
+      }
+    } else {
+      dtype =
+        entry.dtype === undefined
+          ? defaultDtype
+          : oneOf(entry.dtype, `entries[${i}].dtype (tensor ${JSON.stringify(name)} of ${file})`, ['F32', 'F16', 'BF16', 'F64'] as const);
+      const data = entry.data;
+      if (!(data instanceof Float32Array) && typeof data !== 'function') {
+        throw argError(`expected data to be a Float32Array or a function returning one but received ${describe(data)}`);
+      }
+    }
+    let count = 1;
+    for (const d of shape as number[]) count *= d;
+    const byteLength = count * safetensorsDtypeBytes[dtype];
+    if (!Number.isSafeInteger(byteLength)) throw argError(`shape [${(shape as number[]).join(', ')}] is too large`);
+    const p: PlannedEntry = {
+      name,
+      shape: [...(shape as number[])],
+      dtype,
+      count,
+      byteLength,
+      begin: 0,
+      kind: isRaw ? 'raw' : 'float',
+      source: (isRaw ? entry.bytes : entry.data) as PlannedEntry['source'],
+    };
+    if (typeof p.source !== 'function') checkSourceLength(file, p, p.source);
+    planned.push(p);
+  });
+
+  planned.sort((a, b) => (dtypeRank.get(b.dtype) as number) - (dtypeRank.get(a.dtype) as number) || compareUtf8(a.name, b.name));
+  let offset = 0;
+  const parts: string[] = [];
+  if (options.metadata !== undefined) {
+    const keys = Object.keys(options.metadata).sort(compareUtf8);
+    parts.push(`"__metadata__":{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(options.metadata?.[k])}`).join(',')}}`);
+  }
+  for (const p of planned) {
+    p.begin = offset;
+    offset += p.byteLength;
+    if (!Number.isSafeInteger(offset)) throw fileError('ERR_INVALID_ARGUMENT', file, 'the tensors add up to more than 2^53 bytes', p.name);
+    parts.push(`${JSON.stringify(p.name)}:{"dtype":"${p.dtype}","shape":[${p.shape.join(',')}],"data_offsets":[${p.begin},${offset}]}`);
+  }
+  const json = Buffer.from(`{${parts.join(',')}}`, 'utf8');
+  const padded = json.length + ((8 - (json.length % 8)) % 8);
+  if (padded > SAFETENSORS_MAX_HEADER_BYTES) {
+    throw fileError(
+      'ERR_INVALID_ARGUMENT',
+      file,
+      `the header would be ${padded} bytes, over the ${SAFETENSORS_MAX_HEADER_BYTES}-byte limit of safetensors readers`,
+    );
+  }
+  const header = Buffer.alloc(8 + padded, 0x20);
+  header.writeBigUInt64LE(BigInt(padded), 0);
+  json.copy(header, 8);
+  return { planned, header };
+}
+
+function checkSourceLength(file: string, p: PlannedEntry, value: unknown): void {
+  if (p.kind === 'float') {
+    if (!(value instanceof Float32Array)) {
+      throw fileError('ERR_INVALID_ARGUMENT', file, `the data function returned ${describe(value)}, not a Float32Array`, p.name);
+    }
+    if (value.length !== p.count) {
+      throw fileError('ERR_SHAPE_MISMATCH', file, `data has ${value.length} values but shape [${p.shape.join(', ')}] needs ${p.count}`, p.name);
+    }
+  } else {
+    if (!ArrayBuffer.isView(value)) {
+      throw fileError('ERR_INVALID_ARGUMENT', file, `the bytes function returned ${describe(value)}, not a typed array`, p.name);
+    }
+    if (value.byteLength !== p.byteLength) {
+      throw fileError(
+        'ERR_SHAPE_MISMATCH',
+        file,
+        `bytes has ${value.byteLength} bytes but ${p.dtype} x [${p.shape.join(', ')}] needs ${p.byteLength}`,
+        p.name,
+      );
+    }
+  }
+}
+
+/** The stored bytes of one planned entry (produced and converted now). */
+async function encode(file: string, p: PlannedEntry): Promise<ArrayBufferView> {
+  const value = typeof p.source === 'function' ? await p.source() : p.source;
+  checkSourceLength(file, p, value);
+  if (p.kind === 'raw') return value as ArrayBufferView;
+  const data = value as Float32Array;
+  switch (p.dtype) {
+    case 'F32':
+      return data;
+    case 'F16':
+      return fromFloat32(data, 'f16');
+    case 'BF16':
+      return fromFloat32(data, 'bf16');
+    case 'F64':
+      return fromFloat32(data, 'f64');
+    default:
+      throw new EigenLoraxError(`internal: float entry with dtype ${p.dtype}`, 'ERR_INTERNAL');
+  }
+}
+
+/**
+ * Writes a safetensors file, streamed and atomic.
+ *
+ * Every entry is checked first (names unique and not `__metadata__`, shapes, dtypes, the
+ * length of data given directly); the header is computed from shapes and dtypes alone
+ * and written first; then each tensor in layout order: its data function (if any) is
+ * called, its length checked, f32 values converted natively to F16/BF16 (round to
+ * nearest even) or F64, and the bytes written. At most one tensor is held at a time.
+ * The layout is the reference crate's (see the top of this file), so the output is
+ * deterministic and, for the same tensors and at most one metadata key, byte-identical
+ * to `safetensors.torch.save_file`.
+ *
+ * The file is written to a temporary file next to `destination`, fsynced and renamed; on
+ * any error (bad entry, a data function that throws or returns the wrong length, I/O) the
+ * temporary file is removed, `destination` is left as it was, and the error is thrown:
+ * EigenLoraxError (ERR_INVALID_ARGUMENT, ERR_SHAPE_MISMATCH naming the file and tensor,
+ * ERR_NOT_FOUND for a missing folder, ERR_IO), or the data function's own error.
+ */
+export async function writeSafetensors(
+  destination: string,
+  entries: readonly SafetensorsEntry[],
+  options: WriteSafetensorsOptions = {},
+): Promise<void> {
+  if (typeof destination !== 'string' || destination.length === 0) throw invalid('a path (non-empty string)', 'destination', destination);
+  assertLittleEndian();
+  const opts = object(options, 'options');
+  knownKeys(opts, 'options', ['dtype', 'metadata']);
+  if (opts.dtype !== undefined) oneOf(opts.dtype, 'options.dtype', ['F32', 'F16', 'BF16'] as const);
+  if (opts.metadata !== undefined) {
+    const metadata = object(opts.metadata, 'options.metadata');
+    for (const [key, value] of Object.entries(metadata)) {
+      if (typeof value !== 'string') throw invalid('a string', `options.metadata[${JSON.stringify(key)}]`, value);
+      if (loneSurrogate.test(key) || loneSurrogate.test(value)) {
+        throw invalid('well-formed UTF-16 text', `options.metadata[${JSON.stringify(key)}]`, value);
+      }
+    }
+  }
+  const file = path.resolve(destination);
+  const { planned, header } = plan(file, entries, options);
+  await withAtomicFile(file, async (handle) => {
+    await writeFully(handle, header, 0, file);
+    for (const p of planned) {
+      const bytes = await encode(file, p);
+      await writeFully(handle, bytes, header.byteLength + p.begin, file);
+    }
+  });
+}
