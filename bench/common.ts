@@ -42,7 +42,8 @@ export function machineLines(): string[] {
     `memory      ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB, load average ${load} (1/5/15 min)`,
     `os          ${os.type()} ${os.release()}`,
     `node        ${process.version}, eigenlorax ${version}, Eigen ${info.eigen}, SIMD ${info.simd}`,
-    `threads     eigenlorax ${getThreads()} (OpenMP ${info.openmp ? 'on' : 'off'}, hardware ${info.hardwareThreads})`,
+    `threads     eigenlorax ${getThreads()} (OpenMP ${info.openmp ? 'on' : 'off'}, hardware ${info.hardwareThreads}), ` +
+      `libuv pool ${process.env.UV_THREADPOOL_SIZE ?? '4 (default)'}, OMP_WAIT_POLICY ${process.env.OMP_WAIT_POLICY ?? 'unset'}`,
   ];
 }
 
@@ -79,6 +80,57 @@ export function addUniformNoise(out: Float32Array, seed: number, amplitude: numb
     s ^= s << 5;
     out[i] = (out[i] as number) + ((s >>> 0) * scale - amplitude);
   }
+}
+
+interface CpuSnapshot {
+  busy: number;
+  total: number;
+  own: number;
+}
+
+function readTicks(file: string, fields: number[]): number {
+  // /proc/<pid>/stat: the command name may hold spaces, so count fields after its ')'.
+  const text = readFileSync(file, 'utf8');
+  const rest = text.slice(text.lastIndexOf(')') + 2).split(' ');
+  return fields.reduce((sum, field) => sum + Number(rest[field - 3]), 0);
+}
+
+/**
+ * CPU time of the whole machine and of this benchmark (this process, its finished
+ * children, and the `pids` still running), from /proc; null where /proc is missing.
+ */
+export function cpuSnapshot(pids: number[] = []): CpuSnapshot | null {
+  try {
+    const cpu = (readFileSync('/proc/stat', 'utf8').split('\n')[0] ?? '').trim().split(/\s+/).slice(1).map(Number);
+    // user nice system idle iowait irq softirq steal (guest time is already in user)
+    const total = cpu.slice(0, 8).reduce((a, b) => a + b, 0);
+    const busy = total - (cpu[3] ?? 0) - (cpu[4] ?? 0);
+    let own = readTicks('/proc/self/stat', [14, 15, 16, 17]);
+    for (const pid of pids) {
+      try {
+        own += readTicks(`/proc/${pid}/stat`, [14, 15]);
+      } catch {
+        // already gone: counted by the parent's children time if it was waited for
+      }
+    }
+    return { busy, total, own };
+  } catch {
+    return null;
+  }
+}
+
+/**
+ * A line saying how much of the machine other processes used between two snapshots,
+ * with a warning when that is enough to distort multi-threaded timings.
+ */
+export function otherLoadLine(before: CpuSnapshot | null, after: CpuSnapshot | null): string {
+  if (!before || !after || after.total <= before.total) return 'other load  unknown (no /proc)';
+  const others = Math.max(0, after.busy - before.busy - (after.own - before.own));
+  const share = others / (after.total - before.total);
+  const line = `other load  processes other than this benchmark used ${(100 * share).toFixed(0)}% of the CPUs during the run`;
+  return share > 0.1
+    ? `${line}\nWARNING     the machine was busy: multi-threaded timings (OpenMP, OpenBLAS) suffer unevenly; ratios are unreliable`
+    : line;
 }
 
 export type Cell = string | number;

@@ -6,7 +6,7 @@
  *   node dist/bench/rsvd.js --shapes 4096x8000 --exact-all --no-peer
  *
  * Options: --shapes MxN,...   only these shapes (default: the four below)
- *          --exact-all        numpy float64 SVD on every shape (4096 x 8000 takes ~1.5 min here)
+ *          --exact-all        numpy float64 SVD on every shape (default: all but 16384 x 4096)
  *          --no-peer          skip numpy
  *          --python PATH      interpreter for the peer (default: python3)
  *
@@ -21,12 +21,14 @@ import { fileURLToPath } from 'node:url';
 import { getThreads, loraForward, matrix, rsvd, type Matrix } from '../lib/index.js';
 import {
   addUniformNoise,
+  cpuSnapshot,
   exp,
   fillGaussian,
   machineLines,
   median,
   ms,
   now,
+  otherLoadLine,
   ratio,
   sig,
   sleep,
@@ -42,7 +44,7 @@ const SEED = 0;
 interface Shape {
   rows: number;
   cols: number;
-  /** Timed rounds; each round runs every contender once. */
+  /** Timed rounds; each round runs every contender once (or a burst of short calls). */
   rounds: number;
 }
 
@@ -57,7 +59,14 @@ const SHAPES: Shape[] = [
 const TARGET = { rows: 4096, cols: 8000, maxRatio: 0.5 };
 
 /** Pause after every timed call so the other side's idle threads (OpenBLAS spins ~0.1 s) have gone to sleep. */
-const SETTLE_MS = 120;
+const SETTLE_MS = Number(process.env.EIGENLORAX_BENCH_SETTLE_MS ?? 120);
+/**
+ * Calls shorter than this run in bursts of back-to-back calls (one untimed first) that
+ * last about this long, at most MAX_BURST calls: a single call after a pause measures
+ * waking idle threads (milliseconds on this VM), not the routine.
+ */
+const BURST_SECONDS = 0.05;
+const MAX_BURST = 20;
 
 // ------------------------------------------------------------------------------------
 // Command line
@@ -143,6 +152,10 @@ class Peer {
     });
   }
 
+  get pid(): number | undefined {
+    return this.child.pid;
+  }
+
   stop(): void {
     if (!this.exited) this.child.stdin.end(`${JSON.stringify({ cmd: 'quit' })}\n`);
   }
@@ -189,7 +202,8 @@ interface Row {
   k: number;
   l: number;
   variant: string;
-  rounds: number;
+  runs: number;
+  numpyRuns: number;
   ours: number;
   numpy: number;
   exactSeconds: number;
@@ -235,7 +249,8 @@ async function benchShape(shape: Shape, peer: Peer | null, options: Options, not
   let truth: ArrayLike<number> | null = null;
   let truthName = '';
   let exactSeconds = Number.NaN;
-  const affordable = Math.min(m, n) ** 2 * Math.max(m, n) <= 4096 * 1000 * 1000;
+  // numpy's f64 SVD costs ~ min(m, n)^2 max(m, n): 4096 x 8000 takes ~20 s on 2 quiet cores, 16384 x 4096 twice that.
+  const affordable = Math.min(m, n) ** 2 * Math.max(m, n) <= 4096 * 4096 * 8000;
   if (peer && (affordable || options.exactAll)) {
     const reply = await peer.request({ cmd: 'svd', count: k });
     truth = reply.S as number[];
@@ -263,7 +278,9 @@ async function benchShape(shape: Shape, peer: Peer | null, options: Options, not
   const variants: Array<'auto' | 'randomized'> = autoIsExact ? ['auto', 'randomized'] : ['auto'];
   if (autoIsExact) {
     notes.push(`${label}: 'auto' takes the exact path (min(m, n) = ${Math.min(m, n)} <= 2 (k + p) = ${2 * (k + OVERSAMPLE)}); ` +
-      `the 'randomized' row forces Halko's algorithm with l = ${l}, as numpy runs it.`);
+      `the 'randomized' row forces Halko's algorithm with l = ${l}, as numpy runs it. Calls this small are dominated by ` +
+      `thread wake-ups: successive async calls run on different libuv pool threads, each with its own OpenMP team ` +
+      `(compare with UV_THREADPOOL_SIZE=1).`);
   }
 
   // One pass over A as a GEMM: loraForward computes x W^T with x: l x n, W = A (m x n);
@@ -273,63 +290,58 @@ async function benchShape(shape: Shape, peer: Peer | null, options: Options, not
   const gemmLayer = { A: matrix(1, n), B: matrix(m, 1), weight: a };
   const gemmOut = matrix(l, m);
 
-  const times: Record<string, number[]> = { numpy: [], oursGemm: [], numpyGemm: [] };
-  let lastNumpyS: number[] = [];
-  let lastOurs: Record<string, Float32Array> = {};
-  const tasks: Array<[string, () => Promise<void>]> = [];
-  for (const method of variants) {
-    times[method] = [];
-    tasks.push([
-      method,
-      async () => {
-        const t0 = now();
-        const result = await rsvd(a, { rank: k, oversample: OVERSAMPLE, powerIters: POWER_ITERS, seed: SEED, method });
-        if (result.exact !== (method === 'auto' && autoIsExact)) throw new Error(`${label} ${method}: unexpected path (exact = ${result.exact})`);
-        times[method]?.push((now() - t0) / 1e3);
-        lastOurs = { ...lastOurs, [method]: result.S };
-      },
-    ]);
-  }
-  tasks.push([
-    'oursGemm',
-    async () => {
+  // Each contender runs a burst: `warm` untimed calls, then `repeat` timed calls back to
+  // back. Bursts of different contenders alternate, with a pause between them.
+  type Burst = (warm: number, repeat: number) => Promise<number[]>;
+  const ourBurst = (call: () => Promise<unknown>): Burst => async (warm, repeat) => {
+    const out: number[] = [];
+    for (let i = 0; i < warm + repeat; i++) {
       const t0 = now();
-      await loraForward(x, gemmLayer, { out: gemmOut });
-      times.oursGemm?.push((now() - t0) / 1e3);
-    },
-  ]);
+      await call();
+      if (i >= warm) out.push((now() - t0) / 1e3);
+    }
+    return out;
+  };
+  let lastNumpyS: number[] = [];
+  const lastOurs: Record<string, Float32Array> = {};
+  const tasks: Array<{ name: string; burst: Burst; times: number[]; size: number }> = [];
+  for (const method of variants) {
+    const call = async () => {
+      const result = await rsvd(a, { rank: k, oversample: OVERSAMPLE, powerIters: POWER_ITERS, seed: SEED, method });
+      if (result.exact !== (method === 'auto' && autoIsExact)) throw new Error(`${label} ${method}: unexpected path (exact = ${result.exact})`);
+      lastOurs[method] = result.S;
+    };
+    tasks.push({ name: method, burst: ourBurst(call), times: [], size: 1 });
+  }
+  tasks.push({ name: 'oursGemm', burst: ourBurst(() => loraForward(x, gemmLayer, { out: gemmOut })), times: [], size: 1 });
   if (peer) {
-    tasks.push([
-      'numpy',
-      async () => {
-        const reply = await peer.request({ cmd: 'rsvd', k, p: OVERSAMPLE, q: POWER_ITERS, seed: SEED });
-        times.numpy?.push(reply.seconds as number);
-        lastNumpyS = reply.S as number[];
-      },
-    ]);
-    tasks.push([
-      'numpyGemm',
-      async () => {
-        const reply = await peer.request({ cmd: 'gemm', l, seed: 5 });
-        times.numpyGemm?.push(reply.seconds as number);
-      },
-    ]);
+    const numpyBurst: Burst = async (warm, repeat) => {
+      const reply = await peer.request({ cmd: 'rsvd', k, p: OVERSAMPLE, q: POWER_ITERS, seed: SEED, warm, repeat });
+      lastNumpyS = reply.S as number[];
+      return reply.times as number[];
+    };
+    const numpyGemmBurst: Burst = async (warm, repeat) =>
+      (await peer.request({ cmd: 'gemm', l, seed: 5, warm, repeat })).times as number[];
+    tasks.push({ name: 'numpy', burst: numpyBurst, times: [], size: 1 });
+    tasks.push({ name: 'numpyGemm', burst: numpyGemmBurst, times: [], size: 1 });
   }
 
-  // Warm-up round (not recorded), then rounds in alternating order so that neither side
-  // always runs first after the other.
-  for (const [, run] of tasks) {
-    await run();
+  // Warm-up round (not recorded) also sizes the bursts; then rounds in alternating order
+  // so that neither side always runs right after the other.
+  for (const task of tasks) {
+    const [first] = await task.burst(0, 1);
+    task.size = (first as number) < BURST_SECONDS ? Math.min(MAX_BURST, Math.ceil(BURST_SECONDS / (first as number))) : 1;
     await sleep(SETTLE_MS);
   }
-  for (const list of Object.values(times)) list.length = 0;
   for (let round = 0; round < shape.rounds; round++) {
     const order = round % 2 === 0 ? tasks : [...tasks].reverse();
-    for (const [, run] of order) {
-      await run();
+    for (const task of order) {
+      task.times.push(...(await task.burst(task.size > 1 ? 1 : 0, task.size)));
       await sleep(SETTLE_MS);
     }
   }
+  const timesOf = (name: string) => tasks.find((t) => t.name === name)?.times ?? [];
+  const runsOf = (name: string) => timesOf(name).length;
 
   let sameOmegaS: number[] | null = null;
   if (peer) sameOmegaS = (await peer.request({ cmd: 'rsvd_same_omega', k, p: OVERSAMPLE, q: POWER_ITERS, seed: SEED })).S as number[];
@@ -344,9 +356,10 @@ async function benchShape(shape: Shape, peer: Peer | null, options: Options, not
       k,
       l,
       variant: exactPath ? 'auto -> exact' : variant === 'auto' ? 'auto -> randomized' : 'randomized (forced)',
-      rounds: shape.rounds,
-      ours: median(times[variant] ?? []),
-      numpy: median(times.numpy ?? []),
+      runs: runsOf(variant),
+      numpyRuns: runsOf('numpy'),
+      ours: median(timesOf(variant)),
+      numpy: median(timesOf('numpy')),
       exactSeconds,
       truthName,
       errOurs: truth ? maxRelativeError(oursS, truth, k) : Number.NaN,
@@ -355,8 +368,8 @@ async function benchShape(shape: Shape, peer: Peer | null, options: Options, not
       agreement: sameOmegaS && compareWithNumpy ? maxRelativeError(oursS, sameOmegaS, k) : Number.NaN,
       flops: exactPath ? Number.NaN : passes * 2 * m * n * l,
       gemmFlops: 2 * m * n * l,
-      oursGemm: median(times.oursGemm ?? []),
-      numpyGemm: median(times.numpyGemm ?? []),
+      oursGemm: median(timesOf('oursGemm')),
+      numpyGemm: median(timesOf('numpyGemm')),
     };
   });
 }
@@ -384,15 +397,20 @@ async function main(): Promise<void> {
   console.log(`algorithm   Halko-Martinsson-Tropp 4.4: k = min(${RANK}, min(m, n)), p = ${OVERSAMPLE}, q = ${POWER_ITERS}, ` +
     `l = min(k + p, min(m, n)), QR at every half step, B = Q^T A, small SVD; float32 data`);
   console.log(`test matrix G1 diag(1/(1+j), j < min(256, m, n)) G2^T + uniform noise (spectral norm ~0.1 sigma_k), seeded`);
-  console.log(`timing      median of the rounds in the table (+1 warm-up), contenders interleaved, ${SETTLE_MS} ms pause between calls\n`);
+  console.log(`timing      median of all timed runs; contenders interleaved round by round (after a warm-up round), ${SETTLE_MS} ms pause`);
+  console.log(`            between them; calls under ${BURST_SECONDS * 1e3} ms run as bursts of back-to-back calls (first one untimed)\n`);
 
   const notes: string[] = [];
   const rows: Row[] = [];
+  const peerPids = peer?.pid ? [peer.pid] : [];
+  const before = cpuSnapshot(peerPids);
+  let after: ReturnType<typeof cpuSnapshot> = null;
   try {
     for (const shape of options.shapes) {
       process.stderr.write(`  running ${shape.rows} x ${shape.cols} ...\n`);
       rows.push(...(await benchShape(shape, peer, options, notes)));
     }
+    after = cpuSnapshot(peerPids);
   } finally {
     peer?.stop();
   }
@@ -401,13 +419,13 @@ async function main(): Promise<void> {
   console.log('## Time (ms, median)');
   console.log(
     table(
-      ['shape', 'k', 'l', 'path (ours)', 'rounds', 'ours', 'numpy', 'ours/numpy', 'exact SVD f64 (numpy)'],
+      ['shape', 'k', 'l', 'path (ours)', 'runs ours/numpy', 'ours', 'numpy', 'ours/numpy', 'exact SVD f64 (numpy)'],
       rows.map((r): Cell[] => [
         shapeText(r),
         r.k,
         r.l,
         r.variant,
-        r.rounds,
+        `${r.runs}/${peer ? r.numpyRuns : '-'}`,
         ms(r.ours),
         peer ? ms(r.numpy) : 'n/a',
         peer ? ratio(r.ours / r.numpy) : 'n/a',
@@ -481,6 +499,7 @@ async function main(): Promise<void> {
     console.log(`overall:  ${timeOk && accuracyOk ? 'MET' : 'NOT MET'}`);
   }
   console.log(`\nload average at the end: ${os.loadavg().map((v) => v.toFixed(2)).join(' ')}`);
+  console.log(otherLoadLine(before, after));
 }
 
 await main();

@@ -14,13 +14,15 @@ these ones (same machine state for both) and load each test matrix only once.
 Commands:
   {"cmd": "info"}
   {"cmd": "load", "path": P, "rows": m, "cols": n}   raw little-endian f32, row-major
-  {"cmd": "rsvd", "k": k, "p": p, "q": q, "seed": s}  numpy's own Gaussian Omega, timed
+  {"cmd": "rsvd", "k": k, "p": p, "q": q, "seed": s, "warm": w, "repeat": r}
+      numpy's own Gaussian Omega (its generation is timed too); w untimed calls, then
+      r timed calls back to back; answers {"times": [...], "S": [...]}
   {"cmd": "rsvd_same_omega", "k", "p", "q", "seed"}   Omega drawn with eigenlorax's
       generator (xoshiro256** seeded by splitmix64, Box-Muller in double, column-major
       fill; native/core/random.h), so numpy and eigenlorax work on the same sketch and
       their singular values can be compared for accuracy. Not timed (the generator is
       pure Python).
-  {"cmd": "gemm", "l": l, "seed": s}                  one pass: A @ Omega, timed
+  {"cmd": "gemm", "l": l, "seed": s, "warm": w, "repeat": r}   one pass: A @ Omega, timed
   {"cmd": "svd"}                                      exact singular values, float64
   {"cmd": "quit"}
 """
@@ -149,11 +151,13 @@ def handle(msg):
     if cmd == "rsvd":
         k, p, q, seed = int(msg["k"]), int(msg["p"]), int(msg["q"]), int(msg["seed"])
         l = sketch_size(k, p)
-        start = time.perf_counter()
-        omega = np.random.default_rng(seed).standard_normal((A.shape[1], l), dtype=np.float32)
-        _, s, _ = rsvd(A, omega, k, q)
-        seconds = time.perf_counter() - start
-        return {"seconds": seconds, "S": s.astype(float).tolist()}
+        times = []
+        for i in range(int(msg.get("warm", 0)) + int(msg.get("repeat", 1))):
+            start = time.perf_counter()
+            omega = np.random.default_rng(seed).standard_normal((A.shape[1], l), dtype=np.float32)
+            _, s, _ = rsvd(A, omega, k, q)
+            times.append(time.perf_counter() - start)
+        return {"times": times[int(msg.get("warm", 0)):], "S": s.astype(float).tolist()}
     if cmd == "rsvd_same_omega":
         k, p, q, seed = int(msg["k"]), int(msg["p"]), int(msg["q"]), int(msg["seed"])
         n = A.shape[1]
@@ -169,11 +173,13 @@ def handle(msg):
     if cmd == "gemm":
         l, seed = int(msg["l"]), int(msg["seed"])
         omega = np.random.default_rng(seed).standard_normal((A.shape[1], l), dtype=np.float32)
-        start = time.perf_counter()
-        y = A @ omega
-        seconds = time.perf_counter() - start
-        del y
-        return {"seconds": seconds}
+        times = []
+        for i in range(int(msg.get("warm", 0)) + int(msg.get("repeat", 1))):
+            start = time.perf_counter()
+            y = A @ omega
+            times.append(time.perf_counter() - start)
+            del y
+        return {"times": times[int(msg.get("warm", 0)):]}
     if cmd == "svd":
         start = time.perf_counter()
         s = np.linalg.svd(A.astype(np.float64), compute_uv=False)
