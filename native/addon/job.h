@@ -1,6 +1,7 @@
-// Every heavy call is a Job: queued on libuv's thread pool, resolving a promise. The
-// arguments' buffers stay referenced (Keep) until the job settles; errors thrown by the
-// core become the library's typed JS error on the JS thread.
+// Every heavy call is a Job: queued on libuv's thread pool, which hands the kernel to the
+// compute thread (compute_thread.h), resolving a promise. The arguments' buffers stay
+// referenced (Keep) until the job settles; errors thrown by the core become the library's
+// typed JS error on the JS thread.
 #pragma once
 #include <napi.h>
 
@@ -10,6 +11,7 @@
 #include "../core/errors.h"
 #include "../core/threads.h"
 #include "args.h"
+#include "compute_thread.h"
 #include "env.h"
 
 namespace eigenlorax::addon {
@@ -37,9 +39,11 @@ class Job : public Napi::AsyncWorker {
 
  private:
   void Execute() override {
-    useThreads(threads_);
     try {
-      run();
+      ComputeThread::instance().run([this] {
+        useThreads(threads_);
+        run();
+      });
     } catch (const CoreError& e) {
       fail(e.code(), e.what());
     } catch (const std::bad_alloc&) {

@@ -48,6 +48,27 @@ void orthonormalizeInPlace(Mat& y) {
   y.swap(q);
 }
 
+// y (m x l) = A x. Computed as y^T = x^T A^T: Eigen's GEMM runs 10-40% faster on this
+// machine with the large operand on the right (e.g. 4096 x 8000, l = 74: 144 against
+// 125 GFLOP/s; 16384 x 4096: 133 against 94). A^T q is already fastest as written.
+void multiplyA(const ConstMapF& a, const ColMatF& x, ColMatF& y) {
+  const ColMatF xT = x.transpose();
+  ColMatF yT(x.cols(), a.rows());
+  yT.noalias() = xT * a.transpose();
+  y = yT.transpose();
+}
+
+// Gaussian test matrix, one random stream per column (seeded from `seed` and the column
+// index), so it is generated in parallel and identical for every thread count.
+void fillGaussianColumns(ColMatF& omega, uint64_t seed) {
+  const Index cols = omega.cols();
+#pragma omp parallel for schedule(static)
+  for (Index j = 0; j < cols; ++j) {
+    Rng rng(seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(j));
+    rng.fillGaussian(omega.col(j).data(), omega.rows());
+  }
+}
+
 // Largest-magnitude entry of each u column made positive; v columns follow.
 template <typename U, typename V>
 void fixSigns(U& u, V& v) {
@@ -118,18 +139,18 @@ RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatVie
   }
 
   const Index l = std::min(k + o.oversample, std::min(m, n));
-  Rng rng(o.seed);
   ColMatF omega(n, l);
-  rng.fillGaussian(omega.data(), omega.size());
+  fillGaussianColumns(omega, o.seed);
 
   // Range finder: Q spans (A A^T)^q A Omega, re-orthonormalised at every half step.
-  ColMatF q = a * omega;
+  ColMatF q(m, l);
+  multiplyA(a, omega, q);
   orthonormalizeInPlace(q);
   ColMatF z(n, l);
   for (int it = 0; it < o.powerIters; ++it) {
     z.noalias() = a.transpose() * q;
     orthonormalizeInPlace(z);
-    q.noalias() = a * z;
+    multiplyA(a, z, q);
     orthonormalizeInPlace(q);
   }
 
@@ -140,10 +161,10 @@ RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatVie
   Eigen::HouseholderQR<Eigen::Ref<ColMatD>> qrB(bt);
   const ColMatD rT = qrB.matrixQR().topRows(l).template triangularView<Eigen::Upper>().transpose();
   Eigen::JacobiSVD<ColMatD> core(rT, Eigen::ComputeFullU | Eigen::ComputeFullV);
-  ColMatD qb = ColMatD::Identity(n, l);
-  qb.applyOnTheLeft(qrB.householderQ());
-
-  ColMatD vk = qb * core.matrixV().leftCols(k);
+  // V = Qb Vr[:, :k], applying the reflectors to the k columns rather than forming Qb.
+  ColMatD vk = ColMatD::Zero(n, k);
+  vk.topRows(l) = core.matrixV().leftCols(k);
+  vk.applyOnTheLeft(qrB.householderQ());
   ColMatF uk = q * core.matrixU().leftCols(k).cast<float>();
   fixSigns(uk, vk);
   u.map() = uk;
