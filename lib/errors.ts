@@ -23,7 +23,27 @@ export type ErrorCode =
   /** A tensor whose dtype the operation cannot handle (e.g. an integer tensor read as f32). */
   | 'ERR_UNSUPPORTED_DTYPE'
   /** A reader used after `close()`. */
-  | 'ERR_CLOSED';
+  | 'ERR_CLOSED'
+  /**
+   * An adapter file whose structure is broken or not recognised: a LoRA factor without its
+   * partner (A without B), a factor of the wrong number of dimensions or a non-float dtype,
+   * an alpha that is not a scalar, a file whose keys match no known adapter format.
+   */
+  | 'ERR_ADAPTER_FORMAT'
+  /**
+   * An adapter configuration that is malformed or contradicts the tensors:
+   * `adapter_config.json` that is not JSON or has a field of the wrong type, a
+   * `rank_pattern` key that is not a valid regular expression, a rank in the config that
+   * differs from the tensors' rank, a `lora_adapter_metadata` that is not JSON.
+   */
+  | 'ERR_ADAPTER_CONFIG'
+  /**
+   * An adapter feature that eigenlorax does not read or write, refused rather than
+   * misread: DoRA, LoRA biases, `peft_type` other than LORA, LyCORIS (LoHa, LoKr, ...),
+   * adapters initialised against a modified base (PiSSA, OLoRA, CorDA, LoftQ), or a save
+   * to a format that cannot express the adapter.
+   */
+  | 'ERR_ADAPTER_UNSUPPORTED';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;

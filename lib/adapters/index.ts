@@ -1,0 +1,18 @@
+/** LoRA adapters in and out: PEFT, diffusers and kohya files, one in-memory model. */
+export { openAdapter, loadAdapter, OpenedAdapter, type AdapterModuleHandle, type AdapterExtraHandle } from './open.js';
+export { saveAdapter } from './save.js';
+export { inspectAdapter, summarizeAdapter, type AdapterReport, type CountedValue } from './inspect.js';
+export {
+  adapterFormats,
+  type AdapterFormat,
+  type AdapterSource,
+  type AdapterExtra,
+  type LoraAdapter,
+  type LoraLayout,
+  type LoraModule,
+  type LoraModuleInfo,
+  type OpenAdapterOptions,
+  type LoadAdapterOptions,
+  type SaveAdapterOptions,
+  type SavedAdapter,
+} from './types.js';
