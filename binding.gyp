@@ -9,12 +9,14 @@
         "native/core/dtype.cpp",
         "native/core/linalg.cpp",
         "native/core/lowrank.cpp",
+        "native/core/subspace.cpp",
         "native/addon/addon.cpp",
         "native/addon/args.cpp",
         "native/addon/env.cpp",
         "native/addon/dtype_jobs.cpp",
         "native/addon/linalg_jobs.cpp",
-        "native/addon/lowrank_jobs.cpp"
+        "native/addon/lowrank_jobs.cpp",
+        "native/addon/subspace_jobs.cpp"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

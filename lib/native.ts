@@ -44,6 +44,18 @@ export interface NativeBuildInfo {
   backends: string[];
 }
 
+/** One adapter's factors for one module: A is r_i x d_in, B is d_out x r_i, dW = scale B A. */
+export interface NativeFactorPair {
+  A: Matrix;
+  B: Matrix;
+  scale: number;
+}
+
+/** 0: factors as published (scale ignored); 1: balanced SVD factors of dW (scale inside). */
+export type NativeStacking = 0 | 1;
+/** 0: every adapter scaled to ||dW||_F = 1 while the basis is built; 1: as they are. */
+export type NativeWeighting = 0 | 1;
+
 export interface NativeAddon {
   setErrorClass(ctor: new (message: string, code: string) => Error): void;
   setThreads(threads: number): void;
@@ -86,6 +98,62 @@ export interface NativeAddon {
     inputGrad: boolean;
   }): OrderName;
   convert(args: { src: ArrayBufferView; from: NativeDType; dst: ArrayBufferView; to: NativeDType }): Promise<void>;
+
+  /**
+   * Principal components of one module (DESIGN §1). Stacks the adapters' A rows
+   * (sum r_i x d_in) and B columns (d_out x sum r_i) as `stacking`/`weighting` say,
+   * optionally centres them (the means are written out), and writes the top
+   * componentsA.cols / componentsB.cols singular vectors by rsvd. Resolves to the
+   * stacked matrices' squared Frobenius norms (after weighting and centring), for
+   * explained variance, and each adapter's ||dW_i||_F.
+   */
+  buildModuleSubspace(args: {
+    adapters: NativeFactorPair[];
+    stacking: NativeStacking;
+    weighting: NativeWeighting;
+    center: boolean;
+    oversample: number;
+    powerIters: number;
+    seed: number;
+    componentsA: Matrix; // out, d_in x K_A
+    componentsB: Matrix; // out, d_out x K_B
+    singularA: Float32Array; // out, K_A
+    singularB: Float32Array; // out, K_B
+    meanA: Float32Array | null; // out when center, d_in
+    meanB: Float32Array | null; // out when center, d_out
+  }): Promise<{ energyA: number; energyB: number; norms: Float64Array }>;
+
+  /**
+   * Loadings of adapters on a module's components, in each adapter's own scale:
+   * alpha_i = V_A^T (A_i'^T - meanA), beta_i = U_B^T (B_i' - meanB), where (A_i', B_i')
+   * are the factors as stacked (`stacking`; canonical factors carry the scale, raw ones
+   * do not). Also writes ||dW_i||_F and ||dW_i - dW_i_hat||_F, computed through r x r
+   * traces, never forming d_out x d_in.
+   */
+  projectModule(args: {
+    adapters: NativeFactorPair[];
+    stacking: NativeStacking;
+    componentsA: Matrix;
+    componentsB: Matrix;
+    meanA: Float32Array | null;
+    meanB: Float32Array | null;
+    alphas: Matrix[]; // out, K_A x r_i each
+    betas: Matrix[]; // out, K_B x r_i each
+    norms: Float64Array; // out, ||dW_i||_F
+    errors: Float64Array; // out, ||dW_i - dW_i_hat||_F
+  }): Promise<void>;
+
+  /** A = alpha^T V_A^T (+ meanA per row), B = U_B beta (+ meanB per column). */
+  reconstructFactors(args: {
+    componentsA: Matrix;
+    componentsB: Matrix;
+    meanA: Float32Array | null;
+    meanB: Float32Array | null;
+    alpha: Matrix; // K_A x r
+    beta: Matrix; // K_B x r
+    A: Matrix; // out, r x d_in
+    B: Matrix; // out, d_out x r
+  }): Promise<void>;
 }
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');

@@ -12,6 +12,7 @@ namespace eigenlorax::addon {
 void registerLinalg(Napi::Env env, Napi::Object exports);
 void registerLowrank(Napi::Env env, Napi::Object exports);
 void registerDtype(Napi::Env env, Napi::Object exports);
+void registerSubspace(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -64,6 +65,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerLinalg(env, exports);
   registerLowrank(env, exports);
   registerDtype(env, exports);
+  registerSubspace(env, exports);
   return exports;
 }
 

@@ -25,11 +25,15 @@ std::string describe(const Napi::Value& v) {
   return "an object";
 }
 
+}  // namespace
+
 [[noreturn]] void badArgument(Napi::Env env, const std::string& name, const std::string& expected,
                               const Napi::Value& received) {
   throwError(env, code::kInvalidArgument, "Expected " + expected + " for " + name + " but received " +
                                               describe(received));
 }
+
+namespace {
 
 Napi::TypedArray requireTypedArray(Napi::Env env, const Napi::Value& v, const std::string& name, bool floatOnly) {
   if (!v.IsTypedArray()) badArgument(env, name, floatOnly ? "a Float32Array" : "a typed array", v);
@@ -49,14 +53,13 @@ int64_t requireDimension(Napi::Env env, const Napi::Value& v, const std::string&
 }
 
 template <typename View>
-View readMatrixImpl(Napi::Env env, const Napi::Object& args, const char* name, bool writable, Keep& keep,
+View readMatrixImpl(Napi::Env env, const Napi::Value& value, const std::string& name, bool writable, Keep& keep,
                     Overlaps& overlaps) {
-  const Napi::Value value = args.Get(name);
   if (!value.IsObject() || value.IsTypedArray()) {
     badArgument(env, name, "a matrix { rows, cols, data: Float32Array }", value);
   }
   const Napi::Object m = value.As<Napi::Object>();
-  const std::string prefix(name);
+  const std::string& prefix = name;
   const int64_t rows = requireDimension(env, m.Get("rows"), prefix + ".rows");
   const int64_t cols = requireDimension(env, m.Get("cols"), prefix + ".cols");
   const Napi::TypedArray ta = requireTypedArray(env, m.Get("data"), prefix + ".data", true);
@@ -84,7 +87,7 @@ void Overlaps::check(Napi::Env env) const {
       const auto* pb = static_cast<const unsigned char*>(b.data);
       if (a.bytes > 0 && b.bytes > 0 && pa < pb + b.bytes && pb < pa + a.bytes) {
         throwError(env, code::kInvalidArgument,
-                   std::string(a.name) + " and " + b.name + " share memory; outputs must not overlap other arguments");
+                   a.name + " and " + b.name + " share memory; outputs must not overlap other arguments");
       }
     }
   }
@@ -96,12 +99,47 @@ Napi::Object requireObject(Napi::Env env, const Napi::Value& value, const char* 
 }
 
 ConstMatView readMatrix(Napi::Env env, const Napi::Object& args, const char* name, Keep& keep, Overlaps& overlaps) {
-  const MatView v = readMatrixImpl<MatView>(env, args, name, false, keep, overlaps);
-  return {v.data, v.rows, v.cols};
+  return readMatrixValue(env, args.Get(name), name, keep, overlaps);
 }
 
 MatView readOutMatrix(Napi::Env env, const Napi::Object& args, const char* name, Keep& keep, Overlaps& overlaps) {
-  return readMatrixImpl<MatView>(env, args, name, true, keep, overlaps);
+  return readOutMatrixValue(env, args.Get(name), name, keep, overlaps);
+}
+
+ConstMatView readMatrixValue(Napi::Env env, const Napi::Value& value, const std::string& name, Keep& keep,
+                             Overlaps& overlaps) {
+  const MatView v = readMatrixImpl<MatView>(env, value, name, false, keep, overlaps);
+  return {v.data, v.rows, v.cols};
+}
+
+MatView readOutMatrixValue(Napi::Env env, const Napi::Value& value, const std::string& name, Keep& keep,
+                           Overlaps& overlaps) {
+  return readMatrixImpl<MatView>(env, value, name, true, keep, overlaps);
+}
+
+Napi::Array readArray(Napi::Env env, const Napi::Object& args, const char* name) {
+  const Napi::Value v = args.Get(name);
+  if (!v.IsArray()) badArgument(env, name, "an array", v);
+  return v.As<Napi::Array>();
+}
+
+double* readFloat64Out(Napi::Env env, const Napi::Object& args, const char* name, size_t length, Keep& keep,
+                       Overlaps& overlaps) {
+  const Napi::Value v = args.Get(name);
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array) {
+    badArgument(env, name, "a Float64Array", v);
+  }
+  Napi::Float64Array ta = v.As<Napi::Float64Array>();
+  if (ta.ArrayBuffer().IsDetached()) {
+    throwError(env, "ERR_DETACHED_BUFFER", std::string(name) + ": the typed array's buffer is detached");
+  }
+  if (ta.ElementLength() != length) {
+    throwError(env, code::kShapeMismatch, std::string(name) + ": expected " + std::to_string(length) +
+                                              " elements but received " + std::to_string(ta.ElementLength()));
+  }
+  keep.add(ta);
+  overlaps.output(name, ta.Data(), ta.ByteLength());
+  return ta.Data();
 }
 
 ConstMatView readOptionalMatrix(Napi::Env env, const Napi::Object& args, const char* name, Keep& keep,

@@ -22,13 +22,13 @@ class Keep {
 // Writable outputs must not overlap any input or each other.
 class Overlaps {
  public:
-  void input(const char* name, const void* data, size_t bytes) { spans_.push_back({name, data, bytes, false}); }
-  void output(const char* name, const void* data, size_t bytes) { spans_.push_back({name, data, bytes, true}); }
+  void input(std::string name, const void* data, size_t bytes) { spans_.push_back({std::move(name), data, bytes, false}); }
+  void output(std::string name, const void* data, size_t bytes) { spans_.push_back({std::move(name), data, bytes, true}); }
   void check(Napi::Env env) const;
 
  private:
   struct Span {
-    const char* name;
+    std::string name;
     const void* data;
     size_t bytes;
     bool writable;
@@ -41,6 +41,18 @@ Napi::Object requireObject(Napi::Env env, const Napi::Value& value, const char* 
 // { rows, cols, data: Float32Array } with data.length == rows * cols.
 ConstMatView readMatrix(Napi::Env env, const Napi::Object& args, const char* name, Keep& keep, Overlaps& overlaps);
 MatView readOutMatrix(Napi::Env env, const Napi::Object& args, const char* name, Keep& keep, Overlaps& overlaps);
+// A matrix given as a value (an array element), named `name` in errors ("adapters[2].A").
+ConstMatView readMatrixValue(Napi::Env env, const Napi::Value& value, const std::string& name, Keep& keep,
+                             Overlaps& overlaps);
+MatView readOutMatrixValue(Napi::Env env, const Napi::Value& value, const std::string& name, Keep& keep,
+                           Overlaps& overlaps);
+Napi::Array readArray(Napi::Env env, const Napi::Object& args, const char* name);
+// A writable Float64Array of exactly `length` elements.
+double* readFloat64Out(Napi::Env env, const Napi::Object& args, const char* name, size_t length, Keep& keep,
+                       Overlaps& overlaps);
+[[noreturn]] void badArgument(Napi::Env env, const std::string& name, const std::string& expected,
+                              const Napi::Value& received);
+
 // The same, but `null`/`undefined` gives an empty view.
 ConstMatView readOptionalMatrix(Napi::Env env, const Napi::Object& args, const char* name, Keep& keep,
                                 Overlaps& overlaps);

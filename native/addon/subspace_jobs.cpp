@@ -1,0 +1,174 @@
+// Per-module EigenLoRAx kernels behind the async boundary.
+#include "../core/subspace.h"
+#include "job.h"
+
+namespace eigenlorax::addon {
+namespace {
+
+constexpr int64_t kMaxSafe = 9007199254740991LL;
+
+std::vector<FactorPair> readAdapters(Napi::Env env, const Napi::Object& args, Keep& keep, Overlaps& overlaps) {
+  const Napi::Array list = readArray(env, args, "adapters");
+  std::vector<FactorPair> pairs;
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    const std::string name = "adapters[" + std::to_string(i) + "]";
+    const Napi::Value item = list.Get(i);
+    if (!item.IsObject()) badArgument(env, name, "an object { A, B, scale }", item);
+    const Napi::Object o = item.As<Napi::Object>();
+    FactorPair p;
+    p.a = readMatrixValue(env, o.Get("A"), name + ".A", keep, overlaps);
+    p.b = readMatrixValue(env, o.Get("B"), name + ".B", keep, overlaps);
+    const Napi::Value scale = o.Get("scale");
+    if (!scale.IsNumber()) badArgument(env, name + ".scale", "a finite number", scale);
+    p.scale = scale.As<Napi::Number>().DoubleValue();
+    pairs.push_back(p);
+  }
+  return pairs;
+}
+
+std::vector<MatView> readOutMatrices(Napi::Env env, const Napi::Object& args, const char* name, Keep& keep,
+                                     Overlaps& overlaps) {
+  const Napi::Array list = readArray(env, args, name);
+  std::vector<MatView> out;
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    out.push_back(readOutMatrixValue(env, list.Get(i), std::string(name) + "[" + std::to_string(i) + "]", keep,
+                                     overlaps));
+  }
+  return out;
+}
+
+ModuleBasis readBasis(Napi::Env env, const Napi::Object& args, Keep& keep, Overlaps& overlaps) {
+  ModuleBasis basis;
+  basis.componentsA = readMatrix(env, args, "componentsA", keep, overlaps);
+  basis.componentsB = readMatrix(env, args, "componentsB", keep, overlaps);
+  basis.meanA = readVector(env, args, "meanA", static_cast<size_t>(basis.componentsA.rows), true, false, keep, overlaps);
+  basis.meanB = readVector(env, args, "meanB", static_cast<size_t>(basis.componentsB.rows), true, false, keep, overlaps);
+  return basis;
+}
+
+template <typename Fn>
+void checkNow(Napi::Env env, Fn fn) {
+  try {
+    fn();
+  } catch (const CoreError& e) {
+    throwError(env, e.code(), e.what());
+  }
+}
+
+class BuildModuleJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    adapters_ = readAdapters(env, args, keep, overlaps);
+    options_.stacking = static_cast<Stacking>(readInteger(env, args, "stacking", 0, 1));
+    options_.weighting = static_cast<Weighting>(readInteger(env, args, "weighting", 0, 1));
+    options_.center = args.Get("center").ToBoolean();
+    options_.oversample = readInteger(env, args, "oversample", 0, kMaxSafe);
+    options_.powerIters = static_cast<int>(readInteger(env, args, "powerIters", 0, 1000));
+    options_.seed = static_cast<uint64_t>(readInteger(env, args, "seed", 0, kMaxSafe));
+    out_.componentsA = readOutMatrix(env, args, "componentsA", keep, overlaps);
+    out_.componentsB = readOutMatrix(env, args, "componentsB", keep, overlaps);
+    out_.singularA = const_cast<float*>(
+        readVector(env, args, "singularA", static_cast<size_t>(out_.componentsA.cols), false, true, keep, overlaps));
+    out_.singularB = const_cast<float*>(
+        readVector(env, args, "singularB", static_cast<size_t>(out_.componentsB.cols), false, true, keep, overlaps));
+    out_.meanA = const_cast<float*>(
+        readVector(env, args, "meanA", static_cast<size_t>(out_.componentsA.rows), true, true, keep, overlaps));
+    out_.meanB = const_cast<float*>(
+        readVector(env, args, "meanB", static_cast<size_t>(out_.componentsB.rows), true, true, keep, overlaps));
+    overlaps.check(env);
+    checkNow(env, [&] { checkModuleSubspace(adapters_, options_, out_); });
+  }
+
+ protected:
+  void run() override { info_ = buildModuleSubspace(adapters_, options_, out_); }
+  Napi::Value result(Napi::Env env) override {
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("energyA", Napi::Number::New(env, info_.energyA));
+    out.Set("energyB", Napi::Number::New(env, info_.energyB));
+    Napi::Float64Array norms = Napi::Float64Array::New(env, info_.norms.size());
+    for (size_t i = 0; i < info_.norms.size(); ++i) norms[i] = info_.norms[i];
+    out.Set("norms", norms);
+    return out;
+  }
+
+ private:
+  std::vector<FactorPair> adapters_;
+  ModuleSubspaceOptions options_;
+  ModuleSubspaceOutputs out_;
+  ModuleSubspaceInfo info_;
+};
+
+class ProjectModuleJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    adapters_ = readAdapters(env, args, keep, overlaps);
+    stacking_ = static_cast<Stacking>(readInteger(env, args, "stacking", 0, 1));
+    basis_ = readBasis(env, args, keep, overlaps);
+    alphas_ = readOutMatrices(env, args, "alphas", keep, overlaps);
+    betas_ = readOutMatrices(env, args, "betas", keep, overlaps);
+    norms_ = readFloat64Out(env, args, "norms", adapters_.size(), keep, overlaps);
+    errors_ = readFloat64Out(env, args, "errors", adapters_.size(), keep, overlaps);
+    overlaps.check(env);
+    checkNow(env, [&] { checkProjectModule(adapters_, basis_, alphas_, betas_); });
+  }
+
+ protected:
+  void run() override { projectModule(adapters_, stacking_, basis_, alphas_, betas_, norms_, errors_); }
+
+ private:
+  std::vector<FactorPair> adapters_;
+  Stacking stacking_ = Stacking::Canonical;
+  ModuleBasis basis_;
+  std::vector<MatView> alphas_, betas_;
+  double* norms_ = nullptr;
+  double* errors_ = nullptr;
+};
+
+class ReconstructJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    basis_ = readBasis(env, args, keep, overlaps);
+    alpha_ = readMatrix(env, args, "alpha", keep, overlaps);
+    beta_ = readMatrix(env, args, "beta", keep, overlaps);
+    a_ = readOutMatrix(env, args, "A", keep, overlaps);
+    b_ = readOutMatrix(env, args, "B", keep, overlaps);
+    overlaps.check(env);
+    checkNow(env, [&] { checkReconstruct(basis_, alpha_, beta_, a_, b_); });
+  }
+
+ protected:
+  void run() override { reconstructFactors(basis_, alpha_, beta_, a_, b_); }
+
+ private:
+  ModuleBasis basis_;
+  ConstMatView alpha_, beta_;
+  MatView a_, b_;
+};
+
+}  // namespace
+
+void registerSubspace(Napi::Env env, Napi::Object exports) {
+  exports.Set("buildModuleSubspace", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<BuildModuleJob>(info, "buildModuleSubspace");
+              }));
+  exports.Set("projectModule", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<ProjectModuleJob>(info, "projectModule");
+              }));
+  exports.Set("reconstructFactors", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<ReconstructJob>(info, "reconstructFactors");
+              }));
+}
+
+}  // namespace eigenlorax::addon
