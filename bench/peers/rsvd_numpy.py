@@ -18,8 +18,8 @@ Commands:
       numpy's own Gaussian Omega (its generation is timed too); w untimed calls, then
       r timed calls back to back; answers {"times": [...], "S": [...]}
   {"cmd": "rsvd_same_omega", "k", "p", "q", "seed"}   Omega drawn with eigenlorax's
-      generator (xoshiro256** seeded by splitmix64, Box-Muller in double, column-major
-      fill; native/core/random.h), so numpy and eigenlorax work on the same sketch and
+      generator (xoshiro256** seeded by splitmix64, Box-Muller in double, one stream
+      per column; native/core/random.h and fillGaussianColumns in linalg.cpp), so numpy and eigenlorax work on the same sketch and
       their singular values can be compared for accuracy. Not timed (the generator is
       pure Python).
   {"cmd": "gemm", "l": l, "seed": s, "warm": w, "repeat": r}   one pass: A @ Omega, timed
@@ -164,10 +164,14 @@ def handle(msg):
         l = sketch_size(k, p)
         key = (n, l, seed)
         if key not in _omega_cache:
-            # eigenlorax fills its column-major n x l Omega in storage order.
-            draws = eigenlorax_gaussians(seed, n * l).astype(np.float32)
+            # eigenlorax draws column j of its n x l Omega from its own stream,
+            # Rng(seed * 0x9e3779b97f4a7c15 + j) (fillGaussianColumns in linalg.cpp).
+            mask = (1 << 64) - 1
+            omega = np.empty((n, l), dtype=np.float32, order="F")
+            for j in range(l):
+                omega[:, j] = eigenlorax_gaussians((seed * 0x9E3779B97F4A7C15 + j) & mask, n)
             _omega_cache.clear()
-            _omega_cache[key] = np.asfortranarray(draws.reshape(l, n).T)
+            _omega_cache[key] = omega
         _, s, _ = rsvd(A, _omega_cache[key], k, q)
         return {"S": s.astype(float).tolist()}
     if cmd == "gemm":
