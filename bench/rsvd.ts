@@ -279,8 +279,7 @@ async function benchShape(shape: Shape, peer: Peer | null, options: Options, not
   if (autoIsExact) {
     notes.push(`${label}: 'auto' takes the exact path (min(m, n) = ${Math.min(m, n)} <= 2 (k + p) = ${2 * (k + OVERSAMPLE)}); ` +
       `the 'randomized' row forces Halko's algorithm with l = ${l}, as numpy runs it. Calls this small are dominated by ` +
-      `thread wake-ups: successive async calls run on different libuv pool threads, each with its own OpenMP team ` +
-      `(compare with UV_THREADPOOL_SIZE=1).`);
+      `the fixed cost of an async call and OpenMP thread wake-ups.`);
   }
 
   // One pass over A as a GEMM: loraForward computes x W^T with x: l x n, W = A (m x n);
