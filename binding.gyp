@@ -10,13 +10,15 @@
         "native/core/linalg.cpp",
         "native/core/lowrank.cpp",
         "native/core/subspace.cpp",
+        "native/core/multiadapter.cpp",
         "native/addon/addon.cpp",
         "native/addon/args.cpp",
         "native/addon/env.cpp",
         "native/addon/dtype_jobs.cpp",
         "native/addon/linalg_jobs.cpp",
         "native/addon/lowrank_jobs.cpp",
-        "native/addon/subspace_jobs.cpp"
+        "native/addon/subspace_jobs.cpp",
+        "native/addon/multiadapter_jobs.cpp"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

@@ -192,3 +192,76 @@ export function chooseProductOrder(query: OrderQuery): OrderName {
   const q = object(query, 'query') as unknown as OrderQuery;
   return native.chooseOrder({ ...q, backward: q.backward ?? false, inputGrad: q.inputGrad ?? true });
 }
+
+/** A plain layer y = x W^T + b (W: d_out x d_in as nn.Linear stores it; bias optional). */
+export async function linearForward(
+  x: Matrix,
+  layer: { weight: Matrix; bias?: Float32Array },
+  options: { out?: Matrix } = {},
+): Promise<Matrix> {
+  const callSite = new Error();
+  const xm = checkMatrix(x, 'x');
+  const weight = checkMatrix(layer.weight, 'layer.weight', { cols: xm.cols });
+  const bias = layer.bias === undefined ? null : checkVector(layer.bias, 'layer.bias', weight.rows);
+  const y = outMatrix(object(options, 'options').out as Matrix | undefined, 'options.out', xm.rows, weight.rows);
+  await withCallerStack(native.linearForward({ x: xm, weight, bias, y }), callSite);
+  return y;
+}
+
+export interface LinearGradients {
+  /** n x d_in (null unless `inputGrad` and a weight were given). */
+  dx: Matrix | null;
+  /** d_out x d_in (null unless `weightGrad`). */
+  dWeight: Matrix | null;
+  /** d_out (null unless `biasGrad`). */
+  dBias: Float32Array | null;
+}
+
+/**
+ * Gradients of y = x W^T + b given dy: dx = dy W, dWeight = dy^T x, dBias = sum of dy's
+ * rows. Ask only for what is needed (a frozen layer needs dx alone).
+ */
+export async function linearBackward(
+  x: Matrix,
+  dy: Matrix,
+  layer: { weight?: Matrix },
+  options: {
+    inputGrad?: boolean;
+    weightGrad?: boolean;
+    biasGrad?: boolean;
+    out?: Partial<LinearGradients>;
+  } = {},
+): Promise<LinearGradients> {
+  const callSite = new Error();
+  const xm = checkMatrix(x, 'x');
+  const dym = checkMatrix(dy, 'dy', { rows: xm.rows });
+  const o = object(options, 'options') as { inputGrad?: boolean; weightGrad?: boolean; biasGrad?: boolean; out?: Partial<LinearGradients> };
+  const weight = layer.weight === undefined ? null : checkMatrix(layer.weight, 'layer.weight', { rows: dym.cols, cols: xm.cols });
+  const out = o.out ?? {};
+  const dx = o.inputGrad === false || weight === null ? null : outMatrix(out.dx, 'options.out.dx', xm.rows, xm.cols);
+  const dWeight = o.weightGrad ? outMatrix(out.dWeight, 'options.out.dWeight', dym.cols, xm.cols) : null;
+  const dBias = o.biasGrad ? (out.dBias ? checkVector(out.dBias, 'options.out.dBias', dym.cols) : new Float32Array(dym.cols)) : null;
+  await withCallerStack(native.linearBackward({ x: xm, dy: dym, weight, dx, dWeight, dBias }), callSite);
+  return { dx, dWeight, dBias };
+}
+
+/**
+ * In place: target += scale B A (target d_out x d_in), or target += scale (B A)^T when
+ * `transposed` (target d_in x d_out: GPT-2 Conv1D, fan_in_fan_out). Merging an adapter
+ * into a base weight (a negative scale unmerges).
+ */
+export async function addLowRank(
+  target: Matrix,
+  factors: { A: Matrix; B: Matrix; scale?: number },
+  options: { transposed?: boolean } = {},
+): Promise<Matrix> {
+  const callSite = new Error();
+  const t = checkMatrix(target, 'target');
+  const A = checkMatrix(factors.A, 'factors.A');
+  const B = checkMatrix(factors.B, 'factors.B', { cols: A.rows });
+  const transposed = object(options, 'options').transposed === true;
+  checkMatrix(t, 'target', transposed ? { rows: A.cols, cols: B.rows } : { rows: B.rows, cols: A.cols });
+  const scale = finiteNumber(factors.scale ?? 1, 'factors.scale');
+  await withCallerStack(native.addLowRank({ target: t, A, B, scale, transposed }), callSite);
+  return t;
+}

@@ -87,6 +87,43 @@ export interface NativeAddon {
       order: NativeOrder;
     },
   ): Promise<OrderName>;
+  /** y = x W^T + b. */
+  linearForward(args: { x: Matrix; weight: Matrix; bias: Float32Array | null; y: Matrix }): Promise<void>;
+  /** dx = dy W, dWeight = dy^T x, dBias = column sums of dy; each output optional. */
+  linearBackward(args: {
+    x: Matrix;
+    dy: Matrix;
+    weight: Matrix | null;
+    dx: Matrix | null;
+    dWeight: Matrix | null;
+    dBias: Float32Array | null;
+  }): Promise<void>;
+  /** target += scale B A (d_out x d_in), or += scale (B A)^T (d_in x d_out) when transposed; in place. */
+  addLowRank(args: { target: Matrix; A: Matrix; B: Matrix; scale: number; transposed: boolean }): Promise<void>;
+  /**
+   * y = x W^T + b + per row b: (x_b V_A) M_rows[b] U_B^T, M_i = mixing[i] (K_A x K_B,
+   * row-major, adapter after adapter); rows[b] = -1 for no adapter.
+   */
+  eigenBankApply(args: {
+    x: Matrix;
+    componentsA: Matrix;
+    componentsB: Matrix;
+    mixing: Float32Array;
+    count: number;
+    rows: Int32Array;
+    weight: Matrix | null;
+    bias: Float32Array | null;
+    y: Matrix;
+  }): Promise<void>;
+  /** y = x W^T + b + per row b: s_i (x_b A_i^T) B_i^T with i = rows[b] (-1: none); segmented by adapter. */
+  loraBankApply(args: {
+    x: Matrix;
+    adapters: NativeFactorPair[];
+    rows: Int32Array;
+    weight: Matrix | null;
+    bias: Float32Array | null;
+    y: Matrix;
+  }): Promise<void>;
   chooseOrder(args: {
     rows: number;
     dIn: number;

@@ -13,6 +13,7 @@ void registerLinalg(Napi::Env env, Napi::Object exports);
 void registerLowrank(Napi::Env env, Napi::Object exports);
 void registerDtype(Napi::Env env, Napi::Object exports);
 void registerSubspace(Napi::Env env, Napi::Object exports);
+void registerMultiAdapter(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -66,6 +67,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerLowrank(env, exports);
   registerDtype(env, exports);
   registerSubspace(env, exports);
+  registerMultiAdapter(env, exports);
   return exports;
 }
 

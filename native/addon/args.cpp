@@ -117,6 +117,25 @@ MatView readOutMatrixValue(Napi::Env env, const Napi::Value& value, const std::s
   return readMatrixImpl<MatView>(env, value, name, true, keep, overlaps);
 }
 
+const int32_t* readInt32(Napi::Env env, const Napi::Object& args, const char* name, size_t length, Keep& keep,
+                         Overlaps& overlaps) {
+  const Napi::Value v = args.Get(name);
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_int32_array) {
+    badArgument(env, name, "an Int32Array", v);
+  }
+  Napi::Int32Array ta = v.As<Napi::Int32Array>();
+  if (ta.ArrayBuffer().IsDetached()) {
+    throwError(env, "ERR_DETACHED_BUFFER", std::string(name) + ": the typed array's buffer is detached");
+  }
+  if (ta.ElementLength() != length) {
+    throwError(env, code::kShapeMismatch, std::string(name) + ": expected " + std::to_string(length) +
+                                              " elements but received " + std::to_string(ta.ElementLength()));
+  }
+  keep.add(ta);
+  overlaps.input(name, ta.Data(), ta.ByteLength());
+  return ta.Data();
+}
+
 Napi::Array readArray(Napi::Env env, const Napi::Object& args, const char* name) {
   const Napi::Value v = args.Get(name);
   if (!v.IsArray()) badArgument(env, name, "an array", v);

@@ -50,6 +50,9 @@ Napi::Array readArray(Napi::Env env, const Napi::Object& args, const char* name)
 // A writable Float64Array of exactly `length` elements.
 double* readFloat64Out(Napi::Env env, const Napi::Object& args, const char* name, size_t length, Keep& keep,
                        Overlaps& overlaps);
+// An Int32Array of exactly `length` elements (read-only).
+const int32_t* readInt32(Napi::Env env, const Napi::Object& args, const char* name, size_t length, Keep& keep,
+                         Overlaps& overlaps);
 [[noreturn]] void badArgument(Napi::Env env, const std::string& name, const std::string& expected,
                               const Napi::Value& received);
 

@@ -164,6 +164,97 @@ class EigenLoraBackwardJob : public Job {
   ProductOrder order_ = ProductOrder::Auto;
 };
 
+class LinearForwardJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    x_ = readMatrix(env, args, "x", keep, overlaps);
+    weight_ = readMatrix(env, args, "weight", keep, overlaps);
+    bias_ = readVector(env, args, "bias", static_cast<size_t>(weight_.rows), true, false, keep, overlaps);
+    y_ = readOutMatrix(env, args, "y", keep, overlaps);
+    overlaps.check(env);
+    checkNow(env, [&] {
+      requireShape("weight", weight_.rows, weight_.cols, weight_.rows, x_.cols);
+      requireShape("y", y_.rows, y_.cols, x_.rows, weight_.rows);
+    });
+  }
+
+ protected:
+  void run() override { linearForward(x_, weight_, bias_, y_); }
+
+ private:
+  ConstMatView x_, weight_;
+  const float* bias_ = nullptr;
+  MatView y_;
+};
+
+class LinearBackwardJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    x_ = readMatrix(env, args, "x", keep, overlaps);
+    dy_ = readMatrix(env, args, "dy", keep, overlaps);
+    weight_ = readOptionalMatrix(env, args, "weight", keep, overlaps);
+    dx_ = readOptionalOutMatrix(env, args, "dx", keep, overlaps);
+    dWeight_ = readOptionalOutMatrix(env, args, "dWeight", keep, overlaps);
+    dBias_ = const_cast<float*>(readVector(env, args, "dBias", static_cast<size_t>(dy_.cols), true, true, keep, overlaps));
+    overlaps.check(env);
+    checkNow(env, [&] {
+      requireShape("dy", dy_.rows, dy_.cols, x_.rows, dy_.cols);
+      if (!dx_.empty()) {
+        if (weight_.empty()) throw CoreError(code::kInvalidArgument, "weight: needed to compute dx");
+        requireShape("weight", weight_.rows, weight_.cols, dy_.cols, x_.cols);
+        requireShape("dx", dx_.rows, dx_.cols, x_.rows, x_.cols);
+      }
+      if (!dWeight_.empty()) requireShape("dWeight", dWeight_.rows, dWeight_.cols, dy_.cols, x_.cols);
+    });
+  }
+
+ protected:
+  void run() override { linearBackward(x_, dy_, weight_, dx_, dWeight_, dBias_); }
+
+ private:
+  ConstMatView x_, dy_, weight_;
+  MatView dx_, dWeight_;
+  float* dBias_ = nullptr;
+};
+
+class AddLowRankJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = requireObject(env, info[0], "arguments");
+    Overlaps overlaps;
+    target_ = readOutMatrix(env, args, "target", keep, overlaps);
+    a_ = readMatrix(env, args, "A", keep, overlaps);
+    b_ = readMatrix(env, args, "B", keep, overlaps);
+    scale_ = static_cast<float>(readNumber(env, args, "scale"));
+    transposed_ = args.Get("transposed").ToBoolean();
+    overlaps.check(env);
+    checkNow(env, [&] {
+      requireShape("B", b_.rows, b_.cols, b_.rows, a_.rows);
+      if (transposed_) requireShape("target", target_.rows, target_.cols, a_.cols, b_.rows);
+      else requireShape("target", target_.rows, target_.cols, b_.rows, a_.cols);
+    });
+  }
+
+ protected:
+  void run() override { addLowRank(target_, b_, a_, scale_, transposed_); }
+
+ private:
+  MatView target_;
+  ConstMatView a_, b_;
+  float scale_ = 1.0f;
+  bool transposed_ = false;
+};
+
 }  // namespace
 
 void registerLowrank(Napi::Env env, Napi::Object exports) {
@@ -178,6 +269,15 @@ void registerLowrank(Napi::Env env, Napi::Object exports) {
               }));
   exports.Set("eigenLoraBackward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
                 return startJob<EigenLoraBackwardJob>(info, "eigenLoraBackward");
+              }));
+  exports.Set("linearForward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<LinearForwardJob>(info, "linearForward");
+              }));
+  exports.Set("linearBackward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<LinearBackwardJob>(info, "linearBackward");
+              }));
+  exports.Set("addLowRank", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
+                return startJob<AddLowRankJob>(info, "addLowRank");
               }));
   exports.Set("chooseOrder", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
                 // Which order `auto` takes for these shapes: cheap, synchronous, no buffers read.

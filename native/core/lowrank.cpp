@@ -111,6 +111,51 @@ void loraBackward(ConstMatView xv, ConstMatView dyv, const LoraLayer& layer, Mat
   }
 }
 
+void linearForward(ConstMatView xv, ConstMatView weight, const float* bias, MatView yv) {
+  requirePositive("x rows", xv.rows);
+  requirePositive("x cols (d_in)", xv.cols);
+  requireShape("weight", weight.rows, weight.cols, weight.rows, xv.cols);
+  requirePositive("weight rows (d_out)", weight.rows);
+  requireShape("y", yv.rows, yv.cols, xv.rows, weight.rows);
+  const ConstMapF x = xv.map();
+  MapF y = yv.map();
+  baseForward(x, weight, bias, y);
+}
+
+void linearBackward(ConstMatView xv, ConstMatView dyv, ConstMatView weight, MatView dxv, MatView dWv,
+                    float* dBias) {
+  requirePositive("x rows", xv.rows);
+  requirePositive("x cols (d_in)", xv.cols);
+  requirePositive("dy cols (d_out)", dyv.cols);
+  requireShape("dy", dyv.rows, dyv.cols, xv.rows, dyv.cols);
+  const Index dIn = xv.cols, dOut = dyv.cols;
+  if (!dxv.empty()) {
+    if (weight.empty()) throw CoreError(code::kInvalidArgument, "weight: needed to compute dx");
+    requireShape("weight", weight.rows, weight.cols, dOut, dIn);
+    requireShape("dx", dxv.rows, dxv.cols, xv.rows, dIn);
+  }
+  if (!dWv.empty()) requireShape("dWeight", dWv.rows, dWv.cols, dOut, dIn);
+  const ConstMapF x = xv.map(), dy = dyv.map();
+  if (!dxv.empty()) {
+    MapF dx = dxv.map();
+    baseBackward(dy, weight, dx);
+  }
+  if (!dWv.empty()) dWv.map().noalias() = dy.transpose() * x;
+  if (dBias != nullptr) Eigen::Map<RowVecF>(dBias, dOut) = dy.colwise().sum();
+}
+
+void addLowRank(MatView targetV, ConstMatView bv, ConstMatView av, float scale, bool transposed) {
+  const Index r = av.rows, dIn = av.cols, dOut = bv.rows;
+  requirePositive("A rows (rank)", r);
+  requireShape("B", bv.rows, bv.cols, dOut, r);
+  if (transposed) requireShape("target", targetV.rows, targetV.cols, dIn, dOut);
+  else requireShape("target", targetV.rows, targetV.cols, dOut, dIn);
+  MapF target = targetV.map();
+  const ConstMapF a = av.map(), b = bv.map();
+  if (transposed) target.noalias() += scale * (a.transpose() * b.transpose());
+  else target.noalias() += scale * (b * a);
+}
+
 double eigenLoraCost(Index rows, const EigenLoraLayer& l, ProductOrder order, bool backward, bool needInputGrad) {
   const double n = static_cast<double>(rows), dIn = static_cast<double>(l.componentsA.rows),
                dOut = static_cast<double>(l.componentsB.rows), kA = static_cast<double>(l.componentsA.cols),

@@ -46,6 +46,18 @@ void loraForward(ConstMatView x, const LoraLayer& layer, MatView y);
 // dy: n x d_out. Outputs dA (r x d_in), dB (d_out x r); dx (n x d_in) only if given.
 void loraBackward(ConstMatView x, ConstMatView dy, const LoraLayer& layer, MatView dx, MatView dA, MatView dB);
 
+// A plain layer y = x W^T + b (bias optional), for frozen and trainable linear layers.
+void linearForward(ConstMatView x, ConstMatView weight, const float* bias, MatView y);
+// Gradients of y = x W^T + b given dy: dx = dy W, dWeight = dy^T x, dBias = column sums of
+// dy. Each output is optional (empty view / nullptr); `weight` is needed only for dx.
+void linearBackward(ConstMatView x, ConstMatView dy, ConstMatView weight, MatView dx, MatView dWeight,
+                    float* dBias);
+
+// target += scale * B A (target: d_out x d_in), or target += scale * (B A)^T when
+// `transposed` (target: d_in x d_out, GPT-2 Conv1D / fan_in_fan_out). Merging and
+// unmerging an adapter into a base weight, in place.
+void addLowRank(MatView target, ConstMatView b, ConstMatView a, float scale, bool transposed);
+
 ProductOrder eigenLoraForward(ConstMatView x, const EigenLoraLayer& layer, MatView y, ProductOrder order);
 // Outputs dAlpha (K_A x r), dBeta (K_B x r); dx (n x d_in) only if given.
 ProductOrder eigenLoraBackward(ConstMatView x, ConstMatView dy, const EigenLoraLayer& layer, MatView dx,

@@ -1,0 +1,103 @@
+/**
+ * Many adapters in one batch (DESIGN §1, serving): each row of x names its adapter
+ * (an index, or -1 for none).
+ *
+ * - `eigenBankApply`: adapters as coefficient sets on one EigenLoRA basis. Adapter i is
+ *   the K_A x K_B matrix M_i = s_i alpha_i beta_i^T (`mixingMatrix`); the batch shares
+ *   x V_A and T U_B^T, and only the tiny middle step is grouped by adapter.
+ * - `loraBankApply`: the plain-LoRA baseline that gathers each row's own A_i, B_i, one
+ *   segment per adapter (as Punica and S-LoRA do), for comparison on the same batch.
+ */
+import { EigenLoraxError, withCallerStack } from './errors.js';
+import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
+import { native } from './native.js';
+import { finiteNumber, integer, invalid, object } from './validate.js';
+
+export interface EigenAdapterBank {
+  /** V_A: d_in x K_A. */
+  componentsA: Matrix;
+  /** U_B: d_out x K_B. */
+  componentsB: Matrix;
+  /** count x K_A x K_B, adapter after adapter, each row-major. */
+  mixing: Float32Array;
+  count: number;
+}
+
+interface BaseLayer {
+  weight?: Matrix;
+  bias?: Float32Array;
+}
+
+/** M = scale alpha beta^T (K_A x K_B), written into `out` (length K_A K_B) when given. */
+export function mixingMatrix(alpha: Matrix, beta: Matrix, scale = 1, out?: Float32Array): Float32Array {
+  const a = checkMatrix(alpha, 'alpha');
+  const b = checkMatrix(beta, 'beta', { cols: a.cols });
+  const m = out ?? new Float32Array(a.rows * b.rows);
+  if (m.length !== a.rows * b.rows) throw new EigenLoraxError(`out: expected ${a.rows * b.rows} elements`, 'ERR_SHAPE_MISMATCH');
+  // K_A x K_B x r multiply-adds: tiny (64 x 64 x 16 = 65k), done once per adapter.
+  const r = a.cols;
+  for (let i = 0; i < a.rows; i++) {
+    for (let j = 0; j < b.rows; j++) {
+      let sum = 0;
+      for (let t = 0; t < r; t++) sum += a.data[i * r + t]! * b.data[j * r + t]!;
+      m[i * b.rows + j] = scale * sum;
+    }
+  }
+  return m;
+}
+
+function checkRows(rows: unknown, n: number): Int32Array {
+  if (!(rows instanceof Int32Array)) throw invalid('an Int32Array of adapter indices', 'rows', rows);
+  if (rows.length !== n) throw new EigenLoraxError(`rows: expected ${n} entries (one per row of x) but received ${rows.length}`, 'ERR_SHAPE_MISMATCH');
+  return rows;
+}
+
+/** y = x W^T + b + for each row b with rows[b] = i >= 0: (x_b V_A) M_i U_B^T. */
+export async function eigenBankApply(
+  x: Matrix,
+  bank: EigenAdapterBank,
+  rows: Int32Array,
+  options: BaseLayer & { out?: Matrix } = {},
+): Promise<Matrix> {
+  const callSite = new Error();
+  const xm = checkMatrix(x, 'x');
+  const componentsA = checkMatrix(bank.componentsA, 'bank.componentsA', { rows: xm.cols });
+  const componentsB = checkMatrix(bank.componentsB, 'bank.componentsB');
+  const count = integer(bank.count, 'bank.count', 0);
+  const mixing = checkVector(bank.mixing, 'bank.mixing', count * componentsA.cols * componentsB.cols);
+  const o = object(options, 'options') as BaseLayer & { out?: Matrix };
+  const dOut = componentsB.rows;
+  const weight = o.weight === undefined ? null : checkMatrix(o.weight, 'options.weight', { rows: dOut, cols: xm.cols });
+  const bias = o.bias === undefined ? null : checkVector(o.bias, 'options.bias', dOut);
+  const y = o.out ? checkMatrix(o.out, 'options.out', { rows: xm.rows, cols: dOut }) : matrix(xm.rows, dOut);
+  await withCallerStack(
+    native.eigenBankApply({ x: xm, componentsA, componentsB, mixing, count, rows: checkRows(rows, xm.rows), weight, bias, y }),
+    callSite,
+  );
+  return y;
+}
+
+/** y = x W^T + b + for each row b with rows[b] = i >= 0: s_i (x_b A_i^T) B_i^T. */
+export async function loraBankApply(
+  x: Matrix,
+  adapters: ReadonlyArray<{ A: Matrix; B: Matrix; scale?: number }>,
+  rows: Int32Array,
+  options: BaseLayer & { dOut?: number; out?: Matrix } = {},
+): Promise<Matrix> {
+  const callSite = new Error();
+  const xm = checkMatrix(x, 'x');
+  if (!Array.isArray(adapters)) throw invalid('an array of { A, B, scale }', 'adapters', adapters);
+  const o = object(options, 'options') as BaseLayer & { dOut?: number; out?: Matrix };
+  const dOut = adapters[0]?.B.rows ?? o.weight?.rows ?? o.dOut;
+  if (dOut === undefined) throw invalid('an adapter, a weight or options.dOut', 'the output width', undefined);
+  const list = adapters.map((p, i) => {
+    const A = checkMatrix(p.A, `adapters[${i}].A`, { cols: xm.cols });
+    const B = checkMatrix(p.B, `adapters[${i}].B`, { rows: dOut, cols: A.rows });
+    return { A, B, scale: finiteNumber(p.scale ?? 1, `adapters[${i}].scale`) };
+  });
+  const weight = o.weight === undefined ? null : checkMatrix(o.weight, 'options.weight', { rows: dOut, cols: xm.cols });
+  const bias = o.bias === undefined ? null : checkVector(o.bias, 'options.bias', dOut);
+  const y = o.out ? checkMatrix(o.out, 'options.out', { rows: xm.rows, cols: dOut }) : matrix(xm.rows, dOut);
+  await withCallerStack(native.loraBankApply({ x: xm, adapters: list, rows: checkRows(rows, xm.rows), weight, bias, y }), callSite);
+  return y;
+}

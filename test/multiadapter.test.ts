@@ -1,0 +1,177 @@
+/**
+ * Many adapters in one batch, the plain linear layer, and in-place low-rank updates,
+ * against f64 dense references (each row's adapter applied on its own).
+ */
+import test from 'ava';
+import {
+  EigenLoraxError,
+  addLowRank,
+  eigenBankApply,
+  linearBackward,
+  linearForward,
+  loraBankApply,
+  matrix,
+  mixingMatrix,
+  orthonormalize,
+  type Matrix,
+} from '../lib/index.js';
+import { freshSeed, randomMatrix, rng } from './helpers/random.js';
+import { matmul, toF64, transpose, type Mat64 } from './helpers/reference.js';
+
+const dIn = 48;
+const dOut = 40;
+
+function maxRelDiff(got: Matrix, want: Mat64): number {
+  let scale = 0;
+  let worst = 0;
+  for (let i = 0; i < want.data.length; i++) scale = Math.max(scale, Math.abs(want.data[i]!));
+  for (let i = 0; i < want.data.length; i++) worst = Math.max(worst, Math.abs(got.data[i]! - want.data[i]!));
+  return worst / scale;
+}
+
+/** Row b of x times (W^T) plus bias plus the row's own dense delta. */
+function denseRows(x: Matrix, weight: Matrix | null, bias: Float32Array | null, deltaOf: (b: number) => Mat64 | null): Mat64 {
+  const y = { rows: x.rows, cols: dOut, data: new Float64Array(x.rows * dOut) };
+  for (let b = 0; b < x.rows; b++) {
+    const row = { rows: 1, cols: dIn, data: Float64Array.from(x.data.subarray(b * dIn, (b + 1) * dIn)) };
+    const delta = deltaOf(b);
+    for (const m of [weight ? toF64(weight) : null, delta]) {
+      if (!m) continue;
+      const out = matmul(row, transpose(m));
+      for (let j = 0; j < dOut; j++) y.data[b * dOut + j]! += out.data[j]!;
+    }
+    if (bias) for (let j = 0; j < dOut; j++) y.data[b * dOut + j]! += bias[j]!;
+  }
+  return y;
+}
+
+async function bank(seed: number, count: number, kA: number, kB: number, r: number) {
+  const componentsA = await orthonormalize(randomMatrix(dIn, kA, seed));
+  const componentsB = await orthonormalize(randomMatrix(dOut, kB, seed + 1));
+  const coefficients = Array.from({ length: count }, (_, i) => ({
+    alpha: randomMatrix(kA, r, seed + 10 + 2 * i),
+    beta: randomMatrix(kB, r, seed + 11 + 2 * i),
+    scale: 0.5 + i / 4,
+  }));
+  const mixing = new Float32Array(count * kA * kB);
+  coefficients.forEach((c, i) => mixingMatrix(c.alpha, c.beta, c.scale, mixing.subarray(i * kA * kB, (i + 1) * kA * kB)));
+  return { componentsA, componentsB, coefficients, mixing, count };
+}
+
+test('eigenBankApply equals applying each row’s adapter alone, with rows of no adapter', async (t) => {
+  const seed = freshSeed();
+  const b = await bank(seed, 5, 6, 7, 3);
+  const n = 23;
+  const x = randomMatrix(n, dIn, seed + 99);
+  const random = rng(seed);
+  const rows = Int32Array.from({ length: n }, () => Math.floor(random() * 6) - 1); // -1 .. 4
+  const weight = randomMatrix(dOut, dIn, seed + 98);
+  const bias = randomMatrix(1, dOut, seed + 97).data;
+  const y = await eigenBankApply(x, b, rows, { weight, bias });
+  // Dense delta of adapter i: s (U_B beta)(alpha^T V_A^T).
+  const deltas = b.coefficients.map((c) => {
+    const B = matmul(toF64(b.componentsB), toF64(c.beta));
+    const A = transpose(matmul(toF64(b.componentsA), toF64(c.alpha)));
+    const d = matmul(B, A);
+    for (let i = 0; i < d.data.length; i++) d.data[i]! *= c.scale;
+    return d;
+  });
+  const want = denseRows(x, weight, bias, (row) => (rows[row]! >= 0 ? deltas[rows[row]!]! : null));
+  t.true(maxRelDiff(y, want) < 1e-5, `seed ${seed}: ${maxRelDiff(y, want)}`);
+  // Without a base layer: the adapters' deltas alone.
+  const delta = await eigenBankApply(x, b, rows);
+  const wantDelta = denseRows(x, null, null, (row) => (rows[row]! >= 0 ? deltas[rows[row]!]! : null));
+  t.true(maxRelDiff(delta, wantDelta) < 1e-5, `seed ${seed}: delta only`);
+});
+
+test('loraBankApply equals applying each row’s LoRA pair alone', async (t) => {
+  const seed = freshSeed();
+  const adapters = [2, 5, 3, 1].map((r, i) => ({
+    A: randomMatrix(r, dIn, seed + 2 * i),
+    B: randomMatrix(dOut, r, seed + 2 * i + 1),
+    scale: 1 + i,
+  }));
+  const n = 17;
+  const random = rng(seed + 5);
+  const rows = Int32Array.from({ length: n }, () => Math.floor(random() * 5) - 1);
+  const x = randomMatrix(n, dIn, seed + 50);
+  const weight = randomMatrix(dOut, dIn, seed + 51);
+  const y = await loraBankApply(x, adapters, rows, { weight });
+  const deltas = adapters.map((p) => {
+    const d = matmul(toF64(p.B), toF64(p.A));
+    for (let i = 0; i < d.data.length; i++) d.data[i]! *= p.scale;
+    return d;
+  });
+  const want = denseRows(x, weight, null, (row) => (rows[row]! >= 0 ? deltas[rows[row]!]! : null));
+  t.true(maxRelDiff(y, want) < 1e-5, `seed ${seed}: ${maxRelDiff(y, want)}`);
+});
+
+test('bank arguments are checked: adapter index out of range, wrong mixing size, wrong rows type', async (t) => {
+  const b = await bank(1, 2, 4, 4, 2);
+  const x = randomMatrix(3, dIn, 2);
+  await t.throwsAsync(eigenBankApply(x, b, Int32Array.of(0, 2, -1)), {
+    instanceOf: EigenLoraxError,
+    code: 'ERR_INVALID_ARGUMENT',
+    message: /rows\[1\]/,
+  });
+  await t.throwsAsync(eigenBankApply(x, b, Int32Array.of(0, -2, -1)), { instanceOf: EigenLoraxError, message: /rows\[1\]/ });
+  await t.throwsAsync(eigenBankApply(x, { ...b, mixing: new Float32Array(5) }, Int32Array.of(0, 0, 0)), {
+    instanceOf: EigenLoraxError,
+    code: 'ERR_SHAPE_MISMATCH',
+  });
+  await t.throwsAsync(eigenBankApply(x, b, new Int32Array(2)), { instanceOf: EigenLoraxError, code: 'ERR_SHAPE_MISMATCH' });
+  await t.throwsAsync(eigenBankApply(x, b, [0, 0, 0] as unknown as Int32Array), { instanceOf: EigenLoraxError, code: 'ERR_INVALID_ARGUMENT' });
+  await t.throwsAsync(loraBankApply(x, [{ A: matrix(2, dIn), B: matrix(dOut, 2) }], Int32Array.of(1, 0, 0)), {
+    instanceOf: EigenLoraxError,
+    message: /rows\[0\]/,
+  });
+});
+
+test('linearForward and linearBackward match the dense layer and its gradients', async (t) => {
+  const seed = freshSeed();
+  for (const n of [1, 3, 37]) {
+    const x = randomMatrix(n, dIn, seed + n);
+    const weight = randomMatrix(dOut, dIn, seed + n + 1);
+    const bias = randomMatrix(1, dOut, seed + n + 2).data;
+    const y = await linearForward(x, { weight, bias });
+    t.true(maxRelDiff(y, denseRows(x, weight, bias, () => null)) < 1e-5, `seed ${seed}, n ${n}: forward`);
+    const dy = randomMatrix(n, dOut, seed + n + 3);
+    const g = await linearBackward(x, dy, { weight }, { weightGrad: true, biasGrad: true });
+    t.true(maxRelDiff(g.dx!, matmul(toF64(dy), toF64(weight))) < 1e-5, `seed ${seed}, n ${n}: dx`);
+    t.true(maxRelDiff(g.dWeight!, matmul(transpose(dy), toF64(x))) < 1e-5, `seed ${seed}, n ${n}: dWeight`);
+    const colSums = new Float64Array(dOut);
+    for (let b = 0; b < n; b++) for (let j = 0; j < dOut; j++) colSums[j]! += dy.data[b * dOut + j]!;
+    t.true(maxRelDiff({ rows: 1, cols: dOut, data: g.dBias! }, { rows: 1, cols: dOut, data: colSums }) < 1e-5, `dBias`);
+    const onlyDx = await linearBackward(x, dy, { weight });
+    t.is(onlyDx.dWeight, null);
+    t.is(onlyDx.dBias, null);
+  }
+  await t.throwsAsync(linearForward(randomMatrix(2, dIn + 1, 1), { weight: randomMatrix(dOut, dIn, 2) }), {
+    instanceOf: EigenLoraxError,
+    code: 'ERR_SHAPE_MISMATCH',
+  });
+});
+
+test('addLowRank adds s B A (or its transpose) in place, and a negative scale undoes it', async (t) => {
+  const seed = freshSeed();
+  const A = randomMatrix(4, dIn, seed);
+  const B = randomMatrix(dOut, 4, seed + 1);
+  for (const transposed of [false, true]) {
+    const target = transposed ? randomMatrix(dIn, dOut, seed + 2) : randomMatrix(dOut, dIn, seed + 2);
+    const original = Float32Array.from(target.data);
+    const same = await addLowRank(target, { A, B, scale: 0.75 }, { transposed });
+    t.is(same, target);
+    const delta = matmul(toF64(B), toF64(A));
+    const d = transposed ? transpose(delta) : delta;
+    const want = { rows: target.rows, cols: target.cols, data: Float64Array.from(original, (v, i) => v + 0.75 * d.data[i]!) };
+    t.true(maxRelDiff(target, want) < 1e-5, `seed ${seed}, transposed ${transposed}`);
+    await addLowRank(target, { A, B, scale: -0.75 }, { transposed });
+    let worst = 0;
+    for (let i = 0; i < original.length; i++) worst = Math.max(worst, Math.abs(target.data[i]! - original[i]!));
+    t.true(worst < 1e-5, `seed ${seed}: unmerge restores within float rounding (${worst})`);
+  }
+  await t.throwsAsync(addLowRank(matrix(dOut, dIn), { A, B }, { transposed: true }), {
+    instanceOf: EigenLoraxError,
+    code: 'ERR_SHAPE_MISMATCH',
+  });
+});
