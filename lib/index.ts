@@ -120,3 +120,33 @@ export {
   type ModuleCoefficients,
   type AdapterCoefficients,
 } from './subspace/index.js';
+export {
+  analyzeAdapters,
+  verdictOf,
+  ANALYSIS_METHOD,
+  DEFAULT_CURVE_COMPONENTS,
+  SHARED_HELD_OUT_ERROR,
+  PARTLY_SHARED_HELD_OUT_ERROR,
+  type AnalyzeOptions,
+  type AnalyzeProgress,
+  type SubspaceAnalysis,
+  type ModuleAnalysis,
+  type SideAnalysis,
+  type AdapterAnalysis,
+  type CurveBand,
+} from './subspace/analyze.js';
+export { explainedVarianceSvg, writeExplainedVarianceSvg, type ExplainedVarianceSvgOptions } from './subspace/svg.js';
+export {
+  mergeIntoBase,
+  candidateKeys,
+  MERGE_KEY_PREFIXES,
+  type MergeAdapterInput,
+  type MergeAdapterSpec,
+  type MergeIntoBaseOptions,
+  type MergeReport,
+  type MergedAdapterReport,
+  type MergedModule,
+  type MergedTensor,
+} from './merge/index.js';
+export * from './train/index.js';
+export * from './data/index.js';

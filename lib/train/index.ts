@@ -1,0 +1,92 @@
+/** Training: layers, losses, a sequential model, optimisers and schedules, the training loop, checkpoints, adapter export. */
+export { Random } from './random.js';
+export {
+  Linear,
+  LoRA,
+  EigenLoRA,
+  ReLU,
+  GELU,
+  augmentComponents,
+  type Layer,
+  type LayerKind,
+  type Parameter,
+  type NamedTensor,
+  type BackwardOptions,
+  type LinearWeights,
+  type LinearOptions,
+  type CreateLinearOptions,
+  type LoRAOptions,
+  type EigenLoRAOptions,
+  type EigenLoRAInit,
+  type GeluApproximation,
+} from './layers.js';
+export { crossEntropyLoss, mseLoss, isLabels, type Loss, type LossName, type LossValue, type Labels, type Targets } from './losses.js';
+export { Sequential, type StateDict, type StateTensor, type LoadStateResult, type EvaluateOptions, type Evaluation } from './model.js';
+export {
+  Optimizer,
+  SGD,
+  Adam,
+  AdamW,
+  createOptimizer,
+  clipGradNorm,
+  gradNorm,
+  ConstantSchedule,
+  CosineSchedule,
+  ReduceOnPlateau,
+  createSchedule,
+  type OptimizerKind,
+  type OptimizerState,
+  type OptimizerSpec,
+  type SgdOptions,
+  type AdamOptions,
+  type LrSchedule,
+  type ScheduleSpec,
+  type ScheduleState,
+  type CosineOptions,
+  type PlateauOptions,
+} from './optim.js';
+export {
+  trainModel,
+  type TrainData,
+  type TrainOptions,
+  type TrainResult,
+  type TrainEvent,
+  type StepEvent,
+  type EvalEvent,
+  type EpochEvent,
+  type CheckpointEvent,
+  type DoneEvent,
+  type StopReason,
+  type EarlyStoppingOptions,
+  type CheckpointOptions,
+} from './loop.js';
+export {
+  loadCheckpoint,
+  CHECKPOINT_FORMAT,
+  CHECKPOINT_FORMAT_VERSION,
+  CHECKPOINT_METADATA_KEY,
+  type Checkpoint,
+  type LoopState,
+  type EvalRecord,
+  type EpochRecord,
+  type RunFingerprint,
+} from './checkpoint.js';
+export { formatProgress, formatDuration, type ProgressInfo, type ProgressStream } from './progress.js';
+export {
+  adapterFromModel,
+  saveModelAdapter,
+  eigenLoraFactors,
+  saveEigenLoraCoefficients,
+  loadEigenLoraCoefficients,
+  TRAINED_COEFFICIENTS_METADATA_KEY,
+  type AdapterFromModelOptions,
+  type TrainedCoefficients,
+} from './export.js';
+export {
+  adaptModel,
+  loraModel,
+  eigenLoraModel,
+  type LoraModelOptions,
+  type EigenLoraModelOptions,
+  type ModuleComponents,
+} from './adapt.js';

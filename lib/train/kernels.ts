@@ -1,0 +1,232 @@
+/**
+ * The per-element loops of the training code that have no native kernel yet, in one place
+ * (so that each can be swapped for a native entry point later): activations, the losses,
+ * the optimiser updates, gradient norms and finiteness checks. Each is a plain loop over
+ * typed arrays, with f64 arithmetic and f32 storage. The large products (everything of
+ * cost n x d_in x d_out) go through the native low-rank kernels instead.
+ */
+
+/** y = max(x, 0). */
+export function reluForward(x: Float32Array, y: Float32Array): void {
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i] as number;
+    y[i] = v > 0 ? v : 0;
+  }
+}
+
+/** dx = dy where y > 0, else 0 (the subgradient at 0 is 0, as PyTorch). */
+export function reluBackward(y: Float32Array, dy: Float32Array, dx: Float32Array): void {
+  for (let i = 0; i < y.length; i++) dx[i] = (y[i] as number) > 0 ? (dy[i] as number) : 0;
+}
+
+/**
+ * erfc for x >= 0 by the Chebyshev fit of Numerical Recipes (`erfcc`): fractional error
+ * below 1.2e-7 everywhere, about 2 ulp of f32.
+ */
+function erfcPositive(z: number): number {
+  const t = 1 / (1 + 0.5 * z);
+  return (
+    t *
+    Math.exp(
+      -z * z -
+        1.26551223 +
+        t *
+          (1.00002368 +
+            t *
+              (0.37409196 +
+                t * (0.09678418 + t * (-0.18628806 + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277)))))))),
+    )
+  );
+}
+
+/** The error function, to about 1.2e-7 (enough for f32 activations). */
+export function erf(x: number): number {
+  return x >= 0 ? 1 - erfcPositive(x) : erfcPositive(-x) - 1;
+}
+
+const SQRT1_2 = Math.SQRT1_2;
+const INV_SQRT_2PI = 1 / Math.sqrt(2 * Math.PI);
+const SQRT_2_OVER_PI = Math.sqrt(2 / Math.PI);
+const GELU_C = 0.044715;
+
+/**
+ * GELU with the exact normal CDF (PyTorch's default, `approximate='none'`):
+ * y = x Phi(x); `cdf` receives Phi(x) for the backward pass.
+ */
+export function geluErfForward(x: Float32Array, y: Float32Array, cdf: Float32Array): void {
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i] as number;
+    const p = 0.5 * (1 + erf(v * SQRT1_2));
+    cdf[i] = p;
+    y[i] = v * p;
+  }
+}
+
+/** dx = dy (Phi(x) + x phi(x)). */
+export function geluErfBackward(x: Float32Array, cdf: Float32Array, dy: Float32Array, dx: Float32Array): void {
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i] as number;
+    dx[i] = (dy[i] as number) * ((cdf[i] as number) + v * INV_SQRT_2PI * Math.exp(-0.5 * v * v));
+  }
+}
+
+/** GELU, tanh approximation (PyTorch `approximate='tanh'`); `aux` receives tanh(u). */
+export function geluTanhForward(x: Float32Array, y: Float32Array, aux: Float32Array): void {
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i] as number;
+    const t = Math.tanh(SQRT_2_OVER_PI * (v + GELU_C * v * v * v));
+    aux[i] = t;
+    y[i] = 0.5 * v * (1 + t);
+  }
+}
+
+export function geluTanhBackward(x: Float32Array, aux: Float32Array, dy: Float32Array, dx: Float32Array): void {
+  for (let i = 0; i < x.length; i++) {
+    const v = x[i] as number;
+    const t = aux[i] as number;
+    const du = SQRT_2_OVER_PI * (1 + 3 * GELU_C * v * v);
+    dx[i] = (dy[i] as number) * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * du);
+  }
+}
+
+/**
+ * Mean softmax cross-entropy of `logits` (n x c) against integer labels, computed stably
+ * (log-sum-exp with the row maximum subtracted). Writes dL/dlogits = (softmax - onehot) / n
+ * into `grad` when given. Returns the mean loss and the number of rows whose argmax (first
+ * maximum) is the label. Labels must be checked by the caller.
+ */
+export function softmaxCrossEntropy(
+  logits: Float32Array,
+  n: number,
+  c: number,
+  labels: ArrayLike<number>,
+  grad: Float32Array | null,
+): { loss: number; correct: number } {
+  let total = 0;
+  let correct = 0;
+  const inv = 1 / n;
+  for (let i = 0; i < n; i++) {
+    const row = i * c;
+    let max = -Infinity;
+    let arg = 0;
+    for (let j = 0; j < c; j++) {
+      const v = logits[row + j] as number;
+      if (v > max) {
+        max = v;
+        arg = j;
+      }
+    }
+    const label = labels[i] as number;
+    if (arg === label) correct++;
+    let sum = 0;
+    for (let j = 0; j < c; j++) sum += Math.exp((logits[row + j] as number) - max);
+    const logSum = Math.log(sum) + max;
+    total += logSum - (logits[row + label] as number);
+    if (grad !== null) {
+      for (let j = 0; j < c; j++) {
+        const p = Math.exp((logits[row + j] as number) - logSum);
+        grad[row + j] = (j === label ? p - 1 : p) * inv;
+      }
+    }
+  }
+  return { loss: total * inv, correct };
+}
+
+/** Mean squared error over all elements (PyTorch `reduction='mean'`); grad = 2 (y - t) / count. */
+export function meanSquaredError(output: Float32Array, target: Float32Array, grad: Float32Array | null): number {
+  const count = output.length;
+  let total = 0;
+  const k = 2 / count;
+  for (let i = 0; i < count; i++) {
+    const d = (output[i] as number) - (target[i] as number);
+    total += d * d;
+    if (grad !== null) grad[i] = k * d;
+  }
+  return total / count;
+}
+
+/** sum of squares, in f64. */
+export function sumOfSquares(a: Float32Array): number {
+  let s = 0;
+  for (let i = 0; i < a.length; i++) {
+    const v = a[i] as number;
+    s += v * v;
+  }
+  return s;
+}
+
+export function scaleInPlace(a: Float32Array, factor: number): void {
+  for (let i = 0; i < a.length; i++) a[i] = (a[i] as number) * factor;
+}
+
+/** True when every value is finite. */
+export function allFinite(a: Float32Array): boolean {
+  for (let i = 0; i < a.length; i++) {
+    const v = a[i] as number;
+    if (v - v !== 0) return false;
+  }
+  return true;
+}
+
+export interface AdamHyper {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** AdamW: decay the weights directly (p -= lr wd p) instead of adding wd p to the gradient. */
+  decoupled: boolean;
+  /** The step number t >= 1 (bias correction). */
+  step: number;
+}
+
+/**
+ * One Adam/AdamW update of one tensor, as PyTorch's single-tensor `_single_tensor_adam`
+ * (amsgrad off, maximize off): moments stored in f32, arithmetic in f64.
+ */
+export function adamUpdate(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, h: AdamHyper): void {
+  const { lr, beta1, beta2, eps, weightDecay, decoupled, step } = h;
+  const stepSize = lr / (1 - beta1 ** step);
+  const invBc2Sqrt = 1 / Math.sqrt(1 - beta2 ** step);
+  const keep = decoupled ? 1 - lr * weightDecay : 1;
+  const l2 = decoupled ? 0 : weightDecay;
+  const a1 = 1 - beta1;
+  const a2 = 1 - beta2;
+  const length = p.length;
+  for (let i = 0; i < length; i++) {
+    const param = p[i] as number;
+    const grad = l2 === 0 ? (g[i] as number) : Math.fround((g[i] as number) + l2 * param);
+    const mPrev = m[i] as number;
+    const mi = Math.fround(mPrev + (grad - mPrev) * a1);
+    const vi = Math.fround((v[i] as number) * beta2 + a2 * grad * grad);
+    m[i] = mi;
+    v[i] = vi;
+    p[i] = (keep === 1 ? param : Math.fround(param * keep)) - (stepSize * mi) / (Math.sqrt(vi) * invBc2Sqrt + eps);
+  }
+}
+
+export interface SgdHyper {
+  lr: number;
+  momentum: number;
+  dampening: number;
+  nesterov: boolean;
+  weightDecay: number;
+  /** True on the first step (the momentum buffer starts as the gradient, as PyTorch). */
+  first: boolean;
+}
+
+/** One SGD update of one tensor, as PyTorch's `_single_tensor_sgd`. */
+export function sgdUpdate(p: Float32Array, g: Float32Array, buf: Float32Array | null, h: SgdHyper): void {
+  const { lr, momentum, dampening, nesterov, weightDecay, first } = h;
+  for (let i = 0; i < p.length; i++) {
+    const param = p[i] as number;
+    let d = g[i] as number;
+    if (weightDecay !== 0) d = Math.fround(d + weightDecay * param);
+    if (buf !== null && momentum !== 0) {
+      const b = first ? d : Math.fround((buf[i] as number) * momentum + (1 - dampening) * d);
+      buf[i] = b;
+      d = nesterov ? Math.fround(d + momentum * b) : b;
+    }
+    p[i] = param - lr * d;
+  }
+}
