@@ -64,6 +64,19 @@ test('Adam: one step against a hand computation (bias-corrected: p - lr g / (|g|
   close(t, state.tensors.get('w.exp_avg_sq') as Float32Array, [1e-5, 4e-5, 9e-5, 0], 1e-7, 'exp_avg_sq');
 });
 
+test('AdamW: one step against a hand computation (p (1 - lr wd) - lr g / (|g| + eps))', (t) => {
+  const p = param('w', [1, -2, 0.5], [0.1, -0.2, 0.3]);
+  new AdamW({ lr: 0.01, weightDecay: 0.1 }).step([p]);
+  const decay = 1 - 0.01 * 0.1;
+  const expected = [1 * decay - (0.01 * 0.1) / (0.1 + 1e-8), -2 * decay + (0.01 * 0.2) / (0.2 + 1e-8), 0.5 * decay - (0.01 * 0.3) / (0.3 + 1e-8)];
+  close(t, p.data, expected, 1e-7, 'p');
+  // Adam with the same weight decay adds wd p to the gradient instead: after one step the
+  // update is still lr sign(g + wd p).
+  const q = param('w', [1, -2, 0.5], [0.1, -0.2, 0.3]);
+  new Adam({ lr: 0.01, weightDecay: 0.1 }).step([q]);
+  close(t, q.data, [1 - 0.01, -2 + 0.01, 0.5 - 0.01], 1e-6, 'q');
+});
+
 test('Adam (L2 weight decay) and AdamW (decoupled): three steps against the hand computation', (t) => {
   const grads = [
     [0.3, -0.1, 0.05],

@@ -303,7 +303,7 @@ export class LoRA implements Layer {
     this.bias = base.bias;
     this.inFeatures = base.weight.cols;
     this.outFeatures = base.weight.rows;
-    this.rank = integer(o.rank, `${where}.rank`, 1, Math.min(this.inFeatures, this.outFeatures));
+    this.rank = integer(o.rank, `${where}.rank`, 1);
     this.alpha = finiteNumber(o.alpha ?? this.rank, `${where}.alpha`);
     if (o.rslora !== undefined && typeof o.rslora !== 'boolean') throw invalid('true or false', `${where}.rslora`, o.rslora);
     this.rslora = o.rslora === true;

@@ -355,6 +355,21 @@ function newTargets(like: Targets, rows: number): Targets {
  * with ERR_NON_FINITE; a checkpoint that does not fit is ERR_CHECKPOINT_MISMATCH.
  */
 export async function trainModel(model: Sequential, data: TrainData, options: TrainOptions = {}): Promise<TrainResult> {
+  if (training.has(model)) {
+    throw new EigenLoraxError('this model is already being trained (a model holds one batch of activations at a time): await the other run first', 'ERR_INVALID_ARGUMENT');
+  }
+  training.add(model);
+  try {
+    return await run(model, data, options);
+  } finally {
+    training.delete(model);
+  }
+}
+
+/** Models with a run in progress. */
+const training = new WeakSet<Sequential>();
+
+async function run(model: Sequential, data: TrainData, options: TrainOptions): Promise<TrainResult> {
   const started = performance.now();
   const o = resolveOptions(options);
   const { train, validation } = checkData(model, data, o.loss);
@@ -539,6 +554,15 @@ export async function trainModel(model: Sequential, data: TrainData, options: Tr
   let samplesThisRun = 0;
   const loopStart = performance.now();
   const aborted = () => o.signal !== null && o.signal.aborted;
+  // Small native calls settle at once (they run inline, DESIGN §3), so a loop of them never
+  // reaches the timers phase by itself: give the event loop a turn every few ms.
+  let lastYield = performance.now();
+  const yieldToEventLoop = async () => {
+    const now = performance.now();
+    if (now - lastYield < 4) return;
+    await new Promise<void>((resolve) => setImmediate(resolve));
+    lastYield = performance.now();
+  };
   if (early !== null && early.stopped) stoppedBy = 'early-stopping';
   else if (o.maxSteps !== null && step >= o.maxSteps) stoppedBy = 'max-steps';
 
@@ -562,6 +586,7 @@ export async function trainModel(model: Sequential, data: TrainData, options: Tr
       const t = targetsFor(rows);
       gatherRows(train, order, start, end, x, t);
 
+      await yieldToEventLoop();
       const y = await model.forward(x);
       const grad = pool.get('grad', rows, model.outFeatures);
       const v = o.loss.compute(y, t, grad);

@@ -26,24 +26,48 @@ class Job : public Napi::AsyncWorker {
 
   Keep keep;
 
-  // Queues the job; the returned promise settles when it ends.
+  // Queues the job, or runs it at once when it is tiny (see kInlineWork); the returned
+  // promise settles when it ends. Takes ownership: the job deletes itself.
   Napi::Promise start() {
     Napi::Promise promise = deferred_.Promise();
-    Queue();
+    if (work() < kInlineWork) {
+      guarded([this] {
+        useThreads(1);
+        run();
+      });
+      OnOK();
+      delete this;
+    } else {
+      Queue();
+    }
     return promise;
   }
 
  protected:
+  // Below this many multiply-adds (about 0.1 ms on one core) a job runs on the JS thread,
+  // single-threaded: the hand-off to the compute thread and back costs more (~50-100 us)
+  // than the work. DESIGN §3 sends only work above about a millisecond off the event loop.
+  static constexpr double kInlineWork = 2e5;
+
   virtual void run() = 0;  // on a worker thread: no Napi calls here
   virtual Napi::Value result(Napi::Env env) { return env.Undefined(); }
+  // Multiply-adds (or element operations) the job will do; unknown = always queued.
+  virtual double work() const { return kInlineWork; }
 
  private:
   void Execute() override {
-    try {
+    guarded([this] {
       ComputeThread::instance().run([this] {
         useThreads(threads_);
         run();
       });
+    });
+  }
+
+  template <typename Fn>
+  void guarded(Fn fn) {
+    try {
+      fn();
     } catch (const CoreError& e) {
       fail(e.code(), e.what());
     } catch (const std::bad_alloc&) {

@@ -36,6 +36,14 @@ EigenLoraLayer readEigenLora(Napi::Env env, const Napi::Object& args, Keep& keep
   return layer;
 }
 
+double baseWork(Index rows, ConstMatView weight) {
+  return weight.empty() ? 0.0 : static_cast<double>(rows) * weight.rows * weight.cols;
+}
+
+double loraWork(Index rows, const LoraLayer& l) {
+  return static_cast<double>(rows) * l.a.rows * (l.a.cols + l.b.rows) + baseWork(rows, l.weight);
+}
+
 // Shape errors are thrown on the JS thread, before anything is queued.
 template <typename Fn>
 void checkNow(Napi::Env env, Fn fn) {
@@ -62,6 +70,7 @@ class LoraForwardJob : public Job {
 
  protected:
   void run() override { loraForward(x_, layer_, y_); }
+  double work() const override { return loraWork(x_.rows, layer_); }
 
  private:
   ConstMatView x_;
@@ -93,6 +102,7 @@ class LoraBackwardJob : public Job {
 
  protected:
   void run() override { loraBackward(x_, dy_, layer_, dx_, dA_, dB_); }
+  double work() const override { return 2 * loraWork(x_.rows, layer_); }
 
  private:
   ConstMatView x_, dy_;
@@ -120,6 +130,10 @@ class EigenLoraForwardJob : public Job {
 
  protected:
   void run() override { order_ = eigenLoraForward(x_, layer_, y_, order_); }
+  double work() const override {
+    const ProductOrder o = order_ == ProductOrder::Auto ? chooseOrder(x_.rows, layer_, false, false) : order_;
+    return eigenLoraCost(x_.rows, layer_, o, false, false) + baseWork(x_.rows, layer_.weight);
+  }
   Napi::Value result(Napi::Env env) override { return Napi::String::New(env, orderName(order_)); }
 
  private:
@@ -155,6 +169,11 @@ class EigenLoraBackwardJob : public Job {
 
  protected:
   void run() override { order_ = eigenLoraBackward(x_, dy_, layer_, dx_, dAlpha_, dBeta_, order_); }
+  double work() const override {
+    const bool inputGrad = !dx_.empty();
+    const ProductOrder o = order_ == ProductOrder::Auto ? chooseOrder(x_.rows, layer_, true, inputGrad) : order_;
+    return eigenLoraCost(x_.rows, layer_, o, true, inputGrad) + (inputGrad ? baseWork(x_.rows, layer_.weight) : 0.0);
+  }
   Napi::Value result(Napi::Env env) override { return Napi::String::New(env, orderName(order_)); }
 
  private:
@@ -184,6 +203,7 @@ class LinearForwardJob : public Job {
 
  protected:
   void run() override { linearForward(x_, weight_, bias_, y_); }
+  double work() const override { return baseWork(x_.rows, weight_); }
 
  private:
   ConstMatView x_, weight_;
@@ -218,6 +238,10 @@ class LinearBackwardJob : public Job {
 
  protected:
   void run() override { linearBackward(x_, dy_, weight_, dx_, dWeight_, dBias_); }
+  double work() const override {
+    const double product = static_cast<double>(x_.rows) * x_.cols * dy_.cols;
+    return (dx_.empty() ? 0.0 : product) + (dWeight_.empty() ? 0.0 : product) + static_cast<double>(dy_.rows) * dy_.cols;
+  }
 
  private:
   ConstMatView x_, dy_, weight_;
