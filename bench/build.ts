@@ -3,7 +3,7 @@
  *
  *   npm run bench:build
  *   node dist/bench/build.js [--adapters 1000] [--modules 24] [--dim 1024] [--rank 16]
- *                            [--components 16] [--counts 6,24] [--no-hash] [--keep]
+ *                            [--components 16] [--counts 6,24] [--no-hash] [--no-open-all] [--keep]
  *
  * 1. Writes N synthetic PEFT adapters (default 1000), each with M modules (default 24) of
  *    d x d (d = 1024) at rank r (16), factors stored as bf16 (1000 x 24 x 2 x 16 x 1024 x 2 B
@@ -14,7 +14,11 @@
  * 2. Builds a subspace (K = 16, canonical + equal, the defaults of `eigenlorax build`, so the
  *    source files are hashed too unless --no-hash) from those paths in a child process, once
  *    per module count in --counts (default 6 and 24: the `modules` option keeps the first
- *    m modules of the same files). Each child reports:
+ *    m modules of the same files), with buildSubspace's default maxOpenFiles (adapters
+ *    beyond it are opened again for each module they are read for); when N exceeds that
+ *    default, once more at the largest count with every adapter kept open
+ *    (maxOpenFiles = N; --no-open-all skips it), to show what the reopening costs. Each
+ *    child reports:
  *     - wall time of buildSubspace (opening the N adapters included) and the report's
  *       timings: `nativeMs` (the native kernels: stacking, rsvd, projection), `readMs`
  *       (wall time with reads in flight), `hashMs`;
@@ -35,6 +39,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildSubspace, writeSafetensors, type SafetensorsFloatEntry } from '../lib/index.js';
+import { DEFAULT_MAX_OPEN_FILES } from '../lib/subspace/inputs.js';
 import { cpuSnapshot, machineLines, otherLoadLine, sig, table, uniformSource, type Cell } from './common.js';
 
 const MB = 1e6;
@@ -49,14 +54,17 @@ interface Options {
   counts: number[];
   hash: boolean;
   keep: boolean;
+  /** Also build with every adapter kept open (maxOpenFiles = N) at the largest module count. */
+  openAll: boolean;
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { adapters: 1000, modules: 24, dim: 1024, rank: 16, components: 16, counts: [6, 24], hash: true, keep: false };
+  const o: Options = { adapters: 1000, modules: 24, dim: 1024, rank: 16, components: 16, counts: [6, 24], hash: true, keep: false, openAll: true };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     if (flag === '--no-hash') o.hash = false;
     else if (flag === '--keep') o.keep = true;
+    else if (flag === '--no-open-all') o.openAll = false;
     else if (flag === '--counts') o.counts = (argv[++i] ?? '').split(',').map(Number);
     else {
       const value = Number(argv[++i]);
@@ -158,6 +166,7 @@ async function writeAdapters(dir: string, o: Options): Promise<{ paths: string[]
 
 interface ChildReport {
   modules: number;
+  maxOpenFiles: number;
   wallMs: number;
   totalMs: number;
   readMs: number;
@@ -183,7 +192,7 @@ function vmHwm(): number {
 }
 
 /** Child mode: build from the adapters listed in `listFile`, keeping the first `modules` modules. */
-async function child(listFile: string, modules: number, components: number, hash: boolean): Promise<void> {
+async function child(listFile: string, modules: number, components: number, hash: boolean, maxOpenFiles: number): Promise<void> {
   const paths = JSON.parse(readFileSync(listFile, 'utf8')) as string[];
   const names = Array.from({ length: modules }, (_, m) => moduleName(m));
   const rssBefore = process.memoryUsage().rss;
@@ -192,7 +201,7 @@ async function child(listFile: string, modules: number, components: number, hash
     peak = Math.max(peak, process.memoryUsage().rss);
   }, 20);
   const started = performance.now();
-  const subspace = await buildSubspace(paths, { components, modules: names, hashSources: hash });
+  const subspace = await buildSubspace(paths, { components, modules: names, hashSources: hash, maxOpenFiles });
   const wallMs = performance.now() - started;
   clearInterval(sampler);
   peak = Math.max(peak, process.memoryUsage().rss);
@@ -200,6 +209,7 @@ async function child(listFile: string, modules: number, components: number, hash
   const explained = [...subspace.modules.values()].map((m) => m.explainedA);
   const report: ChildReport = {
     modules: subspace.modules.size,
+    maxOpenFiles,
     wallMs,
     totalMs: r.timings.totalMs,
     readMs: r.timings.readMs,
@@ -214,9 +224,9 @@ async function child(listFile: string, modules: number, components: number, hash
   process.stdout.write(`${JSON.stringify(report)}\n`);
 }
 
-function runChild(listFile: string, modules: number, o: Options): ChildReport {
+function runChild(listFile: string, modules: number, o: Options, maxOpenFiles: number): ChildReport {
   const self = fileURLToPath(import.meta.url);
-  const args = ['--child', listFile, String(modules), String(o.components), o.hash ? 'hash' : 'no-hash'];
+  const args = ['--child', listFile, String(modules), String(o.components), o.hash ? 'hash' : 'no-hash', String(maxOpenFiles)];
   const result = spawnSync(process.execPath, [self, ...args], { encoding: 'utf8', maxBuffer: 1 << 24 });
   if (result.status !== 0) throw new Error(`child ${args.join(' ')} failed (exit ${result.status}): ${result.stderr}`);
   return JSON.parse(result.stdout.trim().split('\n').pop() ?? '') as ChildReport;
@@ -228,8 +238,8 @@ const mb = (x: number) => sig(x / MB, 3);
 async function main(): Promise<void> {
   const at = process.argv.indexOf('--child');
   if (at >= 0) {
-    const [listFile, modules, components, hash] = process.argv.slice(at + 1);
-    await child(listFile!, Number(modules), Number(components), hash === 'hash');
+    const [listFile, modules, components, hash, maxOpenFiles] = process.argv.slice(at + 1);
+    await child(listFile!, Number(modules), Number(components), hash === 'hash', Number(maxOpenFiles));
     return;
   }
   const o = parseOptions(process.argv.slice(2));
@@ -248,15 +258,18 @@ async function main(): Promise<void> {
     const listFile = path.join(dir, 'adapters.json');
     await writeFile(listFile, JSON.stringify(written.paths));
     const reports: ChildReport[] = [];
-    for (const count of o.counts) {
+    const runs = o.counts.map((count) => ({ count, maxOpenFiles: DEFAULT_MAX_OPEN_FILES }));
+    if (o.openAll && o.adapters > DEFAULT_MAX_OPEN_FILES) runs.push({ count: Math.max(...o.counts), maxOpenFiles: o.adapters });
+    for (const { count, maxOpenFiles } of runs) {
       if (process.stdout.isTTY) process.stdout.write(`  building with ${count} modules ...\r`);
-      reports.push(runChild(listFile, count, o));
+      reports.push(runChild(listFile, count, o, maxOpenFiles));
     }
     if (process.stdout.isTTY) process.stdout.write(' '.repeat(40) + '\r');
     const rows: Cell[][] = reports.map((r) => {
       const outside = 1 - r.nativeMs / r.wallMs;
       return [
         r.modules,
+        r.maxOpenFiles,
         sig(r.wallMs / 1000, 3),
         sig(r.nativeMs / 1000, 3),
         pct(outside),
@@ -272,7 +285,7 @@ async function main(): Promise<void> {
     console.log('');
     console.log(
       table(
-        ['modules', 'wall s', 'native s', 'outside native', 'reading', 'other (>=)', 'hash s', 'peak RSS - before (MB)', 'VmHWM (MB)', 'RSS before (MB)', 'in-sample err'],
+        ['modules', 'files kept open', 'wall s', 'native s', 'outside native', 'reading', 'other (>=)', 'hash s', 'peak RSS - before (MB)', 'VmHWM (MB)', 'RSS before (MB)', 'in-sample err'],
         rows,
       ),
     );
@@ -281,11 +294,19 @@ async function main(): Promise<void> {
         'reading: wall time with factor reads in flight (they overlap the kernels of another module); other: time with neither, at least wall - native - reading\n' +
         '(opening files, orchestration, waiting for the hashes); peak RSS sampled every 20 ms during the build; VmHWM: the child process high-water mark.',
     );
-    const main = reports.find((r) => r.modules === Math.max(...o.counts))!;
-    const least = reports.find((r) => r.modules === Math.min(...o.counts))!;
+    const defaults = reports.filter((r) => r.maxOpenFiles === DEFAULT_MAX_OPEN_FILES);
+    const main = defaults.find((r) => r.modules === Math.max(...o.counts))!;
+    const least = defaults.find((r) => r.modules === Math.min(...o.counts))!;
     const share = 1 - main.nativeMs / main.wallMs;
     console.log(`\ntarget      time outside the native kernels at most 30% (${main.modules} modules): ${pct(share)}: ${share <= 0.3 ? 'met' : 'NOT met'}`);
-    if (reports.length > 1) {
+    const openAll = reports.find((r) => r.maxOpenFiles !== DEFAULT_MAX_OPEN_FILES);
+    if (openAll !== undefined) {
+      const s = 1 - openAll.nativeMs / openAll.wallMs;
+      console.log(
+        `            with every adapter kept open (maxOpenFiles ${openAll.maxOpenFiles}, instead of the default ${DEFAULT_MAX_OPEN_FILES}): ${pct(s)}: ${s <= 0.3 ? 'met' : 'NOT met'}`,
+      );
+    }
+    if (least !== main) {
       const growth = (main.rssPeakSampled - main.rssBefore) / (least.rssPeakSampled - least.rssBefore);
       const hwmGrowth = main.vmHwm / least.vmHwm;
       console.log(

@@ -60,7 +60,7 @@ const commands: Record<string, Command> = {
   build: {
     usage: `  eigenlorax build <adapters...> -o <dir> [--components K | --variance 0.9 [--max-components M]]
                    [--augment P] [--stacking canonical|raw] [--weighting equal|scale] [--center]
-                   [--seed N] [--json]
+                   [--seed N] [--max-open-files F] [--json]
                                 build a subspace: <dir>/subspace.json + subspace.safetensors and
                                 every adapter's coefficients in <dir>/coefficients/<name>.safetensors;
                                 prints K, explained variance, in-sample error, savings, timings`,
@@ -82,12 +82,27 @@ const commands: Record<string, Command> = {
   analyze: {
     usage: `  eigenlorax analyze <adapters...> [--components K | --variance f] [--stacking canonical|raw]
                    [--weighting equal|scale] [--center] [--augment P] [--seed N]
-                   [--curve-components M] [--svg file] [--json]
+                   [--curve-components M] [--max-open-files F] [--svg file] [--json]
                                 do the adapters share a subspace? explained variance against K,
                                 in-sample and held-out (leave-one-out) errors, overlap of each
                                 adapter with the others' basis against random, a verdict; --svg
                                 writes the explained-variance chart`,
     run: (args) => subspaceCommand('analyze', args),
+  },
+  demo: {
+    usage: `  eigenlorax demo [--out dir] [--cache dir] [--seed n] [--quick] [--json]
+                                the EigenLoRAx workflow on Fashion-MNIST (needs the
+                                fashion-mnist package): a base MLP, a zoo of LoRAs on rotated
+                                versions of the task and their subspace; on held-out tasks
+                                LoRA vs EigenLoRA vs EigenLoRAx vs the base; zero-shot
+                                reconstruction. Prints the table; writes --out (default
+                                eigenlorax-demo/): results.json, results.md, SVG curves;
+                                caches base and zoo in --cache (default .eigenlorax-cache);
+                                --quick is a small version`,
+    async run(args) {
+      const { runDemoCommand } = await import('./demo/command.js');
+      return runDemoCommand(args, { parse: (a, options) => parseCommand(a, options), usageError: (message) => new UsageError(message) });
+    },
   },
 };
 

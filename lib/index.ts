@@ -148,5 +148,49 @@ export {
   type MergedModule,
   type MergedTensor,
 } from './merge/index.js';
+export {
+  combineAdapters,
+  combineCoefficients,
+  DEFAULT_MAX_DENSE_ELEMENTS,
+  type CombineMethod,
+  type CombineInput,
+  type CombineAdaptersOptions,
+  type CombineCoefficientsOptions,
+  type MajoritySignMethod,
+} from './combine/index.js';
+export {
+  AdapterBank,
+  LoraBank,
+  type BankApplyOptions,
+  type RowAdapters,
+  type BankMemory,
+  type BankModuleMemory,
+  type LoraBankAdapter,
+  type LoraBankModule,
+  type LoraBankMemory,
+} from './serve/index.js';
 export * from './train/index.js';
 export * from './data/index.js';
+export {
+  runDemo,
+  demoBaseModel,
+  evaluateTargets as evaluateDemoTargets,
+  formatDemoText,
+  formatDemoMarkdown,
+  lineChartSvg,
+  FULL_SETTINGS as DEMO_FULL_SETTINGS,
+  QUICK_SETTINGS as DEMO_QUICK_SETTINGS,
+  DEFAULT_DEMO_OUT,
+  type DemoOptions,
+  type DemoResults,
+  type DemoSettings,
+  type DemoTask,
+  type HeldOutTask,
+  type MethodResult as DemoMethodResult,
+  type HeldOutResult as DemoHeldOutResult,
+  type ZooTaskResult as DemoZooTask,
+  type ZeroShotResult as DemoZeroShot,
+  type TargetResult as DemoTarget,
+  type LineChartOptions,
+  type LineSeries,
+} from './demo/index.js';

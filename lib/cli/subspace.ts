@@ -78,6 +78,7 @@ function buildOptionsFrom(ctx: SubspaceCliContext, v: Record<string, unknown>, a
   }
   if (v.center === true) options.center = true;
   if (v.seed !== undefined) options.seed = integerArgument(ctx, '--seed', v.seed, 0);
+  if (v['max-open-files'] !== undefined) options.maxOpenFiles = integerArgument(ctx, '--max-open-files', v['max-open-files'], 1);
   if (options.seed !== undefined && options.seed > 2 ** 52) throw ctx.usageError('--seed is at most 2^52');
   return options;
 }
@@ -91,6 +92,7 @@ const BUILD_FLAGS: OptionSpec = {
   weighting: { type: 'string' },
   center: { type: 'boolean' },
   seed: { type: 'string' },
+  'max-open-files': { type: 'string' },
   json: { type: 'boolean' },
 };
 

@@ -263,8 +263,9 @@ export function verdictOf(figures: {
     `their factors' directions overlap the others' basis by ${f3(o)} (A ${f3(figures.overlap.A)}, B ${f3(figures.overlap.B)}; 1 = inside it), ` +
     `against ${f3(ro)} expected for random subspaces of the same dimensions` +
     (Number.isFinite(times) ? ` (${times.toFixed(1)} times that)` : '');
+  const basis = figures.settings.components !== null ? `a ${k} basis` : `a basis with ${k} per module`;
   const errorText =
-    `an adapter left out is reconstructed from a ${k} basis built from the other ${figures.adapters - 1} with a mean relative dW error of ${f3(h)} ` +
+    `an adapter left out is reconstructed from ${basis} built from the other ${figures.adapters - 1} with a mean relative dW error of ${f3(h)} ` +
     `(in-sample, with itself in the basis: ${f3(s)})`;
   if (h <= SHARED_HELD_OUT_ERROR) {
     const weak = times < 2 ? ' Few of their directions are shared, but those that are carry most of the energy.' : '';
@@ -288,7 +289,7 @@ export function verdictOf(figures: {
   }
   const memorised =
     s <= SHARED_HELD_OUT_ERROR
-      ? ` A basis built from all of them stores these adapters well (in-sample ${f3(s)}) only because its ${k} components cover much of their total rank; it does not generalise to an adapter it was not built from.`
+      ? ` A basis built from all of them stores these adapters well (in-sample ${f3(s)}) only because its components cover much of their total rank; it does not generalise to an adapter it was not built from.`
       : '';
   const spans =
     times >= 5
@@ -297,7 +298,7 @@ export function verdictOf(figures: {
       : '';
   return {
     shared: 'no',
-    verdict: `These adapters do not share a subspace: ${errorText}${h >= 0.85 ? ', close to 1 (little of it is recovered)' : ''}; ${overlapText}.${spans}${memorised}`,
+    verdict: `These adapters do not share a subspace: ${errorText}${h > 1.05 ? ', above 1 (the reconstruction is further from dW than zero is)' : h >= 0.85 ? ', close to 1 (little of it is recovered)' : ''}; ${overlapText}.${spans}${memorised}`,
     advice:
       'Independently trained adapters: the subspace pays off for training new tasks with coefficients ' +
       '((K_A + K_B) r trainable parameters per module instead of r (d_in + d_out)), not for compressing these adapters; ' +

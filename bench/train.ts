@@ -1,0 +1,402 @@
+/**
+ * Training throughput of the demo's model: a 784-256-256-10 ReLU MLP at batch 128.
+ *
+ *   npm run bench:train
+ *   node dist/bench/train.js [--rounds 15] [--steps 20] [--batch 128] [--k 16] [--augment 64] [--threads N] [--json PATH]
+ *
+ * Contenders, each trained by `trainModel` (AdamW, softmax cross-entropy) on the same
+ * synthetic batches (inputs uniform in [0, 1], random labels; the values do not change the
+ * work):
+ *   - base:       every Linear layer trainable (full training, 269,322 parameters);
+ *   - LoRA:       r = 8 on the three frozen Linear layers (PEFT initialisation);
+ *   - EigenLoRA:  K = 16 components per side (random orthonormal), r = 8, only alpha and beta;
+ *   - EigenLoRAx: the same with P = 64 augmented directions per side.
+ *
+ * Rounds are interleaved: each round runs every contender for `--steps` updates, in an
+ * order that rotates from round to round. Plain rounds give samples/s (the training loop's
+ * own count: samples over the loop's wall time, setup excluded); the median over rounds is
+ * reported. Instrumented rounds, interleaved with the plain ones, wrap the native entry
+ * points (linearForward/Backward, loraForward/Backward, eigenLoraForward/Backward) and the
+ * loss and optimiser with timers, to split a step into:
+ *   - native: wall time from each native call to its promise's resolution (the kernel plus
+ *     the hand-off to and from libuv's thread pool);
+ *   - loss and optimiser: the JavaScript loops of softmax cross-entropy and AdamW;
+ *   - other: the rest (activations, batch gathering, finiteness checks, events, awaits).
+ * "Outside kernels" is step time minus native time, plus the hand-off latency of the native
+ * calls (estimated separately, see handOffUs): it counts the hand-off as overhead, not as
+ * kernel time.
+ *
+ * Writes the numbers as JSON to --json (default: <os.tmpdir()>/eigenlorax-bench/train.json).
+ * Prints tables; never passes or fails on time.
+ */
+import { mkdir, writeFile } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import {
+  crossEntropyLoss,
+  createOptimizer,
+  eigenLoraModel,
+  getThreads,
+  Linear,
+  linearForward,
+  loraModel,
+  matrix,
+  orthonormalize,
+  augmentComponents,
+  ReLU,
+  Sequential,
+  setThreads,
+  trainModel,
+  type Dataset,
+  type Loss,
+  type Matrix,
+  type ModuleComponents,
+} from '../lib/index.js';
+import { native } from '../lib/native.js';
+import { cpuSnapshot, fillGaussian, machineLines, median, otherLoadLine, sig, table, uniformSource, type Cell } from './common.js';
+
+interface Options {
+  rounds: number;
+  steps: number;
+  batch: number;
+  k: number;
+  augment: number;
+  rank: number;
+  threads: number;
+  json: string;
+}
+
+function parseOptions(argv: string[]): Options {
+  const o: Options = {
+    rounds: 15,
+    steps: 20,
+    batch: 128,
+    k: 16,
+    augment: 64,
+    rank: 8,
+    threads: 0,
+    json: path.join(os.tmpdir(), 'eigenlorax-bench', 'train.json'),
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i];
+    const value = argv[++i] ?? '';
+    if (flag === '--json') {
+      o.json = path.resolve(value);
+      continue;
+    }
+    const n = Number(value);
+    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${flag}: expected a non-negative integer, not ${JSON.stringify(value)}`);
+    if (flag === '--rounds') o.rounds = n;
+    else if (flag === '--steps') o.steps = n;
+    else if (flag === '--batch') o.batch = n;
+    else if (flag === '--k') o.k = n;
+    else if (flag === '--augment') o.augment = n;
+    else if (flag === '--rank') o.rank = n;
+    else if (flag === '--threads') o.threads = n;
+    else throw new Error(`unknown option ${flag}`);
+  }
+  for (const [name, v] of Object.entries({ rounds: o.rounds, steps: o.steps, batch: o.batch, k: o.k, rank: o.rank })) {
+    if (v < 1) throw new Error(`--${name}: expected an integer >= 1`);
+  }
+  return o;
+}
+
+const WIDTHS = [784, 256, 256, 10];
+
+function baseModel(trainable: boolean): Sequential {
+  const layers = [];
+  for (let i = 0; i + 1 < WIDTHS.length; i++) {
+    if (i > 0) layers.push(new ReLU());
+    layers.push(Linear.create(`fc${i + 1}`, WIDTHS[i] as number, WIDTHS[i + 1] as number, { seed: i + 1, trainable }));
+  }
+  return new Sequential(layers);
+}
+
+async function randomOrthonormal(rows: number, cols: number, seed: number): Promise<Matrix> {
+  const m = matrix(rows, cols);
+  fillGaussian(m.data, seed);
+  return orthonormalize(m);
+}
+
+function syntheticData(rows: number, seed: number): Dataset {
+  const u = uniformSource(seed);
+  const inputs = matrix(rows, WIDTHS[0] as number);
+  for (let i = 0; i < inputs.data.length; i++) inputs.data[i] = u();
+  const targets = new Uint8Array(rows);
+  for (let i = 0; i < rows; i++) targets[i] = Math.floor(u() * 10);
+  return { inputs, targets, classes: 10 };
+}
+
+// ---- instrumentation
+
+const NATIVE_CALLS = ['linearForward', 'linearBackward', 'loraForward', 'loraBackward', 'eigenLoraForward', 'eigenLoraBackward'] as const;
+
+interface Clock {
+  on: boolean;
+  nativeMs: number;
+  nativeCalls: number;
+  lossMs: number;
+  optimizerMs: number;
+}
+
+const clock: Clock = { on: false, nativeMs: 0, nativeCalls: 0, lossMs: 0, optimizerMs: 0 };
+
+function instrumentNative(): void {
+  const table = native as unknown as Record<string, (args: unknown) => Promise<unknown>>;
+  for (const name of NATIVE_CALLS) {
+    const original = table[name] as (args: unknown) => Promise<unknown>;
+    table[name] = (args: unknown) => {
+      if (!clock.on) return original.call(native, args);
+      const start = performance.now();
+      return original.call(native, args).finally(() => {
+        clock.nativeMs += performance.now() - start;
+        clock.nativeCalls++;
+      });
+    };
+  }
+}
+
+const timedLoss: Loss = Object.assign(Object.create(crossEntropyLoss) as Loss, {
+  compute(...args: Parameters<Loss['compute']>) {
+    if (!clock.on) return crossEntropyLoss.compute(...args);
+    const start = performance.now();
+    try {
+      return crossEntropyLoss.compute(...args);
+    } finally {
+      clock.lossMs += performance.now() - start;
+    }
+  },
+});
+
+function timedAdamW(lr: number) {
+  const optimizer = createOptimizer({ type: 'adamw', lr, weightDecay: 0 });
+  const step = optimizer.step.bind(optimizer);
+  optimizer.step = (params) => {
+    if (!clock.on) return step(params);
+    const start = performance.now();
+    try {
+      step(params);
+    } finally {
+      clock.optimizerMs += performance.now() - start;
+    }
+  };
+  return optimizer;
+}
+
+/**
+ * Hand-off latency of a queued native call (JS thread -> libuv pool -> compute thread ->
+ * promise), microseconds. Calls under about 2e5 multiply-adds run inline on the JS thread
+ * (native/addon/job.h), so this times 1-row linear layers of 256k, 512k and 1M
+ * multiply-adds (all queued) and takes the intercept of the line through them.
+ */
+async function handOffUs(): Promise<number> {
+  const sizes = [256, 512, 1024];
+  const times: number[] = [];
+  for (const out of sizes) {
+    const x = matrix(1, 1024);
+    x.data.fill(0.5);
+    const weight = matrix(out, 1024);
+    weight.data.fill(0.25);
+    const y = matrix(1, out);
+    const samples: number[] = [];
+    for (let burst = 0; burst < 9; burst++) {
+      const calls = 50;
+      await linearForward(x, { weight }, { out: y });
+      const start = performance.now();
+      for (let i = 0; i < calls; i++) await linearForward(x, { weight }, { out: y });
+      samples.push(((performance.now() - start) * 1000) / calls);
+    }
+    times.push(median(samples));
+  }
+  // least squares t = h + c * size
+  const mx = sizes.reduce((a, b) => a + b, 0) / sizes.length;
+  const my = times.reduce((a, b) => a + b, 0) / times.length;
+  const slope = sizes.reduce((a, v, i) => a + (v - mx) * ((times[i] as number) - my), 0) / sizes.reduce((a, v) => a + (v - mx) ** 2, 0);
+  return Math.max(0, my - slope * mx);
+}
+
+// ---- the contenders
+
+interface Contender {
+  name: string;
+  model: Sequential;
+  lr: number;
+  trainable: number;
+  plain: number[];
+  instrumented: Array<{ stepMs: number; nativeMs: number; lossMs: number; optimizerMs: number; calls: number }>;
+}
+
+async function contenders(o: Options): Promise<Contender[]> {
+  const frozen = baseModel(false);
+  const components = new Map<string, ModuleComponents>();
+  const augmented = new Map<string, ModuleComponents>();
+  let seed = 100;
+  for (const layer of frozen.layers) {
+    if (!(layer instanceof Linear)) continue;
+    const kA = Math.min(o.k, layer.inFeatures);
+    const kB = Math.min(o.k, layer.outFeatures);
+    const componentsA = await randomOrthonormal(layer.inFeatures, kA, seed++);
+    const componentsB = await randomOrthonormal(layer.outFeatures, kB, seed++);
+    components.set(layer.name, { componentsA, componentsB });
+    augmented.set(layer.name, {
+      componentsA: await augmentComponents(componentsA, Math.min(o.augment, layer.inFeatures - kA), { seed: seed++ }),
+      componentsB: await augmentComponents(componentsB, Math.min(o.augment, layer.outFeatures - kB), { seed: seed++ }),
+    });
+  }
+  const list: Array<Omit<Contender, 'trainable' | 'plain' | 'instrumented'>> = [
+    { name: 'base (full training)', model: baseModel(true), lr: 1e-3 },
+    { name: `LoRA r=${o.rank}`, model: loraModel(frozen, { rank: o.rank, seed: 1 }), lr: 3e-2 },
+    { name: `EigenLoRA K=${o.k} r=${o.rank}`, model: eigenLoraModel(frozen, { components, rank: o.rank, seed: 1 }), lr: 1e-1 },
+  ];
+  if (o.augment > 0) {
+    list.push({ name: `EigenLoRAx K=${o.k}+P=${o.augment} r=${o.rank}`, model: eigenLoraModel(frozen, { components: augmented, rank: o.rank, seed: 1 }), lr: 7e-2 });
+  }
+  return list.map((c) => ({ ...c, trainable: c.model.parameterCount({ trainable: true }), plain: [], instrumented: [] }));
+}
+
+async function runRound(c: Contender, data: Dataset, o: Options, instrumented: boolean): Promise<void> {
+  Object.assign(clock, { on: instrumented, nativeMs: 0, nativeCalls: 0, lossMs: 0, optimizerMs: 0 });
+  const result = await trainModel(c.model, { train: data }, {
+    loss: timedLoss,
+    optimizer: timedAdamW(c.lr),
+    batchSize: o.batch,
+    maxSteps: o.steps,
+    epochs: 1,
+    seed: 1,
+    progress: false,
+  });
+  clock.on = false;
+  const stepMs = (1000 * o.batch) / result.samplesPerSecond;
+  if (!instrumented) c.plain.push(result.samplesPerSecond);
+  else {
+    const steps = result.stepsThisRun;
+    c.instrumented.push({
+      stepMs,
+      nativeMs: clock.nativeMs / steps,
+      lossMs: clock.lossMs / steps,
+      optimizerMs: clock.optimizerMs / steps,
+      calls: clock.nativeCalls / steps,
+    });
+  }
+}
+
+async function main(): Promise<void> {
+  const o = parseOptions(process.argv.slice(2));
+  if (o.threads > 0) setThreads(o.threads);
+  console.log('bench/train: training throughput of a 784-256-256-10 ReLU MLP');
+  for (const line of machineLines()) console.log(line);
+  console.log(`settings    batch ${o.batch}, ${o.steps} updates per contender per round, ${o.rounds} plain + ${o.rounds} instrumented rounds, K ${o.k}, P ${o.augment}, r ${o.rank}`);
+  console.log('');
+
+  instrumentNative();
+  const list = await contenders(o);
+  const data = syntheticData(o.batch * o.steps, 7);
+  const before = cpuSnapshot();
+  // warm-up round, not recorded
+  for (const c of list) await runRound(c, data, o, false);
+  for (const c of list) c.plain.length = 0;
+  const dispatchBefore = await handOffUs();
+  const started = performance.now();
+  for (let round = 0; round < o.rounds; round++) {
+    for (let j = 0; j < list.length; j++) {
+      const c = list[(round + j) % list.length] as Contender;
+      await runRound(c, data, o, false);
+      await runRound(c, data, o, true);
+    }
+  }
+  const dispatchAfter = await handOffUs();
+  const after = cpuSnapshot();
+  const dispatchUs = (dispatchBefore + dispatchAfter) / 2;
+
+  const lora = list[1] as Contender;
+  const loraMs = (1000 * o.batch) / median(lora.plain);
+  const rows = list.map((c) => {
+    const sps = median(c.plain);
+    const stepMs = (1000 * o.batch) / sps;
+    const nativeMs = median(c.instrumented.map((r) => r.nativeMs));
+    const instrumentedStep = median(c.instrumented.map((r) => r.stepMs));
+    const lossMs = median(c.instrumented.map((r) => r.lossMs));
+    const optimizerMs = median(c.instrumented.map((r) => r.optimizerMs));
+    const calls = median(c.instrumented.map((r) => r.calls));
+    const handOffMs = (calls * dispatchUs) / 1000;
+    const outsideShare = Math.max(0, instrumentedStep - nativeMs + handOffMs) / instrumentedStep;
+    return {
+      name: c.name,
+      trainable: c.trainable,
+      samplesPerSecond: { median: sps, min: Math.min(...c.plain), max: Math.max(...c.plain), rounds: c.plain },
+      msPerStep: stepMs,
+      vsLora: stepMs / loraMs,
+      instrumentedMsPerStep: instrumentedStep,
+      nativeMsPerStep: nativeMs,
+      nativeCallsPerStep: calls,
+      lossMsPerStep: lossMs,
+      optimizerMsPerStep: optimizerMs,
+      otherMsPerStep: Math.max(0, instrumentedStep - nativeMs - lossMs - optimizerMs),
+      handOffMsPerStep: handOffMs,
+      outsideKernelShare: outsideShare,
+      outsideCallsShare: Math.max(0, instrumentedStep - nativeMs) / instrumentedStep,
+    };
+  });
+
+  const cells: Cell[][] = rows.map((r) => [
+    r.name,
+    r.trainable.toLocaleString('en-US'),
+    Math.round(r.samplesPerSecond.median),
+    `${Math.round(r.samplesPerSecond.min)}-${Math.round(r.samplesPerSecond.max)}`,
+    sig(r.msPerStep, 3),
+    `${sig(r.vsLora, 3)}x`,
+  ]);
+  console.log(table(['contender', 'trainable', 'samples/s', 'range', 'ms/step', 'step vs LoRA'], cells));
+  console.log('');
+  const split: Cell[][] = rows.map((r) => [
+    r.name,
+    sig(r.instrumentedMsPerStep, 3),
+    sig(r.nativeMsPerStep, 3),
+    r.nativeCallsPerStep,
+    sig(r.lossMsPerStep, 2),
+    sig(r.optimizerMsPerStep, 2),
+    sig(r.otherMsPerStep, 2),
+    sig(r.handOffMsPerStep, 2),
+    `${(100 * r.outsideCallsShare).toFixed(1)}%`,
+    `${(100 * r.outsideKernelShare).toFixed(1)}%`,
+  ]);
+  console.log(
+    table(['instrumented step', 'ms/step', 'in native calls', 'calls', 'loss', 'optimiser', 'other JS', 'hand-off', 'outside calls', 'outside kernels'], split),
+  );
+  console.log(`hand-off    a queued native call spends ${sig(dispatchUs, 3)} us in hand-offs (intercept of 1-row layers of 256k-1M multiply-adds; before and after the rounds)`);
+  const eigen = rows[2] as (typeof rows)[number];
+  const stepMet = eigen.vsLora <= 1;
+  const overheadMet = rows.filter((r) => r.name !== rows[0]?.name).every((r) => r.outsideKernelShare <= 0.2);
+  console.log('');
+  console.log(`target      EigenLoRA step <= LoRA step at batch ${o.batch}: ${stepMet ? 'MET' : 'NOT MET'} (ratio ${sig(eigen.vsLora, 3)})`);
+  console.log(
+    `target      outside-kernel overhead <= 20% of a step (adapter models): ${overheadMet ? 'MET' : 'NOT MET'} (` +
+      rows.map((r) => `${r.name} ${(100 * r.outsideKernelShare).toFixed(1)}%`).join(', ') +
+      ')',
+  );
+  console.log(otherLoadLine(before, after));
+  console.log(`elapsed     ${((performance.now() - started) / 1000).toFixed(1)} s; load average ${os.loadavg().map((v) => v.toFixed(2)).join(' ')}`);
+
+  const record = {
+    benchmark: 'train',
+    date: new Date().toISOString(),
+    machine: machineLines(),
+    threads: getThreads(),
+    settings: { ...o, widths: WIDTHS },
+    handOffMicroseconds: dispatchUs,
+    contenders: rows,
+    targets: {
+      stepCost: { description: `EigenLoRA step <= LoRA step at batch ${o.batch}`, ratio: eigen.vsLora, met: stepMet },
+      overhead: {
+        description: 'outside-kernel share of a step <= 20% (LoRA, EigenLoRA, EigenLoRAx)',
+        shares: Object.fromEntries(rows.map((r) => [r.name, r.outsideKernelShare])),
+        met: overheadMet,
+      },
+    },
+  };
+  await mkdir(path.dirname(o.json), { recursive: true });
+  await writeFile(o.json, `${JSON.stringify(record, null, 2)}\n`);
+  console.log(`json        ${o.json}`);
+}
+
+await main();
