@@ -82,7 +82,9 @@ export type ErrorCode =
    * shapes, another optimiser, or training options (batch size, seed, data size) with
    * which the resumed run could not continue exactly.
    */
-  | 'ERR_CHECKPOINT_MISMATCH';
+  | 'ERR_CHECKPOINT_MISMATCH'
+  /** A batch row or call naming an adapter that a bank does not hold. */
+  | 'ERR_UNKNOWN_ADAPTER';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;

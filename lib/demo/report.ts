@@ -153,7 +153,7 @@ function charts(r: DemoResults, task: DemoResults['heldOut'][number]): { accurac
       dashed: m.method === 'base',
       points: m.curve.map((p) => [p.step, metric === 'accuracy' ? p.accuracy * 100 : p.loss] as const),
     }));
-  const what = `${task.name} (${task.range} range, held out)`;
+  const what = `${task.name} (held out, ${task.range === 'in' ? 'inside' : 'outside'} the zoo's range)`;
   return {
     accuracy: lineChartSvg({ title: `Test accuracy on ${what}`, xLabel: 'update', yLabel: 'accuracy (%)', series: series('accuracy') }),
     loss: lineChartSvg({ title: `Test loss on ${what}`, xLabel: 'update', yLabel: 'cross-entropy', series: series('loss') }),
