@@ -117,7 +117,18 @@ class Job : public Napi::AsyncWorker {
   std::string message_;
 };
 
-// Runs `check` (on the JS thread) so a bad argument is thrown before anything is queued.
+// Runs core shape checks on the JS thread, so a bad argument is thrown (as the library's
+// typed error) before anything is queued.
+template <typename Fn>
+void checkNow(Napi::Env env, Fn fn) {
+  try {
+    fn();
+  } catch (const CoreError& e) {
+    throwError(env, e.code(), e.what());
+  }
+}
+
+// Creates the job, lets it read and check its arguments, and starts it.
 template <typename JobType, typename... Args>
 Napi::Value startJob(const Napi::CallbackInfo& info, Args&&... args) {
   Napi::Env env = info.Env();

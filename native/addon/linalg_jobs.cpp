@@ -24,11 +24,7 @@ class RsvdJob : public Job {
     v_ = readOutMatrix(env, args, "V", keep, overlaps);
     s_ = const_cast<float*>(readVector(env, args, "S", static_cast<size_t>(options_.rank), false, true, keep, overlaps));
     overlaps.check(env);
-    try {
-      checkRsvdArguments(a_, options_, u_, v_);
-    } catch (const CoreError& e) {
-      throwError(env, e.code(), e.what());
-    }
+    checkNow(env, [&] { checkRsvdArguments(a_, options_, u_, v_); });
   }
 
  protected:

@@ -44,16 +44,6 @@ double loraWork(Index rows, const LoraLayer& l) {
   return static_cast<double>(rows) * l.a.rows * (l.a.cols + l.b.rows) + baseWork(rows, l.weight);
 }
 
-// Shape errors are thrown on the JS thread, before anything is queued.
-template <typename Fn>
-void checkNow(Napi::Env env, Fn fn) {
-  try {
-    fn();
-  } catch (const CoreError& e) {
-    throwError(env, e.code(), e.what());
-  }
-}
-
 class LoraForwardJob : public Job {
  public:
   using Job::Job;

@@ -5,15 +5,6 @@
 namespace eigenlorax::addon {
 namespace {
 
-template <typename Fn>
-void checkNow(Napi::Env env, Fn fn) {
-  try {
-    fn();
-  } catch (const CoreError& e) {
-    throwError(env, e.code(), e.what());
-  }
-}
-
 class EigenBankJob : public Job {
  public:
   using Job::Job;

@@ -46,15 +46,6 @@ ModuleBasis readBasis(Napi::Env env, const Napi::Object& args, Keep& keep, Overl
   return basis;
 }
 
-template <typename Fn>
-void checkNow(Napi::Env env, Fn fn) {
-  try {
-    fn();
-  } catch (const CoreError& e) {
-    throwError(env, e.code(), e.what());
-  }
-}
-
 class BuildModuleJob : public Job {
  public:
   using Job::Job;
