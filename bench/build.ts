@@ -40,7 +40,7 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildSubspace, writeSafetensors, type SafetensorsFloatEntry } from '../lib/index.js';
 import { DEFAULT_MAX_OPEN_FILES } from '../lib/subspace/inputs.js';
-import { cpuSnapshot, machineLines, otherLoadLine, sig, table, uniformSource, type Cell } from './common.js';
+import { cpuSnapshot, machineLines, otherLoadLine, peakRss, sig, table, uniformSource, type Cell } from './common.js';
 
 const MB = 1e6;
 const POOL = 12;
@@ -179,18 +179,6 @@ interface ChildReport {
   explainedA: number;
 }
 
-/** VmHWM of this process (bytes), or NaN without /proc. */
-function vmHwm(): number {
-  try {
-    const line = readFileSync('/proc/self/status', 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('VmHWM:'));
-    return line === undefined ? Number.NaN : Number(line.replace(/[^0-9]/g, '')) * 1024;
-  } catch {
-    return Number.NaN;
-  }
-}
-
 /** Child mode: build from the adapters listed in `listFile`, keeping the first `modules` modules. */
 async function child(listFile: string, modules: number, components: number, hash: boolean, maxOpenFiles: number): Promise<void> {
   const paths = JSON.parse(readFileSync(listFile, 'utf8')) as string[];
@@ -217,7 +205,7 @@ async function child(listFile: string, modules: number, components: number, hash
     hashMs: r.timings.hashMs,
     rssBefore,
     rssPeakSampled: peak,
-    vmHwm: vmHwm(),
+    vmHwm: peakRss(),
     inSampleError: r.inSampleError,
     explainedA: explained.reduce((a, b) => a + b, 0) / explained.length,
   };

@@ -165,3 +165,21 @@ export function ratio(value: number): string {
 export function exp(value: number): string {
   return Number.isFinite(value) ? value.toExponential(1) : 'n/a';
 }
+
+/**
+ * This process's peak resident set in bytes. On Linux, VmHWM of /proc/self/status: the
+ * high-water mark of this process image only (getrusage's maxRSS would also count the
+ * parent's memory, which Linux carries across fork + exec). Elsewhere resourceUsage().maxRSS.
+ */
+export function peakRss(): number {
+  try {
+    const line = readFileSync('/proc/self/status', 'utf8')
+      .split('\n')
+      .find((l) => l.startsWith('VmHWM:'));
+    const kib = line === undefined ? Number.NaN : Number(line.replace(/[^0-9]/g, ''));
+    if (Number.isFinite(kib)) return kib * 1024;
+  } catch {
+    // not Linux
+  }
+  return process.resourceUsage().maxRSS * 1024;
+}

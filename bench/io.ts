@@ -24,13 +24,12 @@
  * Temporary files are removed at the end. Prints tables; never passes or fails on time.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { mkdtemp, open, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { openSafetensors, writeSafetensors, type SafetensorsFloatEntry } from '../lib/index.js';
-import { addUniformNoise, machineLines, median, now, ratio, sig, table, type Cell } from './common.js';
+import { addUniformNoise, machineLines, peakRss, median, now, ratio, sig, table, type Cell } from './common.js';
 
 const SIDE = 4096;
 const TENSOR_BYTES = SIDE * SIDE * 2;
@@ -51,24 +50,6 @@ function parseOptions(argv: string[]) {
   }
   options.repeats = Math.max(1, Math.round(options.repeats));
   return options;
-}
-
-/**
- * This process's peak resident set. On Linux, VmHWM of /proc/self/status: the high-water
- * mark of this process image only (getrusage's maxRSS would also count the parent's memory,
- * which Linux carries across fork + exec). Elsewhere, resourceUsage().maxRSS (KiB).
- */
-function peakRss(): number {
-  try {
-    const line = readFileSync('/proc/self/status', 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('VmHWM:'));
-    const kib = line === undefined ? Number.NaN : Number(line.replace(/[^0-9]/g, ''));
-    if (Number.isFinite(kib)) return kib * 1024;
-  } catch {
-    // not Linux
-  }
-  return process.resourceUsage().maxRSS * 1024;
 }
 
 /** Child mode: open the file header-only, list the tensors, print a JSON line of memory facts. */

@@ -22,7 +22,7 @@
  * Temporary files are removed at the end. Prints tables; never passes or fails on time.
  */
 import { spawnSync } from 'node:child_process';
-import { constants as fsConstants, readFileSync } from 'node:fs';
+import { constants as fsConstants } from 'node:fs';
 import { copyFile, mkdir, mkdtemp, open, rm, stat, unlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
@@ -30,7 +30,7 @@ import { fileURLToPath } from 'node:url';
 import { mergeIntoBase, openSafetensors, writeSafetensors, type SafetensorsEntry } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { addLowRankUpdates, type UpdateTerm } from '../lib/merge/update.js';
-import { addUniformNoise, cpuSnapshot, fillGaussian, machineLines, median, now, otherLoadLine, ratio, sig, table, type Cell } from './common.js';
+import { addUniformNoise, cpuSnapshot, fillGaussian, machineLines, median, now, otherLoadLine, peakRss, ratio, sig, table, type Cell } from './common.js';
 
 const SIDE = 4096;
 const TENSOR_BYTES = SIDE * SIDE * 2;
@@ -52,20 +52,6 @@ function parseOptions(argv: string[]) {
   options.repeats = Math.max(1, Math.round(options.repeats));
   options.rank = Math.max(1, Math.round(options.rank));
   return options;
-}
-
-/** VmHWM of this process (see bench/io.ts), else resourceUsage().maxRSS. */
-function peakRss(): number {
-  try {
-    const line = readFileSync('/proc/self/status', 'utf8')
-      .split('\n')
-      .find((l) => l.startsWith('VmHWM:'));
-    const kib = line === undefined ? Number.NaN : Number(line.replace(/[^0-9]/g, ''));
-    if (Number.isFinite(kib)) return kib * 1024;
-  } catch {
-    // not Linux
-  }
-  return process.resourceUsage().maxRSS * 1024;
 }
 
 /** Child mode: merge (or only load the library) and print a JSON line of memory facts. */
