@@ -59,9 +59,7 @@ class ConvertJob : public Job {
 }  // namespace
 
 void registerDtype(Napi::Env env, Napi::Object exports) {
-  exports.Set("convert", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<ConvertJob>(info, "convert");
-              }));
+  exportJob<ConvertJob>(env, exports, "convert");
 }
 
 }  // namespace eigenlorax::addon

@@ -142,4 +142,11 @@ Napi::Value startJob(const Napi::CallbackInfo& info, Args&&... args) {
   return job->start();
 }
 
+// exports[name] = a JS function that starts a JobType (name is also the job's name in errors).
+template <typename JobType>
+void exportJob(Napi::Env env, Napi::Object exports, const char* name) {
+  exports.Set(name, Napi::Function::New(
+                        env, [name](const Napi::CallbackInfo& info) { return startJob<JobType>(info, name); }, name));
+}
+
 }  // namespace eigenlorax::addon

@@ -89,15 +89,9 @@ class CompleteBasisJob : public Job {
 }  // namespace
 
 void registerLinalg(Napi::Env env, Napi::Object exports) {
-  exports.Set("rsvd", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<RsvdJob>(info, "rsvd");
-              }));
-  exports.Set("orthonormalize", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<OrthonormalizeJob>(info, "orthonormalize");
-              }));
-  exports.Set("completeBasis", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<CompleteBasisJob>(info, "completeBasis");
-              }));
+  exportJob<RsvdJob>(env, exports, "rsvd");
+  exportJob<OrthonormalizeJob>(env, exports, "orthonormalize");
+  exportJob<CompleteBasisJob>(env, exports, "completeBasis");
 }
 
 }  // namespace eigenlorax::addon

@@ -272,27 +272,13 @@ class AddLowRankJob : public Job {
 }  // namespace
 
 void registerLowrank(Napi::Env env, Napi::Object exports) {
-  exports.Set("loraForward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<LoraForwardJob>(info, "loraForward");
-              }));
-  exports.Set("loraBackward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<LoraBackwardJob>(info, "loraBackward");
-              }));
-  exports.Set("eigenLoraForward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<EigenLoraForwardJob>(info, "eigenLoraForward");
-              }));
-  exports.Set("eigenLoraBackward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<EigenLoraBackwardJob>(info, "eigenLoraBackward");
-              }));
-  exports.Set("linearForward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<LinearForwardJob>(info, "linearForward");
-              }));
-  exports.Set("linearBackward", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<LinearBackwardJob>(info, "linearBackward");
-              }));
-  exports.Set("addLowRank", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<AddLowRankJob>(info, "addLowRank");
-              }));
+  exportJob<LoraForwardJob>(env, exports, "loraForward");
+  exportJob<LoraBackwardJob>(env, exports, "loraBackward");
+  exportJob<EigenLoraForwardJob>(env, exports, "eigenLoraForward");
+  exportJob<EigenLoraBackwardJob>(env, exports, "eigenLoraBackward");
+  exportJob<LinearForwardJob>(env, exports, "linearForward");
+  exportJob<LinearBackwardJob>(env, exports, "linearBackward");
+  exportJob<AddLowRankJob>(env, exports, "addLowRank");
   exports.Set("chooseOrder", Napi::Function::New(env, [](const Napi::CallbackInfo& info) -> Napi::Value {
                 // Which order `auto` takes for these shapes: cheap, synchronous, no buffers read.
                 Napi::Env env = info.Env();

@@ -80,12 +80,8 @@ class LoraBankJob : public Job {
 }  // namespace
 
 void registerMultiAdapter(Napi::Env env, Napi::Object exports) {
-  exports.Set("eigenBankApply", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<EigenBankJob>(info, "eigenBankApply");
-              }));
-  exports.Set("loraBankApply", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<LoraBankJob>(info, "loraBankApply");
-              }));
+  exportJob<EigenBankJob>(env, exports, "eigenBankApply");
+  exportJob<LoraBankJob>(env, exports, "loraBankApply");
 }
 
 }  // namespace eigenlorax::addon

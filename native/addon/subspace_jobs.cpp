@@ -151,15 +151,9 @@ class ReconstructJob : public Job {
 }  // namespace
 
 void registerSubspace(Napi::Env env, Napi::Object exports) {
-  exports.Set("buildModuleSubspace", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<BuildModuleJob>(info, "buildModuleSubspace");
-              }));
-  exports.Set("projectModule", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<ProjectModuleJob>(info, "projectModule");
-              }));
-  exports.Set("reconstructFactors", Napi::Function::New(env, [](const Napi::CallbackInfo& info) {
-                return startJob<ReconstructJob>(info, "reconstructFactors");
-              }));
+  exportJob<BuildModuleJob>(env, exports, "buildModuleSubspace");
+  exportJob<ProjectModuleJob>(env, exports, "projectModule");
+  exportJob<ReconstructJob>(env, exports, "reconstructFactors");
 }
 
 }  // namespace eigenlorax::addon
