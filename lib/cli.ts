@@ -104,6 +104,21 @@ const commands: Record<string, Command> = {
       return runDemoCommand(args, { parse: (a, options) => parseCommand(a, options), usageError: (message) => new UsageError(message) });
     },
   },
+  serve: {
+    usage: `  eigenlorax serve [folder] [--host h] [--port p] [--max-batch n] [--batch-window-ms ms]
+                   [--max-rows n] [--body-limit bytes] [--threads n] [--log]
+                                HTTP server over a served-model folder (default
+                                eigenlorax-demo/serve, written by demo): POST /v1/predict
+                                with an adapter name per request, requests micro-batched
+                                into one pass across adapters; PUT/DELETE /v1/adapters/<name>
+                                while it runs; listens on 127.0.0.1:8080 unless told
+                                (--port 0: a free port); SIGINT/SIGTERM finish what is in
+                                flight, then exit`,
+    async run(args) {
+      const { runServeCommand } = await import('./serve/command.js');
+      return runServeCommand(args, { parse: (a, options) => parseCommand(a, options), usageError: (message) => new UsageError(message) });
+    },
+  },
 };
 
 /** build / project / export / analyze live in lib/cli/subspace.ts. */

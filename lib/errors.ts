@@ -10,6 +10,14 @@ export type ErrorCode =
   | 'ERR_OUT_OF_MEMORY'
   | 'ERR_NATIVE_UNAVAILABLE'
   | 'ERR_INTERNAL'
+  /**
+   * The GPU was asked for and cannot be used: the build has no CUDA plugin, no NVIDIA
+   * driver or device, a driver older than the plugin's CUDA runtime, a device older than
+   * compute capability 8.0, or no cuBLAS. The message says which.
+   */
+  | 'ERR_DEVICE_UNAVAILABLE'
+  /** A CUDA or cuBLAS call failed on a device that was available; the message names it. */
+  | 'ERR_DEVICE'
   /** A file or folder that was asked for does not exist. */
   | 'ERR_NOT_FOUND'
   /** Any other file-system failure (permissions, disk full, a file that changed while read). */
@@ -22,7 +30,7 @@ export type ErrorCode =
   | 'ERR_TENSOR_NOT_FOUND'
   /** A tensor whose dtype the operation cannot handle (e.g. an integer tensor read as f32). */
   | 'ERR_UNSUPPORTED_DTYPE'
-  /** A reader used after `close()`. */
+  /** A reader used after `close()`, or a request handed to a server batcher that is shutting down. */
   | 'ERR_CLOSED'
   /**
    * An adapter file whose structure is broken or not recognised: a LoRA factor without its
@@ -84,7 +92,22 @@ export type ErrorCode =
    */
   | 'ERR_CHECKPOINT_MISMATCH'
   /** A batch row or call naming an adapter that a bank does not hold. */
-  | 'ERR_UNKNOWN_ADAPTER';
+  | 'ERR_UNKNOWN_ADAPTER'
+  /** Registering an adapter under a name that is taken, without asking to replace it (HTTP 409). */
+  | 'ERR_ADAPTER_EXISTS'
+  /**
+   * A served-model folder (`eigenlorax serve`) that is broken: `model.json` that is not JSON,
+   * of an unknown format version, with a missing or ill-typed field, or that disagrees with
+   * the base weights, the subspace or an adapter file name.
+   */
+  | 'ERR_MODEL_FORMAT'
+  /**
+   * An HTTP request the server cannot read: a body that is not valid JSON, or of a content
+   * type the route does not take (HTTP 400 or 415).
+   */
+  | 'ERR_MALFORMED_REQUEST'
+  /** An HTTP request body over the server's `bodyLimit` (HTTP 413). */
+  | 'ERR_PAYLOAD_TOO_LARGE';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;

@@ -12,7 +12,7 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { lineChartSvg, runDemo, type DemoResults } from '../lib/index.js';
+import { lineChartSvg, loadServedModel, runDemo, type DemoResults } from '../lib/index.js';
 import { tempDir } from './helpers/train-fixtures.js';
 
 const run = promisify(execFile);
@@ -222,6 +222,11 @@ test('eigenlorax demo --quick: results folder, sane numbers, and a second run fr
     t.true(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg"'), file);
     t.is((svg.match(/<polyline class="series"/g) ?? []).length, 4, `${file}: one line for each of (a)-(d)`);
   }
+  // The served model: the base, the subspace and every zoo adapter, ready for `eigenlorax serve`.
+  t.is(first.serve, path.join(out, 'serve'));
+  const served = await loadServedModel(first.serve);
+  t.deepEqual([...served.adapterNames].sort(), first.zoo.map((z) => z.name).sort());
+  t.is(served.subspace.id, first.subspace.id);
   const md = await readFile(path.join(out, 'results.md'), 'utf8');
   t.regex(md, /^# eigenlorax demo/);
   t.regex(md, /\| held-out task \| range \| method \|/);

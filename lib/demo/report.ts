@@ -102,6 +102,7 @@ export function formatDemoText(r: DemoResults): string {
     '',
     timingLine(r),
     `results: ${r.out} (${r.files.join(', ')})`,
+    `serve:   eigenlorax serve ${r.serve}   (the base model with the ${r.zoo.length} zoo adapters, rebuilt from their coefficients, over HTTP)`,
   ];
   return `${lines.join('\n')}\n`;
 }

@@ -25,9 +25,10 @@ import { EigenLoraxError } from '../errors.js';
 import { writeFileAtomic } from '../io/files.js';
 import type { Matrix } from '../matrix.js';
 import { getThreads } from '../runtime.js';
+import { writeServeFolder } from '../serve/folder.js';
 import { buildSubspace } from '../subspace/build.js';
 import { reconstructAdapter } from '../subspace/project.js';
-import type { Subspace } from '../subspace/types.js';
+import type { AdapterCoefficients, Subspace } from '../subspace/types.js';
 import { adaptModel, eigenLoraModel, loraModel, type ModuleComponents } from '../train/adapt.js';
 import { saveModelAdapter } from '../train/export.js';
 import { augmentComponents, GELU, Linear, LoRA, ReLU, type Layer } from '../train/layers.js';
@@ -194,6 +195,8 @@ export interface DemoResults {
   /** Files written to the results folder (names relative to it). */
   files: string[];
   out: string;
+  /** The served-model folder (`<out>/serve`: base, subspace, the zoo's coefficients), for `eigenlorax serve`. */
+  serve: string;
 }
 
 const DEMO_BASE_MODEL = 'eigenlorax-demo-mlp';
@@ -550,6 +553,14 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
   }
   const heldOutSeconds = seconds(t);
 
+  // ---- 6. the served model: the base, the subspace and the zoo as coefficients
+  const served = await writeServeFolder(path.join(out, 'serve'), {
+    model: base,
+    subspace,
+    adapters: z.tasks.map((task, i) => [task.name, subspace.coefficients[i] as AdapterCoefficients] as const),
+  });
+  log(`serve: the base, the subspace and the ${z.tasks.length} zoo adapters' coefficients in ${served.folder} (eigenlorax serve ${served.folder})`);
+
   const results: DemoResults = {
     version,
     seed,
@@ -583,6 +594,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
     targets: [],
     files: [],
     out,
+    serve: served.folder,
   };
   results.targets = evaluateTargets(results);
   results.timings.totalSeconds = seconds(started);
