@@ -18,7 +18,8 @@
         "native/addon/linalg_jobs.cpp",
         "native/addon/lowrank_jobs.cpp",
         "native/addon/subspace_jobs.cpp",
-        "native/addon/multiadapter_jobs.cpp"
+        "native/addon/multiadapter_jobs.cpp",
+        "native/addon/cuda_jobs.cpp"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

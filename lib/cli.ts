@@ -36,6 +36,38 @@ const commands: Record<string, Command> = {
       return 0;
     },
   },
+  devices: {
+    usage: `  eigenlorax devices [--json]   where operations can run: the CPU, and each CUDA GPU
+                                or why the GPU backend cannot run here`,
+    async run(args) {
+      const { values, positionals } = parseCommand(args, { json: { type: 'boolean' } });
+      if (positionals.length > 0) return unknownCommand(['devices', ...positionals]);
+      const { buildInfo, getThreads } = await import('./runtime.js');
+      const { cudaStatus } = await import('./cuda.js');
+      const cpu = buildInfo();
+      const cuda = await cudaStatus();
+      if (values.json) {
+        process.stdout.write(`${JSON.stringify({ cpu: { ...cpu, threads: getThreads() }, cuda }, null, 2)}\n`);
+        return 0;
+      }
+      const gib = (bytes: number) => `${(bytes / 2 ** 30).toFixed(1)} GiB`;
+      const version = (v: number) => (v > 0 ? `${Math.floor(v / 1000)}.${Math.floor((v % 1000) / 10)}` : 'none');
+      const lines = [`cpu     available  ${cpu.simd}, ${getThreads()} threads${cpu.openmp ? ' (OpenMP)' : ''}`];
+      if (cuda.available) {
+        for (const d of cuda.devices) {
+          const memory = d.index === 0 ? `${gib(d.freeBytes)} free of ${gib(d.totalBytes)}` : gib(d.totalBytes);
+          lines.push(`cuda:${d.index}  ${d.index === 0 ? 'available' : 'present  '}  ${d.name}, compute ${d.computeCapability}, ${d.multiprocessors} SMs, ${memory}`);
+        }
+        lines.push(`        CUDA runtime ${version(cuda.runtimeVersion)}, driver ${version(cuda.driverVersion)}, cuBLAS ${cuda.cublasVersion} (${cuda.cublasLibrary})`);
+        if (cuda.devices.length > 1) lines.push('        (operations run on device 0)');
+      } else {
+        lines.push(`cuda    unavailable: ${cuda.reason}`);
+        for (const d of cuda.devices) lines.push(`cuda:${d.index}  ${d.name}, compute ${d.computeCapability}, ${gib(d.totalBytes)}`);
+      }
+      process.stdout.write(`${lines.join('\n')}\n`);
+      return 0;
+    },
+  },
   inspect: {
     usage: `  eigenlorax inspect <path...> [--json] [--format peft|diffusers|kohya]
                                 LoRA adapters (PEFT folders, diffusers and kohya files):

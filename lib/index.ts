@@ -2,6 +2,7 @@
 export { EigenLoraxError, type ErrorCode } from './errors.js';
 export { matrix, checkMatrix, type Matrix } from './matrix.js';
 export { rsvd, orthonormalize, completeBasis, type RsvdOptions, type SvdResult } from './linalg.js';
+export { DeviceMatrix, toDevice, cudaStatus, type CudaStatus, type Device, type DeviceDtype, type Operand } from './cuda.js';
 export {
   loraForward,
   loraBackward,

@@ -1,6 +1,7 @@
 /**
  * Randomized SVD, orthonormalisation and basis completion (native, off the event loop).
  */
+import { checkOperand, chooseDevice, hostOperand, nativeOperand, type Device, type Operand } from './cuda.js';
 import { withCallerStack } from './errors.js';
 import { checkMatrix, matrix, type Matrix } from './matrix.js';
 import { native } from './native.js';
@@ -17,6 +18,11 @@ export interface RsvdOptions {
   seed?: number;
   /** 'auto' (default) takes the exact SVD when min(rows, cols) <= 2 (k + p). */
   method?: 'auto' | 'exact' | 'randomized';
+  /**
+   * Where it runs (lib/cuda.ts): on the GPU the same test matrix is drawn from the seed,
+   * so both backends agree to rounding. Default: the GPU for a DeviceMatrix, else the CPU.
+   */
+  device?: Device;
 }
 
 export interface SvdResult {
@@ -36,11 +42,11 @@ const methods = ['auto', 'exact', 'randomized'] as const;
  * Truncated SVD by the randomized range finder of Halko, Martinsson and Tropp (2011).
  * Each column of U has its largest-magnitude entry positive (V follows).
  */
-export async function rsvd(input: Matrix, options: RsvdOptions): Promise<SvdResult> {
+export async function rsvd(input: Operand, options: RsvdOptions): Promise<SvdResult> {
   const callSite = new Error();
-  const m = checkMatrix(input, 'matrix');
+  const m = checkOperand(input, 'matrix');
   const o = object(options, 'options');
-  knownKeys(o, 'options', ['rank', 'oversample', 'powerIters', 'seed', 'method']);
+  knownKeys(o, 'options', ['rank', 'oversample', 'powerIters', 'seed', 'method', 'device']);
   const rank = integer(o.rank, 'options.rank', 1, Math.min(m.rows, m.cols));
   const oversample = integer(o.oversample ?? 10, 'options.oversample', 0);
   const powerIters = integer(o.powerIters ?? 2, 'options.powerIters', 0, 1000);
@@ -49,8 +55,11 @@ export async function rsvd(input: Matrix, options: RsvdOptions): Promise<SvdResu
   const U = matrix(m.rows, rank);
   const V = matrix(m.cols, rank);
   const S = new Float32Array(rank);
+  const args = { rank, oversample, powerIters, seed, method: methods.indexOf(method) as 0 | 1 | 2, U, S, V };
   const info = await withCallerStack(
-    native.rsvd({ matrix: m, rank, oversample, powerIters, seed, method: methods.indexOf(method) as 0 | 1 | 2, U, S, V }),
+    (await chooseDevice(o.device, [m])) === 'cuda'
+      ? native.cudaRsvd({ ...args, matrix: nativeOperand(m, 'matrix') })
+      : native.rsvd({ ...args, matrix: hostOperand(m, 'matrix') }),
     callSite,
   );
   return { U, S, V, exact: info.exact };

@@ -8,34 +8,39 @@
  * `weight` (W, d_out x d_in, as PyTorch's nn.Linear stores it) and `bias` are optional;
  * without them the result is the adapter's contribution alone. Outputs are new matrices
  * unless `out` buffers are given (reuse them in training loops).
+ *
+ * Every call takes `device` (lib/cuda.ts); inputs may be DeviceMatrix operands kept on the
+ * GPU, outputs are host matrices. On the GPU the EigenLoRA order is always 'project'.
  */
-import { withCallerStack } from './errors.js';
+import { checkOperand, chooseDevice, deviceArgs, hostArgs, type Device, type Operand } from './cuda.js';
+import { EigenLoraxError, withCallerStack } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
-import { native, type NativeEigenLoraArgs, type NativeLoraArgs, type NativeOrder, type OrderName } from './native.js';
+import { native, type NativeOrder, type OrderName } from './native.js';
 import { finiteNumber, knownKeys, object, oneOf } from './validate.js';
 
-export interface LoraLayer {
+/** M: Matrix (host), or Operand where DeviceMatrix inputs are allowed (every call here). */
+export interface LoraLayer<M extends Operand = Matrix> {
   /** r x d_in */
-  A: Matrix;
+  A: M;
   /** d_out x r */
-  B: Matrix;
+  B: M;
   /** s = lora_alpha / r (default 1). */
   scale?: number;
-  weight?: Matrix;
+  weight?: M;
   bias?: Float32Array;
 }
 
-export interface EigenLoraLayer {
+export interface EigenLoraLayer<M extends Operand = Matrix> {
   /** V_A: d_in x K_A, orthonormal columns (the A-side components). */
-  componentsA: Matrix;
+  componentsA: M;
   /** K_A x r, trainable. */
-  alpha: Matrix;
+  alpha: M;
   /** K_B x r, trainable. */
-  beta: Matrix;
+  beta: M;
   /** U_B: d_out x K_B (the B-side components). */
-  componentsB: Matrix;
+  componentsB: M;
   scale?: number;
-  weight?: Matrix;
+  weight?: M;
   bias?: Float32Array;
 }
 
@@ -59,29 +64,48 @@ interface BackwardOptions<Out> {
   /** Compute dx (default true); turn off for the first layer of a network. */
   inputGrad?: boolean;
   out?: Partial<Out>;
+  device?: Device;
+}
+
+interface LoraArgs {
+  A: Operand;
+  B: Operand;
+  scale: number;
+  weight: Operand | null;
+  bias: Float32Array | null;
+}
+
+interface EigenLoraArgs {
+  componentsA: Operand;
+  alpha: Operand;
+  beta: Operand;
+  componentsB: Operand;
+  scale: number;
+  weight: Operand | null;
+  bias: Float32Array | null;
 }
 
 function outMatrix(given: Matrix | null | undefined, name: string, rows: number, cols: number): Matrix {
   return given ? checkMatrix(given, name, { rows, cols }) : matrix(rows, cols);
 }
 
-function baseArgs(layer: { weight?: Matrix; bias?: Float32Array }, dOut: number, dIn: number) {
+function baseArgs(layer: { weight?: Operand; bias?: Float32Array }, dOut: number, dIn: number) {
   return {
-    weight: layer.weight === undefined ? null : checkMatrix(layer.weight, 'layer.weight', { rows: dOut, cols: dIn }),
+    weight: layer.weight === undefined ? null : checkOperand(layer.weight, 'layer.weight', { rows: dOut, cols: dIn }),
     bias: layer.bias === undefined ? null : checkVector(layer.bias, 'layer.bias', dOut),
   };
 }
 
-function loraArgs(x: Matrix, layerInput: LoraLayer): NativeLoraArgs {
-  const layer = object(layerInput, 'layer') as unknown as LoraLayer;
+function loraArgs(x: Operand, layerInput: LoraLayer<Operand>): LoraArgs {
+  const layer = object(layerInput, 'layer') as unknown as LoraLayer<Operand>;
   knownKeys(layer as unknown as Record<string, unknown>, 'layer', ['A', 'B', 'scale', 'weight', 'bias']);
-  const A = checkMatrix(layer.A, 'layer.A', { cols: x.cols });
-  const B = checkMatrix(layer.B, 'layer.B', { cols: A.rows });
+  const A = checkOperand(layer.A, 'layer.A', { cols: x.cols });
+  const B = checkOperand(layer.B, 'layer.B', { cols: A.rows });
   return { A, B, scale: finiteNumber(layer.scale ?? 1, 'layer.scale'), ...baseArgs(layer, B.rows, x.cols) };
 }
 
-function eigenLoraArgs(x: Matrix, layerInput: EigenLoraLayer): NativeEigenLoraArgs {
-  const layer = object(layerInput, 'layer') as unknown as EigenLoraLayer;
+function eigenLoraArgs(x: Operand, layerInput: EigenLoraLayer<Operand>): EigenLoraArgs {
+  const layer = object(layerInput, 'layer') as unknown as EigenLoraLayer<Operand>;
   knownKeys(layer as unknown as Record<string, unknown>, 'layer', [
     'componentsA',
     'alpha',
@@ -91,10 +115,10 @@ function eigenLoraArgs(x: Matrix, layerInput: EigenLoraLayer): NativeEigenLoraAr
     'weight',
     'bias',
   ]);
-  const componentsA = checkMatrix(layer.componentsA, 'layer.componentsA', { rows: x.cols });
-  const alpha = checkMatrix(layer.alpha, 'layer.alpha', { rows: componentsA.cols });
-  const componentsB = checkMatrix(layer.componentsB, 'layer.componentsB');
-  const beta = checkMatrix(layer.beta, 'layer.beta', { rows: componentsB.cols, cols: alpha.cols });
+  const componentsA = checkOperand(layer.componentsA, 'layer.componentsA', { rows: x.cols });
+  const alpha = checkOperand(layer.alpha, 'layer.alpha', { rows: componentsA.cols });
+  const componentsB = checkOperand(layer.componentsB, 'layer.componentsB');
+  const beta = checkOperand(layer.beta, 'layer.beta', { rows: componentsB.cols, cols: alpha.cols });
   return {
     componentsA,
     alpha,
@@ -109,70 +133,91 @@ function orderCode(value: unknown): NativeOrder {
   return orders.indexOf(oneOf(value ?? 'auto', 'options.order', orders)) as NativeOrder;
 }
 
+// The GPU computes EigenLoRA layers in the 'project' order only.
+function checkGpuOrder(order: NativeOrder): void {
+  if (order === 2) throw new EigenLoraxError("options.order: 'rebuild' is not available on the GPU (use 'auto' or 'project')", 'ERR_INVALID_ARGUMENT');
+}
+
 /** y = x W^T + b + s (x A^T) B^T, x: n x d_in, y: n x d_out. */
-export async function loraForward(x: Matrix, layer: LoraLayer, options: { out?: Matrix } = {}): Promise<Matrix> {
+export async function loraForward(x: Operand, layer: LoraLayer<Operand>, options: { out?: Matrix; device?: Device } = {}): Promise<Matrix> {
   const callSite = new Error();
-  const xm = checkMatrix(x, 'x');
-  const args = loraArgs(xm, layer);
-  const y = outMatrix(object(options, 'options').out as Matrix | undefined, 'options.out', xm.rows, args.B.rows);
-  await withCallerStack(native.loraForward({ ...args, x: xm, y }), callSite);
+  const xm = checkOperand(x, 'x');
+  const args = { ...loraArgs(xm, layer), x: xm };
+  const o = object(options, 'options');
+  const y = outMatrix(o.out as Matrix | undefined, 'options.out', xm.rows, args.B.rows);
+  const gpu = (await chooseDevice(o.device, Object.values(args))) === 'cuda';
+  await withCallerStack(gpu ? native.cudaLoraForward({ ...deviceArgs(args), y }) : native.loraForward({ ...hostArgs(args), y }), callSite);
   return y;
 }
 
 /** Gradients of a LoRA layer given dy = dL/dy: dA, dB and (by default) dx. W is frozen. */
 export async function loraBackward(
-  x: Matrix,
-  dy: Matrix,
-  layer: LoraLayer,
+  x: Operand,
+  dy: Operand,
+  layer: LoraLayer<Operand>,
   options: BackwardOptions<LoraGradients> = {},
 ): Promise<LoraGradients> {
   const callSite = new Error();
-  const xm = checkMatrix(x, 'x');
-  const args = loraArgs(xm, layer);
-  const dym = checkMatrix(dy, 'dy', { rows: xm.rows, cols: args.B.rows });
+  const xm = checkOperand(x, 'x');
+  const layerArgs = loraArgs(xm, layer);
+  const args = { ...layerArgs, x: xm, dy: checkOperand(dy, 'dy', { rows: xm.rows, cols: layerArgs.B.rows }) };
   const o = object(options, 'options') as BackwardOptions<LoraGradients>;
   const out = o.out ?? {};
   const dx = o.inputGrad === false ? null : outMatrix(out.dx, 'options.out.dx', xm.rows, xm.cols);
   const dA = outMatrix(out.dA, 'options.out.dA', args.A.rows, args.A.cols);
   const dB = outMatrix(out.dB, 'options.out.dB', args.B.rows, args.B.cols);
-  await withCallerStack(native.loraBackward({ ...args, x: xm, dy: dym, dx, dA, dB }), callSite);
+  const gpu = (await chooseDevice(o.device, Object.values(args))) === 'cuda';
+  await withCallerStack(
+    gpu ? native.cudaLoraBackward({ ...deviceArgs(args), dx, dA, dB }) : native.loraBackward({ ...hostArgs(args), dx, dA, dB }),
+    callSite,
+  );
   return { dx, dA, dB };
 }
 
 /** y = x W^T + b + s ((x V_A) alpha) beta^T U_B^T, in the cheaper order of products. */
 export async function eigenLoraForward(
-  x: Matrix,
-  layer: EigenLoraLayer,
-  options: { out?: Matrix; order?: ProductOrder } = {},
+  x: Operand,
+  layer: EigenLoraLayer<Operand>,
+  options: { out?: Matrix; order?: ProductOrder; device?: Device } = {},
 ): Promise<Matrix> {
   const callSite = new Error();
-  const xm = checkMatrix(x, 'x');
-  const args = eigenLoraArgs(xm, layer);
+  const xm = checkOperand(x, 'x');
+  const args = { ...eigenLoraArgs(xm, layer), x: xm };
   const o = object(options, 'options');
   const order = orderCode(o.order);
   const y = outMatrix(o.out as Matrix | undefined, 'options.out', xm.rows, args.componentsB.rows);
-  await withCallerStack(native.eigenLoraForward({ ...args, x: xm, y, order }), callSite);
+  if ((await chooseDevice(o.device, Object.values(args))) === 'cuda') {
+    checkGpuOrder(order);
+    await withCallerStack(native.cudaEigenLoraForward({ ...deviceArgs(args), y }), callSite);
+  } else {
+    await withCallerStack(native.eigenLoraForward({ ...hostArgs(args), y, order }), callSite);
+  }
   return y;
 }
 
 /** Gradients of an EigenLoRA layer: dAlpha, dBeta and (by default) dx. Components and W are frozen. */
 export async function eigenLoraBackward(
-  x: Matrix,
-  dy: Matrix,
-  layer: EigenLoraLayer,
+  x: Operand,
+  dy: Operand,
+  layer: EigenLoraLayer<Operand>,
   options: BackwardOptions<EigenLoraGradients> & { order?: ProductOrder } = {},
 ): Promise<EigenLoraGradients> {
   const callSite = new Error();
-  const xm = checkMatrix(x, 'x');
-  const args = eigenLoraArgs(xm, layer);
-  const dym = checkMatrix(dy, 'dy', { rows: xm.rows, cols: args.componentsB.rows });
+  const xm = checkOperand(x, 'x');
+  const layerArgs = eigenLoraArgs(xm, layer);
+  const args = { ...layerArgs, x: xm, dy: checkOperand(dy, 'dy', { rows: xm.rows, cols: layerArgs.componentsB.rows }) };
   const o = object(options, 'options') as BackwardOptions<EigenLoraGradients> & { order?: ProductOrder };
   const order = orderCode(o.order);
   const out = o.out ?? {};
   const dx = o.inputGrad === false ? null : outMatrix(out.dx, 'options.out.dx', xm.rows, xm.cols);
   const dAlpha = outMatrix(out.dAlpha, 'options.out.dAlpha', args.alpha.rows, args.alpha.cols);
   const dBeta = outMatrix(out.dBeta, 'options.out.dBeta', args.beta.rows, args.beta.cols);
-  await withCallerStack(native.eigenLoraBackward({ ...args, x: xm, dy: dym, dx, dAlpha, dBeta, order }), callSite);
+  if ((await chooseDevice(o.device, Object.values(args))) === 'cuda') {
+    checkGpuOrder(order);
+    await withCallerStack(native.cudaEigenLoraBackward({ ...deviceArgs(args), dx, dAlpha, dBeta }), callSite);
+  } else {
+    await withCallerStack(native.eigenLoraBackward({ ...hostArgs(args), dx, dAlpha, dBeta, order }), callSite);
+  }
   return { dx, dAlpha, dBeta };
 }
 

@@ -7,7 +7,11 @@
  *   x V_A and T U_B^T, and only the tiny middle step is grouped by adapter.
  * - `loraBankApply`: the plain-LoRA baseline that gathers each row's own A_i, B_i, one
  *   segment per adapter (as Punica and S-LoRA do), for comparison on the same batch.
+ *
+ * Both take `device` (lib/cuda.ts); on the GPU, x, the components, the weight, the
+ * factors and the mixing matrices may be DeviceMatrix operands kept there.
  */
+import { checkOperand, chooseDevice, DeviceMatrix, deviceArgs, hostArgs, hostOperand, nativeOperand, type Device, type Operand } from './cuda.js';
 import { EigenLoraxError, withCallerStack } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
 import { native } from './native.js';
@@ -15,17 +19,21 @@ import { finiteNumber, integer, invalid, object } from './validate.js';
 
 export interface EigenAdapterBank {
   /** V_A: d_in x K_A. */
-  componentsA: Matrix;
+  componentsA: Operand;
   /** U_B: d_out x K_B. */
-  componentsB: Matrix;
-  /** count x K_A x K_B, adapter after adapter, each row-major. */
-  mixing: Float32Array;
+  componentsB: Operand;
+  /**
+   * count x K_A x K_B, adapter after adapter, each row-major; on the GPU also a
+   * DeviceMatrix of (count K_A) x K_B (the same numbers).
+   */
+  mixing: Float32Array | DeviceMatrix;
   count: number;
 }
 
 interface BaseLayer {
-  weight?: Matrix;
+  weight?: Operand;
   bias?: Float32Array;
+  device?: Device;
 }
 
 /** M = scale alpha beta^T (K_A x K_B), written into `out` (length K_A K_B) when given. */
@@ -54,24 +62,30 @@ function checkRows(rows: unknown, n: number): Int32Array {
 
 /** y = x W^T + b + for each row b with rows[b] = i >= 0: (x_b V_A) M_i U_B^T. */
 export async function eigenBankApply(
-  x: Matrix,
+  x: Operand,
   bank: EigenAdapterBank,
   rows: Int32Array,
   options: BaseLayer & { out?: Matrix } = {},
 ): Promise<Matrix> {
   const callSite = new Error();
-  const xm = checkMatrix(x, 'x');
-  const componentsA = checkMatrix(bank.componentsA, 'bank.componentsA', { rows: xm.cols });
-  const componentsB = checkMatrix(bank.componentsB, 'bank.componentsB');
+  const xm = checkOperand(x, 'x');
+  const componentsA = checkOperand(bank.componentsA, 'bank.componentsA', { rows: xm.cols });
+  const componentsB = checkOperand(bank.componentsB, 'bank.componentsB');
   const count = integer(bank.count, 'bank.count', 0);
-  const mixing = checkVector(bank.mixing, 'bank.mixing', count * componentsA.cols * componentsB.cols);
+  const mixing =
+    bank.mixing instanceof DeviceMatrix
+      ? (checkOperand(bank.mixing, 'bank.mixing', { rows: count * componentsA.cols, cols: componentsB.cols }) as DeviceMatrix)
+      : checkVector(bank.mixing, 'bank.mixing', count * componentsA.cols * componentsB.cols);
   const o = object(options, 'options') as BaseLayer & { out?: Matrix };
   const dOut = componentsB.rows;
-  const weight = o.weight === undefined ? null : checkMatrix(o.weight, 'options.weight', { rows: dOut, cols: xm.cols });
+  const weight = o.weight === undefined ? null : checkOperand(o.weight, 'options.weight', { rows: dOut, cols: xm.cols });
   const bias = o.bias === undefined ? null : checkVector(o.bias, 'options.bias', dOut);
   const y = o.out ? checkMatrix(o.out, 'options.out', { rows: xm.rows, cols: dOut }) : matrix(xm.rows, dOut);
+  const args = { x: xm, componentsA, componentsB, mixing, weight };
+  const fixed = { count, rows: checkRows(rows, xm.rows), bias, y };
+  const gpu = (await chooseDevice(o.device, Object.values(args))) === 'cuda';
   await withCallerStack(
-    native.eigenBankApply({ x: xm, componentsA, componentsB, mixing, count, rows: checkRows(rows, xm.rows), weight, bias, y }),
+    gpu ? native.cudaEigenBankApply({ ...deviceArgs(args), ...fixed }) : native.eigenBankApply({ ...hostArgs(args), ...fixed }),
     callSite,
   );
   return y;
@@ -79,25 +93,42 @@ export async function eigenBankApply(
 
 /** y = x W^T + b + for each row b with rows[b] = i >= 0: s_i (x_b A_i^T) B_i^T. */
 export async function loraBankApply(
-  x: Matrix,
-  adapters: ReadonlyArray<{ A: Matrix; B: Matrix; scale?: number }>,
+  x: Operand,
+  adapters: ReadonlyArray<{ A: Operand; B: Operand; scale?: number }>,
   rows: Int32Array,
   options: BaseLayer & { dOut?: number; out?: Matrix } = {},
 ): Promise<Matrix> {
   const callSite = new Error();
-  const xm = checkMatrix(x, 'x');
+  const xm = checkOperand(x, 'x');
   if (!Array.isArray(adapters)) throw invalid('an array of { A, B, scale }', 'adapters', adapters);
   const o = object(options, 'options') as BaseLayer & { dOut?: number; out?: Matrix };
   const dOut = adapters[0]?.B.rows ?? o.weight?.rows ?? o.dOut;
   if (dOut === undefined) throw invalid('an adapter, a weight or options.dOut', 'the output width', undefined);
   const list = adapters.map((p, i) => {
-    const A = checkMatrix(p.A, `adapters[${i}].A`, { cols: xm.cols });
-    const B = checkMatrix(p.B, `adapters[${i}].B`, { rows: dOut, cols: A.rows });
+    const A = checkOperand(p.A, `adapters[${i}].A`, { cols: xm.cols });
+    const B = checkOperand(p.B, `adapters[${i}].B`, { rows: dOut, cols: A.rows });
     return { A, B, scale: finiteNumber(p.scale ?? 1, `adapters[${i}].scale`) };
   });
-  const weight = o.weight === undefined ? null : checkMatrix(o.weight, 'options.weight', { rows: dOut, cols: xm.cols });
+  const weight = o.weight === undefined ? null : checkOperand(o.weight, 'options.weight', { rows: dOut, cols: xm.cols });
   const bias = o.bias === undefined ? null : checkVector(o.bias, 'options.bias', dOut);
   const y = o.out ? checkMatrix(o.out, 'options.out', { rows: xm.rows, cols: dOut }) : matrix(xm.rows, dOut);
-  await withCallerStack(native.loraBankApply({ x: xm, adapters: list, rows: checkRows(rows, xm.rows), weight, bias, y }), callSite);
+  const fixed = { rows: checkRows(rows, xm.rows), bias, y };
+  const gpu = (await chooseDevice(o.device, [xm, weight, ...list.flatMap((p) => [p.A, p.B])])) === 'cuda';
+  await withCallerStack(
+    gpu
+      ? native.cudaLoraBankApply({
+          x: nativeOperand(xm, 'x'),
+          adapters: list.map((p, i) => ({ A: nativeOperand(p.A, `adapters[${i}].A`), B: nativeOperand(p.B, `adapters[${i}].B`), scale: p.scale })),
+          weight: weight === null ? null : nativeOperand(weight, 'options.weight'),
+          ...fixed,
+        })
+      : native.loraBankApply({
+          x: hostOperand(xm, 'x'),
+          adapters: list.map((p, i) => ({ A: hostOperand(p.A, `adapters[${i}].A`), B: hostOperand(p.B, `adapters[${i}].B`), scale: p.scale })),
+          weight: weight === null ? null : hostOperand(weight, 'options.weight'),
+          ...fixed,
+        }),
+    callSite,
+  );
   return y;
 }

@@ -56,6 +56,47 @@ export type NativeStacking = 0 | 1;
 /** 0: every adapter scaled to ||dW||_F = 1 while the basis is built; 1: as they are. */
 export type NativeWeighting = 0 | 1;
 
+/** A matrix in GPU memory, as the addon reads it (DeviceMatrix.operand). */
+export interface NativeDeviceOperand {
+  rows: number;
+  cols: number;
+  handle: unknown;
+}
+
+/** A host matrix or a device matrix: what the cuda* calls accept for their inputs. */
+export type NativeOperand = Matrix | NativeDeviceOperand;
+
+export interface NativeCudaDevice {
+  index: number;
+  name: string;
+  /** "9.0" */
+  computeCapability: string;
+  totalBytes: number;
+  /** Free memory of device 0 when the backend is available; 0 otherwise. */
+  freeBytes: number;
+  multiprocessors: number;
+}
+
+export interface NativeCudaStatus {
+  /** The plugin file looked for (beside the addon, or $EIGENLORAX_CUDA_PLUGIN). */
+  plugin: string;
+  pluginLoaded: boolean;
+  available: boolean;
+  /** Why the backend cannot run; '' when it can. */
+  reason: string;
+  /** 13000 = CUDA 13.0: the runtime the plugin was built with. */
+  runtimeVersion: number;
+  /** What the driver supports; 0 without a driver. */
+  driverVersion: number;
+  cublasVersion: number;
+  cublasLibrary: string;
+  /** Scratch memory the backend keeps between calls. */
+  workspaceBytes: number;
+  devices: NativeCudaDevice[];
+}
+
+type CudaArgs<T> = { [K in keyof T]: T[K] extends Matrix ? NativeOperand : T[K] extends Matrix | null ? NativeOperand | null : T[K] };
+
 export interface NativeAddon {
   setErrorClass(ctor: new (message: string, code: string) => Error): void;
   setThreads(threads: number): void;
@@ -121,6 +162,41 @@ export interface NativeAddon {
     adapters: NativeFactorPair[];
     rows: Int32Array;
     weight: Matrix | null;
+    bias: Float32Array | null;
+    y: Matrix;
+  }): Promise<void>;
+  // The CUDA backend (native/cuda via native/addon/cuda_jobs.cpp): the same arguments as
+  // the CPU calls, where inputs may also be device matrices; outputs stay on the host.
+  cudaProbe(): Promise<NativeCudaStatus>;
+  cudaUpload(args: { rows: number; cols: number; dtype: 0 | 1 | 2; data: Float32Array | Uint16Array }): Promise<unknown>;
+  cudaDownload(args: { matrix: NativeDeviceOperand; out: Float32Array }): Promise<void>;
+  cudaDispose(args: { handle: unknown }): void;
+  cudaRsvd(args: CudaArgs<Parameters<NativeAddon['rsvd']>[0]> & { U: Matrix; V: Matrix }): Promise<{ exact: boolean; sketchSize: number }>;
+  cudaLoraForward(args: CudaArgs<NativeLoraArgs & { x: Matrix }> & { y: Matrix }): Promise<void>;
+  cudaLoraBackward(
+    args: CudaArgs<NativeLoraArgs & { x: Matrix; dy: Matrix }> & { dx: Matrix | null; dA: Matrix; dB: Matrix },
+  ): Promise<void>;
+  cudaEigenLoraForward(args: CudaArgs<NativeEigenLoraArgs & { x: Matrix }> & { y: Matrix }): Promise<OrderName>;
+  cudaEigenLoraBackward(
+    args: CudaArgs<NativeEigenLoraArgs & { x: Matrix; dy: Matrix }> & { dx: Matrix | null; dAlpha: Matrix; dBeta: Matrix },
+  ): Promise<OrderName>;
+  cudaEigenBankApply(args: {
+    x: NativeOperand;
+    componentsA: NativeOperand;
+    componentsB: NativeOperand;
+    /** Flat (as the CPU call), or a device matrix of (count K_A) x K_B. */
+    mixing: Float32Array | NativeDeviceOperand;
+    count: number;
+    rows: Int32Array;
+    weight: NativeOperand | null;
+    bias: Float32Array | null;
+    y: Matrix;
+  }): Promise<void>;
+  cudaLoraBankApply(args: {
+    x: NativeOperand;
+    adapters: Array<{ A: NativeOperand; B: NativeOperand; scale: number }>;
+    rows: Int32Array;
+    weight: NativeOperand | null;
     bias: Float32Array | null;
     y: Matrix;
   }): Promise<void>;

@@ -14,6 +14,7 @@ void registerLowrank(Napi::Env env, Napi::Object exports);
 void registerDtype(Napi::Env env, Napi::Object exports);
 void registerSubspace(Napi::Env env, Napi::Object exports);
 void registerMultiAdapter(Napi::Env env, Napi::Object exports);
+void registerCuda(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -68,6 +69,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerDtype(env, exports);
   registerSubspace(env, exports);
   registerMultiAdapter(env, exports);
+  registerCuda(env, exports);
   return exports;
 }
 
