@@ -175,8 +175,10 @@ test('ServedModel: each row with its own adapter equals the float64 dense refere
   // A batch without adapters (the base path) and one row alone agree with the batch.
   const baseOnly = await model.forward(x, Array(n).fill(null));
   t.true(maxRelative(baseOnly.data.subarray(0, 4), reference(f, null, rowOf(x, 0))) < TOLERANCE);
+  // One row alone goes through other product kernels (GEMV, not GEMM): equal to rounding.
   const alone = await model.forward(matrix(1, x.cols, rowOf(x, 1)), [rows[1]!]);
-  t.true(maxRelative(alone.data, y.data.subarray(4, 8)) < 1e-6);
+  const aloneError = maxRelative(alone.data, y.data.subarray(4, 8));
+  t.true(aloneError < TOLERANCE, `seed ${seed}: row 1 alone differs from the batch by ${aloneError}`);
 });
 
 test('ServedModel: unknown adapters fail forward and are reported by tryForward', async (t) => {
