@@ -137,8 +137,14 @@ export function hostOperand(op: Operand, name: string): Matrix {
   return op;
 }
 
-/** Which backend runs a call, from its `device` option and its operands (see the module comment). */
-export async function chooseDevice(option: unknown, operands: readonly unknown[]): Promise<'cpu' | 'cuda'> {
+/**
+ * Which backend runs a call, from its `device` option and its operands (see the module
+ * comment). A plain value, not a promise, whenever the answer needs no probe, in
+ * particular whenever a DeviceMatrix is among the operands: the call then reaches the
+ * addon (which takes its own hold on the device memory) before any await, so a
+ * `dispose()` right after the call started cannot overtake it.
+ */
+export function chooseDevice(option: unknown, operands: readonly unknown[]): 'cpu' | 'cuda' | Promise<'cpu' | 'cuda'> {
   const onDevice = operands.some((op) => op instanceof DeviceMatrix);
   if (option === undefined) return onDevice ? 'cuda' : 'cpu';
   const device = oneOf(option, 'options.device', devices);
@@ -149,7 +155,13 @@ export async function chooseDevice(option: unknown, operands: readonly unknown[]
     return 'cpu';
   }
   if (device === 'cuda' || onDevice) return 'cuda';
-  return (await cudaAvailable()) ? 'cuda' : 'cpu';
+  return cudaAvailable().then((available) => (available ? 'cuda' : 'cpu'));
+}
+
+/** Starts `call` on the chosen backend: at once when the choice needs no probe (chooseDevice). */
+export function onDevice<T>(option: unknown, operands: readonly unknown[], call: (device: 'cpu' | 'cuda') => Promise<T>): Promise<T> {
+  const choice = chooseDevice(option, operands);
+  return typeof choice === 'string' ? call(choice) : choice.then(call);
 }
 
 type OnDevice<V> = V extends DeviceMatrix ? NativeDeviceOperand : V;

@@ -1,7 +1,7 @@
 /**
  * Randomized SVD, orthonormalisation and basis completion (native, off the event loop).
  */
-import { checkOperand, chooseDevice, hostOperand, nativeOperand, type Device, type Operand } from './cuda.js';
+import { checkOperand, hostOperand, onDevice, nativeOperand, type Device, type Operand } from './cuda.js';
 import { withCallerStack } from './errors.js';
 import { checkMatrix, matrix, type Matrix } from './matrix.js';
 import { native } from './native.js';
@@ -57,9 +57,11 @@ export async function rsvd(input: Operand, options: RsvdOptions): Promise<SvdRes
   const S = new Float32Array(rank);
   const args = { rank, oversample, powerIters, seed, method: methods.indexOf(method) as 0 | 1 | 2, U, S, V };
   const info = await withCallerStack(
-    (await chooseDevice(o.device, [m])) === 'cuda'
-      ? native.cudaRsvd({ ...args, matrix: nativeOperand(m, 'matrix') })
-      : native.rsvd({ ...args, matrix: hostOperand(m, 'matrix') }),
+    onDevice(o.device, [m], (device) =>
+      device === 'cuda'
+        ? native.cudaRsvd({ ...args, matrix: nativeOperand(m, 'matrix') })
+        : native.rsvd({ ...args, matrix: hostOperand(m, 'matrix') }),
+    ),
     callSite,
   );
   return { U, S, V, exact: info.exact };

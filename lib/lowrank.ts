@@ -12,7 +12,7 @@
  * Every call takes `device` (lib/cuda.ts); inputs may be DeviceMatrix operands kept on the
  * GPU, outputs are host matrices. On the GPU the EigenLoRA order is always 'project'.
  */
-import { checkOperand, chooseDevice, deviceArgs, hostArgs, type Device, type Operand } from './cuda.js';
+import { checkOperand, deviceArgs, hostArgs, onDevice, type Device, type Operand } from './cuda.js';
 import { EigenLoraxError, withCallerStack } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
 import { native, type NativeOrder, type OrderName } from './native.js';
@@ -145,8 +145,12 @@ export async function loraForward(x: Operand, layer: LoraLayer<Operand>, options
   const args = { ...loraArgs(xm, layer), x: xm };
   const o = object(options, 'options');
   const y = outMatrix(o.out as Matrix | undefined, 'options.out', xm.rows, args.B.rows);
-  const gpu = (await chooseDevice(o.device, Object.values(args))) === 'cuda';
-  await withCallerStack(gpu ? native.cudaLoraForward({ ...deviceArgs(args), y }) : native.loraForward({ ...hostArgs(args), y }), callSite);
+  await withCallerStack(
+    onDevice(o.device, Object.values(args), (device) =>
+      device === 'cuda' ? native.cudaLoraForward({ ...deviceArgs(args), y }) : native.loraForward({ ...hostArgs(args), y }),
+    ),
+    callSite,
+  );
   return y;
 }
 
@@ -166,9 +170,12 @@ export async function loraBackward(
   const dx = o.inputGrad === false ? null : outMatrix(out.dx, 'options.out.dx', xm.rows, xm.cols);
   const dA = outMatrix(out.dA, 'options.out.dA', args.A.rows, args.A.cols);
   const dB = outMatrix(out.dB, 'options.out.dB', args.B.rows, args.B.cols);
-  const gpu = (await chooseDevice(o.device, Object.values(args))) === 'cuda';
   await withCallerStack(
-    gpu ? native.cudaLoraBackward({ ...deviceArgs(args), dx, dA, dB }) : native.loraBackward({ ...hostArgs(args), dx, dA, dB }),
+    onDevice(o.device, Object.values(args), (device) =>
+      device === 'cuda'
+        ? native.cudaLoraBackward({ ...deviceArgs(args), dx, dA, dB })
+        : native.loraBackward({ ...hostArgs(args), dx, dA, dB }),
+    ),
     callSite,
   );
   return { dx, dA, dB };
@@ -186,12 +193,14 @@ export async function eigenLoraForward(
   const o = object(options, 'options');
   const order = orderCode(o.order);
   const y = outMatrix(o.out as Matrix | undefined, 'options.out', xm.rows, args.componentsB.rows);
-  if ((await chooseDevice(o.device, Object.values(args))) === 'cuda') {
-    checkGpuOrder(order);
-    await withCallerStack(native.cudaEigenLoraForward({ ...deviceArgs(args), y }), callSite);
-  } else {
-    await withCallerStack(native.eigenLoraForward({ ...hostArgs(args), y, order }), callSite);
-  }
+  await withCallerStack(
+    onDevice(o.device, Object.values(args), (device) => {
+      if (device === 'cpu') return native.eigenLoraForward({ ...hostArgs(args), y, order });
+      checkGpuOrder(order);
+      return native.cudaEigenLoraForward({ ...deviceArgs(args), y });
+    }),
+    callSite,
+  );
   return y;
 }
 
@@ -212,12 +221,14 @@ export async function eigenLoraBackward(
   const dx = o.inputGrad === false ? null : outMatrix(out.dx, 'options.out.dx', xm.rows, xm.cols);
   const dAlpha = outMatrix(out.dAlpha, 'options.out.dAlpha', args.alpha.rows, args.alpha.cols);
   const dBeta = outMatrix(out.dBeta, 'options.out.dBeta', args.beta.rows, args.beta.cols);
-  if ((await chooseDevice(o.device, Object.values(args))) === 'cuda') {
-    checkGpuOrder(order);
-    await withCallerStack(native.cudaEigenLoraBackward({ ...deviceArgs(args), dx, dAlpha, dBeta }), callSite);
-  } else {
-    await withCallerStack(native.eigenLoraBackward({ ...hostArgs(args), dx, dAlpha, dBeta, order }), callSite);
-  }
+  await withCallerStack(
+    onDevice(o.device, Object.values(args), (device) => {
+      if (device === 'cpu') return native.eigenLoraBackward({ ...hostArgs(args), dx, dAlpha, dBeta, order });
+      checkGpuOrder(order);
+      return native.cudaEigenLoraBackward({ ...deviceArgs(args), dx, dAlpha, dBeta });
+    }),
+    callSite,
+  );
   return { dx, dAlpha, dBeta };
 }
 

@@ -11,7 +11,7 @@
  * Both take `device` (lib/cuda.ts); on the GPU, x, the components, the weight, the
  * factors and the mixing matrices may be DeviceMatrix operands kept there.
  */
-import { checkOperand, chooseDevice, DeviceMatrix, deviceArgs, hostArgs, hostOperand, nativeOperand, type Device, type Operand } from './cuda.js';
+import { checkOperand, DeviceMatrix, deviceArgs, hostArgs, hostOperand, nativeOperand, onDevice, type Device, type Operand } from './cuda.js';
 import { EigenLoraxError, withCallerStack } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
 import { native } from './native.js';
@@ -83,9 +83,10 @@ export async function eigenBankApply(
   const y = o.out ? checkMatrix(o.out, 'options.out', { rows: xm.rows, cols: dOut }) : matrix(xm.rows, dOut);
   const args = { x: xm, componentsA, componentsB, mixing, weight };
   const fixed = { count, rows: checkRows(rows, xm.rows), bias, y };
-  const gpu = (await chooseDevice(o.device, Object.values(args))) === 'cuda';
   await withCallerStack(
-    gpu ? native.cudaEigenBankApply({ ...deviceArgs(args), ...fixed }) : native.eigenBankApply({ ...hostArgs(args), ...fixed }),
+    onDevice(o.device, Object.values(args), (device) =>
+      device === 'cuda' ? native.cudaEigenBankApply({ ...deviceArgs(args), ...fixed }) : native.eigenBankApply({ ...hostArgs(args), ...fixed }),
+    ),
     callSite,
   );
   return y;
@@ -113,21 +114,22 @@ export async function loraBankApply(
   const bias = o.bias === undefined ? null : checkVector(o.bias, 'options.bias', dOut);
   const y = o.out ? checkMatrix(o.out, 'options.out', { rows: xm.rows, cols: dOut }) : matrix(xm.rows, dOut);
   const fixed = { rows: checkRows(rows, xm.rows), bias, y };
-  const gpu = (await chooseDevice(o.device, [xm, weight, ...list.flatMap((p) => [p.A, p.B])])) === 'cuda';
   await withCallerStack(
-    gpu
-      ? native.cudaLoraBankApply({
-          x: nativeOperand(xm, 'x'),
-          adapters: list.map((p, i) => ({ A: nativeOperand(p.A, `adapters[${i}].A`), B: nativeOperand(p.B, `adapters[${i}].B`), scale: p.scale })),
-          weight: weight === null ? null : nativeOperand(weight, 'options.weight'),
-          ...fixed,
-        })
-      : native.loraBankApply({
-          x: hostOperand(xm, 'x'),
-          adapters: list.map((p, i) => ({ A: hostOperand(p.A, `adapters[${i}].A`), B: hostOperand(p.B, `adapters[${i}].B`), scale: p.scale })),
-          weight: weight === null ? null : hostOperand(weight, 'options.weight'),
-          ...fixed,
-        }),
+    onDevice(o.device, [xm, weight, ...list.flatMap((p) => [p.A, p.B])], (device) =>
+      device === 'cuda'
+        ? native.cudaLoraBankApply({
+            x: nativeOperand(xm, 'x'),
+            adapters: list.map((p, i) => ({ A: nativeOperand(p.A, `adapters[${i}].A`), B: nativeOperand(p.B, `adapters[${i}].B`), scale: p.scale })),
+            weight: weight === null ? null : nativeOperand(weight, 'options.weight'),
+            ...fixed,
+          })
+        : native.loraBankApply({
+            x: hostOperand(xm, 'x'),
+            adapters: list.map((p, i) => ({ A: hostOperand(p.A, `adapters[${i}].A`), B: hostOperand(p.B, `adapters[${i}].B`), scale: p.scale })),
+            weight: weight === null ? null : hostOperand(weight, 'options.weight'),
+            ...fixed,
+          }),
+    ),
     callSite,
   );
   return y;

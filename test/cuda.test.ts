@@ -200,7 +200,8 @@ if (!status.available) {
   }
 
   test(`rsvd on the GPU: the exact path, and NaN refused (seed ${seed})`, async (t) => {
-    const a = randomMatrix(30, 200, seed);
+    // min(rows, cols) = 20 <= 2 (k + p) = 28: the exact path.
+    const a = randomMatrix(20, 200, seed);
     const gpu = await rsvd(a, { rank: 4, device: 'cuda' });
     t.true(gpu.exact);
     t.true(relativeError(gpu.S, (await rsvd(a, { rank: 4 })).S) < 1e-5);

@@ -70,6 +70,11 @@ void checkLoraBankApply(ConstMatView x, const LoraBank& bank, const int32_t* row
   const Index dIn = x.cols, dOut = y.cols;
   requireShape("y", y.rows, y.cols, x.rows, dOut);
   if (!weight.empty()) requireShape("weight", weight.rows, weight.cols, dOut, dIn);
+  if (bank.b.size() != bank.a.size() || bank.scales.size() != bank.a.size()) {
+    throw CoreError(code::kInvalidArgument, "adapters: " + std::to_string(bank.a.size()) + " A factors, " +
+                                                std::to_string(bank.b.size()) + " B factors and " +
+                                                std::to_string(bank.scales.size()) + " scales; expected one of each per adapter");
+  }
   for (size_t i = 0; i < bank.a.size(); ++i) {
     const std::string name = "adapters[" + std::to_string(i) + "]";
     requireShape((name + ".A").c_str(), bank.a[i].rows, bank.a[i].cols, bank.a[i].rows, dIn);

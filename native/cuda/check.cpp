@@ -8,15 +8,17 @@
 // Operands go in as host views and as device matrices stored in f32, f16 and bf16. For
 // f16/bf16 the CPU reference runs on the same values rounded to that dtype (core/dtype.h),
 // so every tolerance stays at f32 level. Also: rsvd singular values and vectors against
-// the core and against a known spectrum, the sign convention, the exact path;
-// finite-difference checks of the GPU backward passes; bad inputs, which must throw
-// CoreError with the right code and leave outputs untouched.
+// the core and against a known spectrum, the sign convention, the exact path, rank-
+// deficient and zero input; finite-difference checks of the GPU backward passes; bad
+// inputs, which must throw CoreError with the right code and leave outputs untouched;
+// operations called from several threads at once.
 //
 // One line per check, "ok <name> err=<x> tol=<y>" or "FAIL <name> ...", then a summary.
 // Exit status: 0 all passed, 1 a check failed, 2 bad usage, 77 no usable GPU (prints
 // "SKIP: <reason>"; 77 is the "skipped" status of automake and ctest).
 #include <Eigen/Core>
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
@@ -29,6 +31,7 @@
 #include <memory>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -303,7 +306,7 @@ struct Base {
   bool weight, bias;
   const char* name;
 };
-const Base kForwardBases[] = {{false, false, "delta"}, {false, true, "b"}, {true, true, "W+b"}};
+const Base kForwardBases[] = {{false, false, "delta"}, {false, true, "b"}, {true, false, "W"}, {true, true, "W+b"}};
 struct BackwardBase {
   bool weight, dx;  // W given (it enters dx only); dx asked for
   const char* name;
@@ -580,6 +583,7 @@ struct RsvdCase {
   el::SvdMethod method;
   Storage storage;
   bool truth;  // compare the singular values with the constructed spectrum too
+  Index rank = 0;  // the exact rank of A (at least k) when below the sketch size; 0: full
 };
 
 // max_ij | |X^T Y|_ij - I_ij |: columns matched one to one, up to sign.
@@ -598,7 +602,8 @@ double reconstructionError(const RowMatF& a, const RowMatF& u, const std::vector
 void checkRsvd(el::Rng& rng, const RsvdCase& c) {
   const std::string name = std::string("rsvd/") + c.name;
   guarded(name, [&] {
-    const std::vector<double> spectrum = testSpectrum(c.m, c.n, c.k);
+    std::vector<double> spectrum = testSpectrum(c.m, c.n, c.k);
+    if (c.rank > 0) spectrum.resize(static_cast<size_t>(c.rank));
     const Tensor a = stage(spectrumMatrix(rng, c.m, c.n, spectrum), c.storage);
     el::RsvdOptions o;
     o.rank = c.k;
@@ -640,6 +645,34 @@ void checkRsvd(el::Rng& rng, const RsvdCase& c) {
     const double eg = reconstructionError(a.ref, ug, sg, vg), ec = reconstructionError(a.ref, uc, sc, vc);
     record(name + "/residual", std::fabs(eg - ec), 1e-5 + 1e-3 * ec,
            fmt("||A - U S V^T||_F / ||A||_F gpu %.6g cpu %.6g", eg, ec));
+  });
+}
+
+// A zero matrix: s = 0, and U, V still with orthonormal columns (the CPU's: the leading
+// columns of the identity), which the relative errors of checkRsvd cannot measure.
+void checkRsvdZero() {
+  const std::string name = "rsvd/zero/dev-f32";
+  guarded(name, [&] {
+    const Index m = 300, n = 200, k = 8;
+    const Tensor a = stage(RowMatF::Zero(m, n), Storage::F32);
+    el::RsvdOptions o;
+    o.rank = k;
+    o.oversample = 8;
+    o.method = el::SvdMethod::Randomized;
+    RowMatF ug = RowMatF::Constant(m, k, kSentinel), vg = RowMatF::Constant(n, k, kSentinel), uc(m, k), vc(n, k);
+    std::vector<float> sg(static_cast<size_t>(k), kSentinel), sc(static_cast<size_t>(k));
+    cu::rsvd(a.op(), o, mview(ug), sg.data(), mview(vg));
+    el::rsvd(a.view(), o, mview(uc), sc.data(), mview(vc));
+    const auto orthonormality = [](const RowMatF& q) {
+      const RowMatD g = q.cast<double>().transpose() * q.cast<double>();
+      return (g - RowMatD::Identity(g.rows(), g.cols())).cwiseAbs().maxCoeff();
+    };
+    double sMax = 0;
+    for (const float x : sg) sMax = std::isnan(x) ? NAN : std::max(sMax, double(std::fabs(x)));
+    recordAll(name,
+              {{"s", sMax}, {"U^TU-I", orthonormality(ug)}, {"V^TV-I", orthonormality(vg)}, {"U-Ucpu", relErr(ug, uc)},
+               {"V-Vcpu", relErr(vg, vc)}},
+              1e-6);
   });
 }
 
@@ -924,6 +957,58 @@ void checkAfterErrors(el::Rng& rng) {
   });
 }
 
+// --- concurrency ---------------------------------------------------------------------
+
+// Operations called from several threads at once share the backend's scratch arena and
+// cuBLAS handle; each must give the result it gives alone. The shapes differ so that the
+// scratch each needs differs too.
+void checkConcurrent(el::Rng& rng) {
+  constexpr int kThreads = 4, kCalls = 25;
+  struct Job {
+    LayerShape s;
+    LayerData d;
+    RowMatF want;
+  };
+  std::vector<Job> jobs;
+  for (Index t = 0; t < kThreads; ++t) {
+    const LayerShape s{"concurrent", 40 + 24 * t, 96, 80, 4 + t, 8, 8};
+    Job job{s, makeLayer(rng, s), RowMatF(s.n, s.dOut)};
+    el::LoraLayer c;
+    c.a = cview(job.d.a);
+    c.b = cview(job.d.b);
+    c.scale = job.d.scale;
+    c.weight = cview(job.d.w);
+    c.bias = job.d.bias.data();
+    el::loraForward(cview(job.d.x), c, mview(job.want));
+    jobs.push_back(std::move(job));
+  }
+  std::atomic<int> wrong{0}, threw{0};
+  std::vector<std::thread> pool;
+  for (const Job& job : jobs) {
+    pool.emplace_back([&job, &wrong, &threw] {
+      cu::LoraOperands g;
+      g.a = cu::Operand::of(cview(job.d.a));
+      g.b = cu::Operand::of(cview(job.d.b));
+      g.scale = job.d.scale;
+      g.weight = cu::Operand::of(cview(job.d.w));
+      g.bias = job.d.bias.data();
+      for (int call = 0; call < kCalls; ++call) {
+        RowMatF y(job.s.n, job.s.dOut);
+        try {
+          cu::loraForward(cu::Operand::of(cview(job.d.x)), g, mview(y));
+          if (!(relErr(y, job.want) <= tolF32(job.s.dIn))) ++wrong;
+        } catch (const std::exception&) {
+          ++threw;
+        }
+      }
+    });
+  }
+  for (auto& th : pool) th.join();
+  record("concurrent/lora.forward", wrong + threw, 0,
+         fmt("%.0f wrong results and %.0f exceptions in %.0f calls from %.0f threads", wrong, threw,
+             kThreads * kCalls, kThreads));
+}
+
 // --- output --------------------------------------------------------------------------
 
 std::string jsonString(const std::string& s) {
@@ -1044,13 +1129,17 @@ int main(int argc, char** argv) {
         {"exact-auto/host", 60, 40, 10, 10, 2, M::Auto, Storage::Host, true},
         {"exact-auto/dev-bf16", 60, 40, 10, 10, 2, M::Auto, Storage::BF16, false},
         {"exact-forced/dev-f32", 200, 150, 12, 10, 2, M::Exact, Storage::F32, true},
+        // Rank 14 below the sketch's 20 columns: a singular Gram matrix, the shifted pass.
+        {"rank-deficient/dev-f32", 500, 400, 10, 10, 2, M::Randomized, Storage::F32, true, 14},
     };
     for (const auto& c : rsvds) checkRsvd(rng, c);
+    checkRsvdZero();
 
     checkLoraGradients(rng);
     checkEigenLoraGradients(rng);
     checkBadInputs(rng);
     checkAfterErrors(rng);
+    checkConcurrent(rng);
   } catch (const std::exception& e) {
     // Only the CPU side (allocation of a reference) can get here.
     recordFailure("run", std::string("aborted: ") + e.what());

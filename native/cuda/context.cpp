@@ -20,6 +20,7 @@ struct State {
   std::once_flag once;
   Context context;
   std::string failure;  // why the context could not be created
+  std::mutex operation;  // held by each Workspace; guards the arena
   void* arena = nullptr;
   size_t arenaBytes = 0;
   size_t keepArenaBytes = kMinKeepArenaBytes;
@@ -135,7 +136,8 @@ Availability probe() {
       a.available = true;
     }
   } catch (const std::exception& e) {
-    a.reason = e.what();
+    // The context's own reason, without "CUDA is not available: " in front.
+    a.reason = state().failure.empty() ? e.what() : state().failure;
   }
   return a;
 }
@@ -161,7 +163,7 @@ void synchronize(const std::string& what) {
 }
 
 // Every operation starts with a Workspace: it is where an unusable GPU is reported.
-Workspace::Workspace() { context(); }
+Workspace::Workspace() : lock_(state().operation) { context(); }
 
 Workspace::~Workspace() {
   State& s = state();
@@ -198,7 +200,11 @@ void* Workspace::takeBytes(size_t bytes) {
   return chunk;
 }
 
-uint64_t workspaceBytes() { return state().arenaBytes; }
+uint64_t workspaceBytes() {
+  State& s = state();
+  std::lock_guard<std::mutex> lock(s.operation);
+  return s.arenaBytes;
+}
 
 DeviceMatrix allocate(int64_t rows, int64_t cols, DType dtype) {
   if (rows <= 0 || cols <= 0) {

@@ -6,6 +6,7 @@
 #include <cuda_runtime_api.h>
 
 #include <cstdint>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -31,7 +32,11 @@ void synchronize(const std::string& what);
 
 // Scratch memory for one operation: carved from a grow-only arena owned by the context,
 // reused by the next operation (operations run one at a time and end synchronised).
-// One Workspace at a time: a second one alive at once would hand out the same memory.
+// A Workspace is held for the whole operation and makes it the only one running: a
+// second one alive at once would hand out the same memory (and share the cuBLAS handle,
+// which cuBLAS forbids), so one from another thread waits until the first is gone. (The
+// addon calls from one thread; other callers of backend.h need not.) One thread must
+// not hold two.
 class Workspace {
  public:
   Workspace();
@@ -44,6 +49,7 @@ class Workspace {
   }
  private:
   void* takeBytes(size_t bytes);
+  std::unique_lock<std::mutex> lock_;
   std::vector<void*> extra_;  // chunks beyond the arena, folded into it afterwards
   size_t used_ = 0;
   size_t extraBytes_ = 0;

@@ -95,6 +95,20 @@ ColMatD orthonormalize(double* q, int64_t rows, int64_t l, const QrScratch& scra
     synchronize("Gram matrix");
     ColMatD gc = g;
     if (!gc.allFinite()) throw CoreError(eigenlorax::code::kNonFinite, "rsvd: the sketch overflowed (NaN or Inf)");
+    if (gc.trace() == 0) {
+      // Every column is zero (A is zero): no shift helps, and the fallback below would
+      // keep q zero, so U and V would not be orthonormal. Householder QR's answer instead,
+      // as on the CPU: the leading l columns of the identity, with R = 0.
+      check(cudaMemsetAsync(q, 0, static_cast<size_t>(rows * l) * sizeof(double), context().stream),
+            "cudaMemsetAsync");
+      const double one = 1.0;
+      for (int64_t j = 0; j < l; ++j) {
+        check(cudaMemcpyAsync(q + j * l + j, &one, sizeof one, cudaMemcpyHostToDevice, context().stream),
+              "copy to the device");
+      }
+      synchronize("CholeskyQR");
+      return ColMatD::Zero(l, l);
+    }
     // Shift of Fukaya et al.: 11 (m l + l (l + 1)) u ||Q||_F^2.
     const double shift = pass == 0 ? 11.0 * (static_cast<double>(rows) * l + l * (l + 1.0)) *
                                          std::numeric_limits<double>::epsilon() / 2 * gc.trace()
