@@ -16,6 +16,7 @@
 #include "../core/multiadapter.h"
 #include "../cuda/plugin.h"
 #include "job.h"
+#include "op_args.h"
 
 namespace eigenlorax::addon {
 namespace {
@@ -156,7 +157,11 @@ class CudaJob : public Job {
  protected:
   Plugin* plugin_ = nullptr;
 
-  void requireCuda(Napi::Env env) { plugin_ = requirePlugin(env); }
+  // Every CUDA job starts here: the plugin (or ERR_DEVICE_UNAVAILABLE), then its arguments.
+  Napi::Object begin(const Napi::CallbackInfo& info) {
+    plugin_ = requirePlugin(info.Env());
+    return requireObject(info.Env(), info[0], "arguments");
+  }
 
   // { rows, cols, data } on the host, or { rows, cols, handle } on the device.
   Operand operandValue(Napi::Env env, const Napi::Value& value, const std::string& name, Overlaps& overlaps) {
@@ -237,8 +242,7 @@ class UploadJob : public CudaJob {
   using CudaJob::CudaJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    requireCuda(env);
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
     rows_ = readInteger(env, args, "rows", 1, int64_t{1} << 40);
     cols_ = readInteger(env, args, "cols", 1, int64_t{1} << 40);
@@ -269,8 +273,7 @@ class DownloadJob : public CudaJob {
   using CudaJob::CudaJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    requireCuda(env);
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
     matrix_ = operand(env, args, "matrix", overlaps);
     if (matrix_.device == nullptr) badArgument(env, "matrix", "a device matrix", args.Get("matrix"));
@@ -311,37 +314,23 @@ class RsvdJob : public CudaJob {
   using CudaJob::CudaJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    requireCuda(env);
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
-    constexpr int64_t kMax = (int64_t{1} << 53) - 1;
     a_ = operand(env, args, "matrix", overlaps);
-    options_.rank = readInteger(env, args, "rank", 1, kMax);
-    options_.oversample = readInteger(env, args, "oversample", 0, kMax);
-    options_.powerIters = static_cast<int>(readInteger(env, args, "powerIters", 0, 1000));
-    options_.seed = static_cast<uint64_t>(readInteger(env, args, "seed", 0, kMax));
-    options_.method = static_cast<SvdMethod>(readInteger(env, args, "method", 0, 2));
-    u_ = readOutMatrix(env, args, "U", keep, overlaps);
-    v_ = readOutMatrix(env, args, "V", keep, overlaps);
-    s_ = const_cast<float*>(readVector(env, args, "S", static_cast<size_t>(options_.rank), false, true, keep, overlaps));
+    options_ = readRsvdOptions(env, args);
+    out_ = readRsvdOutputs(env, args, options_.rank, keep, overlaps);
     overlaps.check(env);
-    checkNow(env, [&] { checkRsvdArguments(a_.shape(), options_, u_, v_); });
+    checkNow(env, [&] { checkRsvdArguments(a_.shape(), options_, out_.u, out_.v); });
   }
 
  protected:
-  void run() override { raise(plugin_->rsvd(a_, options_, u_, s_, v_, info_)); }
-  Napi::Value result(Napi::Env env) override {
-    Napi::Object out = Napi::Object::New(env);
-    out.Set("exact", Napi::Boolean::New(env, info_.exact));
-    out.Set("sketchSize", Napi::Number::New(env, static_cast<double>(info_.sketchSize)));
-    return out;
-  }
+  void run() override { raise(plugin_->rsvd(a_, options_, out_.u, out_.s, out_.v, info_)); }
+  Napi::Value result(Napi::Env env) override { return rsvdResult(env, info_); }
 
  private:
   Operand a_;
   RsvdOptions options_;
-  MatView u_, v_;
-  float* s_ = nullptr;
+  RsvdOutputs out_;
   RsvdInfo info_;
 };
 
@@ -393,8 +382,7 @@ class LoraForwardJob : public LowRankJob {
   using LowRankJob::LowRankJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    requireCuda(env);
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
     x_ = operand(env, args, "x", overlaps);
     layer_ = readLora(env, args, overlaps);
@@ -417,8 +405,7 @@ class LoraBackwardJob : public LowRankJob {
   using LowRankJob::LowRankJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    requireCuda(env);
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
     x_ = operand(env, args, "x", overlaps);
     dy_ = operand(env, args, "dy", overlaps);
@@ -449,8 +436,7 @@ class EigenLoraForwardJob : public LowRankJob {
   using LowRankJob::LowRankJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    requireCuda(env);
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
     x_ = operand(env, args, "x", overlaps);
     layer_ = readEigenLora(env, args, overlaps);
@@ -477,8 +463,7 @@ class EigenLoraBackwardJob : public LowRankJob {
   using LowRankJob::LowRankJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    requireCuda(env);
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
     x_ = operand(env, args, "x", overlaps);
     dy_ = operand(env, args, "dy", overlaps);
@@ -511,8 +496,7 @@ class EigenBankJob : public CudaJob {
   using CudaJob::CudaJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    requireCuda(env);
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
     x_ = operand(env, args, "x", overlaps);
     bank_.componentsA = operand(env, args, "componentsA", overlaps);
@@ -561,22 +545,14 @@ class LoraBankJob : public CudaJob {
   using CudaJob::CudaJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    requireCuda(env);
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
     x_ = operand(env, args, "x", overlaps);
-    const Napi::Array list = readArray(env, args, "adapters");
-    for (uint32_t i = 0; i < list.Length(); ++i) {
-      const std::string name = "adapters[" + std::to_string(i) + "]";
-      const Napi::Value item = list.Get(i);
-      if (!item.IsObject()) badArgument(env, name, "an object { A, B, scale }", item);
-      const Napi::Object o = item.As<Napi::Object>();
-      bank_.a.push_back(operandValue(env, o.Get("A"), name + ".A", overlaps));
-      bank_.b.push_back(operandValue(env, o.Get("B"), name + ".B", overlaps));
-      const Napi::Value scale = o.Get("scale");
-      if (!scale.IsNumber()) badArgument(env, name + ".scale", "a finite number", scale);
-      bank_.scales.push_back(scale.As<Napi::Number>().FloatValue());
-    }
+    readFactorPairs(env, args, [&](const Napi::Value& a, const Napi::Value& b, float scale, const std::string& name) {
+      bank_.a.push_back(operandValue(env, a, name + ".A", overlaps));
+      bank_.b.push_back(operandValue(env, b, name + ".B", overlaps));
+      bank_.scales.push_back(scale);
+    });
     rows_ = readInt32(env, args, "rows", static_cast<size_t>(x_.rows()), keep, overlaps);
     weight_ = optionalOperand(env, args, "weight", overlaps);
     y_ = readOutMatrix(env, args, "y", keep, overlaps);

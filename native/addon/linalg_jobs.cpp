@@ -1,11 +1,10 @@
 // rsvd, orthonormalize and completeBasis behind the async boundary.
 #include "../core/linalg.h"
 #include "job.h"
+#include "op_args.h"
 
 namespace eigenlorax::addon {
 namespace {
-
-constexpr int64_t kMaxSeed = 9007199254740991LL;  // Number.MAX_SAFE_INTEGER
 
 class RsvdJob : public Job {
  public:
@@ -15,32 +14,20 @@ class RsvdJob : public Job {
     const Napi::Object args = requireObject(env, info[0], "arguments");
     Overlaps overlaps;
     a_ = readMatrix(env, args, "matrix", keep, overlaps);
-    options_.rank = readInteger(env, args, "rank", 1, kMaxSeed);
-    options_.oversample = readInteger(env, args, "oversample", 0, kMaxSeed);
-    options_.powerIters = static_cast<int>(readInteger(env, args, "powerIters", 0, 1000));
-    options_.seed = static_cast<uint64_t>(readInteger(env, args, "seed", 0, kMaxSeed));
-    options_.method = static_cast<SvdMethod>(readInteger(env, args, "method", 0, 2));
-    u_ = readOutMatrix(env, args, "U", keep, overlaps);
-    v_ = readOutMatrix(env, args, "V", keep, overlaps);
-    s_ = const_cast<float*>(readVector(env, args, "S", static_cast<size_t>(options_.rank), false, true, keep, overlaps));
+    options_ = readRsvdOptions(env, args);
+    out_ = readRsvdOutputs(env, args, options_.rank, keep, overlaps);
     overlaps.check(env);
-    checkNow(env, [&] { checkRsvdArguments(a_, options_, u_, v_); });
+    checkNow(env, [&] { checkRsvdArguments(a_, options_, out_.u, out_.v); });
   }
 
  protected:
-  void run() override { info_ = rsvd(a_, options_, u_, s_, v_); }
-  Napi::Value result(Napi::Env env) override {
-    Napi::Object out = Napi::Object::New(env);
-    out.Set("exact", Napi::Boolean::New(env, info_.exact));
-    out.Set("sketchSize", Napi::Number::New(env, static_cast<double>(info_.sketchSize)));
-    return out;
-  }
+  void run() override { info_ = rsvd(a_, options_, out_.u, out_.s, out_.v); }
+  Napi::Value result(Napi::Env env) override { return rsvdResult(env, info_); }
 
  private:
   ConstMatView a_;
   RsvdOptions options_;
-  MatView u_, v_;
-  float* s_ = nullptr;
+  RsvdOutputs out_;
   RsvdInfo info_;
 };
 
@@ -72,7 +59,7 @@ class CompleteBasisJob : public Job {
     const Napi::Object args = requireObject(env, info[0], "arguments");
     Overlaps overlaps;
     basis_ = readMatrix(env, args, "basis", keep, overlaps);
-    seed_ = static_cast<uint64_t>(readInteger(env, args, "seed", 0, kMaxSeed));
+    seed_ = static_cast<uint64_t>(readInteger(env, args, "seed", 0, kMaxSafeInteger));
     out_ = readOutMatrix(env, args, "out", keep, overlaps);
     overlaps.check(env);
   }

@@ -1,6 +1,7 @@
 // Many adapters in one batch, behind the async boundary.
 #include "../core/multiadapter.h"
 #include "job.h"
+#include "op_args.h"
 
 namespace eigenlorax::addon {
 namespace {
@@ -46,18 +47,11 @@ class LoraBankJob : public Job {
     const Napi::Object args = requireObject(env, info[0], "arguments");
     Overlaps overlaps;
     x_ = readMatrix(env, args, "x", keep, overlaps);
-    const Napi::Array list = readArray(env, args, "adapters");
-    for (uint32_t i = 0; i < list.Length(); ++i) {
-      const std::string name = "adapters[" + std::to_string(i) + "]";
-      const Napi::Value item = list.Get(i);
-      if (!item.IsObject()) badArgument(env, name, "an object { A, B, scale }", item);
-      const Napi::Object o = item.As<Napi::Object>();
-      bank_.a.push_back(readMatrixValue(env, o.Get("A"), name + ".A", keep, overlaps));
-      bank_.b.push_back(readMatrixValue(env, o.Get("B"), name + ".B", keep, overlaps));
-      const Napi::Value scale = o.Get("scale");
-      if (!scale.IsNumber()) badArgument(env, name + ".scale", "a finite number", scale);
-      bank_.scales.push_back(scale.As<Napi::Number>().FloatValue());
-    }
+    readFactorPairs(env, args, [&](const Napi::Value& a, const Napi::Value& b, float scale, const std::string& name) {
+      bank_.a.push_back(readMatrixValue(env, a, name + ".A", keep, overlaps));
+      bank_.b.push_back(readMatrixValue(env, b, name + ".B", keep, overlaps));
+      bank_.scales.push_back(scale);
+    });
     rows_ = readInt32(env, args, "rows", static_cast<size_t>(x_.rows), keep, overlaps);
     weight_ = readOptionalMatrix(env, args, "weight", keep, overlaps);
     y_ = readOutMatrix(env, args, "y", keep, overlaps);

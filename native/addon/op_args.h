@@ -1,0 +1,60 @@
+// Arguments that the CPU jobs and the CUDA jobs (cuda_jobs.cpp) read alike.
+#pragma once
+#include <string>
+
+#include "../core/linalg.h"
+#include "args.h"
+
+namespace eigenlorax::addon {
+
+inline constexpr int64_t kMaxSafeInteger = 9007199254740991LL;  // Number.MAX_SAFE_INTEGER
+
+// rsvd's options: rank, oversample, powerIters, seed, method.
+inline RsvdOptions readRsvdOptions(Napi::Env env, const Napi::Object& args) {
+  RsvdOptions o;
+  o.rank = readInteger(env, args, "rank", 1, kMaxSafeInteger);
+  o.oversample = readInteger(env, args, "oversample", 0, kMaxSafeInteger);
+  o.powerIters = static_cast<int>(readInteger(env, args, "powerIters", 0, 1000));
+  o.seed = static_cast<uint64_t>(readInteger(env, args, "seed", 0, kMaxSafeInteger));
+  o.method = static_cast<SvdMethod>(readInteger(env, args, "method", 0, 2));
+  return o;
+}
+
+// rsvd's outputs U (rows x k), S (k), V (cols x k).
+struct RsvdOutputs {
+  MatView u, v;
+  float* s = nullptr;
+};
+
+inline RsvdOutputs readRsvdOutputs(Napi::Env env, const Napi::Object& args, Index rank, Keep& keep,
+                                   Overlaps& overlaps) {
+  RsvdOutputs out;
+  out.u = readOutMatrix(env, args, "U", keep, overlaps);
+  out.v = readOutMatrix(env, args, "V", keep, overlaps);
+  out.s = const_cast<float*>(readVector(env, args, "S", static_cast<size_t>(rank), false, true, keep, overlaps));
+  return out;
+}
+
+inline Napi::Value rsvdResult(Napi::Env env, const RsvdInfo& info) {
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("exact", Napi::Boolean::New(env, info.exact));
+  out.Set("sketchSize", Napi::Number::New(env, static_cast<double>(info.sketchSize)));
+  return out;
+}
+
+// `adapters`: [{ A, B, scale }, ...]; calls read(A, B, scale, "adapters[i]") for each.
+template <typename Read>
+void readFactorPairs(Napi::Env env, const Napi::Object& args, Read&& read) {
+  const Napi::Array list = readArray(env, args, "adapters");
+  for (uint32_t i = 0; i < list.Length(); ++i) {
+    const std::string name = "adapters[" + std::to_string(i) + "]";
+    const Napi::Value item = list.Get(i);
+    if (!item.IsObject()) badArgument(env, name, "an object { A, B, scale }", item);
+    const Napi::Object o = item.As<Napi::Object>();
+    const Napi::Value scale = o.Get("scale");
+    if (!scale.IsNumber()) badArgument(env, name + ".scale", "a finite number", scale);
+    read(o.Get("A"), o.Get("B"), scale.As<Napi::Number>().FloatValue(), name);
+  }
+}
+
+}  // namespace eigenlorax::addon
