@@ -11,8 +11,12 @@ import { existsSync } from 'node:fs';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import {
+  AdapterBank,
   buildInfo,
+  buildSubspace,
   cudaStatus,
+  LoraBank,
+  reconstructAdapter,
   DeviceMatrix,
   eigenBankApply,
   eigenLoraBackward,
@@ -30,6 +34,7 @@ import {
 import { fromFloat32, toFloat32 } from '../lib/dtype.js';
 import { relativeError } from './helpers/dense.js';
 import { freshSeed, randomMatrix, rng } from './helpers/random.js';
+import { memoryAdapter, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
 
 const run = promisify(execFile);
 const status = await cudaStatus();
@@ -317,6 +322,32 @@ if (!status.available) {
     const bad = Int32Array.from(rows);
     bad[3] = count;
     await t.throwsAsync(eigenBankApply(x, bank, bad, { device: 'cuda' }), { instanceOf: EigenLoraxError });
+  });
+
+  test(`AdapterBank and LoraBank with device: 'cuda' give the CPU result, with a base weight kept on the GPU (seed ${seed})`, async (t) => {
+    const dIn = 24, dOut = 18, module = 'layers.0.q_proj';
+    const bases = plantedBases(dIn, dOut, 4, 4, seed);
+    const adapters = Array.from({ length: 4 }, (_, i) => memoryAdapter([{ name: module, ...plantedFactors(bases, 2 + (i % 2), seed + 31 * i, 0.05), alpha: 2 + i }]));
+    const subspace = await buildSubspace(adapters, { components: 4, seed: 1, hashSources: false });
+    const eigen = new AdapterBank(subspace);
+    const lora = new LoraBank();
+    for (const [i, c] of subspace.coefficients.entries()) {
+      eigen.register(`a${i}`, c);
+      lora.register(`a${i}`, await reconstructAdapter(subspace, c));
+    }
+    const x = randomMatrix(21, dIn, seed + 1);
+    const rows = Array.from({ length: 21 }, (_, b) => (b % 5 === 4 ? null : `a${b % 4}`));
+    const weight = randomMatrix(dOut, dIn, seed + 2, 0.2);
+    const bias = randomMatrix(1, dOut, seed + 3).data;
+    const onGpu = await toDevice(weight);
+    for (const bank of [eigen, lora]) {
+      const cpu = await bank.apply(module, x, rows, { weight, bias });
+      const gpu = await bank.apply(module, x, rows, { weight, bias, device: 'cuda' });
+      const resident = await bank.apply(module, x, rows, { weight: onGpu, bias });
+      t.true(relativeError(gpu.data, cpu.data) < f32, `${bank.constructor.name}: ${relativeError(gpu.data, cpu.data)}`);
+      t.true(relativeError(resident.data, cpu.data) < f32, `${bank.constructor.name} (resident weight)`);
+    }
+    onGpu.dispose();
   });
 
   test(`bad shapes with device operands are refused before any work (seed ${seed})`, async (t) => {

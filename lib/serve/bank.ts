@@ -17,6 +17,7 @@
  * new, larger buffer when the bank grows: the batch keeps the old one).
  */
 import type { LoraAdapter } from '../adapters/types.js';
+import type { Device, Operand } from '../cuda.js';
 import { EigenLoraxError } from '../errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from '../matrix.js';
 import { eigenBankApply, loraBankApply, mixingMatrix } from '../multiadapter.js';
@@ -25,14 +26,23 @@ import { checkSubspace } from '../subspace/project.js';
 import type { AdapterCoefficients, Subspace, SubspaceModule } from '../subspace/types.js';
 import { finiteNumber, integer, invalid, knownKeys, object } from '../validate.js';
 
-/** Options of `apply`: the base layer (optional) and an output buffer. */
+/** Options of `apply`: the base layer (optional), an output buffer, the backend. */
 export interface BankApplyOptions {
-  /** W, d_out x d_in (as nn.Linear stores it): the base product x W^T is added. */
-  weight?: Matrix;
+  /**
+   * W, d_out x d_in (as nn.Linear stores it): the base product x W^T is added. A
+   * DeviceMatrix keeps a large base weight on the GPU between calls.
+   */
+  weight?: Operand;
   /** b, d_out. */
   bias?: Float32Array;
   /** n x d_out, written (not accumulated). */
   out?: Matrix;
+  /**
+   * Where the batch runs (lib/cuda.ts; default the CPU, or the GPU for a DeviceMatrix
+   * weight). On the GPU the bank's components and mixing matrices are copied up with
+   * each call (a few MiB per module).
+   */
+  device?: Device;
 }
 
 /** Each row's adapter: a name or null (base only), or slot indices (-1: none). */
