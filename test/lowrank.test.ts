@@ -11,6 +11,8 @@ import {
   eigenLoraForward,
   EigenLoraxError,
   loraBackward,
+  linearBackward,
+  linearForward,
   loraForward,
   matrix,
   setThreads,
@@ -656,4 +658,26 @@ test('the native layer re-checks shapes before touching memory', async (t) => {
   await t.throwsAsync(async () => native.eigenLoraForward({ ...eigen, alpha: matrix(5, s.r), x, y, order: 2 }), shape(/alpha/));
   await t.throwsAsync(async () => native.eigenLoraForward({ ...eigen, beta: matrix(3, s.r + 1), x, y, order: 1 }), shape(/beta/));
   t.true(y.data.every(Number.isNaN), `seed ${seed}: y written before refusing`);
+});
+
+test('linear layers give the same bits whatever the alignment of their buffers (so training is reproducible)', async (t) => {
+  const seed = freshSeed();
+  const n = 37, dIn = 45, dOut = 70;
+  const x = randomMatrix(n, dIn, seed);
+  const weight = randomMatrix(dOut, dIn, seed + 1);
+  const bias = randomMatrix(1, dOut, seed + 2).data;
+  const dy = randomMatrix(n, dOut, seed + 3);
+  // The same numbers at every offset of 4 to 60 bytes into a larger buffer.
+  const at = (m: Matrix, offset: number): Matrix => {
+    const data = new Float32Array(m.data.length + 16).subarray(offset, offset + m.data.length);
+    data.set(m.data);
+    return matrix(m.rows, m.cols, data);
+  };
+  const results: string[] = [];
+  for (let offset = 0; offset < 16; offset++) {
+    const y = await linearForward(at(x, offset), { weight: at(weight, offset), bias });
+    const g = await linearBackward(at(x, offset), at(dy, offset), { weight: at(weight, offset) }, { weightGrad: true, biasGrad: true });
+    results.push([y.data, g.dx!.data, g.dWeight!.data, g.dBias!].map((a) => Buffer.from(a.buffer, a.byteOffset, a.byteLength).toString('base64')).join('|'));
+  }
+  t.true(results.every((r) => r === results[0]), `seed ${seed}: results differ by alignment at offsets ${results.map((r, i) => (r === results[0] ? '' : i)).filter(String).join(', ')}`);
 });

@@ -141,7 +141,14 @@ void linearBackward(ConstMatView xv, ConstMatView dyv, ConstMatView weight, MatV
     baseBackward(dy, weight, dx);
   }
   if (!dWv.empty()) dWv.map().noalias() = dy.transpose() * x;
-  if (dBias != nullptr) Eigen::Map<RowVecF>(dBias, dOut) = dy.colwise().sum();
+  if (dBias != nullptr) {
+    // Row after row, so every column is summed in the same order whatever the buffer's
+    // alignment: Eigen's vectorised colwise().sum() on a Map peels a different head for
+    // each alignment, and the bias gradient (so training) changed from run to run.
+    Eigen::Map<RowVecF> db(dBias, dOut);
+    db.setZero();
+    for (Index i = 0; i < dy.rows(); ++i) db += dy.row(i);
+  }
 }
 
 void addLowRank(MatView targetV, ConstMatView bv, ConstMatView av, float scale, bool transposed) {
