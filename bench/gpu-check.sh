@@ -12,7 +12,8 @@
 #   5. build-gpu/eigenlorax_cuda_bench   GEMM rate, rsvd vs its GEMM floor, bank apply
 #   6. bench/gpu/torch_peers.py          torch.svd_lowrank, torch GEMM, torch LoRA gathers
 #   7. the addon's GPU tests (dist/test/cuda.test.js) when Node, node_modules, dist and the
-#      built addon exist; Node may come as ./node.xz or $NODE_XZ (an xz-compressed binary)
+#      built addon exist: from gpu-kit.tar.xz (bench/gpu-kit.sh) when it was carried along,
+#      else the machine's own; Node may also come as ./node.xz or $NODE_XZ
 #   8. a summary table of the targets, each MET / NOT MET
 #
 # Environment: OUT (log folder, default ./gpu-check-logs), EIGENLORAX_CUBLAS,
@@ -197,7 +198,15 @@ fi
 
 # --- 7. the addon's GPU tests ---------------------------------------------------------
 NODE=""
-if command -v node > /dev/null 2>&1; then
+# The kit of bench/gpu-kit.sh (node, ava, dist, a generic addon), carried as one file.
+if [[ -f gpu-kit.tar.xz && ! -x gpu-kit/node ]]; then
+  timeout 120 tar -xJf gpu-kit.tar.xz || echo "gpu-kit.tar.xz could not be unpacked"
+fi
+if [[ -x gpu-kit/node && -f gpu-kit/eigenlorax.node ]]; then
+  NODE=$PWD/gpu-kit/node
+  export PATH=$PWD/gpu-kit:$PATH  # ava's workers start `node` again
+  export EIGENLORAX_ADDON=${EIGENLORAX_ADDON:-$PWD/gpu-kit/eigenlorax.node}
+elif command -v node > /dev/null 2>&1; then
   NODE=$(command -v node)
 else
   for xzfile in "${NODE_XZ:-}" ./node.xz; do
