@@ -38,8 +38,12 @@
 #include "core/lowrank.h"
 #include "core/random.h"
 #include "core/threads.h"
+#include "table.h"
 
 namespace {
+
+using eigenlorax::bench::fmt;
+using eigenlorax::bench::printTable;
 
 using eigenlorax::ConstMatView;
 using eigenlorax::Index;
@@ -164,33 +168,6 @@ std::string fmtMs(double s) {
   const double v = s * 1e3;
   std::snprintf(buf, sizeof buf, v >= 100 ? "%.0f" : v >= 10 ? "%.1f" : v >= 1 ? "%.2f" : "%.3f", v);
   return buf;
-}
-
-std::string fmt(const char* f, double v) {
-  char buf[48];
-  std::snprintf(buf, sizeof buf, f, v);
-  return buf;
-}
-
-// Prints rows of cells with columns right-aligned (first column left-aligned).
-void printTable(const std::vector<std::string>& header, const std::vector<std::vector<std::string>>& rows) {
-  std::vector<size_t> width(header.size());
-  for (size_t i = 0; i < header.size(); ++i) width[i] = header[i].size();
-  for (const auto& row : rows)
-    for (size_t i = 0; i < row.size(); ++i) width[i] = std::max(width[i], row[i].size());
-  auto line = [&](const std::vector<std::string>& cells) {
-    std::string out;
-    for (size_t i = 0; i < cells.size(); ++i) {
-      const std::string pad(width[i] - cells[i].size(), ' ');
-      out += (i == 0 ? cells[i] + pad : pad + cells[i]) + (i + 1 < cells.size() ? "  " : "");
-    }
-    std::printf("%s\n", out.c_str());
-  };
-  line(header);
-  std::vector<std::string> rule;
-  for (size_t w : width) rule.push_back(std::string(w, '-'));
-  line(rule);
-  for (const auto& row : rows) line(row);
 }
 
 struct Result {
