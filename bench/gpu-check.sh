@@ -167,13 +167,13 @@ if ! command -v cmake > /dev/null 2>&1; then
 elif ! command -v nvcc > /dev/null 2>&1; then
   note configure "nvcc not found"
 else
-  if ! step configure 150 cmake -S . -B "$BUILD" -DEIGENLORAX_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=native; then
+  if ! step configure 150 cmake -S . -B "$BUILD" -DEIGENLORAX_DEV=ON -DEIGENLORAX_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES=native; then
     # 'native' needs CMake >= 3.24 and a visible GPU: fall back to CMakeLists' default list
     # (-U: forget 'native'; the objects already built stay).
     [[ ${RC[configure]} == 124 || ${RC[configure]} == budget ]] || RC[configure]="fell back"
-    if ! step configure-default-archs 150 cmake -S . -B "$BUILD" -DEIGENLORAX_CUDA=ON -U CMAKE_CUDA_ARCHITECTURES; then
+    if ! step configure-default-archs 150 cmake -S . -B "$BUILD" -DEIGENLORAX_DEV=ON -DEIGENLORAX_CUDA=ON -U CMAKE_CUDA_ARCHITECTURES; then
       rm -rf "$BUILD/CMakeCache.txt" "$BUILD/CMakeFiles"  # a cache a failed configure left behind
-      step configure-clean 150 cmake -S . -B "$BUILD" -DEIGENLORAX_CUDA=ON
+      step configure-clean 150 cmake -S . -B "$BUILD" -DEIGENLORAX_DEV=ON -DEIGENLORAX_CUDA=ON
     fi
   fi
   if [[ ${RC[configure]} == 0 || ${RC[configure-default-archs]:-} == 0 || ${RC[configure-clean]:-} == 0 ]]; then

@@ -30,19 +30,9 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
-import {
-  Linear,
-  ReLU,
-  Sequential,
-  ServedModel,
-  buildSubspace,
-  getThreads,
-  matrix,
-  setThreads,
-  startServer,
-  type LoraAdapter,
-  type LoraModule,
-} from '../lib/index.js';
+import { buildSubspace, getThreads, matrix, setThreads, type LoraAdapter, type LoraModule } from '../lib/index.js';
+import { Linear, ReLU, Sequential } from '../lib/train/index.js';
+import { ServedModel, startServer } from '../lib/serve/index.js';
 import { cpuSnapshot, fillGaussian, machineLines, median, otherLoadLine, sig, table, uniformSource } from './common.js';
 
 const WIDTHS = [784, 256, 256, 10];

@@ -34,26 +34,21 @@
 import { mkdir, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { getThreads, linearForward, matrix, orthonormalize, setThreads, type Matrix } from '../lib/index.js';
 import {
   crossEntropyLoss,
   createOptimizer,
   eigenLoraModel,
-  getThreads,
   Linear,
-  linearForward,
   loraModel,
-  matrix,
-  orthonormalize,
   augmentComponents,
   ReLU,
   Sequential,
-  setThreads,
   trainModel,
-  type Dataset,
   type Loss,
-  type Matrix,
   type ModuleComponents,
-} from '../lib/index.js';
+} from '../lib/train/index.js';
+import { type Dataset } from '../lib/data/index.js';
 import { native } from '../lib/native.js';
 import { cpuSnapshot, fillGaussian, machineLines, median, otherLoadLine, sig, table, uniformSource, type Cell } from './common.js';
 

@@ -107,15 +107,18 @@ export type ErrorCode =
    */
   | 'ERR_MALFORMED_REQUEST'
   /** An HTTP request body over the server's `bodyLimit` (HTTP 413). */
-  | 'ERR_PAYLOAD_TOO_LARGE';
+  | 'ERR_PAYLOAD_TOO_LARGE'
+  /** A long run stopped on request (an AbortSignal, or Ctrl-C in `eigenlorax demo`). */
+  | 'ERR_ABORTED';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;
 
-  constructor(message: string, code: ErrorCode | string = 'ERR_INTERNAL') {
+  // A closed union: a code that is not declared above does not compile.
+  constructor(message: string, code: ErrorCode = 'ERR_INTERNAL') {
     super(message);
     this.name = 'EigenLoraxError';
-    this.code = code as ErrorCode;
+    this.code = code;
   }
 }
 

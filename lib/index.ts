@@ -1,4 +1,10 @@
-/** eigenlorax: recycle LoRA adapters into a shared principal subspace (EigenLoRAx). */
+/**
+ * eigenlorax: recycle LoRA adapters into a shared principal subspace (EigenLoRAx).
+ * The root export is the core: matrices and kernels, dtypes, safetensors, adapters,
+ * subspaces, merge, combine, and the adapter banks. Training, data sets, serving and the
+ * demo are subpath exports: 'eigenlorax/train', 'eigenlorax/data', 'eigenlorax/serve',
+ * 'eigenlorax/demo' (package.json `exports`).
+ */
 export { EigenLoraxError, type ErrorCode } from './errors.js';
 export { matrix, checkMatrix, type Matrix } from './matrix.js';
 export { rsvd, orthonormalize, completeBasis, type RsvdOptions, type SvdResult } from './linalg.js';
@@ -159,6 +165,8 @@ export {
   type CombineCoefficientsOptions,
   type MajoritySignMethod,
 } from './combine/index.js';
+// The banks are the batched kernels over a subspace or plain LoRA adapters, so they stay
+// in the core; 'eigenlorax/serve' re-exports them beside the served model and the server.
 export {
   AdapterBank,
   LoraBank,
@@ -169,62 +177,4 @@ export {
   type LoraBankAdapter,
   type LoraBankModule,
   type LoraBankMemory,
-} from './serve/index.js';
-export * from './train/index.js';
-export * from './data/index.js';
-export {
-  runDemo,
-  demoBaseModel,
-  evaluateTargets as evaluateDemoTargets,
-  formatDemoText,
-  formatDemoMarkdown,
-  lineChartSvg,
-  FULL_SETTINGS as DEMO_FULL_SETTINGS,
-  QUICK_SETTINGS as DEMO_QUICK_SETTINGS,
-  DEFAULT_DEMO_OUT,
-  type DemoOptions,
-  type DemoResults,
-  type DemoSettings,
-  type DemoTask,
-  type HeldOutTask,
-  type MethodResult as DemoMethodResult,
-  type HeldOutResult as DemoHeldOutResult,
-  type ZooTaskResult as DemoZooTask,
-  type ZeroShotResult as DemoZeroShot,
-  type TargetResult as DemoTarget,
-  type LineChartOptions,
-  type LineSeries,
-} from './demo/index.js';
-export {
-  ServedModel,
-  checkAdapterName,
-  ADAPTER_NAME_PATTERN,
-  writeServeFolder,
-  loadServedModel,
-  coefficientsFromBytes,
-  SERVED_MODEL_FORMAT,
-  SERVED_MODEL_FORMAT_VERSION,
-  SERVED_MODEL_FILE,
-  SERVED_BASE_FILE,
-  SERVED_SUBSPACE_FOLDER,
-  SERVED_ADAPTERS_FOLDER,
-  MicroBatcher,
-  createServer,
-  startServer,
-  DEFAULT_HOST as SERVE_DEFAULT_HOST,
-  DEFAULT_PORT as SERVE_DEFAULT_PORT,
-  DEFAULT_MAX_BATCH_ROWS as SERVE_DEFAULT_MAX_BATCH_ROWS,
-  DEFAULT_BATCH_WINDOW_MS as SERVE_DEFAULT_BATCH_WINDOW_MS,
-  DEFAULT_MAX_ROWS_PER_REQUEST as SERVE_DEFAULT_MAX_ROWS_PER_REQUEST,
-  DEFAULT_BODY_LIMIT as SERVE_DEFAULT_BODY_LIMIT,
-  type ServedLayer,
-  type ServedAdapter,
-  type ServedForward,
-  type WriteServeFolderOptions,
-  type MicroBatcherOptions,
-  type BatcherStats,
-  type Settled,
-  type ServerOptions,
-  type StartServerOptions,
-  type StartedServer,
-} from './serve/index.js';
+} from './serve/bank.js';

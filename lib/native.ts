@@ -2,15 +2,15 @@
  * The only module that loads the native addon, and its types. Everything else imports
  * the typed `native` object from here.
  *
- * The addon is looked up at `build/Release/eigenlorax.node` in the package (what
- * `npm install` builds with cmake-js); EIGENLORAX_ADDON overrides the path (CI points it
- * at the node-gyp build to test that one too).
+ * Which binary is loaded (EIGENLORAX_ADDON, the source build in build/Release, or a
+ * prebuilt one from prebuilds/) is decided in native/loader.ts; CI points EIGENLORAX_ADDON
+ * at the node-gyp build to test that one too.
  */
-import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { EigenLoraxError } from './errors.js';
+import { EigenLoraxError, type ErrorCode } from './errors.js';
 import type { Matrix } from './matrix.js';
+import { loadAddon, type BinaryKind, type LoadedAddon } from './native/loader.js';
 
 export type NativeDType = 'f32' | 'f16' | 'bf16' | 'f64';
 /** 0 auto, 1 project, 2 rebuild (ProductOrder in native/core/lowrank.h). */
@@ -98,7 +98,8 @@ export interface NativeCudaStatus {
 type CudaArgs<T> = { [K in keyof T]: T[K] extends Matrix ? NativeOperand : T[K] extends Matrix | null ? NativeOperand | null : T[K] };
 
 export interface NativeAddon {
-  setErrorClass(ctor: new (message: string, code: string) => Error): void;
+  /** The addon raises only codes declared in ErrorCode. */
+  setErrorClass(ctor: new (message: string, code: ErrorCode) => Error): void;
   setThreads(threads: number): void;
   getThreads(): number;
   buildInfo(): NativeBuildInfo;
@@ -271,27 +272,27 @@ export interface NativeAddon {
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 
-/** Where the addon is loaded from. */
-export const addonPath = process.env.EIGENLORAX_ADDON
-  ? path.resolve(process.env.EIGENLORAX_ADDON)
-  : path.join(packageRoot, 'build', 'Release', 'eigenlorax.node');
-
-function load(): NativeAddon {
-  const require = createRequire(import.meta.url);
-  let addon: NativeAddon;
+function load(): LoadedAddon<NativeAddon> {
+  let loaded: LoadedAddon<NativeAddon>;
   try {
-    addon = require(addonPath) as NativeAddon;
+    loaded = loadAddon<NativeAddon>(packageRoot, import.meta.url);
   } catch (cause) {
     const error = new EigenLoraxError(
-      `The native addon could not be loaded from ${addonPath} (${(cause as Error).message}). ` +
-        'Build it with `npm install` or `npm run build:native` (needs CMake >= 3.15 and a C++17 compiler).',
+      `The native addon could not be loaded (${(cause as Error).message}). ` +
+        'Build it with `npm rebuild eigenlorax --build-from-source` in a project, or `npm run build:native` in a checkout ' +
+        '(needs CMake >= 3.15 and a C++17 compiler).',
       'ERR_NATIVE_UNAVAILABLE',
     );
     error.cause = cause;
     throw error;
   }
-  addon.setErrorClass(EigenLoraxError);
-  return addon;
+  loaded.addon.setErrorClass(EigenLoraxError);
+  return loaded;
 }
 
-export const native: NativeAddon = load();
+const loaded = load();
+export const native: NativeAddon = loaded.addon;
+/** Where the addon was loaded from. */
+export const addonPath: string = loaded.path;
+/** Which binary that is: 'source' (build/Release), 'prebuilt x86-64-v3' (prebuilds/), or 'EIGENLORAX_ADDON'. */
+export const addonKind: BinaryKind = loaded.kind;

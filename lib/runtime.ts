@@ -1,5 +1,5 @@
 /** Build facts and the per-environment thread count of the native kernels. */
-import { native, addonPath } from './native.js';
+import { native, addonPath, addonKind } from './native.js';
 import { integer } from './validate.js';
 
 export interface BuildInfo {
@@ -13,10 +13,14 @@ export interface BuildInfo {
   hardwareThreads: number;
   backends: string[];
   addonPath: string;
+  /** The addon binary in use (the same file as addonPath). */
+  binary: string;
+  /** 'source' (built at install, build/Release), 'prebuilt x86-64-v3' / 'prebuilt x86-64-v2' (prebuilds/), or 'EIGENLORAX_ADDON'. */
+  binaryKind: string;
 }
 
 export function buildInfo(): BuildInfo {
-  return { ...native.buildInfo(), addonPath };
+  return { ...native.buildInfo(), addonPath, binary: addonPath, binaryKind: addonKind };
 }
 
 /**

@@ -12,7 +12,8 @@ import { createRequire } from 'node:module';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { promisify } from 'node:util';
-import { lineChartSvg, loadServedModel, runDemo, type DemoResults } from '../lib/index.js';
+import { loadServedModel } from '../lib/serve/index.js';
+import { lineChartSvg, runDemo, type DemoResults } from '../lib/demo/index.js';
 import { tempDir } from './helpers/train-fixtures.js';
 
 const run = promisify(execFile);

@@ -17,26 +17,24 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import {
   EigenLoraxError,
-  GELU,
-  Linear,
-  LoRA,
-  MicroBatcher,
-  ReLU,
-  Sequential,
-  ServedModel,
   buildSubspace,
-  createServer,
-  loadServedModel,
   matrix,
   reconstructAdapter,
   saveCoefficients,
-  startServer,
-  writeServeFolder,
   type AdapterCoefficients,
   type LoraAdapter,
   type Matrix,
   type Subspace,
 } from '../lib/index.js';
+import { GELU, Linear, LoRA, ReLU, Sequential } from '../lib/train/index.js';
+import {
+  MicroBatcher,
+  ServedModel,
+  createServer,
+  loadServedModel,
+  startServer,
+  writeServeFolder,
+} from '../lib/serve/index.js';
 import { freshSeed, randomMatrix } from './helpers/random.js';
 import { denseDelta, memoryAdapter, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
 import { refGelu, refLinear, refRelu, tempDir } from './helpers/train-fixtures.js';

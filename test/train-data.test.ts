@@ -7,17 +7,16 @@ import test from 'ava';
 import { createRequire } from 'node:module';
 import { readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
+import { matrix, type Matrix } from '../lib/index.js';
 import {
   FASHION_MNIST_CACHE_NAME,
   FASHION_MNIST_CLASSES,
   loadFashionMnist,
-  matrix,
   sliceDataset,
   subsetDataset,
   transformDataset,
   transformImages,
-  type Matrix,
-} from '../lib/index.js';
+} from '../lib/data/index.js';
 import { tempDir } from './helpers/train-fixtures.js';
 
 function packageInstalled(): boolean {

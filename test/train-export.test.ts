@@ -6,25 +6,21 @@
 import test from 'ava';
 import { readFile } from 'node:fs/promises';
 import path from 'node:path';
+import { loadAdapter, matrix, openSafetensors, orthonormalize, setThreads } from '../lib/index.js';
 import {
   adapterFromModel,
   eigenLoraModel,
   EigenLoRA,
   GELU,
   Linear,
-  loadAdapter,
   loadEigenLoraCoefficients,
   LoRA,
   loraModel,
-  matrix,
-  openSafetensors,
-  orthonormalize,
   ReLU,
   saveEigenLoraCoefficients,
   saveModelAdapter,
   Sequential,
-  setThreads,
-} from '../lib/index.js';
+} from '../lib/train/index.js';
 import { f64, gradientError, randomMat, refMatmul, refTranspose, tempDir } from './helpers/train-fixtures.js';
 
 setThreads(2);

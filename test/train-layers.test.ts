@@ -5,23 +5,19 @@
  * (replay with EIGENLORAX_TEST_SEED=<seed>).
  */
 import test from 'ava';
+import { EigenLoraxError, matrix, orthonormalize, setThreads, type Matrix } from '../lib/index.js';
 import {
   augmentComponents,
   crossEntropyLoss,
   EigenLoRA,
-  EigenLoraxError,
   GELU,
   Linear,
   LoRA,
-  matrix,
   mseLoss,
-  orthonormalize,
   ReLU,
   Sequential,
-  setThreads,
   type Layer,
-  type Matrix,
-} from '../lib/index.js';
+} from '../lib/train/index.js';
 import { erf } from '../lib/train/kernels.js';
 import { freshSeed } from './helpers/random.js';
 import {

@@ -6,6 +6,7 @@
 import test from 'ava';
 import { access } from 'node:fs/promises';
 import path from 'node:path';
+import { matrix, orthonormalize, setThreads } from '../lib/index.js';
 import {
   EigenLoRA,
   formatProgress,
@@ -13,16 +14,13 @@ import {
   Linear,
   loadCheckpoint,
   LoRA,
-  matrix,
-  orthonormalize,
   ReLU,
   Sequential,
-  setThreads,
   trainModel,
-  type Dataset,
   type TrainEvent,
   type TrainOptions,
-} from '../lib/index.js';
+} from '../lib/train/index.js';
+import { type Dataset } from '../lib/data/index.js';
 import { bitsEqual, blobs, randomMat, tempDir, xorData } from './helpers/train-fixtures.js';
 
 setThreads(2);

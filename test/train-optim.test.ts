@@ -16,7 +16,7 @@ import {
   ReduceOnPlateau,
   SGD,
   type Parameter,
-} from '../lib/index.js';
+} from '../lib/train/index.js';
 
 function param(name: string, values: number[], grads: number[]): Parameter {
   return { name, shape: [values.length], data: Float32Array.from(values), grad: Float32Array.from(grads) };

@@ -21,7 +21,7 @@
  */
 import type { FastifyError, FastifyInstance } from 'fastify';
 import { createRequire } from 'node:module';
-import { EigenLoraxError } from '../errors.js';
+import { EigenLoraxError, type ErrorCode } from '../errors.js';
 import { matrix } from '../matrix.js';
 import { finiteNumber, integer, invalid, knownKeys, object } from '../validate.js';
 import { MicroBatcher, type Settled } from './batcher.js';
@@ -91,7 +91,7 @@ const STATUS: Readonly<Record<string, number>> = {
 };
 
 /** An EigenLoraxError with the HTTP status it should get when STATUS's is not the one. */
-function httpError(message: string, code: string, statusCode: number): EigenLoraxError {
+function httpError(message: string, code: ErrorCode, statusCode: number): EigenLoraxError {
   return Object.assign(new EigenLoraxError(message, code), { statusCode });
 }
 

@@ -7,7 +7,8 @@ import type { ExecutionContext } from 'ava';
 import { mkdtemp, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { matrix, type Dataset, type Matrix } from '../../lib/index.js';
+import { matrix, type Matrix } from '../../lib/index.js';
+import { type Dataset } from '../../lib/data/index.js';
 import { gaussian, rng } from './random.js';
 
 export async function tempDir(t: ExecutionContext, prefix = 'eigenlorax-train-'): Promise<string> {
