@@ -181,7 +181,7 @@ run_consumer() {
   (cd "$project" && PATH=$path npm install --no-audit --no-fund --save-dev typescript@~5.9.3 @types/node@^20 > "$dir/$kind-tools.log" 2>&1) \
     || { tail -n 30 "$dir/$kind-tools.log" >&2; fail "$kind: installing typescript failed"; }
   started=$SECONDS
-  (cd "$project" && PATH=$path npm install --no-audit --no-fund --foreground-scripts "${flags[@]}" "$tarball" > "$dir/$kind-install.log" 2>&1) \
+  (cd "$project" && PATH=$path npm install --no-audit --no-fund --foreground-scripts "$tarball" "${flags[@]}" > "$dir/$kind-install.log" 2>&1) \
     || { tail -n 40 "$dir/$kind-install.log" >&2; fail "$kind: npm install of the tarball failed"; }
   local took=$((SECONDS - started))
   grep '^eigenlorax: ' "$dir/$kind-install.log" >&2 || true

@@ -50,19 +50,34 @@ export function cpuLevels(cpuinfo?: string): string[] {
   return X64_LEVELS.filter(({ flags: needed }) => needed.every((flag) => flags.has(flag))).map(({ level }) => level);
 }
 
-/** 'glibc', 'musl', or '' when neither can be told (non-Linux). */
+/** 'glibc', 'musl', or '' off Linux. Reads ldd first, as detect-libc does: a process report is slower. */
 export function libc(): string {
   if (process.platform !== 'linux') return '';
+  try {
+    const ldd = readFileSync('/usr/bin/ldd', 'latin1');
+    if (ldd.includes('musl')) return 'musl';
+    if (ldd.includes('GNU C Library') || ldd.includes('GLIBC')) return 'glibc';
+  } catch {
+    // no ldd script: ask the process report below
+  }
   const report = process.report?.getReport() as { header?: { glibcVersionRuntime?: string } } | undefined;
   return report?.header?.glibcVersionRuntime ? 'glibc' : 'musl';
+}
+
+interface Machine {
+  napi: number;
+  libc: string;
+  levels: string[];
 }
 
 /**
  * Prebuilt binaries in `dir` that fit this machine, best first. File names carry their
  * tags as node-gyp-build's do: eigenlorax.napi.glibc.x86-64-v3.node.
  */
-export function prebuiltCandidates(dir: string, machine = { napi: Number(process.versions.napi), libc: libc(), levels: cpuLevels() }): AddonCandidate[] {
-  if (!existsSync(dir) || !(machine.napi >= ADDON_NAPI_VERSION)) return [];
+export function prebuiltCandidates(dir: string, given?: Machine): AddonCandidate[] {
+  if (!existsSync(dir)) return [];
+  const machine = given ?? { napi: Number(process.versions.napi), libc: libc(), levels: cpuLevels() };
+  if (!(machine.napi >= ADDON_NAPI_VERSION)) return [];
   const found: Array<AddonCandidate & { rank: number }> = [];
   for (const name of readdirSync(dir)) {
     const match = /^eigenlorax\.(.+)\.node$/.exec(name);
