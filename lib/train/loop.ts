@@ -45,7 +45,8 @@ import {
   type OptimizerSpec,
   type ScheduleSpec,
 } from './optim.js';
-import { ProgressBar, type ProgressStream } from './progress.js';
+import { ProgressBar, type ProgressStream } from '../progress.js';
+import { trainingBarLine } from './progress.js';
 import { Random } from './random.js';
 
 export interface TrainData {
@@ -467,7 +468,7 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
   }
 
   // ---- helpers
-  const bar = o.progress === null ? null : new ProgressBar(o.progress);
+  const bar = o.progress === null ? null : new ProgressBar(o.progress, { keep: true });
   const emit = async (event: TrainEvent) => {
     if (o.onEvent !== null) await o.onEvent(event);
   };
@@ -623,16 +624,18 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
       await emit({ type: 'step', step, epoch, batch: batch - 1, batches, loss: v.loss, accuracy, lr, gradNorm, samplesPerSecond });
       if (bar !== null) {
         const stepsPerSecond = elapsed > 0 ? stepsThisRun / elapsed : 0;
-        bar.update({
-          epoch: epoch + 1,
-          epochs: o.epochs,
-          batch,
-          batches,
-          loss: epochLossSum / epochRows,
-          accuracy: o.loss.classification ? epochCorrect / epochRows : null,
-          samplesPerSecond,
-          etaSeconds: stepsPerSecond > 0 ? (totalSteps - step) / stepsPerSecond : null,
-        }, batch === batches);
+        bar.update(
+          trainingBarLine({
+            epoch: epoch + 1,
+            epochs: o.epochs,
+            batch,
+            batches,
+            loss: epochLossSum / epochRows,
+            accuracy: o.loss.classification ? epochCorrect / epochRows : null,
+            samplesPerSecond,
+            etaSeconds: stepsPerSecond > 0 ? (totalSteps - step) / stepsPerSecond : null,
+          }),
+        );
       }
 
       let stop = false;
@@ -680,7 +683,7 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
     }
   }
 
-  bar?.finish();
+  bar?.stop();
   await saveCheckpoint(stoppedBy === 'aborted' ? 'abort' : 'end');
   let restoredBest = false;
   if (stoppedBy !== 'aborted' && o.early !== null && o.early.restoreBest && best !== null) {
