@@ -47,7 +47,7 @@ import {
 } from './optim.js';
 import { ProgressBar, type ProgressStream } from '../progress.js';
 import { trainingBarLine } from './progress.js';
-import { Random } from './random.js';
+import { Random } from '../random.js';
 
 export interface TrainData {
   train: Dataset;
