@@ -1,6 +1,8 @@
 /** The one progress bar (lib/progress.ts): its line, terminals only, log lines above it, cleared or kept at the end. */
 import test from 'ava';
+import { Linear, Sequential, trainModel } from '../lib/index.js';
 import { ProgressBar, formatBarLine } from '../lib/progress.js';
+import { blobs } from './helpers/train-fixtures.js';
 
 /** A fake terminal (or not) that records what is written. */
 function stream(isTTY: boolean, columns = 120) {
@@ -60,4 +62,21 @@ test('not a terminal: nothing unless the stream was handed over; forTerminal hon
   t.false(text.includes('\x1b['), 'no control characters off a terminal');
   t.true(text.includes('x  ██████████░░░░░░░░░░  50%  1/2\n'), JSON.stringify(text));
   t.true(text.includes('noted\n'));
+});
+
+test("trainModel draws on a caller's bar, clears it after each run, and prints its evaluations above it", async (t) => {
+  const tty = stream(true, 200);
+  const bar = new ProgressBar(tty);
+  for (const seed of [1, 2]) {
+    const model = new Sequential([Linear.create('fc', 10, 3, { seed })]);
+    await trainModel(model, { train: blobs(60, 10, 3, seed) }, { epochs: 2, batchSize: 20, progress: bar });
+  }
+  const text = tty.text();
+  t.is((text.match(/training \(epoch 2\)/g) ?? []).length, 2, 'one evaluation line per epoch and run');
+  t.regex(text, /epoch 2\/2  █+ 100%  3\/3  loss \d/);
+  t.true(text.endsWith('\x1b[2K'), 'cleared, not kept, at the end of each run');
+  await t.throwsAsync(trainModel(new Sequential([Linear.create('fc', 10, 3)]), { train: blobs(20, 10, 3, 1) }, { progress: 'yes' as never }), {
+    code: 'ERR_INVALID_ARGUMENT',
+    message: /a ProgressBar/,
+  });
 });

@@ -1,6 +1,7 @@
 /** `eigenlorax demo`: the EigenLoRAx workflow on Fashion-MNIST (lib/demo), its table and results folder. */
 import { Command, Option } from 'commander';
 import { EigenLoraxError } from '../errors.js';
+import { ProgressBar } from '../progress.js';
 import { examples, printJson } from './format.js';
 import { integer } from './options.js';
 import { jsonErrors } from './report.js';
@@ -11,11 +12,12 @@ interface DemoFlags {
   seed?: number;
   quick?: boolean;
   json?: boolean;
+  quiet?: boolean;
 }
 
 export function demoCommand(): Command {
   const command = new Command('demo')
-    .usage('[--out dir] [--cache dir] [--seed n] [--quick] [--json]')
+    .usage('[--out dir] [--cache dir] [--seed n] [--quick] [--json] [--quiet]')
     .summary('the EigenLoRAx workflow on Fashion-MNIST: LoRA vs EigenLoRA vs EigenLoRAx vs the base on held-out tasks (needs fashion-mnist)')
     .description(
       'The EigenLoRAx workflow on Fashion-MNIST (needs the fashion-mnist package): a base MLP, a zoo of LoRAs on rotated versions of ' +
@@ -29,6 +31,7 @@ export function demoCommand(): Command {
     .addOption(new Option('--seed <n>', 'seed of everything (default 0)').argParser(integer('--seed', { min: 0, max: 2 ** 24 })))
     .option('--quick', 'the small version (a minute or two)')
     .option('--json', 'print the results as JSON')
+    .option('-q, --quiet', 'no progress bar (the progress lines stay)')
     .addHelpText(
       'after',
       examples([
@@ -47,18 +50,26 @@ export function demoCommand(): Command {
       };
       process.on('SIGINT', onSignal);
       const started = performance.now();
+      const bar = ProgressBar.forTerminal(flags.quiet === true || flags.json === true);
+      const log = (line: string) => {
+        const text = `[${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}`;
+        if (bar.enabled) bar.log(text);
+        else process.stderr.write(`${text}\n`);
+      };
       try {
         const results = await runDemo({
           ...(flags.out === undefined ? {} : { out: flags.out }),
           ...(flags.cache === undefined ? {} : { cacheDir: flags.cache }),
           seed: flags.seed ?? 0,
           quick: flags.quick === true,
-          onLog: (line) => process.stderr.write(`[${((performance.now() - started) / 1000).toFixed(1).padStart(6)} s] ${line}\n`),
+          onLog: log,
+          ...(bar.enabled ? { progress: bar } : {}),
           signal: controller.signal,
         });
         if (flags.json === true) printJson(results);
         else process.stdout.write(formatDemoText(results));
       } finally {
+        bar.stop();
         process.off('SIGINT', onSignal);
       }
     });

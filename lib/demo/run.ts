@@ -24,6 +24,7 @@ import { transformDataset, type ImageTransform } from '../data/transforms.js';
 import { EigenLoraxError } from '../errors.js';
 import { writeFileAtomic } from '../io/files.js';
 import type { Matrix } from '../matrix.js';
+import { ProgressBar } from '../progress.js';
 import { getThreads } from '../runtime.js';
 import { writeServeFolder } from '../serve/folder.js';
 import { buildSubspace } from '../subspace/build.js';
@@ -125,11 +126,13 @@ function stepsTo95(curve: readonly CurvePoint[]): number | null {
  */
 export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
   const o = object(options, 'options');
-  knownKeys(o, 'options', ['out', 'cacheDir', 'seed', 'quick', 'settings', 'packageDir', 'onLog', 'signal']);
+  knownKeys(o, 'options', ['out', 'cacheDir', 'seed', 'quick', 'settings', 'packageDir', 'onLog', 'progress', 'signal']);
   if (o.out !== undefined && (typeof o.out !== 'string' || o.out.length === 0)) throw invalid('a folder path', 'options.out', o.out);
   if (o.cacheDir !== undefined && (typeof o.cacheDir !== 'string' || o.cacheDir.length === 0)) throw invalid('a folder path', 'options.cacheDir', o.cacheDir);
   if (o.onLog !== undefined && typeof o.onLog !== 'function') throw invalid('a function', 'options.onLog', o.onLog);
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw invalid('an AbortSignal', 'options.signal', o.signal);
+  if (o.progress !== undefined && !(o.progress instanceof ProgressBar)) throw invalid('a ProgressBar', 'options.progress', o.progress);
+  const progress = (o.progress as ProgressBar | undefined) ?? false;
   const seed = integer(o.seed ?? 0, 'options.seed', 0, 2 ** 24);
   const quick = o.quick === true;
   const settings = checkSettings((o.settings as DemoSettings | undefined) ?? (quick ? QUICK_SETTINGS : FULL_SETTINGS));
@@ -177,7 +180,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
       optimizer: { type: 'adamw', lr: settings.base.lr, weightDecay: 0 },
       schedule: { type: 'cosine', warmupSteps: 20 },
       seed,
-      progress: false,
+      progress,
       ...(signal === null ? {} : { signal }),
     });
     checkAbort();
@@ -231,7 +234,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
         optimizer: { type: 'adamw', lr: z.lr, weightDecay: 0 },
         schedule: { type: 'cosine', warmupSteps: Math.max(1, Math.round(0.1 * z.epochs * Math.ceil(z.trainSize / z.batchSize))) },
         seed: seed * 1024 + 100 + i,
-        progress: false,
+        progress,
         ...(signal === null ? {} : { signal }),
       });
       checkAbort();

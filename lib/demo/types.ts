@@ -3,6 +3,7 @@
  * apart from run.ts so that the report does not import the experiment.
  */
 import type { ImageTransform } from '../data/transforms.js';
+import type { ProgressBar } from '../progress.js';
 import type { DemoSettings } from './settings.js';
 
 export interface DemoOptions {
@@ -23,6 +24,8 @@ export interface DemoOptions {
   packageDir?: string;
   /** Progress lines (default: none). */
   onLog?: (line: string) => void;
+  /** A bar for the base's and the zoo's training (default: none); `onLog` lines are best printed with its `log`. */
+  progress?: ProgressBar;
   /** Stops after the current training step; runDemo then rejects with the signal's reason. */
   signal?: AbortSignal;
 }
