@@ -5,18 +5,16 @@
  * When the folder is absent a single test says so and passes.
  */
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { loadAdapter, saveAdapter, type LoraAdapter } from '../lib/index.js';
+import { eigenlorax } from './helpers/cli.js';
 
 const repoRoot = path.resolve(fileURLToPath(new URL('../..', import.meta.url)));
 const realdata = path.resolve(repoRoot, '..', 'shared', 'realdata');
-const cli = fileURLToPath(new URL('../lib/cli.js', import.meta.url));
 
 /** The five c_attn-only GPT-2 adapters and their lora_alpha (README table). */
 const cAttnOnly: Record<string, number> = {
@@ -156,7 +154,8 @@ if (!existsSync(realdata)) {
   });
 
   test('real adapters: eigenlorax inspect --json reports each one', async (t) => {
-    const { stdout } = await promisify(execFile)(process.execPath, [cli, 'inspect', '--json', ...all], { timeout: 60_000 });
+    const { code, stdout, stderr } = await eigenlorax(['inspect', '--json', ...all]);
+    t.is(code, 0, stderr);
     const reports = JSON.parse(stdout) as Array<Record<string, unknown>>;
     t.is(reports.length, 10);
     for (const [i, report] of reports.entries()) {

@@ -1,33 +1,13 @@
 /** The `eigenlorax` command, run as a child process the way a user runs it. */
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { readFileSync } from 'node:fs';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
+import { eigenlorax as runCli } from './helpers/cli.js';
 
-const run = promisify(execFile);
-const cli = fileURLToPath(new URL('../lib/cli.js', import.meta.url));
 const packageVersion = (
   JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }
 ).version;
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI; resolves with the exit code instead of rejecting on a non-zero one. */
-async function eigenlorax(args: string[], env: NodeJS.ProcessEnv = process.env): Promise<Result> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [cli, ...args], { env, timeout: 30_000 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof e.code !== 'number') throw error;
-    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+const eigenlorax = (args: string[], env: NodeJS.ProcessEnv = process.env) => runCli(args, { env, timeout: 30_000 });
 
 test('--version and -v print the package.json version', async (t) => {
   t.regex(packageVersion, /^\d+\.\d+\.\d+/);

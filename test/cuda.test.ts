@@ -32,6 +32,7 @@ import {
   type Matrix,
 } from '../lib/index.js';
 import { fromFloat32, toFloat32 } from '../lib/dtype.js';
+import { eigenlorax } from './helpers/cli.js';
 import { relativeError } from './helpers/dense.js';
 import { freshSeed, randomMatrix, rng } from './helpers/random.js';
 import { memoryAdapter, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
@@ -55,11 +56,11 @@ test('cudaStatus says whether the GPU backend can run, and why not', (t) => {
 });
 
 test('eigenlorax devices lists the CPU and the GPU (or why not)', async (t) => {
-  const { stdout } = await run(process.execPath, ['dist/lib/cli.js', 'devices']);
+  const { stdout } = await eigenlorax(['devices']);
   t.regex(stdout, /^cpu +available/m);
   if (status.available) t.regex(stdout, /^cuda:0 +available/m);
   else t.true(stdout.includes(`cuda    unavailable: ${status.reason}`), stdout);
-  const json = JSON.parse((await run(process.execPath, ['dist/lib/cli.js', 'devices', '--json'])).stdout) as { cuda: { available: boolean } };
+  const json = JSON.parse((await eigenlorax(['devices', '--json'])).stdout) as { cuda: { available: boolean } };
   t.is(json.cuda.available, status.available);
 });
 

@@ -6,18 +6,13 @@
  * and the SVG chart helper, which need no data.
  */
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { readFile, stat } from 'node:fs/promises';
 import { createRequire } from 'node:module';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { loadServedModel } from '../lib/serve/index.js';
 import { lineChartSvg, runDemo, type DemoResults } from '../lib/demo/index.js';
+import { eigenlorax as runCli } from './helpers/cli.js';
 import { tempDir } from './helpers/train-fixtures.js';
-
-const run = promisify(execFile);
-const cli = fileURLToPath(new URL('../lib/cli.js', import.meta.url));
 
 function packageInstalled(): boolean {
   try {
@@ -28,16 +23,7 @@ function packageInstalled(): boolean {
   }
 }
 
-async function eigenlorax(args: string[], timeout = 240_000): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [cli, ...args], { timeout, maxBuffer: 64 * 1024 * 1024 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof e.code !== 'number') throw error;
-    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
+const eigenlorax = (args: string[], timeout = 240_000) => runCli(args, { timeout });
 
 /**
  * A small XML well-formedness check: every tag closes in order, attributes are quoted, and

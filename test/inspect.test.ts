@@ -3,27 +3,14 @@
  * inspectAdapter on a file far larger than what it is allowed to read.
  */
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { open } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { inspectAdapter } from '../lib/index.js';
+import { eigenlorax as runCli } from './helpers/cli.js';
 import { kohyaSdModules, tempDir, writeDiffusers, writeGpt2Like, writeKohya } from './helpers/adapter-fixtures.js';
 
-const run = promisify(execFile);
-const cli = fileURLToPath(new URL('../lib/cli.js', import.meta.url));
+const eigenlorax = (args: string[]) => runCli(args, { timeout: 30_000 });
 
-async function eigenlorax(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [cli, ...args], { timeout: 30_000 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof e.code !== 'number') throw error;
-    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
 
 test('inspect --json: format, base model, modules, ranks, alphas, scales, dtypes, parameters, bytes, extras', async (t) => {
   const dir = await tempDir(t);

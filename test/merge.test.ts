@@ -5,11 +5,8 @@
  * several weighted adapters, and every refusal with nothing written.
  */
 import test, { type ExecutionContext } from 'ava';
-import { execFile } from 'node:child_process';
 import { mkdir, readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import {
   EigenLoraxError,
   loadAdapter,
@@ -23,6 +20,7 @@ import {
   type MergeReport,
 } from '../lib/index.js';
 import { addLowRankUpdates, type UpdateTerm } from '../lib/merge/update.js';
+import { eigenlorax as runCli } from './helpers/cli.js';
 import { basePeftConfig, kohyaSdModules, peftTensors, writeKohya, writePeft, writeTensors, type FixtureTensor } from './helpers/adapter-fixtures.js';
 import {
   differingBytesOutside,
@@ -725,19 +723,8 @@ test('addLowRankUpdates: several terms of both orientations equal the f64 sum', 
 // ---------------------------------------------------------------------------------------
 // CLI
 
-const run = promisify(execFile);
-const cli = fileURLToPath(new URL('../lib/cli.js', import.meta.url));
+const eigenlorax = (args: string[]) => runCli(args, { timeout: 30_000 });
 
-async function eigenlorax(args: string[]): Promise<{ code: number; stdout: string; stderr: string }> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [cli, ...args], { timeout: 30_000 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof e.code !== 'number') throw error;
-    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
 
 test('eigenlorax merge: weights pair with the adapter before them; text and --json reports; the file equals the library merge', async (t) => {
   const dir = await tempDir(t);

@@ -11,10 +11,8 @@
  */
 import test, { type ExecutionContext } from 'ava';
 import type { InjectOptions } from 'fastify';
-import { spawn } from 'node:child_process';
 import { readFile, rm, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
 import {
   EigenLoraxError,
   buildSubspace,
@@ -35,11 +33,13 @@ import {
   startServer,
   writeServeFolder,
 } from '../lib/serve/index.js';
+import { DEFAULT_DEMO_OUT } from '../lib/demo/run.js';
+import { DEFAULT_SERVE_FOLDER } from '../lib/serve/folder.js';
+import { eigenlorax } from './helpers/cli.js';
 import { freshSeed, randomMatrix } from './helpers/random.js';
 import { denseDelta, memoryAdapter, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
 import { refGelu, refLinear, refRelu, tempDir } from './helpers/train-fixtures.js';
 
-const cli = fileURLToPath(new URL('../lib/cli.js', import.meta.url));
 const WIDTHS = [12, 10, 8, 4];
 const ADAPTED = ['fc1', 'fc2'];
 const NAMES = ['alpha', 'bravo', 'charlie', 'delta', 'echo'];
@@ -592,41 +592,6 @@ test('startServer: loopback by default, real sockets with keep-alive, and close 
 // ---------------------------------------------------------------------------------------
 // The command
 
-interface Run {
-  code: number | null;
-  signal: NodeJS.Signals | null;
-  stdout: string;
-  stderr: string;
-}
-
-/** Runs the CLI; `whenListening` gets the URL once it prints one, and may stop the process. */
-function eigenlorax(args: string[], whenListening?: (url: string, child: ReturnType<typeof spawn>) => Promise<void>): Promise<Run & { error?: unknown }> {
-  return new Promise((resolve) => {
-    const child = spawn(process.execPath, [cli, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
-    let stdout = '';
-    let stderr = '';
-    let error: unknown;
-    let started = false;
-    const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
-    child.stdout.on('data', (chunk: Buffer) => {
-      stdout += chunk.toString();
-      const match = /listening on (http:\/\/\S+)/.exec(stdout);
-      if (match && !started && whenListening) {
-        started = true;
-        whenListening(match[1]!, child).catch((e: unknown) => {
-          error = e;
-          child.kill('SIGKILL');
-        });
-      }
-    });
-    child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
-    child.on('close', (code, signal) => {
-      clearTimeout(timer);
-      resolve({ code, signal, stdout, stderr, error });
-    });
-  });
-}
-
 test('eigenlorax serve: serves a folder on a free port, answers, and stops cleanly on SIGTERM', async (t) => {
   const seed = freshSeed();
   const f = await fixture(seed);
@@ -634,17 +599,23 @@ test('eigenlorax serve: serves a folder on a free port, answers, and stops clean
   await writeServeFolder(dir, { model: f.base, subspace: f.subspace, adapters: [['alpha', f.byName.get('alpha')!], ['rot+20', f.byName.get('bravo')!]] });
   const x = randomMatrix(2, WIDTHS[0]!, seed);
   let answers: Array<{ logits: number[][] }> = [];
-  const run = await eigenlorax([...['serve', dir], '--port', '0', '--max-batch', '8', '--batch-window-ms', '2'], async (url, child) => {
-    t.regex(url, /^http:\/\/127\.0\.0\.1:\d+$/);
-    const list = (await (await fetch(`${url}/v1/adapters`)).json()) as { adapters: Array<{ name: string }> };
-    t.deepEqual(list.adapters.map((a) => a.name), ['alpha', 'rot+20']);
-    answers = (await Promise.all(
-      ['alpha', 'rot+20'].map(async (adapter, b) => {
-        const r = await fetch(`${url}/v1/predict`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ adapter, inputs: Array.from(rowOf(x, b)) }) });
-        return r.json();
-      }),
-    )) as Array<{ logits: number[][] }>;
-    child.kill('SIGTERM');
+  const listening = /listening on (http:\/\/\S+)/;
+  const run = await eigenlorax([...['serve', dir], '--port', '0', '--max-batch', '8', '--batch-window-ms', '2'], {
+    whenOutput: {
+      pattern: listening,
+      run: async ([, url = ''], child) => {
+        t.regex(url, /^http:\/\/127\.0\.0\.1:\d+$/);
+        const list = (await (await fetch(`${url}/v1/adapters`)).json()) as { adapters: Array<{ name: string }> };
+        t.deepEqual(list.adapters.map((a) => a.name), ['alpha', 'rot+20']);
+        answers = (await Promise.all(
+          ['alpha', 'rot+20'].map(async (adapter, b) => {
+            const r = await fetch(`${url}/v1/predict`, { method: 'POST', headers: { 'content-type': 'application/json' }, body: JSON.stringify({ adapter, inputs: Array.from(rowOf(x, b)) }) });
+            return r.json();
+          }),
+        )) as Array<{ logits: number[][] }>;
+        child.kill('SIGTERM');
+      },
+    },
   });
   t.is(run.error, undefined, String(run.error));
   t.is(run.code, 0, run.stderr);
@@ -656,17 +627,24 @@ test('eigenlorax serve: serves a folder on a free port, answers, and stops clean
   t.true(maxRelative(answers[1]!.logits[0]!, reference(f, 'bravo', rowOf(x, 1))) < TOLERANCE);
 });
 
+test('eigenlorax serve opens by default the folder that eigenlorax demo writes by default', (t) => {
+  t.is(DEFAULT_SERVE_FOLDER, path.join(DEFAULT_DEMO_OUT, 'serve'));
+});
+
 test('eigenlorax serve: argument errors exit 2 with the usage; a missing folder exits 1', async (t) => {
   const bad: Array<[string[], RegExp]> = [
     [['--port', 'abc'], /--port expects an integer from 0 to 65535, not "abc"/],
     [['--port', '70000'], /--port expects/],
-    [['--max-batch', '0'], /--max-batch expects an integer from 1 up/],
+    [['--max-batch', '0'], /--max-batch expects an integer >= 1/],
     [['--max-rows', '1.5'], /--max-rows expects/],
     [["--body-limit", "0"], /--body-limit expects/],
     [['--batch-window-ms=-1'], /--batch-window-ms expects a number of milliseconds >= 0/],
     [['--batch-window-ms', 'soon'], /--batch-window-ms expects/],
     [['--host', ''], /--host expects/],
     [['a', 'b'], /serve takes one folder/],
+    [['--request-timeout-ms', 'soon'], /--request-timeout-ms expects an integer >= 0, not "soon"/],
+    [['--max-uploads-per-client', '0'], /--max-uploads-per-client expects an integer >= 1/],
+    [['--token', ''], /--token expects a token/],
   ];
   for (const [args, message] of bad) {
     const r = await eigenlorax(['serve', ...args]);

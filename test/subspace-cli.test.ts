@@ -6,36 +6,16 @@
  * exit 1 with the message and the code.
  */
 import test from 'ava';
-import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
-import { promisify } from 'node:util';
 import { loadAdapter, loadCoefficients, loadSubspace, projectAdapter } from '../lib/index.js';
 import { basePeftConfig, tempDir, writePeft, type FixtureTensor } from './helpers/adapter-fixtures.js';
+import { eigenlorax, type CliResult as Result } from './helpers/cli.js';
 import { freshSeed } from './helpers/random.js';
 import { plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
 
-const run = promisify(execFile);
-const cli = fileURLToPath(new URL('../lib/cli.js', import.meta.url));
 
-interface Result {
-  code: number;
-  stdout: string;
-  stderr: string;
-}
-
-async function eigenlorax(args: string[]): Promise<Result> {
-  try {
-    const { stdout, stderr } = await run(process.execPath, [cli, ...args], { timeout: 60_000 });
-    return { code: 0, stdout, stderr };
-  } catch (error) {
-    const e = error as { code?: unknown; stdout?: string; stderr?: string };
-    if (typeof e.code !== 'number') throw error;
-    return { code: e.code, stdout: e.stdout ?? '', stderr: e.stderr ?? '' };
-  }
-}
 
 const MODULES = ['unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q', 'unet.down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_v'];
 const D = 32;

@@ -5,7 +5,16 @@
 import { EigenLoraxError } from '../errors.js';
 import { checkMatrix, matrix, type Matrix } from '../matrix.js';
 import { integer, invalid, object } from '../validate.js';
-import { isLabels, type Labels, type Targets } from '../train/losses.js';
+
+/** Integer class labels, one per row. */
+export type Labels = Uint8Array | Uint16Array | Int32Array;
+
+/** Targets of a batch: labels (classification) or an `n x out` matrix (regression). */
+export type Targets = Labels | Matrix;
+
+export function isLabels(value: unknown): value is Labels {
+  return value instanceof Uint8Array || value instanceof Uint16Array || value instanceof Int32Array;
+}
 
 export interface Dataset {
   /** `n x features`, row-major f32. */

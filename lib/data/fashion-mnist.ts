@@ -23,7 +23,7 @@ import { EigenLoraxError } from '../errors.js';
 import { fileError, ioError, writeFileAtomic } from '../io/files.js';
 import { matrix } from '../matrix.js';
 import { integer, invalid, knownKeys, object } from '../validate.js';
-import { Random } from '../train/random.js';
+import { Random } from '../random.js';
 import type { Dataset } from './dataset.js';
 
 export const FASHION_MNIST_CLASSES = [

@@ -215,3 +215,10 @@ export async function coefficientsFromBytes(bytes: Uint8Array, subspace: Subspac
     await rm(dir, { recursive: true, force: true });
   }
 }
+
+/**
+ * The folder `eigenlorax serve` opens when given none: where `eigenlorax demo` writes its
+ * served model with its default --out (`eigenlorax-demo`; test/serve.test.ts checks the
+ * two agree). Kept here so that serving does not load the demo.
+ */
+export const DEFAULT_SERVE_FOLDER = path.join('eigenlorax-demo', 'serve');

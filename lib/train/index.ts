@@ -1,5 +1,5 @@
 /** Training: layers, losses, a sequential model, optimisers and schedules, the training loop, checkpoints, adapter export. */
-export { Random } from './random.js';
+export { Random } from '../random.js';
 export {
   Linear,
   LoRA,

@@ -34,7 +34,7 @@ import { checkMatrix, checkVector, matrix, type Matrix } from '../matrix.js';
 import { finiteNumber, integer, invalid, knownKeys, object, oneOf } from '../validate.js';
 import { BufferPool } from './buffers.js';
 import { geluErfBackward, geluErfForward, geluTanhBackward, geluTanhForward, reluBackward, reluForward } from './kernels.js';
-import { Random } from './random.js';
+import { Random } from '../random.js';
 
 /** A trainable tensor: values updated in place by optimisers, gradient written by backward. */
 export interface Parameter {

@@ -45,8 +45,9 @@ import {
   type OptimizerSpec,
   type ScheduleSpec,
 } from './optim.js';
-import { ProgressBar, type ProgressStream } from './progress.js';
-import { Random } from './random.js';
+import { ProgressBar, type ProgressStream } from '../progress.js';
+import { trainingBarLine } from './progress.js';
+import { Random } from '../random.js';
 
 export interface TrainData {
   train: Dataset;
@@ -109,8 +110,12 @@ export interface TrainOptions {
    * (and starts fresh when not); a path resumes from that file (which must exist).
    */
   resume?: boolean | string;
-  /** 'auto' (default): a progress bar on stderr when it is a TTY; true forces it; a stream to draw on. */
-  progress?: boolean | 'auto' | ProgressStream;
+  /**
+   * 'auto' (default): a progress bar on stderr when it is a TTY; true forces it; a stream to
+   * draw on; or a ProgressBar of the caller's (the demo's one bar for all its runs), which is
+   * stopped (and cleared) at the end.
+   */
+  progress?: boolean | 'auto' | ProgressStream | ProgressBar;
   onEvent?: (event: TrainEvent) => void | Promise<void>;
   /** Stops after the current update, writes a checkpoint (when configured) and resolves. */
   signal?: AbortSignal;
@@ -207,7 +212,7 @@ interface Resolved {
   early: { patience: number; minDelta: number; restoreBest: boolean } | null;
   checkpoint: { path: string; everySteps: number | null; everyEpochs: number } | null;
   resume: boolean | string;
-  progress: ProgressStream | null;
+  progress: ProgressStream | ProgressBar | null;
   onEvent: ((event: TrainEvent) => void | Promise<void>) | null;
   signal: AbortSignal | null;
 }
@@ -278,13 +283,14 @@ function resolveOptions(options: TrainOptions): Resolved {
   const resume = o.resume ?? false;
   if (typeof resume !== 'boolean' && (typeof resume !== 'string' || resume.length === 0)) throw invalid('true, false or a checkpoint path', 'options.resume', resume);
   if (resume === true && checkpoint === null) throw invalid('options.checkpoint.path to resume from (or a path)', 'options.resume', resume);
-  let progress: ProgressStream | null = null;
+  let progress: ProgressStream | ProgressBar | null = null;
   const p = o.progress ?? 'auto';
   if (p === 'auto') progress = process.stderr.isTTY ? process.stderr : null;
   else if (p === true) progress = process.stderr;
   else if (p === false) progress = null;
+  else if (p instanceof ProgressBar) progress = p;
   else if (typeof p === 'object' && p !== null && typeof (p as ProgressStream).write === 'function') progress = p as ProgressStream;
-  else throw invalid("'auto', true, false or a writable stream", 'options.progress', p);
+  else throw invalid("'auto', true, false, a writable stream or a ProgressBar", 'options.progress', p);
   if (o.onEvent !== undefined && typeof o.onEvent !== 'function') throw invalid('a function', 'options.onEvent', o.onEvent);
   if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw invalid('an AbortSignal', 'options.signal', o.signal);
   return {
@@ -467,7 +473,7 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
   }
 
   // ---- helpers
-  const bar = o.progress === null ? null : new ProgressBar(o.progress);
+  const bar = o.progress === null ? null : o.progress instanceof ProgressBar ? o.progress : new ProgressBar(o.progress, { keep: true });
   const emit = async (event: TrainEvent) => {
     if (o.onEvent !== null) await o.onEvent(event);
   };
@@ -623,16 +629,18 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
       await emit({ type: 'step', step, epoch, batch: batch - 1, batches, loss: v.loss, accuracy, lr, gradNorm, samplesPerSecond });
       if (bar !== null) {
         const stepsPerSecond = elapsed > 0 ? stepsThisRun / elapsed : 0;
-        bar.update({
-          epoch: epoch + 1,
-          epochs: o.epochs,
-          batch,
-          batches,
-          loss: epochLossSum / epochRows,
-          accuracy: o.loss.classification ? epochCorrect / epochRows : null,
-          samplesPerSecond,
-          etaSeconds: stepsPerSecond > 0 ? (totalSteps - step) / stepsPerSecond : null,
-        }, batch === batches);
+        bar.update(
+          trainingBarLine({
+            epoch: epoch + 1,
+            epochs: o.epochs,
+            batch,
+            batches,
+            loss: epochLossSum / epochRows,
+            accuracy: o.loss.classification ? epochCorrect / epochRows : null,
+            samplesPerSecond,
+            etaSeconds: stepsPerSecond > 0 ? (totalSteps - step) / stepsPerSecond : null,
+          }),
+        );
       }
 
       let stop = false;
@@ -680,7 +688,7 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
     }
   }
 
-  bar?.finish();
+  bar?.stop();
   await saveCheckpoint(stoppedBy === 'aborted' ? 'abort' : 'end');
   let restoredBest = false;
   if (stoppedBy !== 'aborted' && o.early !== null && o.early.restoreBest && best !== null) {

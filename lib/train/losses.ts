@@ -8,11 +8,10 @@ import { checkMatrix, type Matrix } from '../matrix.js';
 import { invalid } from '../validate.js';
 import { meanSquaredError, softmaxCrossEntropy } from './kernels.js';
 
-/** Integer class labels, one per row. */
-export type Labels = Uint8Array | Uint16Array | Int32Array;
+// Labels and targets belong to the data sets (data/ does not import train/).
+import { isLabels, type Labels, type Targets } from '../data/dataset.js';
 
-/** Targets of a batch: labels (classification) or an `n x out` matrix (regression). */
-export type Targets = Labels | Matrix;
+export { isLabels, type Labels, type Targets };
 
 export interface LossValue {
   /** The mean loss of the batch. */
@@ -33,10 +32,6 @@ export interface Loss {
   compute(output: Matrix, targets: Targets, grad?: Matrix | null): LossValue;
   /** Checks a whole data set's targets against an output width (before training). */
   checkTargets(targets: Targets, rows: number, outputs: number, where: string): void;
-}
-
-export function isLabels(value: unknown): value is Labels {
-  return value instanceof Uint8Array || value instanceof Uint16Array || value instanceof Int32Array;
 }
 
 function checkGrad(grad: Matrix | null | undefined, output: Matrix): Matrix | null {

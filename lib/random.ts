@@ -1,10 +1,10 @@
 /**
- * The seeded random generator of the training code: xoshiro128** (Blackman and Vigna),
+ * The seeded random generator of eigenlorax (training, data splits): xoshiro128** (Blackman and Vigna),
  * seeded through splitmix32. Its whole state is four 32-bit words, so a checkpoint can
  * store it and a resumed run draws exactly the numbers the uninterrupted run would have.
  */
-import { EigenLoraxError } from '../errors.js';
-import { integer } from '../validate.js';
+import { EigenLoraxError } from './errors.js';
+import { integer } from './validate.js';
 
 function splitmix32(seed: number): () => number {
   let s = seed >>> 0;
