@@ -107,7 +107,9 @@ export type ErrorCode =
    */
   | 'ERR_MALFORMED_REQUEST'
   /** An HTTP request body over the server's `bodyLimit` (HTTP 413). */
-  | 'ERR_PAYLOAD_TOO_LARGE';
+  | 'ERR_PAYLOAD_TOO_LARGE'
+  /** LoRA extraction whose selected weights are all equal in the base and the tuned checkpoint. */
+  | 'ERR_NOTHING_TO_EXTRACT';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;

@@ -228,3 +228,4 @@ export {
   type StartServerOptions,
   type StartedServer,
 } from './serve/index.js';
+export { extractLora, type ExtractLoraOptions, type ExtractReport, type ExtractedModule, type ExtractProgress } from './extract/index.js';
