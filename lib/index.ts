@@ -49,6 +49,7 @@ export {
   openAdapter,
   loadAdapter,
   saveAdapter,
+  convertAdapterNames,
   inspectAdapter,
   summarizeAdapter,
   OpenedAdapter,
