@@ -9,8 +9,11 @@
 import path from 'node:path';
 import test, { type ExecutionContext } from 'ava';
 import {
+  buildSubspace,
   EigenLoraxError,
+  exportAdapter,
   loadAdapter,
+  projectAdapter,
   openSafetensors,
   saveAdapter,
   type ErrorCode,
@@ -137,6 +140,28 @@ test('SDXL: a UNet-only adapter is still written with SGM names (recognised by i
   const reader = await openSafetensors(file);
   t.true(reader.has('lora_unet_input_blocks_4_1_transformer_blocks_0_attn2_to_k.lora_down.weight'));
   await reader.close();
+});
+
+test('SDXL kohya LoRAs into a subspace and back: the rebuilt adapter gets SGM kohya names, or diffusers names', async (t) => {
+  const dir = await tempDir(t);
+  const arch = sdxlUnetModules(16).filter((m) => /down_blocks\.2\.attentions\.0\.transformer_blocks\.[0-2]\.attn2\.to_[kv]$/.test(m.name));
+  const files: string[] = [];
+  for (let i = 0; i < 4; i++) {
+    const file = path.join(dir, `sdxl-${i}.safetensors`);
+    await saveAdapter(adapterOf(arch.map((m) => moduleOf(m, 2, 2)), 'diffusers'), file, { format: 'kohya' });
+    files.push(file);
+  }
+  const subspace = await buildSubspace(files.slice(0, 3), { components: 6, seed: 1 });
+  t.true(subspace.modules.has('unet.down_blocks.2.attentions.0.transformer_blocks.1.attn2.to_k'));
+  const coefficients = await projectAdapter(subspace, files[3]!);
+  const back = path.join(dir, 'back.safetensors');
+  await exportAdapter(subspace, coefficients, back, { format: 'kohya' });
+  const reader = await openSafetensors(back);
+  t.true(reader.has('lora_unet_input_blocks_7_1_transformer_blocks_1_attn2_to_k.lora_down.weight'), [...reader.tensors.keys()][0]);
+  await reader.close();
+  await exportAdapter(subspace, coefficients, path.join(dir, 'back-diffusers.safetensors'), { format: 'diffusers' });
+  const asDiffusers = await loadAdapter(path.join(dir, 'back-diffusers.safetensors'));
+  t.deepEqual([...asDiffusers.modules.keys()].sort(), arch.map((m) => m.name).sort());
 });
 
 // ---------------------------------------------------------------------------------------

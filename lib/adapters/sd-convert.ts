@@ -235,6 +235,12 @@ function toKohya(adapter: LoraAdapter): Map<string, LoraModule> {
       continue;
     }
     let name = m.name;
+    // A module read from a kohya file keeps its own key (saveAdapter reuses it).
+    const ownKey = adapter.format === 'kohya' && typeof m.keys?.A === 'string' && m.keys.A.length > 0;
+    if (ownKey) {
+      add(out, m, m.name);
+      continue;
+    }
     if (sdxl && name.startsWith('unet.')) {
       // SDXL up levels 0 and 1 have attentions, so their upsamplers are `.2.conv`.
       const sgm = sgmPathOfDiffusers(name.slice('unet.'.length), (level) => level < 2);
@@ -269,6 +275,8 @@ export async function namesForFormat(adapter: LoraAdapter | OpenedAdapter, targe
     if (adapter.format === target || !needsConversion([...adapter.modules.keys()], adapter.modules.values(), target)) return adapter;
     return convertAdapterNames(await adapter.read(), target);
   }
-  if (typeof adapter !== 'object' || adapter === null || !(adapter.modules instanceof Map) || adapter.format === target) return adapter;
+  // Also when the adapter says it is of the target format: one rebuilt from a subspace
+  // (reconstructAdapter) has no keys to reuse and needs the names.
+  if (typeof adapter !== 'object' || adapter === null || !(adapter.modules instanceof Map)) return adapter;
   return convertAdapterNames(adapter, target);
 }
