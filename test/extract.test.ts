@@ -220,6 +220,8 @@ test('options are checked: rank or threshold, threshold range, formats', async (
   await refused(t, () => extractLora({ ...common, rank: 0 }), 'ERR_INVALID_ARGUMENT', ['options.rank']);
   await refused(t, () => extractLora({ ...common, rank: 2, format: 'onnx' as never }), 'ERR_INVALID_ARGUMENT', ['options.format']);
   await refused(t, () => extractLora({ ...common, rank: 2, bogus: 1 } as never), 'ERR_INVALID_ARGUMENT', ['options.bogus']);
+  // A kohya file cannot name `model.layers...` without a component prefix: refused before any SVD.
+  await refused(t, () => extractLora({ ...common, rank: 2, format: 'kohya', out: path.join(dir, 'k.safetensors') }), 'ERR_ADAPTER_UNSUPPORTED', ['namePrefix']);
 });
 
 test('sharded bf16 checkpoints, a diffusers U-Net prefix into a kohya file, fan_in_fan_out weights', async (t) => {

@@ -12,6 +12,8 @@
  */
 import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { compilePatterns, matchPattern } from '../adapters/patterns.js';
+import { diffusersComponents } from '../adapters/diffusers.js';
+import { kohyaNameOf } from '../adapters/names.js';
 import { saveAdapter } from '../adapters/save.js';
 import { adapterFormats, type LoraAdapter, type LoraLayout, type LoraModule } from '../adapters/types.js';
 import { EigenLoraxError } from '../errors.js';
@@ -168,6 +170,19 @@ function plan(base: SafetensorsReader, tuned: SafetensorsReader, r: Resolved): {
     throw new EigenLoraxError(
       `${tuned.path}: expected the tuned weights to have the base's shapes, but ${mismatched.length} differ${mismatched.length === 1 ? 's' : ''} (filter them out with modules):${list(mismatched)}`,
       'ERR_SHAPE_MISMATCH',
+    );
+  }
+  // Names the output format cannot hold are refused now, not after every SVD.
+  const unnamed = jobs.filter((j) =>
+    r.format === 'kohya'
+      ? kohyaNameOf(j.name, false) === null
+      : r.format === 'diffusers' && !diffusersComponents.some((c) => j.name.startsWith(`${c}.`)),
+  );
+  if (unnamed.length > 0) {
+    throw new EigenLoraxError(
+      `${r.out}: a ${r.format} file cannot name module ${JSON.stringify(unnamed[0]!.name)}` +
+        `${unnamed.length > 1 ? ` (and ${unnamed.length - 1} more)` : ''}; give namePrefix (e.g. 'unet.' or 'transformer.') or another format`,
+      'ERR_ADAPTER_UNSUPPORTED',
     );
   }
   if (r.patterns !== null) {
