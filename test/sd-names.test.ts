@@ -242,6 +242,26 @@ test('Flux: kohya -> diffusers splits qkv and linear1 (A shared, B by rows), map
   }
 });
 
+test('Flux at its real widths (hidden 3072): double block 0, single block 0 and the final layer split and fuse back bit for bit', async (t) => {
+  const dir = await tempDir(t);
+  const specs = fluxKohyaModules(1)
+    .filter((m) => /_(double_blocks_0|single_blocks_0)_|final_layer/.test(m.loraName))
+    .map((m) => ({ ...m, rank: 1, alpha: { value: 1 } }));
+  const k1 = path.join(dir, 'flux.safetensors');
+  await writeKohya(k1, specs);
+  const kohya = await loadAdapter(k1);
+  const d = path.join(dir, 'd.safetensors');
+  await saveAdapter(kohya, d, { format: 'diffusers' });
+  const diffusers = await loadAdapter(d);
+  t.is(diffusers.modules.get('transformer.single_transformer_blocks.0.proj_mlp')?.outFeatures, 12288);
+  t.is(diffusers.modules.get('transformer.transformer_blocks.0.attn.add_k_proj')?.outFeatures, 3072);
+  t.is(diffusers.modules.size, 14 + 6 + 2);
+  const k2 = path.join(dir, 'k2.safetensors');
+  await saveAdapter(diffusers, k2, { format: 'kohya' });
+  const back = await loadAdapter(k2);
+  for (const [name, x] of kohya.modules) t.true(sameBits(x.A.data, back.modules.get(name)!.A.data) && sameBits(x.B.data, back.modules.get(name)!.B.data), name);
+});
+
 test('Flux: a block-diagonal qkv (sd-scripts split_qkv) splits into rank-r parts and fuses back exactly', async (t) => {
   const dir = await tempDir(t);
   const r = 2;

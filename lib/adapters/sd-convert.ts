@@ -278,5 +278,9 @@ export async function namesForFormat(adapter: LoraAdapter | OpenedAdapter, targe
   // Also when the adapter says it is of the target format: one rebuilt from a subspace
   // (reconstructAdapter) has no keys to reuse and needs the names.
   if (typeof adapter !== 'object' || adapter === null || !(adapter.modules instanceof Map)) return adapter;
+  // Malformed modules are left to saveAdapter's own checks, which name what is wrong.
+  for (const [name, m] of adapter.modules) {
+    if (typeof name !== 'string' || typeof m !== 'object' || m === null || m.name !== name) return adapter;
+  }
   return convertAdapterNames(adapter, target);
 }
