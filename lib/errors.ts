@@ -109,7 +109,9 @@ export type ErrorCode =
   /** An HTTP request body over the server's `bodyLimit` (HTTP 413). */
   | 'ERR_PAYLOAD_TOO_LARGE'
   /** A long run stopped on request (an AbortSignal, or Ctrl-C in `eigenlorax demo`). */
-  | 'ERR_ABORTED';
+  | 'ERR_ABORTED'
+  /** LoRA extraction whose selected weights are all equal in the base and the tuned checkpoint. */
+  | 'ERR_NOTHING_TO_EXTRACT';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;

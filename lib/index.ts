@@ -55,6 +55,7 @@ export {
   openAdapter,
   loadAdapter,
   saveAdapter,
+  convertAdapterNames,
   inspectAdapter,
   summarizeAdapter,
   OpenedAdapter,
@@ -178,3 +179,4 @@ export {
   type LoraBankModule,
   type LoraBankMemory,
 } from './serve/bank.js';
+export { extractLora, type ExtractLoraOptions, type ExtractReport, type ExtractedModule, type ExtractProgress } from './extract/index.js';

@@ -276,7 +276,7 @@ test('kohya: linear and conv modules, alpha scalars of any dtype, missing or zer
   t.is(mod(adapter, 'text_encoder.text_model.encoder.layers.0.self_attn.q_proj').dtypes.alpha, 'I64');
 });
 
-test('kohya: names outside the SD 1.x/2.x grammar (SDXL SGM blocks) keep their kohya names, for the whole file', async (t) => {
+test('kohya: SDXL SGM names are recovered as diffusers names; names outside the grammars keep their kohya names, for the whole file', async (t) => {
   const dir = await tempDir(t);
   const file = path.join(dir, 'sdxl.safetensors');
   await writeKohya(file, [
@@ -284,11 +284,16 @@ test('kohya: names outside the SD 1.x/2.x grammar (SDXL SGM blocks) keep their k
     { loraName: 'lora_unet_down_blocks_0_attentions_0_proj_in', rank: 4, in: 16, out: 16 },
     { loraName: 'lora_te2_text_model_encoder_layers_0_self_attn_q_proj', rank: 4, in: 16, out: 16 },
   ]);
-  const adapter = await loadAdapter(file);
   t.deepEqual(
-    [...adapter.modules.keys()].sort(),
-    ['lora_te2_text_model_encoder_layers_0_self_attn_q_proj', 'lora_unet_down_blocks_0_attentions_0_proj_in', 'lora_unet_input_blocks_4_1_proj_in'],
+    [...(await loadAdapter(file)).modules.keys()].sort(),
+    ['text_encoder_2.text_model.encoder.layers.0.self_attn.q_proj', 'unet.down_blocks.0.attentions.0.proj_in', 'unet.down_blocks.1.attentions.0.proj_in'],
   );
+  const other = path.join(dir, 'other.safetensors');
+  await writeKohya(other, [
+    { loraName: 'lora_unet_input_blocks_4_1_proj_in', rank: 4, in: 16, out: 16 },
+    { loraName: 'lora_unet_input_blocks_4_7_proj_in', rank: 4, in: 16, out: 16 },
+  ]);
+  t.deepEqual([...(await loadAdapter(other)).modules.keys()].sort(), ['lora_unet_input_blocks_4_1_proj_in', 'lora_unet_input_blocks_4_7_proj_in']);
 });
 
 test('openAdapter reads headers only; modules are read one at a time; reads after close fail', async (t) => {

@@ -9,11 +9,13 @@
  * alpha == 0`); scale = alpha / rank. Module names: see names.ts (diffusers-style when the
  * whole file parses as a standard SD 1.x/2.x U-Net / CLIP, else the kohya names).
  * Base model: the `ss_sd_model_name` metadata when present.
- * Refused: LyCORIS and other networks sharing the `lora_` prefix (`hada_*`, `lokr_*`,
- * `lora_mid`, `dora_scale`, `diff`, ...). Keys that do not start with `lora_` are extras.
+ * Refused, naming the algorithm (lycoris.ts): LyCORIS and other networks sharing the
+ * `lora_` prefix (LoHa `hada_*`, LoKr `lokr_*`, IA3 `on_input`, GLoRA, OFT, `lora_mid`,
+ * DoRA `dora_scale`, `diff`, ...). Keys that do not start with `lora_` are extras.
  */
 import type { SafetensorsReader } from '../io/safetensors.js';
 import { decodeScalar, describeFactors, keyError, scaleOf } from './common.js';
+import { refuseLycoris } from './lycoris.js';
 import { diffusersNameOfKohya, kohyaPrefix } from './names.js';
 import type { AdapterPlan } from './plan.js';
 import type { LoraModuleInfo } from './types.js';
@@ -29,6 +31,7 @@ export function isKohyaKey(key: string): boolean {
 export async function planKohya(reader: SafetensorsReader, weightsFile: string): Promise<AdapterPlan> {
   const found = new Map<string, { down?: string; up?: string; alpha?: string }>();
   const extras: string[] = [];
+  refuseLycoris(weightsFile, [...reader.tensors.keys()].filter((k) => k.startsWith('lora_') || k.startsWith('lycoris_')));
   for (const key of reader.tensors.keys()) {
     if (!key.startsWith('lora_')) {
       extras.push(key);

@@ -7,10 +7,11 @@
  * grammar of the standard Stable Diffusion 1.x/2.x U-Net (diffusers `UNet2DConditionModel`
  * naming, which sd-scripts uses for those models) and of the CLIP text encoders; the
  * result must turn back into the same kohya name. A file is renamed only when every one of
- * its modules parses; otherwise all its modules keep their kohya names (SDXL files from
- * sd-scripts, which use SGM names such as `input_blocks_4_1_...`, Flux, LyCORIS-style
- * names for other networks).
+ * its modules parses; otherwise all its modules keep their kohya names (Flux, other
+ * networks). SDXL files from sd-scripts use SGM names (`input_blocks_4_1_...`); those are
+ * recovered too (sd-names.ts), and written back in that spelling for SDXL (sd-convert.ts).
  */
+import { diffusersPathOfSgm, sgmPathOfDiffusers } from './sd-names.js';
 
 export type KohyaPrefix = 'lora_unet_' | 'lora_te_' | 'lora_te1_' | 'lora_te2_';
 
@@ -72,6 +73,12 @@ export function diffusersNameOfKohya(loraName: string): string | null {
         path = build(m);
         break;
       }
+    }
+    if (path === null) {
+      const sgm = diffusersPathOfSgm(rest);
+      // Checked by turning it back: the SGM spelling must be the one we would write.
+      const back = sgm === null ? null : sgmPathOfDiffusers(sgm, () => rest.endsWith('_2_conv'));
+      return back !== null && back.replace(/\./g, '_') === rest ? `unet.${sgm}` : null;
     }
   } else {
     path = textEncoderPath(rest);

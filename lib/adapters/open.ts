@@ -13,6 +13,7 @@ import { invalid, knownKeys, object, oneOf } from '../validate.js';
 import { firstNonFinite, naturalCompare, nonFiniteError } from './common.js';
 import { DIFFUSERS_WEIGHTS_NAME, parseDiffusersKey, planDiffusers } from './diffusers.js';
 import { isKohyaKey, planKohya } from './kohya.js';
+import { refuseLycoris } from './lycoris.js';
 import { kohyaPrefix } from './names.js';
 import { PEFT_CONFIG_NAME, PEFT_PREFIX, PEFT_WEIGHTS_NAME, planPeft, readPeftConfig } from './peft.js';
 import type { AdapterPlan } from './plan.js';
@@ -274,6 +275,7 @@ function detectFromKeys(reader: SafetensorsReader, weightsFile: string, configFi
     }
   }
   if (configFile !== null && path.basename(weightsFile) === PEFT_WEIGHTS_NAME) return 'peft';
+  refuseLycoris(weightsFile, keys);
   throw fileError(
     'ERR_ADAPTER_FORMAT',
     weightsFile,

@@ -19,6 +19,7 @@ import { encodeScalar, firstNonFinite, naturalCompare, product, scaleOf } from '
 import { DIFFUSERS_METADATA_KEY, DIFFUSERS_WEIGHTS_NAME, diffusersComponents } from './diffusers.js';
 import { kohyaNameOf } from './names.js';
 import { OpenedAdapter } from './open.js';
+import { namesForFormat } from './sd-convert.js';
 import { compilePatterns, escapePattern, matchPattern } from './patterns.js';
 import { PEFT_CONFIG_NAME, PEFT_PREFIX, PEFT_WEIGHTS_NAME, parseLoraSettings, resolveRankAlpha } from './peft.js';
 import {
@@ -564,6 +565,8 @@ function checkUniqueKeys(entries: SafetensorsEntry[], destination: string): void
 export async function saveAdapter(adapter: LoraAdapter | OpenedAdapter, destination: string, options: SaveAdapterOptions): Promise<SavedAdapter> {
   if (typeof destination !== 'string' || destination.length === 0) throw invalid('a path (non-empty string)', 'destination', destination);
   const resolved = checkSaveOptions(options);
+  // SDXL / Flux modules as the target format names them (split or fused for Flux).
+  adapter = await namesForFormat(adapter, resolved.format);
   const source =
     adapter instanceof OpenedAdapter ? fromOpened(adapter, resolved.allowNonFinite) : checkInMemory(adapter, resolved.allowNonFinite);
   if (source.modules.length === 0) throw invalid('an adapter with at least one module', 'adapter.modules', adapter.modules);
