@@ -51,12 +51,30 @@ function parseOptions(argv: string[]) {
   return options;
 }
 
+/**
+ * The headers of the running Node, as .ci/build-gyp.sh finds them: npm's nodedir when set
+ * (npm run exports it), else this node binary's prefix when it holds include/node/node.h.
+ * Without one, cmake-js run outside npm downloads headers, which fails offline.
+ */
+function nodeHeadersDir(env: NodeJS.ProcessEnv = process.env, execPath = process.execPath): string | undefined {
+  const configured = env.npm_config_nodedir;
+  if (configured) return configured;
+  const prefix = path.resolve(path.dirname(execPath), '..');
+  return existsSync(path.join(prefix, 'include', 'node', 'node.h')) ? prefix : undefined;
+}
+
 /** cmake-js configures build/ when needed (as `npm install` does), then builds only the benchmark target. */
 function buildNative(): string {
   const cmakeJs = path.join(root, 'node_modules', 'cmake-js', 'bin', 'cmake-js');
   const args = [cmakeJs, 'build', '--target', TARGET];
-  process.stderr.write(`  building: node ${path.relative(root, cmakeJs)} build --target ${TARGET}\n`);
-  const built = spawnSync(process.execPath, args, { cwd: root, stdio: ['ignore', process.stderr, process.stderr] });
+  // cmake-js reads the headers' folder only from npm's environment (no flag for it).
+  const nodedir = nodeHeadersDir();
+  const env = nodedir ? { ...process.env, npm_config_nodedir: nodedir } : process.env;
+  process.stderr.write(
+    `  building: ${nodedir ? `npm_config_nodedir=${nodedir} ` : ''}node ${path.relative(root, cmakeJs)} build --target ${TARGET}\n`,
+  );
+  if (!nodedir) process.stderr.write('  no Node headers beside this node and no npm nodedir: cmake-js may try to download them\n');
+  const built = spawnSync(process.execPath, args, { cwd: root, env, stdio: ['ignore', process.stderr, process.stderr] });
   if (built.status !== 0) throw new Error(`building ${TARGET} failed (exit code ${built.status})`);
   const binary = path.join(root, 'build', TARGET);
   if (!existsSync(binary)) throw new Error(`${binary} not found after the build`);

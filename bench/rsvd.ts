@@ -1,19 +1,24 @@
 /**
  * Randomized SVD benchmark: eigenlorax's rsvd against the same algorithm written with
- * numpy (bench/peers/rsvd_numpy.py), measured in the same run on the same matrices.
+ * numpy (bench/peers/rsvd_numpy.py), and against scikit-learn's randomized_svd and
+ * torch.svd_lowrank when they import (in --python, else in /usr/bin/python3, where
+ * Debian's python3-sklearn and python3-torch land; the run says which are missing),
+ * measured in the same run on the same matrices. The peers' processes run without
+ * OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE (set on some machines for older OpenBLAS builds,
+ * they slow a current one); eigenlorax's own process keeps its environment.
  *
  *   npm run bench:rsvd                      all shapes
  *   node dist/bench/rsvd.js --shapes 4096x8000 --exact-all --no-peer
  *
  * Options: --shapes MxN,...   only these shapes (default: the four below)
  *          --exact-all        numpy float64 SVD on every shape (default: all but 16384 x 4096)
- *          --no-peer          skip numpy
- *          --python PATH      interpreter for the peer (default: python3)
+ *          --no-peer          skip numpy, sklearn and torch
+ *          --python PATH      interpreter for the peers (default: python3)
  *
  * Prints tables; never passes or fails on time.
  */
 import { spawn, type ChildProcessWithoutNullStreams } from 'node:child_process';
-import { rmSync, writeFileSync } from 'node:fs';
+import { existsSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
@@ -40,6 +45,9 @@ const RANK = 64;
 const OVERSAMPLE = 10;
 const POWER_ITERS = 2;
 const SEED = 0;
+
+/** The issue's target against the best of numpy, sklearn and torch: time and top-k error ratios. */
+const PEER_TARGET = { time: 0.6, error: 1.1 };
 
 interface Shape {
   rows: number;
@@ -127,13 +135,16 @@ class Peer {
 
   static async start(python: string, threads: number): Promise<{ peer: Peer | null; info: Record<string, unknown> | null; why: string }> {
     const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'peers', 'rsvd_numpy.py');
-    // Same thread count as eigenlorax unless the caller pinned numpy's BLAS already.
+    // Same thread count as eigenlorax unless the caller pinned numpy's BLAS already; the
+    // OpenBLAS kernel overrides are dropped for the peer's process alone.
     const env = { ...process.env };
+    delete env.OPENBLAS_CORETYPE;
+    delete env.OPENBLAS_L2_SIZE;
     for (const name of ['OPENBLAS_NUM_THREADS', 'OMP_NUM_THREADS', 'MKL_NUM_THREADS']) env[name] ??= String(threads);
     const child = spawn(python, [script], { stdio: ['pipe', 'pipe', 'pipe'], env });
     const peer = new Peer(child);
     try {
-      const info = await peer.request({ cmd: 'info' });
+      const info = await peer.request({ cmd: 'info', libs: true });
       return { peer, info, why: '' };
     } catch (error) {
       child.kill();
@@ -145,7 +156,7 @@ class Peer {
     if (this.exited) return Promise.reject(this.exited);
     return new Promise((resolve, reject) => {
       this.pending.push({
-        resolve: (reply) => (typeof reply.error === 'string' ? reject(new Error(`numpy peer: ${reply.error}`)) : resolve(reply)),
+        resolve: (reply) => (typeof reply.error === 'string' ? reject(new Error(`python peer: ${reply.error}`)) : resolve(reply)),
         reject,
       });
       this.child.stdin.write(`${JSON.stringify(message)}\n`);
@@ -159,6 +170,42 @@ class Peer {
   stop(): void {
     if (!this.exited) this.child.stdin.end(`${JSON.stringify({ cmd: 'quit' })}\n`);
   }
+}
+
+/**
+ * sklearn and torch peers: the numpy peer's own process when they import there, else the
+ * same script under /usr/bin/python3 (Debian's python3-sklearn / python3-torch) when they
+ * import there. Prints one line per library saying where it runs or why it does not.
+ */
+async function startLibPeers(python: string, peer: Peer | null, threads: number): Promise<{ libPeers: LibPeers; extra: Peer[] }> {
+  const libPeers: LibPeers = {};
+  const extra: Peer[] = [];
+  const why: Record<string, string> = {};
+  const adopt = (p: Peer, info: Record<string, unknown> | null, where: string) => {
+    const libs = (info?.libs ?? {}) as Record<string, string | null>;
+    for (const lib of LIBS) {
+      if (libPeers[lib]) continue;
+      if (libs[lib]) {
+        libPeers[lib] = p;
+        console.log(`${lib.padEnd(12)}${lib} ${libs[lib]} in ${where}`);
+      } else why[lib] = `${why[lib] ? `${why[lib]}; ` : ''}${where}: ${libs[`${lib}_why`] ?? 'no answer'}`;
+    }
+  };
+  if (peer) adopt(peer, await peer.request({ cmd: 'info', libs: true }), python);
+  const fallback = '/usr/bin/python3';
+  if (LIBS.some((lib) => !libPeers[lib]) && python !== fallback && existsSync(fallback)) {
+    const started = await Peer.start(fallback, threads);
+    if (started.peer) {
+      const before = Object.keys(libPeers).length;
+      adopt(started.peer, started.info, fallback);
+      if (Object.keys(libPeers).length > before) extra.push(started.peer);
+      else started.peer.stop();
+    } else for (const lib of LIBS) why[lib] = `${why[lib] ? `${why[lib]}; ` : ''}${fallback}: ${started.why}`;
+  }
+  for (const lib of LIBS) {
+    if (!libPeers[lib]) console.log(`${lib.padEnd(12)}not available (${why[lib] ?? 'no python peer'}): its columns say n/a`);
+  }
+  return { libPeers, extra };
 }
 
 // ------------------------------------------------------------------------------------
@@ -197,8 +244,15 @@ function maxRelativeError(values: ArrayLike<number>, truth: ArrayLike<number>, c
   return worst;
 }
 
+type Lib = 'sklearn' | 'torch';
+const LIBS: Lib[] = ['sklearn', 'torch'];
+/** The process that runs each library peer (the numpy peer itself, or a second interpreter). */
+type LibPeers = Partial<Record<Lib, Peer>>;
+
 interface Row {
   shape: Shape;
+  /** Median seconds and top-k error of sklearn / torch (NaN when not run). */
+  lib: Record<Lib, { time: number; err: number }>;
   k: number;
   l: number;
   variant: string;
@@ -218,7 +272,7 @@ interface Row {
   numpyGemm: number;
 }
 
-async function benchShape(shape: Shape, peer: Peer | null, options: Options, notes: string[]): Promise<Row[]> {
+async function benchShape(shape: Shape, peer: Peer | null, libPeers: LibPeers, options: Options, notes: string[]): Promise<Row[]> {
   const { rows: m, cols: n } = shape;
   const k = Math.min(RANK, m, n);
   const l = Math.min(k + OVERSAMPLE, m, n);
@@ -232,13 +286,14 @@ async function benchShape(shape: Shape, peer: Peer | null, options: Options, not
   const a = await testMatrix(m, n, k, m + n);
   const generated = now() - start;
 
-  // numpy gets the very same matrix through a temporary raw f32 file.
-  if (peer) {
+  // numpy (and the library peers) get the very same matrix through a temporary raw f32 file.
+  const processes = [...new Set([peer, ...Object.values(libPeers)].filter((p): p is Peer => p !== null && p !== undefined))];
+  if (processes.length) {
     const file = path.join(os.tmpdir(), `eigenlorax-bench-${process.pid}-${m}x${n}.f32`);
     start = now();
     writeFileSync(file, new Uint8Array(a.data.buffer, a.data.byteOffset, a.data.byteLength));
     try {
-      await peer.request({ cmd: 'load', path: file, rows: m, cols: n });
+      for (const p of processes) await p.request({ cmd: 'load', path: file, rows: m, cols: n });
     } finally {
       rmSync(file, { force: true });
     }
@@ -324,6 +379,17 @@ async function benchShape(shape: Shape, peer: Peer | null, options: Options, not
     tasks.push({ name: 'numpy', burst: numpyBurst, times: [], size: 1 });
     tasks.push({ name: 'numpyGemm', burst: numpyGemmBurst, times: [], size: 1 });
   }
+  const lastLibS: Partial<Record<Lib, number[]>> = {};
+  for (const lib of LIBS) {
+    const libPeer = libPeers[lib];
+    if (!libPeer) continue;
+    const burst: Burst = async (warm, repeat) => {
+      const reply = await libPeer.request({ cmd: 'lib_rsvd', lib, k, p: OVERSAMPLE, q: POWER_ITERS, seed: SEED, warm, repeat });
+      lastLibS[lib] = reply.S as number[];
+      return reply.times as number[];
+    };
+    tasks.push({ name: lib, burst, times: [], size: 1 });
+  }
 
   // Warm-up round (not recorded) also sizes the bursts; then rounds in alternating order
   // so that neither side always runs right after the other.
@@ -350,8 +416,13 @@ async function benchShape(shape: Shape, peer: Peer | null, options: Options, not
     const oursS = lastOurs[variant] as Float32Array;
     const exactPath = variant === 'auto' && autoIsExact;
     const compareWithNumpy = !exactPath;
+    const libRow = (lib: Lib) => {
+      const s = lastLibS[lib];
+      return { time: s ? median(timesOf(lib)) : Number.NaN, err: s && truth ? maxRelativeError(s, truth, k) : Number.NaN };
+    };
     return {
       shape,
+      lib: { sklearn: libRow('sklearn'), torch: libRow('torch') },
       k,
       l,
       variant: exactPath ? 'auto -> exact' : variant === 'auto' ? 'auto -> randomized' : 'randomized (forced)',
@@ -393,6 +464,7 @@ async function main(): Promise<void> {
   } else {
     console.log('numpy       skipped (--no-peer)');
   }
+  const { libPeers, extra } = options.peer ? await startLibPeers(options.python, peer, threads) : { libPeers: {}, extra: [] };
   console.log(`algorithm   Halko-Martinsson-Tropp 4.4: k = min(${RANK}, min(m, n)), p = ${OVERSAMPLE}, q = ${POWER_ITERS}, ` +
     `l = min(k + p, min(m, n)), QR at every half step, B = Q^T A, small SVD; float32 data`);
   console.log(`test matrix G1 diag(1/(1+j), j < min(256, m, n)) G2^T + uniform noise (spectral norm ~0.1 sigma_k), seeded`);
@@ -401,17 +473,18 @@ async function main(): Promise<void> {
 
   const notes: string[] = [];
   const rows: Row[] = [];
-  const peerPids = peer?.pid ? [peer.pid] : [];
+  const peerPids = [peer, ...extra].flatMap((p) => (p?.pid ? [p.pid] : []));
   const before = cpuSnapshot(peerPids);
   let after: ReturnType<typeof cpuSnapshot> = null;
   try {
     for (const shape of options.shapes) {
       process.stderr.write(`  running ${shape.rows} x ${shape.cols} ...\n`);
-      rows.push(...(await benchShape(shape, peer, options, notes)));
+      rows.push(...(await benchShape(shape, peer, libPeers, options, notes)));
     }
     after = cpuSnapshot(peerPids);
   } finally {
     peer?.stop();
+    for (const p of extra) p.stop();
   }
 
   const shapeText = (r: Row) => `${r.shape.rows} x ${r.shape.cols}`;
@@ -433,6 +506,32 @@ async function main(): Promise<void> {
     ),
   );
   console.log('ours/numpy < 1 means eigenlorax is faster. numpy always runs the randomized algorithm.\n');
+
+  console.log('## Library peers (ms, median; top-k error as below): sklearn randomized_svd (QR normaliser), torch.svd_lowrank');
+  const libCell = (r: Row, lib: Lib) => (libPeers[lib] ? ms(r.lib[lib].time) : 'n/a');
+  const bestPeer = (r: Row) => {
+    const times = [r.numpy, r.lib.sklearn.time, r.lib.torch.time].filter((t) => Number.isFinite(t));
+    return times.length ? Math.min(...times) : Number.NaN;
+  };
+  console.log(
+    table(
+      ['shape', 'path (ours)', 'ours', 'sklearn', 'torch', 'ours/sklearn', 'ours/torch', 'ours/best peer', 'err ours', 'err sklearn', 'err torch'],
+      rows.map((r): Cell[] => [
+        shapeText(r),
+        r.variant,
+        ms(r.ours),
+        libCell(r, 'sklearn'),
+        libCell(r, 'torch'),
+        libPeers.sklearn ? ratio(r.ours / r.lib.sklearn.time) : 'n/a',
+        libPeers.torch ? ratio(r.ours / r.lib.torch.time) : 'n/a',
+        Number.isFinite(bestPeer(r)) ? ratio(r.ours / bestPeer(r)) : 'n/a',
+        exp(r.errOurs),
+        exp(r.lib.sklearn.err),
+        exp(r.lib.torch.err),
+      ]),
+    ),
+  );
+  console.log('best peer = the fastest of numpy, sklearn and torch on that shape; < 1 means eigenlorax is faster.\n');
 
   console.log('## Accuracy of the top-k singular values (max_j |s_j - s*_j| / s*_j)');
   console.log(
@@ -496,6 +595,16 @@ async function main(): Promise<void> {
     console.log(`accuracy: ours ${exp(target.errOurs)} vs numpy ${exp(target.errNumpySame)} (same Omega; equal = within 5% + 1e-6), ` +
       `numpy own Omega ${exp(target.errNumpyOwn)}, against ${target.truthName}: ${accuracyOk ? 'MET' : 'NOT MET'}`);
     console.log(`overall:  ${timeOk && accuracyOk ? 'MET' : 'NOT MET'}`);
+  }
+  if (target && Number.isFinite(bestPeer(target))) {
+    const best = bestPeer(target);
+    const errs = [target.errNumpyOwn, target.lib.sklearn.err, target.lib.torch.err].filter((e) => Number.isFinite(e));
+    const bestErr = errs.length ? Math.min(...errs) : Number.NaN;
+    const ok = target.ours / best <= PEER_TARGET.time && target.errOurs <= PEER_TARGET.error * bestErr;
+    console.log(
+      `peers:    ours / best peer ${ratio(target.ours / best)} (target <= ${PEER_TARGET.time}x), error ours ${exp(target.errOurs)} vs best peer's ` +
+        `${exp(bestErr)} (target <= ${PEER_TARGET.error}x): ${ok ? 'MET' : 'NOT MET'}`,
+    );
   }
   console.log(`\nload average at the end: ${os.loadavg().map((v) => v.toFixed(2)).join(' ')}`);
   console.log(otherLoadLine(before, after));

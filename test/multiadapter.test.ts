@@ -84,6 +84,48 @@ test('eigenBankApply equals applying each row’s adapter alone, with rows of no
   t.true(maxRelDiff(delta, wantDelta) < 1e-5, `seed ${seed}: delta only`);
 });
 
+/** The dense delta of each adapter of a bank: s (U_B beta)(alpha^T V_A^T), in f64. */
+function bankDeltas(b: Awaited<ReturnType<typeof bank>>): Mat64[] {
+  return b.coefficients.map((c) => {
+    const d = matmul(matmul(toF64(b.componentsB), toF64(c.beta)), transpose(matmul(toF64(b.componentsA), toF64(c.alpha))));
+    for (let i = 0; i < d.data.length; i++) d.data[i]! *= c.scale;
+    return d;
+  });
+}
+
+// Few distinct low-rank adapters take the per-call LoRA pairs (M_i = L_i R_i); many, or
+// full-rank mixings, the shared products; batches past ~4e6 multiply-adds split their rows
+// across threads. Every route must give each row its own adapter.
+test('eigenBankApply: one adapter for all rows, a few interleaved with empty rows, full rank, and a batch split across threads', async (t) => {
+  const seed = freshSeed();
+  const cases: Array<{ what: string; count: number; kA: number; kB: number; r: number; n: number; rows: (b: number, random: () => number) => number }> = [
+    { what: 'one low-rank adapter for every row', count: 3, kA: 16, kB: 12, r: 2, n: 37, rows: () => 1 },
+    { what: 'two low-rank adapters interleaved with empty rows', count: 4, kA: 16, kB: 16, r: 2, n: 41, rows: (b) => [0, 3, -1, 3, 0][b % 5]! },
+    { what: 'full-rank mixings (r = K)', count: 3, kA: 5, kB: 5, r: 5, n: 29, rows: (_, random) => Math.floor(random() * 4) - 1 },
+    { what: '3000 rows, one adapter (threads, pairs)', count: 2, kA: 16, kB: 16, r: 3, n: 3000, rows: () => 0 },
+    { what: '3000 rows, many adapters and empty rows (threads, shared)', count: 40, kA: 24, kB: 24, r: 6, n: 3000, rows: (_, random) => Math.floor(random() * 41) - 1 },
+  ];
+  for (const c of cases) {
+    const b = await bank(seed + c.n, c.count, c.kA, c.kB, c.r);
+    const x = randomMatrix(c.n, dIn, seed + 99);
+    const random = rng(seed);
+    const rows = Int32Array.from({ length: c.n }, (_, i) => c.rows(i, random));
+    const deltas = bankDeltas(b);
+    const deltaOf = (row: number) => (rows[row]! >= 0 ? deltas[rows[row]!]! : null);
+    const weight = randomMatrix(dOut, dIn, seed + 98);
+    const bias = randomMatrix(1, dOut, seed + 97).data;
+    const full = await eigenBankApply(x, b, rows, { weight, bias });
+    t.true(maxRelDiff(full, denseRows(x, weight, bias, deltaOf)) < 1e-5, `seed ${seed}, ${c.what}: with weight and bias`);
+    const onlyBias = await eigenBankApply(x, b, rows, { bias });
+    t.true(maxRelDiff(onlyBias, denseRows(x, null, bias, deltaOf)) < 1e-5, `seed ${seed}, ${c.what}: bias only`);
+    // Into a dirty output buffer: every element must be written, not accumulated.
+    const out = matrix(c.n, dOut);
+    out.data.fill(Number.NaN);
+    const delta = await eigenBankApply(x, b, rows, { out });
+    t.true(maxRelDiff(delta, denseRows(x, null, null, deltaOf)) < 1e-5, `seed ${seed}, ${c.what}: adapters only`);
+  }
+});
+
 test('loraBankApply equals applying each row’s LoRA pair alone', async (t) => {
   const seed = freshSeed();
   const adapters = [2, 5, 3, 1].map((r, i) => ({

@@ -24,6 +24,11 @@ Commands:
       pure Python).
   {"cmd": "gemm", "l": l, "seed": s, "warm": w, "repeat": r}   one pass: A @ Omega, timed
   {"cmd": "svd"}                                      exact singular values, float64
+  {"cmd": "lib_rsvd", "lib": "sklearn"|"torch", "k", "p", "q", "seed", "warm", "repeat"}
+      the libraries' own randomized SVDs as peers (imported on first use; "info"
+      lists which import): sklearn.utils.extmath.randomized_svd(A, k, n_oversamples=p,
+      n_iter=q, power_iteration_normalizer="QR", random_state=seed) and
+      torch.svd_lowrank(A, q=k + p, niter=q) on a float32 tensor sharing A's memory.
   {"cmd": "quit"}
 """
 import json
@@ -131,6 +136,48 @@ def eigenlorax_gaussians(seed, count):
     return out
 
 
+def library(name):
+    """The module of a peer library, or raises ImportError."""
+    if name == "sklearn":
+        from sklearn.utils.extmath import randomized_svd
+
+        return randomized_svd
+    if name == "torch":
+        import torch
+
+        return torch
+    raise ValueError(f"unknown library {name!r}")
+
+
+def library_versions():
+    versions = {}
+    for name, module in (("sklearn", "sklearn"), ("torch", "torch")):
+        try:
+            versions[name] = __import__(module).__version__
+        except Exception as error:  # any import failure means: not a peer here
+            versions[name] = None
+            versions[f"{name}_why"] = f"{type(error).__name__}: {error}"
+    return versions
+
+
+_torch_a = None
+
+
+def lib_rsvd(name, k, p, q, seed):
+    global _torch_a
+    if name == "sklearn":
+        _, s, _ = library("sklearn")(
+            A, k, n_oversamples=p, n_iter=q, power_iteration_normalizer="QR", random_state=seed
+        )
+        return s
+    torch = library("torch")
+    if _torch_a is None or _torch_a.data_ptr() != A.ctypes.data:
+        _torch_a = torch.from_numpy(A)
+    torch.manual_seed(seed)
+    _, s, _ = torch.svd_lowrank(_torch_a, q=min(k + p, *A.shape), niter=q)
+    return s[:k].numpy()
+
+
 def handle(msg):
     global A
     cmd = msg["cmd"]
@@ -140,6 +187,7 @@ def handle(msg):
             "numpy": np.__version__,
             "env_threads": {k: os.environ.get(k) for k in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")},
             **blas_info(),
+            **({"libs": library_versions()} if msg.get("libs") else {}),
         }
     if cmd == "load":
         m, n = int(msg["rows"]), int(msg["cols"])
@@ -184,6 +232,14 @@ def handle(msg):
             times.append(time.perf_counter() - start)
             del y
         return {"times": times[int(msg.get("warm", 0)):]}
+    if cmd == "lib_rsvd":
+        k, p, q, seed = int(msg["k"]), int(msg["p"]), int(msg["q"]), int(msg["seed"])
+        times = []
+        for i in range(int(msg.get("warm", 0)) + int(msg.get("repeat", 1))):
+            start = time.perf_counter()
+            s = lib_rsvd(msg["lib"], k, p, q, seed)
+            times.append(time.perf_counter() - start)
+        return {"times": times[int(msg.get("warm", 0)):], "S": [float(v) for v in s]}
     if cmd == "svd":
         start = time.perf_counter()
         s = np.linalg.svd(A.astype(np.float64), compute_uv=False)
