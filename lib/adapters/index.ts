@@ -1,6 +1,13 @@
 /** LoRA adapters in and out: PEFT, diffusers and kohya files, one in-memory model. */
 export { openAdapter, loadAdapter, OpenedAdapter, type AdapterModuleHandle, type AdapterExtraHandle } from './open.js';
 export { saveAdapter } from './save.js';
+export { convertAdapter, type ConvertAdapterOptions } from './convert.js';
+export {
+  ggufLoraArchitectures,
+  ggufModuleName,
+  hfModuleName,
+  type GgufLoraArchitecture,
+} from './gguf-names.js';
 export { inspectAdapter, summarizeAdapter, type AdapterReport, type CountedValue } from './inspect.js';
 export {
   adapterFormats,
@@ -15,4 +22,5 @@ export {
   type LoadAdapterOptions,
   type SaveAdapterOptions,
   type SavedAdapter,
+  type GgufAdapterOptions,
 } from './types.js';

@@ -16,6 +16,8 @@ import {
 import { checkMatrix } from '../matrix.js';
 import { invalid, knownKeys, object, oneOf } from '../validate.js';
 import { encodeScalar, firstNonFinite, naturalCompare, product, scaleOf } from './common.js';
+import { writeGguf } from '../io/gguf-write.js';
+import { checkGgufOptions, ggufAdapterOutput, ggufToHfSource, GGUF_EXTENSION } from './gguf.js';
 import { DIFFUSERS_METADATA_KEY, DIFFUSERS_WEIGHTS_NAME, diffusersComponents } from './diffusers.js';
 import { kohyaNameOf } from './names.js';
 import { OpenedAdapter } from './open.js';
@@ -31,7 +33,7 @@ import {
 } from './types.js';
 
 /** A module to write: its info (checked) and its factors, given or read on demand. */
-interface SaveModule {
+export interface SaveModule {
   info: LoraModuleInfo;
   /** Row-major values of A (`rank x inFeatures`) and B (`outFeatures x rank`). */
   A: () => Float32Array | Promise<Float32Array>;
@@ -45,7 +47,7 @@ interface SaveExtra {
   bytes: () => Uint8Array | Promise<Uint8Array>;
 }
 
-interface SaveSource {
+export interface SaveSource {
   format: AdapterFormat;
   baseModel: string | null;
   config: Record<string, unknown> | null;
@@ -497,18 +499,19 @@ interface Resolved {
   dtype: SaveAdapterOptions['dtype'];
   extras: 'keep' | 'drop';
   allowNonFinite: boolean;
+  gguf: SaveAdapterOptions['gguf'];
 }
 
 function checkSaveOptions(options: unknown): Resolved {
   const opts = object(options, 'options');
-  knownKeys(opts, 'options', ['format', 'dtype', 'extras', 'allowNonFinite']);
+  knownKeys(opts, 'options', ['format', 'dtype', 'extras', 'allowNonFinite', 'gguf']);
   const format = oneOf(opts.format, 'options.format', adapterFormats);
   const dtype = opts.dtype === undefined ? undefined : oneOf(opts.dtype, 'options.dtype', ['F32', 'F16', 'BF16'] as const);
   const extras = opts.extras === undefined ? 'keep' : oneOf(opts.extras, 'options.extras', ['keep', 'drop'] as const);
   if (opts.allowNonFinite !== undefined && typeof opts.allowNonFinite !== 'boolean') {
     throw invalid('true or false', 'options.allowNonFinite', opts.allowNonFinite);
   }
-  return { format, dtype, extras, allowNonFinite: opts.allowNonFinite === true };
+  return { format, dtype, extras, allowNonFinite: opts.allowNonFinite === true, gguf: checkGgufOptions(opts.gguf) };
 }
 
 async function kindOf(p: string): Promise<'file' | 'folder' | 'missing'> {
@@ -564,11 +567,14 @@ function checkUniqueKeys(entries: SafetensorsEntry[], destination: string): void
 export async function saveAdapter(adapter: LoraAdapter | OpenedAdapter, destination: string, options: SaveAdapterOptions): Promise<SavedAdapter> {
   if (typeof destination !== 'string' || destination.length === 0) throw invalid('a path (non-empty string)', 'destination', destination);
   const resolved = checkSaveOptions(options);
-  const source =
+  let source =
     adapter instanceof OpenedAdapter ? fromOpened(adapter, resolved.allowNonFinite) : checkInMemory(adapter, resolved.allowNonFinite);
   if (source.modules.length === 0) throw invalid('an adapter with at least one module', 'adapter.modules', adapter.modules);
   const target = path.resolve(destination);
   const format = resolved.format;
+  if (format === 'gguf') return saveGguf(source, target, resolved);
+  // GGUF module names (blk.N.attn_q) become the model's HF names in the other formats.
+  if (source.format === 'gguf') source = await ggufToHfSource(source, target, resolved.gguf);
 
   let folder: string;
   let weightsFile: string;
@@ -629,4 +635,21 @@ export async function saveAdapter(adapter: LoraAdapter | OpenedAdapter, destinat
     await removeCreated(created);
     throw error;
   }
+}
+
+/** saveAdapter's GGUF branch: one `.gguf` file (lib/adapters/gguf.ts). */
+async function saveGguf(source: SaveSource, target: string, resolved: Resolved): Promise<SavedAdapter> {
+  if (!target.endsWith(GGUF_EXTENSION) || (await kindOf(target)) === 'folder') {
+    throw fileError('ERR_INVALID_ARGUMENT', target, 'a GGUF adapter is written to a .gguf file');
+  }
+  checkExtras(source, 'gguf', target, resolved.extras);
+  const { entries, metadata } = await ggufAdapterOutput(source, target, { dtype: resolved.dtype, gguf: resolved.gguf });
+  const created = await makeFolder(path.dirname(target));
+  try {
+    await writeGguf(target, entries, { metadata });
+  } catch (error) {
+    await removeCreated(created);
+    throw error;
+  }
+  return { format: 'gguf', files: [target] };
 }
