@@ -242,3 +242,24 @@ test('GGUF adapter refusals are typed and list what is missing; nothing is writt
   await using reader = await openGguf(path.join(dir, 'phi2.gguf'));
   t.is(reader.getString('general.architecture'), 'phi3');
 });
+
+test('a subspace adapter exported as GGUF: llama.cpp layout of the reconstruction, q/k permuted with the head counts', async (t) => {
+  const dir = await tempDir(t);
+  const { buildSubspace, projectAdapter, reconstructAdapter, exportAdapter } = await import('../lib/index.js');
+  const paths: string[] = [];
+  for (let i = 0; i < 3; i++) paths.push((await llamaPeft(path.join(dir, `a${i}`))).dir);
+  const subspace = await buildSubspace(paths, { components: 4, seed: 7 });
+  const coefficients = await projectAdapter(subspace, paths[0]!);
+  const rebuilt = await reconstructAdapter(subspace, coefficients);
+  const file = path.join(dir, 'export.gguf');
+  await t.throwsAsync(exportAdapter(subspace, coefficients, file, { format: 'gguf', gguf: { architecture: 'llama' } }), { code: 'ERR_INVALID_ARGUMENT' } as never);
+  await exportAdapter(subspace, coefficients, file, { format: 'gguf', gguf: { architecture: 'llama', headCount: 4, headCountKv: 2 } });
+  const read = await loadAdapter(file);
+  t.is(read.modules.size, rebuilt.modules.size);
+  const q = rebuilt.modules.get('model.layers.1.self_attn.q_proj')!;
+  close(t, delta(read.modules.get('blk.1.attn_q')!), permuted(delta(q), q.outFeatures, q.inFeatures, 4), 'q_proj through the subspace');
+  const up = rebuilt.modules.get('model.layers.0.mlp.up_proj')!;
+  close(t, delta(read.modules.get('blk.0.ffn_up')!), delta(up), 'up_proj through the subspace');
+  const hf = await parseWithHuggingFace(file);
+  t.is(hf.typedMetadata['general.type']?.value, 'adapter');
+});
