@@ -57,36 +57,52 @@ export interface WriteGgufOptions {
   alignment?: number;
 }
 
-/** Encodes values into a growing byte list. */
+/** Encodes values into one growing buffer (a vocabulary is hundreds of thousands of small values). */
 class Bytes {
-  #chunks: Buffer[] = [];
+  #buffer = Buffer.alloc(1 << 16);
   length = 0;
 
-  push(b: Buffer): void {
-    this.#chunks.push(b);
-    this.length += b.length;
+  /** Room for `n` more bytes; returns the offset to write them at. */
+  reserve(n: number): number {
+    if (this.length + n > this.#buffer.length) {
+      const grown = Buffer.alloc(Math.max(this.#buffer.length * 2, this.length + n));
+      this.#buffer.copy(grown, 0, 0, this.length);
+      this.#buffer = grown;
+    }
+    const at = this.length;
+    this.length += n;
+    return at;
+  }
+
+  get buffer(): Buffer {
+    return this.#buffer;
+  }
+
+  // reserve() first, then this.#buffer: reserving may replace the buffer.
+  push(b: Uint8Array): void {
+    const at = this.reserve(b.length);
+    this.#buffer.set(b, at);
   }
 
   u32(v: number): void {
-    const b = Buffer.alloc(4);
-    b.writeUInt32LE(v);
-    this.push(b);
+    const at = this.reserve(4);
+    this.#buffer.writeUInt32LE(v, at);
   }
 
   u64(v: number | bigint): void {
-    const b = Buffer.alloc(8);
-    b.writeBigUInt64LE(BigInt(v));
-    this.push(b);
+    const at = this.reserve(8);
+    this.#buffer.writeBigUInt64LE(BigInt(v), at);
   }
 
   string(s: string): void {
-    const b = Buffer.from(s, 'utf8');
-    this.u64(b.length);
-    this.push(b);
+    const length = Buffer.byteLength(s, 'utf8');
+    this.u64(length);
+    const at = this.reserve(length);
+    this.#buffer.write(s, at, 'utf8');
   }
 
   result(): Buffer {
-    return Buffer.concat(this.#chunks);
+    return this.#buffer.subarray(0, this.length);
   }
 }
 
@@ -108,33 +124,35 @@ function encodeScalar(out: Bytes, type: GgufValueType, value: unknown, where: st
   }
   if (type === 'BOOL') {
     if (typeof value !== 'boolean') throw invalid('true or false', where, value);
-    out.push(Buffer.from([value ? 1 : 0]));
+    const at = out.reserve(1);
+    out.buffer.writeUInt8(value ? 1 : 0, at);
     return;
   }
-  const b = Buffer.alloc(ggufValueBytes[type as Exclude<GgufValueType, 'STRING' | 'ARRAY'>]);
+  const size = ggufValueBytes[type as Exclude<GgufValueType, 'STRING' | 'ARRAY'>];
   if (type === 'UINT64' || type === 'INT64') {
     const v = typeof value === 'number' && Number.isSafeInteger(value) ? BigInt(value) : value;
     if (typeof v !== 'bigint') throw invalid(`a bigint (or a safe integer) for ${type}`, where, value);
     if (type === 'UINT64' ? v < 0n || v >= 1n << 64n : v < -(1n << 63n) || v >= 1n << 63n) throw invalid(`a value in the ${type} range`, where, value);
-    if (type === 'UINT64') b.writeBigUInt64LE(v);
-    else b.writeBigInt64LE(v);
-    out.push(b);
+    const at = out.reserve(size);
+    if (type === 'UINT64') out.buffer.writeBigUInt64LE(v, at);
+    else out.buffer.writeBigInt64LE(v, at);
     return;
   }
   if (typeof value !== 'number') throw invalid(`a number for ${type}`, where, value);
-  if (type === 'FLOAT32') b.writeFloatLE(value);
-  else if (type === 'FLOAT64') b.writeDoubleLE(value);
-  else {
+  if (type !== 'FLOAT32' && type !== 'FLOAT64') {
     const [lo, hi] = integerRanges[type] as [number, number];
     if (!Number.isInteger(value) || value < lo || value > hi) throw invalid(`an integer in [${lo}, ${hi}] for ${type}`, where, value);
-    if (type === 'UINT8') b.writeUInt8(value);
-    else if (type === 'INT8') b.writeInt8(value);
-    else if (type === 'UINT16') b.writeUInt16LE(value);
-    else if (type === 'INT16') b.writeInt16LE(value);
-    else if (type === 'UINT32') b.writeUInt32LE(value);
-    else b.writeInt32LE(value);
   }
-  out.push(b);
+  const at = out.reserve(size);
+  const b = out.buffer;
+  if (type === 'FLOAT32') b.writeFloatLE(value, at);
+  else if (type === 'FLOAT64') b.writeDoubleLE(value, at);
+  else if (type === 'UINT8') b.writeUInt8(value, at);
+  else if (type === 'INT8') b.writeInt8(value, at);
+  else if (type === 'UINT16') b.writeUInt16LE(value, at);
+  else if (type === 'INT16') b.writeInt16LE(value, at);
+  else if (type === 'UINT32') b.writeUInt32LE(value, at);
+  else b.writeInt32LE(value, at);
 }
 
 function checkType(type: unknown, where: string): GgufValueType {
