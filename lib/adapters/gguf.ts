@@ -20,8 +20,11 @@
  * scale.) Written always: `adapter.lora.alpha`. Not expressible, refused with
  * ERR_ADAPTER_UNSUPPORTED: conv and embedding LoRA, non-LoRA extras.
  */
+import { mkdir, rm, stat } from 'node:fs/promises';
+import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
-import { fileError } from '../io/files.js';
+import { fileError, ioError } from '../io/files.js';
+import { writeGguf } from '../io/gguf-write.js';
 import { openGguf, plainValue, type GgufReader } from '../io/gguf.js';
 import { isGgufFloatType, type GgufValue } from '../io/gguf-format.js';
 import type { GgufEntry } from '../io/gguf-write.js';
@@ -41,7 +44,7 @@ import {
 } from './gguf-names.js';
 import type { AdapterPlan, AdapterTensorReader } from './plan.js';
 import type { SaveModule, SaveSource } from './save.js';
-import type { GgufAdapterOptions, LoraModuleInfo } from './types.js';
+import type { GgufAdapterOptions, LoraModuleInfo, SavedAdapter } from './types.js';
 
 export const GGUF_EXTENSION = '.gguf';
 
@@ -369,4 +372,39 @@ export async function ggufToHfSource(source: SaveSource, destination: string, op
   }
   if (missing.length > 0) throw unsupported(destination, `${missing.length} GGUF module${missing.length === 1 ? ' has' : 's have'} no HF name for ${family}:${listed(missing)}`);
   return { ...source, modules, config: null, metadata: {} };
+}
+
+/**
+ * saveAdapter's GGUF branch: one `.gguf` file, checked in full (ggufAdapterOutput) before
+ * anything is written, written atomically; a folder it had to create is removed on failure.
+ */
+export async function saveGgufAdapter(
+  source: SaveSource,
+  target: string,
+  options: { dtype: 'F32' | 'F16' | 'BF16' | undefined; gguf: GgufAdapterOptions | undefined; extras: 'keep' | 'drop' },
+): Promise<SavedAdapter> {
+  const isFolder = await stat(target).then((s) => s.isDirectory(), () => false);
+  if (!target.endsWith(GGUF_EXTENSION) || isFolder) throw fileError('ERR_INVALID_ARGUMENT', target, 'a GGUF adapter is written to a .gguf file');
+  if (options.extras === 'keep' && source.extras.length > 0) {
+    const keys = source.extras.map((e) => JSON.stringify(e.key));
+    throw unsupported(
+      target,
+      `the adapter carries ${keys.length} non-LoRA tensor${keys.length === 1 ? '' : 's'} (${keys.slice(0, 3).join(', ')}${keys.length > 3 ? ', ...' : ''}) ` +
+        "that a GGUF adapter cannot hold; pass extras: 'drop' to leave them out",
+    );
+  }
+  const { entries, metadata } = await ggufAdapterOutput(source, target, options);
+  let created: string | undefined;
+  try {
+    created = await mkdir(path.dirname(target), { recursive: true });
+  } catch (cause) {
+    throw ioError(cause, path.dirname(target), 'create the folder');
+  }
+  try {
+    await writeGguf(target, entries, { metadata });
+  } catch (error) {
+    if (created !== undefined) await rm(created, { recursive: true, force: true }).catch(() => undefined);
+    throw error;
+  }
+  return { format: 'gguf', files: [target] };
 }

@@ -16,8 +16,7 @@ import {
 import { checkMatrix } from '../matrix.js';
 import { invalid, knownKeys, object, oneOf } from '../validate.js';
 import { encodeScalar, firstNonFinite, naturalCompare, product, scaleOf } from './common.js';
-import { writeGguf } from '../io/gguf-write.js';
-import { checkGgufOptions, ggufAdapterOutput, ggufToHfSource, GGUF_EXTENSION } from './gguf.js';
+import { checkGgufOptions, ggufToHfSource, saveGgufAdapter } from './gguf.js';
 import { DIFFUSERS_METADATA_KEY, DIFFUSERS_WEIGHTS_NAME, diffusersComponents } from './diffusers.js';
 import { kohyaNameOf } from './names.js';
 import { OpenedAdapter } from './open.js';
@@ -572,7 +571,7 @@ export async function saveAdapter(adapter: LoraAdapter | OpenedAdapter, destinat
   if (source.modules.length === 0) throw invalid('an adapter with at least one module', 'adapter.modules', adapter.modules);
   const target = path.resolve(destination);
   const format = resolved.format;
-  if (format === 'gguf') return saveGguf(source, target, resolved);
+  if (format === 'gguf') return saveGgufAdapter(source, target, resolved);
   // GGUF module names (blk.N.attn_q) become the model's HF names in the other formats.
   if (source.format === 'gguf') source = await ggufToHfSource(source, target, resolved.gguf);
 
@@ -637,19 +636,3 @@ export async function saveAdapter(adapter: LoraAdapter | OpenedAdapter, destinat
   }
 }
 
-/** saveAdapter's GGUF branch: one `.gguf` file (lib/adapters/gguf.ts). */
-async function saveGguf(source: SaveSource, target: string, resolved: Resolved): Promise<SavedAdapter> {
-  if (!target.endsWith(GGUF_EXTENSION) || (await kindOf(target)) === 'folder') {
-    throw fileError('ERR_INVALID_ARGUMENT', target, 'a GGUF adapter is written to a .gguf file');
-  }
-  checkExtras(source, 'gguf', target, resolved.extras);
-  const { entries, metadata } = await ggufAdapterOutput(source, target, { dtype: resolved.dtype, gguf: resolved.gguf });
-  const created = await makeFolder(path.dirname(target));
-  try {
-    await writeGguf(target, entries, { metadata });
-  } catch (error) {
-    await removeCreated(created);
-    throw error;
-  }
-  return { format: 'gguf', files: [target] };
-}
