@@ -24,6 +24,13 @@ export type ErrorCode =
   | 'ERR_IO'
   /** A safetensors file (or shard index) that breaks the format: header, dtype, shape, offsets. */
   | 'ERR_SAFETENSORS_FORMAT'
+  /**
+   * A GGUF file that breaks the format: wrong magic, a version other than 2 or 3, a
+   * big-endian file, a count or length the file cannot hold, a header over the size limit,
+   * an unknown value or ggml type, a misaligned offset, tensor data outside the file or
+   * overlapping another tensor's.
+   */
+  | 'ERR_GGUF_FORMAT'
   /** A Git LFS pointer file where the real file was expected (`git lfs pull` was not run). */
   | 'ERR_LFS_POINTER'
   /** A tensor name that the file does not hold. */

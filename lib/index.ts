@@ -51,11 +51,30 @@ export {
   type SafetensorsRawEntry,
   type WriteSafetensorsOptions,
 } from './io/safetensors.js';
+export { openGguf, isGgufFile, GgufReader, type GgufTensorInfo, type GgufFloat32Tensor, type GgufRawTensor } from './io/gguf.js';
+export { writeGguf, type GgufEntry, type GgufFloatEntry, type GgufRawEntry, type WriteGgufOptions } from './io/gguf-write.js';
+export {
+  GGUF_DEFAULT_ALIGNMENT,
+  GGUF_MAX_HEADER_BYTES,
+  ggmlTypeCodes,
+  ggufValueTypes,
+  type GgmlType,
+  type GgufValue,
+  type GgufArrayValue,
+  type GgufValueType,
+} from './io/gguf-format.js';
 export {
   openAdapter,
   loadAdapter,
   saveAdapter,
   convertAdapterNames,
+  convertAdapter,
+  ggufLoraArchitectures,
+  ggufModuleName,
+  hfModuleName,
+  type ConvertAdapterOptions,
+  type GgufAdapterOptions,
+  type GgufLoraArchitecture,
   inspectAdapter,
   summarizeAdapter,
   OpenedAdapter,

@@ -2,6 +2,13 @@
 export { openAdapter, loadAdapter, OpenedAdapter, type AdapterModuleHandle, type AdapterExtraHandle } from './open.js';
 export { saveAdapter } from './save.js';
 export { convertAdapterNames, looksLikeSdxl } from './sd-convert.js';
+export { convertAdapter, type ConvertAdapterOptions } from './convert.js';
+export {
+  ggufLoraArchitectures,
+  ggufModuleName,
+  hfModuleName,
+  type GgufLoraArchitecture,
+} from './gguf-names.js';
 export { inspectAdapter, summarizeAdapter, type AdapterReport, type CountedValue } from './inspect.js';
 export {
   adapterFormats,
@@ -16,4 +23,5 @@ export {
   type LoadAdapterOptions,
   type SaveAdapterOptions,
   type SavedAdapter,
+  type GgufAdapterOptions,
 } from './types.js';

@@ -16,7 +16,9 @@ import { isKohyaKey, planKohya } from './kohya.js';
 import { refuseLycoris } from './lycoris.js';
 import { kohyaPrefix } from './names.js';
 import { PEFT_CONFIG_NAME, PEFT_PREFIX, PEFT_WEIGHTS_NAME, planPeft, readPeftConfig } from './peft.js';
-import type { AdapterPlan } from './plan.js';
+import type { AdapterPlan, AdapterTensorReader } from './plan.js';
+import { openGgufAdapter } from './gguf.js';
+import { isGgufFile } from '../io/gguf.js';
 import {
   adapterFormats,
   type AdapterFormat,
@@ -54,7 +56,7 @@ export class OpenedAdapter {
   readonly baseModel: string | null;
   readonly source: AdapterSource;
   readonly config: Readonly<Record<string, unknown>> | null;
-  /** The weights file's safetensors `__metadata__`. */
+  /** The weights file's safetensors `__metadata__` (GGUF: its scalar metadata as text). */
   readonly metadata: Readonly<Record<string, string>>;
   /** Modules by name, in natural name order. */
   readonly modules: ReadonlyMap<string, AdapterModuleHandle>;
@@ -63,11 +65,11 @@ export class OpenedAdapter {
   /** The weights file (absolute). */
   readonly weightsFile: string;
 
-  readonly #reader: SafetensorsReader;
+  readonly #reader: AdapterTensorReader;
   readonly #allowNonFinite: boolean;
 
   /** @internal Use {@link openAdapter}. */
-  constructor(plan: AdapterPlan, reader: SafetensorsReader, source: AdapterSource, weightsFile: string, allowNonFinite: boolean) {
+  constructor(plan: AdapterPlan, reader: AdapterTensorReader, source: AdapterSource, weightsFile: string, allowNonFinite: boolean) {
     this.format = plan.format;
     this.baseModel = plan.baseModel;
     this.source = source;
@@ -313,6 +315,10 @@ export async function openAdapter(target: string, options: OpenAdapterOptions = 
   if (typeof target !== 'string' || target.length === 0) throw invalid('a path (non-empty string)', 'path', target);
   const { format: forced, allowNonFinite } = checkOptions(options, 'options');
   const where = path.resolve(target);
+  if (forced === 'gguf' || (forced === undefined && (await isGgufFile(where)))) {
+    const { plan, reader } = await openGgufAdapter(where);
+    return new OpenedAdapter(plan, reader, { path: where, files: [...reader.files] }, reader.path, allowNonFinite);
+  }
   const located = await locate(where, forced);
   let config: Record<string, unknown> | null = null;
   if (located.format === 'peft' && located.configFile !== null) config = await readPeftConfig(located.configFile);

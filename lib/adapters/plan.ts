@@ -1,5 +1,5 @@
 /** What a format reader works out from a file's header (and config) before any factor is read. */
-import type { SafetensorsReader } from '../io/safetensors.js';
+import type { RawTensor, SafetensorsDType, SafetensorsReader } from '../io/safetensors.js';
 import type { AdapterFormat, LoraModuleInfo } from './types.js';
 
 export interface AdapterPlan {
@@ -14,3 +14,18 @@ export interface AdapterPlan {
 }
 
 export type Planner = (reader: SafetensorsReader, weightsFile: string) => Promise<AdapterPlan>;
+
+/**
+ * What an opened adapter reads its tensors through: a SafetensorsReader, or the GGUF
+ * adapter view (lib/adapters/gguf.ts), which has no extras.
+ */
+export interface AdapterTensorReader {
+  readonly path: string;
+  readonly files: readonly string[];
+  readonly metadata: Readonly<Record<string, string>>;
+  /** The tensors that extras are read from (keys in `AdapterPlan.extras`). */
+  readonly tensors: ReadonlyMap<string, { readonly dtype: SafetensorsDType; readonly shape: readonly number[]; readonly byteLength: number }>;
+  readFloat32(key: string): Promise<{ data: Float32Array }>;
+  readRaw(key: string): Promise<RawTensor>;
+  close(): Promise<void>;
+}

@@ -16,6 +16,7 @@ import {
 import { checkMatrix } from '../matrix.js';
 import { invalid, knownKeys, object, oneOf } from '../validate.js';
 import { encodeScalar, firstNonFinite, naturalCompare, product, scaleOf } from './common.js';
+import { checkGgufOptions, ggufToHfSource, saveGgufAdapter } from './gguf.js';
 import { DIFFUSERS_METADATA_KEY, DIFFUSERS_WEIGHTS_NAME, diffusersComponents } from './diffusers.js';
 import { kohyaNameOf } from './names.js';
 import { OpenedAdapter } from './open.js';
@@ -32,7 +33,7 @@ import {
 } from './types.js';
 
 /** A module to write: its info (checked) and its factors, given or read on demand. */
-interface SaveModule {
+export interface SaveModule {
   info: LoraModuleInfo;
   /** Row-major values of A (`rank x inFeatures`) and B (`outFeatures x rank`). */
   A: () => Float32Array | Promise<Float32Array>;
@@ -46,7 +47,7 @@ interface SaveExtra {
   bytes: () => Uint8Array | Promise<Uint8Array>;
 }
 
-interface SaveSource {
+export interface SaveSource {
   format: AdapterFormat;
   baseModel: string | null;
   config: Record<string, unknown> | null;
@@ -498,18 +499,19 @@ interface Resolved {
   dtype: SaveAdapterOptions['dtype'];
   extras: 'keep' | 'drop';
   allowNonFinite: boolean;
+  gguf: SaveAdapterOptions['gguf'];
 }
 
 function checkSaveOptions(options: unknown): Resolved {
   const opts = object(options, 'options');
-  knownKeys(opts, 'options', ['format', 'dtype', 'extras', 'allowNonFinite']);
+  knownKeys(opts, 'options', ['format', 'dtype', 'extras', 'allowNonFinite', 'gguf']);
   const format = oneOf(opts.format, 'options.format', adapterFormats);
   const dtype = opts.dtype === undefined ? undefined : oneOf(opts.dtype, 'options.dtype', ['F32', 'F16', 'BF16'] as const);
   const extras = opts.extras === undefined ? 'keep' : oneOf(opts.extras, 'options.extras', ['keep', 'drop'] as const);
   if (opts.allowNonFinite !== undefined && typeof opts.allowNonFinite !== 'boolean') {
     throw invalid('true or false', 'options.allowNonFinite', opts.allowNonFinite);
   }
-  return { format, dtype, extras, allowNonFinite: opts.allowNonFinite === true };
+  return { format, dtype, extras, allowNonFinite: opts.allowNonFinite === true, gguf: checkGgufOptions(opts.gguf) };
 }
 
 async function kindOf(p: string): Promise<'file' | 'folder' | 'missing'> {
@@ -567,11 +569,14 @@ export async function saveAdapter(adapter: LoraAdapter | OpenedAdapter, destinat
   const resolved = checkSaveOptions(options);
   // SDXL / Flux modules as the target format names them (split or fused for Flux).
   adapter = await namesForFormat(adapter, resolved.format);
-  const source =
+  let source =
     adapter instanceof OpenedAdapter ? fromOpened(adapter, resolved.allowNonFinite) : checkInMemory(adapter, resolved.allowNonFinite);
   if (source.modules.length === 0) throw invalid('an adapter with at least one module', 'adapter.modules', adapter.modules);
   const target = path.resolve(destination);
   const format = resolved.format;
+  if (format === 'gguf') return saveGgufAdapter(source, target, resolved);
+  // GGUF module names (blk.N.attn_q) become the model's HF names in the other formats.
+  if (source.format === 'gguf') source = await ggufToHfSource(source, target, resolved.gguf);
 
   let folder: string;
   let weightsFile: string;
@@ -633,3 +638,4 @@ export async function saveAdapter(adapter: LoraAdapter | OpenedAdapter, destinat
     throw error;
   }
 }
+

@@ -17,8 +17,8 @@ import type { Matrix } from '../matrix.js';
 import type { RawTensor, SafetensorsDType, SafetensorsFloatDType } from '../io/safetensors.js';
 
 /** The adapter file formats eigenlorax reads and writes. */
-export type AdapterFormat = 'peft' | 'diffusers' | 'kohya';
-export const adapterFormats: readonly AdapterFormat[] = ['peft', 'diffusers', 'kohya'];
+export type AdapterFormat = 'peft' | 'diffusers' | 'kohya' | 'gguf';
+export const adapterFormats: readonly AdapterFormat[] = ['peft', 'diffusers', 'kohya', 'gguf'];
 
 export type LoraLayout = 'linear' | 'conv' | 'embedding';
 
@@ -117,6 +117,24 @@ export interface SaveAdapterOptions {
   extras?: 'keep' | 'drop';
   /** Write NaN/Inf factors instead of refusing them. */
   allowNonFinite?: boolean;
+  /**
+   * GGUF only: which model the adapter is for (the architecture and, for Llama/Mistral
+   * `q_proj`/`k_proj`, the head counts), when saving to GGUF from HF names or from GGUF to
+   * HF names. See lib/adapters/gguf.ts.
+   */
+  gguf?: GgufAdapterOptions;
+}
+
+/** How GGUF LoRA names and layouts relate to the model (lib/adapters/gguf-names.ts). */
+export interface GgufAdapterOptions {
+  /** 'llama', 'mistral', 'qwen2' or 'gpt2'; default: the adapter's own (GGUF) or `base`'s. */
+  architecture?: string;
+  /** Attention heads (`num_attention_heads`); Llama/Mistral q_proj needs it. */
+  headCount?: number;
+  /** Key/value heads (`num_key_value_heads`, default headCount); Llama/Mistral k_proj needs it. */
+  headCountKv?: number;
+  /** A GGUF model file to take the architecture and head counts from. */
+  base?: string;
 }
 
 export interface SavedAdapter {

@@ -17,7 +17,7 @@ import { copyFile, mkdir, open, rename, rm, stat, unlink, type FileHandle } from
 import path from 'node:path';
 import { EigenLoraxError, withCallerStack } from '../errors.js';
 import { fileError, ioError, temporaryPathFor, writeFully } from '../io/files.js';
-import { openSafetensors, type SafetensorsReader } from '../io/safetensors.js';
+import { baseExtension, openBase, toBaseNames, type BaseReader } from './gguf.js';
 import { native } from '../native.js';
 import { finiteNumber, invalid, knownKeys, object } from '../validate.js';
 import { checkSpec, resolveAdapter, type ResolvedAdapter } from './adapters.js';
@@ -50,7 +50,7 @@ async function kindOf(p: string): Promise<'file' | 'folder' | 'missing'> {
 }
 
 /** Where each base file goes. */
-async function outputLayout(reader: SafetensorsReader, output: string): Promise<OutputLayout> {
+async function outputLayout(reader: BaseReader, output: string): Promise<OutputLayout> {
   const target = path.resolve(output);
   const kind = await kindOf(target);
   if (reader.indexMetadata !== null) {
@@ -71,10 +71,11 @@ async function outputLayout(reader: SafetensorsReader, output: string): Promise<
     return { folder, files, index: { source: reader.path, target: path.join(folder, indexName), relative: indexName } };
   }
   const source = reader.files[0] as string;
-  if (target.endsWith('.safetensors') && kind !== 'folder') {
+  const extension = baseExtension(reader);
+  if (target.endsWith(extension) && kind !== 'folder') {
     return { folder: path.dirname(target), files: [{ source, target, relative: path.basename(target) }], index: null };
   }
-  if (kind === 'file') throw fileError('ERR_INVALID_ARGUMENT', target, 'expected a .safetensors file name or a folder for the output');
+  if (kind === 'file') throw fileError('ERR_INVALID_ARGUMENT', target, `expected a ${extension} file name or a folder for the output`);
   const name = path.basename(source);
   return { folder: target, files: [{ source, target: path.join(target, name), relative: name }], index: null };
 }
@@ -142,7 +143,7 @@ async function encode(values: Float32Array, dtype: string, buffers: TensorBuffer
  * each changed tensor over its own bytes. Returns the multiply-adds spent and the file's size.
  */
 async function writeMergedFile(
-  reader: SafetensorsReader,
+  reader: BaseReader,
   file: OutputFile,
   temporary: string,
   tensors: readonly PlannedTensor[],
@@ -262,9 +263,9 @@ export async function mergeIntoBase(options: MergeIntoBaseOptions): Promise<Merg
   const adapters: ResolvedAdapter[] = [];
   for (const [i, spec] of specs.entries()) adapters.push(await resolveAdapter(spec.adapter, spec.weight, i));
 
-  const reader = await openSafetensors(base);
+  const reader = await openBase(base);
   try {
-    const planned = planMerge(reader, adapters, scale, unmerge ? -1 : 1);
+    const planned = planMerge(reader, toBaseNames(reader, adapters), scale, unmerge ? -1 : 1);
     const layout = await outputLayout(reader, output);
     await checkNotBase(layout);
     const byFile = new Map<string, PlannedTensor[]>();

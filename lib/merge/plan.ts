@@ -4,7 +4,9 @@
  * by base tensor.
  */
 import { EigenLoraxError } from '../errors.js';
-import { isSafetensorsFloatDtype, type SafetensorsReader, type SafetensorsTensorInfo } from '../io/safetensors.js';
+import type { GgufTensorInfo } from '../io/gguf.js';
+import { isSafetensorsFloatDtype, type SafetensorsTensorInfo } from '../io/safetensors.js';
+import type { BaseReader } from './gguf.js';
 import type { MergeModule, ResolvedAdapter } from './adapters.js';
 import type { UpdateTerm } from './update.js';
 
@@ -14,7 +16,7 @@ export const MERGE_KEY_PREFIXES: readonly string[] = ['model.', 'transformer.'];
 /** One base tensor to change, with its updates. */
 export interface PlannedTensor {
   key: string;
-  info: SafetensorsTensorInfo;
+  info: SafetensorsTensorInfo | GgufTensorInfo;
   /** Rows and columns of the stored weight as a matrix (`shape[0] x product(rest)`). */
   rows: number;
   cols: number;
@@ -39,7 +41,7 @@ export function candidateKeys(name: string): { exact: string; others: string[] }
 
 /** Finds the base key of a module: exact, else the one variant that exists; null + what was tried otherwise. */
 function matchKey(
-  reader: SafetensorsReader,
+  reader: BaseReader,
   name: string,
 ): { key: string } | { key: null; tried: string[]; ambiguous: string[] } {
   const { exact, others } = candidateKeys(name);
@@ -94,7 +96,7 @@ function orientation(m: MergeModule, shape: readonly number[]): { transposed: bo
  * tensor has another shape, else ERR_UNSUPPORTED_DTYPE for a non-float target.
  */
 export function planMerge(
-  reader: SafetensorsReader,
+  reader: BaseReader,
   adapters: readonly ResolvedAdapter[],
   globalScale: number,
   sign: 1 | -1,
@@ -122,7 +124,7 @@ export function planMerge(
         continue;
       }
       claimed.set(key, m.name);
-      const info = reader.tensors.get(key) as SafetensorsTensorInfo;
+      const info = reader.tensors.get(key) as SafetensorsTensorInfo | GgufTensorInfo;
       const fit = orientation(m, info.shape);
       if (fit.transposed === null) {
         mismatched.push(

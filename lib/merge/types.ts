@@ -5,6 +5,7 @@
 import type { OpenedAdapter } from '../adapters/open.js';
 import type { LoraAdapter, LoraLayout } from '../adapters/types.js';
 import type { SafetensorsDType } from '../io/safetensors.js';
+import type { GgmlType } from '../io/gguf-format.js';
 
 /**
  * An adapter to merge: a path (PEFT folder, diffusers or kohya file, read with
@@ -24,7 +25,8 @@ export interface MergeAdapterSpec {
 export interface MergeIntoBaseOptions {
   /**
    * The base checkpoint: a `.safetensors` file, a shard index
-   * (`*.safetensors.index.json`), or a folder holding one of them.
+   * (`*.safetensors.index.json`), or a folder holding one of them; or a GGUF model
+   * (then the output is a GGUF file: a `.gguf` path, or a folder).
    */
   base: string;
   /** The adapters, each with an optional weight; plain adapters mean weight 1. */
@@ -63,7 +65,8 @@ export interface MergedModule {
 /** One base tensor that was changed. */
 export interface MergedTensor {
   key: string;
-  dtype: SafetensorsDType;
+  /** The stored type (a safetensors dtype, or a ggml type for a GGUF base). */
+  dtype: SafetensorsDType | GgmlType;
   shape: number[];
   /** The file (shard) it is in, relative to the output folder. */
   file: string;

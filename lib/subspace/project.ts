@@ -6,7 +6,7 @@ import { EigenLoraxError, withCallerStack } from '../errors.js';
 import { checkMatrix, checkVector, matrix } from '../matrix.js';
 import { native } from '../native.js';
 import { saveAdapter } from '../adapters/save.js';
-import type { AdapterFormat, LoraAdapter, LoraModule, OpenAdapterOptions, SavedAdapter } from '../adapters/types.js';
+import type { AdapterFormat, GgufAdapterOptions, LoraAdapter, LoraModule, OpenAdapterOptions, SavedAdapter } from '../adapters/types.js';
 import { adapterFormats } from '../adapters/types.js';
 import { integer, invalid, knownKeys, object, oneOf } from '../validate.js';
 import { adapterCoefficients, moduleCoefficients, projectPairs } from './coefficients.js';
@@ -243,6 +243,8 @@ export interface ExportAdapterOptions {
   format?: AdapterFormat;
   /** Storage dtype of the factors (default F32). */
   dtype?: 'F32' | 'F16' | 'BF16';
+  /** GGUF output: the model's architecture / head counts (see saveAdapter). */
+  gguf?: GgufAdapterOptions;
 }
 
 /**
@@ -256,12 +258,13 @@ export async function exportAdapter(
   options: ExportAdapterOptions = {},
 ): Promise<SavedAdapter> {
   const o = object(options, 'options');
-  knownKeys(o, 'options', ['format', 'dtype']);
+  knownKeys(o, 'options', ['format', 'dtype', 'gguf']);
   const format = o.format === undefined ? undefined : oneOf(o.format, 'options.format', adapterFormats);
   const adapter = await reconstructAdapter(subspace, coefficients, format === undefined ? {} : { format });
   return saveAdapter(adapter, destination, {
     format: adapter.format,
     ...(o.dtype === undefined ? {} : { dtype: oneOf(o.dtype, 'options.dtype', ['F32', 'F16', 'BF16'] as const) }),
+    ...(o.gguf === undefined ? {} : { gguf: o.gguf as GgufAdapterOptions }),
   });
 }
 
