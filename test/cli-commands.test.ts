@@ -24,6 +24,13 @@ import { freshSeed } from './helpers/random.js';
 import { tempDir } from './helpers/safetensors-fixtures.js';
 import { memoryAdapter, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
 
+/** `run` over `items`, four child processes at a time (the machine may be busy). */
+async function inBatches<T, R>(items: readonly T[], run: (item: T) => Promise<R>): Promise<R[]> {
+  const results: R[] = [];
+  for (let i = 0; i < items.length; i += 4) results.push(...(await Promise.all(items.slice(i, i + 4).map(run))));
+  return results;
+}
+
 const COMMANDS = ['info', 'devices', 'inspect', 'merge', 'build', 'project', 'export', 'analyze', 'combine', 'demo', 'serve'];
 
 test('every command has its own --help (usage line, flags, examples); help <command> prints the same', async (t) => {
@@ -33,8 +40,8 @@ test('every command has its own --help (usage line, flags, examples); help <comm
       .filter((n) => n !== 'help'),
     COMMANDS,
   );
-  const results = await Promise.all(COMMANDS.map((name) => Promise.all([eigenlorax([name, '--help']), eigenlorax(['help', name]), eigenlorax([name, '-h'])])));
-  for (const [i, [help, viaHelp, short]] of results.entries()) {
+  const results = await inBatches(COMMANDS, (name) => Promise.all([eigenlorax([name, '--help']), eigenlorax(['help', name])]));
+  for (const [i, [help, viaHelp]] of results.entries()) {
     const name = COMMANDS[i]!;
     t.is(help.code, 0, `${name}: ${help.stderr}`);
     t.is(help.stderr, '', name);
@@ -44,8 +51,8 @@ test('every command has its own --help (usage line, flags, examples); help <comm
     t.regex(help.stdout, /-h, --help/, name);
     t.is(viaHelp.code, 0, name);
     t.is(viaHelp.stdout, help.stdout, `help ${name}`);
-    t.is(short.stdout, help.stdout, `${name} -h`);
   }
+  t.is((await eigenlorax(['merge', '-h'])).stdout, results[COMMANDS.indexOf('merge')]![0].stdout, 'merge -h');
   const root = await eigenlorax(['--help']);
   for (const name of COMMANDS) t.regex(root.stdout, new RegExp(`^  eigenlorax ${name} `, 'm'), name);
   t.regex(root.stdout, /Exit codes: 0 .*1 .*\n.*2 a usage mistake/);
@@ -74,9 +81,10 @@ test('usage mistakes exit 2 with the message and the command\'s usage line: unkn
     [['demo', '--seed', '1e3'], /--seed expects an integer from 0 to 16777216/],
     [['export', 's', 'c', '-o', 'x', '--dtype', 'f8'], /--dtype must be one of F32, F16, BF16, not "f8"/],
     [['devices', 'extra'], /unknown command 'devices extra'/],
+    [['help', 'frobnicate'], /unknown command 'frobnicate'/],
     [['build', 'a', '-o'], /option '-o, --output <dir>' argument missing/],
   ];
-  const results = await Promise.all(cases.map(([args]) => eigenlorax(args)));
+  const results = await inBatches(cases, ([args]) => eigenlorax(args));
   for (const [i, r] of results.entries()) {
     const [args, message] = cases[i]!;
     const what = args.join(' ');
@@ -84,7 +92,8 @@ test('usage mistakes exit 2 with the message and the command\'s usage line: unkn
     t.is(r.stdout, '', what);
     t.regex(r.stderr, /^eigenlorax: /, what);
     t.regex(r.stderr, message, what);
-    t.regex(r.stderr, new RegExp(`\\n\\nUsage: eigenlorax ${args[0]} `), what);
+    t.regex(r.stderr, args[0] === 'help' ? /\n\nUsage:\n {2}eigenlorax --version/ : new RegExp(`\\n\\nUsage: eigenlorax ${args[0]} `), what);
+    t.is(r.stderr.match(/^eigenlorax: /gm)?.length, 1, `${what}: one message`);
   }
   t.false(existsSync('x'), 'nothing written');
 });

@@ -642,7 +642,7 @@ test('eigenlorax serve: argument errors exit 2 with the usage; a missing folder 
     [['--batch-window-ms', 'soon'], /--batch-window-ms expects/],
     [['--host', ''], /--host expects/],
     [['a', 'b'], /serve takes one folder/],
-    [['--request-timeout-ms', 'soon'], /--request-timeout-ms expects an integer >= 0, not "soon"/],
+    [['--request-timeout-ms', 'soon'], /--request-timeout-ms expects an integer >= 1, not "soon"/],
     [['--max-uploads-per-client', '0'], /--max-uploads-per-client expects an integer >= 1/],
     [['--token', ''], /--token expects a token/],
   ];

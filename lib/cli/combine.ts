@@ -3,28 +3,17 @@ import path from 'node:path';
 import { Command, Option } from 'commander';
 import type { AdapterFormat, LoraAdapter } from '../adapters/types.js';
 import type { CombineAdaptersOptions, CombineInput } from '../combine/combine.js';
+import { combineMethodNames } from '../combine/methods.js';
 import { counted, examples, keyValues, plural, printJson } from './format.js';
 import { choice, integer, number, parseNumber, UsageError } from './options.js';
 import { jsonErrors } from './report.js';
 
 type Method = CombineAdaptersOptions['method'];
 
-const METHODS = [
-  'linear',
-  'cat',
-  'svd',
-  'ties',
-  'dare_linear',
-  'dare_ties',
-  'magnitude_prune',
-  'ties_svd',
-  'dare_linear_svd',
-  'dare_ties_svd',
-  'magnitude_prune_svd',
-] as const satisfies readonly Method[];
+const METHODS = combineMethodNames satisfies readonly Method[];
 
 /** The methods that prune element-wise and need --density. */
-const PRUNING = new Set<string>(['ties', 'dare_linear', 'dare_ties', 'magnitude_prune', 'ties_svd', 'dare_linear_svd', 'dare_ties_svd', 'magnitude_prune_svd']);
+const PRUNING = new Set<string>(METHODS.filter((m) => !['linear', 'cat', 'svd'].includes(m)));
 
 interface CombineFlags {
   output?: string;

@@ -20,6 +20,7 @@ import { exportCommand } from './export.js';
 import { inspectCommand } from './inspect.js';
 import { mergeCommand } from './merge.js';
 import { projectCommand } from './project.js';
+import { UsageError } from './options.js';
 import { reportError } from './report.js';
 import { serveCommand } from './serve.js';
 
@@ -93,6 +94,10 @@ export async function runCli(argv: readonly string[]): Promise<number> {
   if (argv.length === 0) {
     process.stdout.write(program.helpInformation());
     return 0;
+  }
+  // `help <word>` for a word that names no command: as an unknown command (commander would print the help to stderr).
+  if (argv[0] === 'help' && argv[1] !== undefined && !program.commands.some((c) => c.name() === argv[1])) {
+    return reportError(new UsageError(`unknown command '${argv[1]}'`), program);
   }
   let active: Command = program;
   program.hook('preSubcommand', (_root, sub) => {

@@ -62,17 +62,17 @@ export function serveCommand(): Command {
     .addOption(new Option('--threads <n>', 'kernel threads (default: the processors)').argParser(integer('--threads', { min: 1, max: 1024 })))
     .option('--log', 'log every request (pino JSON lines on stdout)')
     .addOption(
-      new Option('--token <token>', 'require "Authorization: Bearer <token>" on every request').env('EIGENLORAX_SERVE_TOKEN').argParser(nonEmpty('--token', 'a token')),
+      new Option('--token <token>', 'PUT and DELETE /v1/adapters need "Authorization: Bearer <token>"').env('EIGENLORAX_SERVE_TOKEN').argParser(nonEmpty('--token', 'a token')),
     )
-    .option('--insecure', 'allow listening beyond loopback without a token')
-    .addOption(new Option('--request-timeout-ms <n>', 'time limit of one request').argParser(integer('--request-timeout-ms', { min: 0 })))
-    .addOption(new Option('--max-uploads-per-client <n>', 'adapter uploads (PUT) one client may have in flight').argParser(integer('--max-uploads-per-client', { min: 1 })))
+    .option('--insecure', 'listen beyond loopback without a token (refused otherwise)')
+    .addOption(new Option('--request-timeout-ms <n>', 'a request must arrive within this many ms, else 408 (default 30000)').argParser(integer('--request-timeout-ms', { min: 1 })))
+    .addOption(new Option('--max-uploads-per-client <n>', 'concurrent adapter uploads (PUT) per client, more get 429 (default 2)').argParser(integer('--max-uploads-per-client', { min: 1 })))
     .addHelpText(
       'after',
       examples([
         ['eigenlorax serve', 'what `eigenlorax demo` wrote, on 127.0.0.1:8080'],
         ['eigenlorax serve served/ --port 0 --max-batch 32 --batch-window-ms 2', 'a free port, smaller batches'],
-        ['EIGENLORAX_SERVE_TOKEN=secret eigenlorax serve served/ --host 0.0.0.0', 'on every interface, with a bearer token'],
+        ['EIGENLORAX_SERVE_TOKEN=secret eigenlorax serve served/ --host 0.0.0.0', 'on every interface; uploads and removals need the token'],
       ]),
     )
     .action(async (folderArgument: string | undefined, flags: ServeFlags, self: Command) => {

@@ -21,6 +21,7 @@ import { checkSubspace, reconstructAdapter } from '../subspace/project.js';
 import type { AdapterCoefficients, ModuleCoefficients, Subspace, SubspaceModule } from '../subspace/types.js';
 import { finiteNumber, integer, invalid, knownKeys, object, oneOf } from '../validate.js';
 import { DEFAULT_MAX_DENSE_ELEMENTS, denseCombination, type DenseMethod, type MajoritySignMethod } from './dense.js';
+import { combineMethodNames } from './methods.js';
 import { numericalRank, SMALL_SVD_LIMIT, smallSvd } from './small.js';
 
 /**
@@ -42,19 +43,7 @@ import { numericalRank, SMALL_SVD_LIMIT, smallSvd } from './small.js';
 export type CombineMethod = 'linear' | 'cat' | 'svd' | DenseMethod;
 type MethodName = CombineMethod | 'ties_svd' | 'dare_linear_svd' | 'dare_ties_svd' | 'magnitude_prune_svd';
 
-const methodNames: readonly MethodName[] = [
-  'linear',
-  'cat',
-  'svd',
-  'ties',
-  'dare_linear',
-  'dare_ties',
-  'magnitude_prune',
-  'ties_svd',
-  'dare_linear_svd',
-  'dare_ties_svd',
-  'magnitude_prune_svd',
-];
+const methodNames: readonly MethodName[] = combineMethodNames;
 const denseMethods: readonly string[] = ['ties', 'dare_linear', 'dare_ties', 'magnitude_prune'];
 
 /** An adapter to combine: a path, an opened or loaded adapter, or coefficients on `options.subspace`. */

@@ -110,11 +110,7 @@ export interface TrainOptions {
    * (and starts fresh when not); a path resumes from that file (which must exist).
    */
   resume?: boolean | string;
-  /**
-   * 'auto' (default): a progress bar on stderr when it is a TTY; true forces it; a stream to
-   * draw on; or a ProgressBar of the caller's (the demo's one bar for all its runs), which is
-   * stopped (and cleared) at the end.
-   */
+  /** 'auto' (default): a bar on stderr when it is a TTY; true forces it; a stream to draw on; a caller's ProgressBar (stopped at the end). */
   progress?: boolean | 'auto' | ProgressStream | ProgressBar;
   onEvent?: (event: TrainEvent) => void | Promise<void>;
   /** Stops after the current update, writes a checkpoint (when configured) and resolves. */
@@ -629,18 +625,10 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
       await emit({ type: 'step', step, epoch, batch: batch - 1, batches, loss: v.loss, accuracy, lr, gradNorm, samplesPerSecond });
       if (bar !== null) {
         const stepsPerSecond = elapsed > 0 ? stepsThisRun / elapsed : 0;
-        bar.update(
-          trainingBarLine({
-            epoch: epoch + 1,
-            epochs: o.epochs,
-            batch,
-            batches,
-            loss: epochLossSum / epochRows,
-            accuracy: o.loss.classification ? epochCorrect / epochRows : null,
-            samplesPerSecond,
-            etaSeconds: stepsPerSecond > 0 ? (totalSteps - step) / stepsPerSecond : null,
-          }),
-        );
+        // Running means over the epoch so far.
+        const running = { loss: epochLossSum / epochRows, accuracy: o.loss.classification ? epochCorrect / epochRows : null };
+        const etaSeconds = stepsPerSecond > 0 ? (totalSteps - step) / stepsPerSecond : null;
+        bar.update(trainingBarLine({ epoch: epoch + 1, epochs: o.epochs, batch, batches, ...running, samplesPerSecond, etaSeconds }));
       }
 
       let stop = false;
