@@ -173,10 +173,6 @@ RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatVie
   return {false, l};
 }
 
-void gaussianTestMatrix(ColMatF& omega, uint64_t seed) { fillGaussianColumns(omega, seed); }
-
-void orthonormalizeColumns(ColMatF& y) { orthonormalizeInPlace(y); }
-
 void orthonormalize(ConstMatView in, MatView out) {
   if (in.rows <= 0 || in.cols <= 0 || in.rows < in.cols) {
     throw CoreError(code::kInvalidArgument, "matrix: expected rows >= cols >= 1 but received " +

@@ -34,12 +34,6 @@ void checkRsvdArguments(ConstMatView a, const RsvdOptions& options, MatView u, M
 // reproducible and comparable across paths. Throws ERR_NON_FINITE on NaN/Inf input.
 RsvdInfo rsvd(ConstMatView a, const RsvdOptions& options, MatView u, float* s, MatView v);
 
-// The pieces of rsvd that the out-of-core module build (subspace_stream.h) repeats, so the
-// two give the same results: rsvd's Gaussian test matrix for `seed` (n x l, one random
-// stream per column) and its in-place orthonormalisation (thin Householder Q, diag(R) >= 0).
-void gaussianTestMatrix(ColMatF& omega, uint64_t seed);
-void orthonormalizeColumns(ColMatF& y);
-
 // out = Q of the Householder QR of `in` (m x n, m >= n), signs chosen so diag(R) >= 0.
 // `out` may alias `in`.
 void orthonormalize(ConstMatView in, MatView out);

@@ -8,8 +8,34 @@
 
 #include "canonical.h"
 #include "linalg.h"
+#include "random.h"
 
 namespace eigenlorax {
+namespace {
+
+// rsvd's Gaussian test matrix and orthonormalisation (linalg.cpp), repeated here so the
+// stream follows rsvd step for step; keep the two in step.
+void gaussianTestMatrix(ColMatF& omega, uint64_t seed) {
+  const Index cols = omega.cols();
+#pragma omp parallel for schedule(static)
+  for (Index j = 0; j < cols; ++j) {
+    Rng rng(seed * 0x9e3779b97f4a7c15ULL + static_cast<uint64_t>(j));
+    rng.fillGaussian(omega.col(j).data(), omega.rows());
+  }
+}
+
+void orthonormalizeColumns(ColMatF& y) {
+  const Index m = y.rows(), l = y.cols();
+  Eigen::HouseholderQR<Eigen::Ref<ColMatF>> qr(y);
+  ColMatF q = ColMatF::Identity(m, l);
+  q.applyOnTheLeft(qr.householderQ());
+  for (Index j = 0; j < l; ++j) {
+    if (qr.matrixQR()(j, j) < 0.0f) q.col(j) = -q.col(j);
+  }
+  y.swap(q);
+}
+
+}  // namespace
 
 bool streamNeedsExactPath(Index d, Index totalRank, Index k, Index oversample) {
   return rsvdPrefersExact(totalRank, d, k, oversample);
