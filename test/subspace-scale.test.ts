@@ -10,11 +10,15 @@ import path from 'node:path';
 import {
   EigenLoraxError,
   ShardMismatchError,
+  analyzeAdapters,
   buildSubspace,
+  meanRelativeError,
+  projectAdapter,
   gatherShards,
   parseSize,
   saveAdapter,
   writeBuildFolder,
+  type AdapterCoefficients,
   type BuildSubspaceOptions,
   type LoraAdapter,
   type Subspace,
@@ -213,4 +217,24 @@ test('gatherShards refuses shards that do not make one build, naming the shard a
   await t.throwsAsync(gatherShards([s0, s1], out), { instanceOf: EigenLoraxError });
   t.false(existsSync(out));
   await t.throwsAsync(gatherShards([], out), { instanceOf: EigenLoraxError, code: 'ERR_INVALID_ARGUMENT' });
+});
+
+test('analyze: k-fold held-out error equals projecting each fold on a basis built from the other folds', async (t) => {
+  const seed = freshSeed();
+  const adapters = zoo(seed, 7, MODULES.slice(0, 2));
+  const options = { components: 4, seed: 3 } as const;
+  const a = await analyzeAdapters(adapters, { ...options, heldOut: 3 });
+  const held: AdapterCoefficients[] = new Array(adapters.length);
+  for (let f = 0; f < 3; f++) {
+    const others = adapters.filter((_, i) => i % 3 !== f);
+    const basis = await buildSubspace(others, { ...options, hashSources: false });
+    for (let i = f; i < adapters.length; i += 3) held[i] = await projectAdapter(basis, adapters[i]!, { missing: 'skip', hashSources: false });
+  }
+  const direct = meanRelativeError(held);
+  t.true(Math.abs(a.heldOutError - direct) <= 1e-12 * direct, `seed ${seed}: ${a.heldOutError} vs ${direct}`);
+  // 'auto' is leave-one-out up to 20 adapters.
+  const auto = await analyzeAdapters(adapters.slice(0, 3), options);
+  const loo = await analyzeAdapters(adapters.slice(0, 3), { ...options, heldOut: 'leave-one-out' });
+  t.is(auto.heldOutError, loo.heldOutError, `seed ${seed}`);
+  await t.throwsAsync(analyzeAdapters(adapters, { ...options, heldOut: 1 }), { instanceOf: EigenLoraxError, code: 'ERR_INVALID_ARGUMENT', message: /options\.heldOut/ });
 });
