@@ -135,7 +135,7 @@ async function moduleMeasurement(o: Options): Promise<void> {
     table(['run', 'build s', 'build CPU s', 'project s', 'project CPU s', 'module s', 'rsvd GFLOP/s of module'], runs),
   );
   process.stdout.write(
-    `rsvd arithmetic of the module: ${sig(rsvdFlops / 1e9)} GFLOP; reference: rsvd of one ${d} x ${d} matrix at K = ${k}: ` +
+    `\nrsvd arithmetic of the module: ${sig(rsvdFlops / 1e9)} GFLOP; reference: rsvd of one ${d} x ${d} matrix at K = ${k}: ` +
       `${sig(ref.wall)} s = ${sig(refFlops / 1e9 / ref.wall)} GFLOP/s (GEMM-bound, same run)\n`,
   );
 }
