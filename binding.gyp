@@ -10,6 +10,8 @@
         "native/core/linalg.cpp",
         "native/core/lowrank.cpp",
         "native/core/subspace.cpp",
+        "native/core/canonical.cpp",
+        "native/core/subspace_stream.cpp",
         "native/core/multiadapter.cpp",
         "native/addon/addon.cpp",
         "native/addon/args.cpp",
@@ -18,6 +20,7 @@
         "native/addon/linalg_jobs.cpp",
         "native/addon/lowrank_jobs.cpp",
         "native/addon/subspace_jobs.cpp",
+        "native/addon/subspace_stream_jobs.cpp",
         "native/addon/multiadapter_jobs.cpp",
         "native/addon/cuda_jobs.cpp"
       ],

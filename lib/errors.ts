@@ -77,6 +77,12 @@ export type ErrorCode =
    */
   | 'ERR_SUBSPACE_MISMATCH'
   /**
+   * Shards of a sharded build that do not make one build (gatherShards): other sources or
+   * hashes, settings, seed or module split, a shard missing, repeated or of another
+   * count; the error's `shard` and `field` say which.
+   */
+  | 'ERR_SHARD_MISMATCH'
+  /**
    * A package that a feature needs but that is not a dependency of eigenlorax is not
    * installed (e.g. `fashion-mnist` for the Fashion-MNIST loader); the message says what to
    * install.

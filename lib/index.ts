@@ -147,6 +147,17 @@ export {
   type ModuleCoefficients,
   type AdapterCoefficients,
 } from './subspace/index.js';
+// Subspaces at scale: memory budget, sharded builds and their gathering.
+export {
+  parseSize,
+  defaultMemoryBudget,
+  resolveShard,
+  writeBuildFolder,
+  gatherShards,
+  ShardMismatchError,
+  type ShardSpec,
+  type ShardRecord,
+} from './subspace/index.js';
 export {
   analyzeAdapters,
   verdictOf,

@@ -97,6 +97,9 @@ export interface NativeCudaStatus {
 
 type CudaArgs<T> = { [K in keyof T]: T[K] extends Matrix ? NativeOperand : T[K] extends Matrix | null ? NativeOperand | null : T[K] };
 
+/** An opaque out-of-core module build (createModuleStream). */
+export type NativeModuleStream = { readonly __moduleStream: unique symbol };
+
 export interface NativeAddon {
   /** The addon raises only codes declared in ErrorCode. */
   setErrorClass(ctor: new (message: string, code: ErrorCode) => Error): void;
@@ -256,6 +259,39 @@ export interface NativeAddon {
     norms: Float64Array; // out, ||dW_i||_F
     errors: Float64Array; // out, ||dW_i - dW_i_hat||_F
   }): Promise<void>;
+
+  /**
+   * Out-of-core module build (native/core/subspace_stream.h): the same result as
+   * buildModuleSubspace within float32 rounding, with the adapters given in chunks, all of
+   * them once per pass (`passes` passes, same order each time). Refused where
+   * buildModuleSubspace would take the exact SVD (small stacks).
+   */
+  createModuleStream(args: {
+    dIn: number;
+    dOut: number;
+    totalRank: number;
+    adapters: number;
+    kA: number;
+    kB: number;
+    stacking: NativeStacking;
+    weighting: NativeWeighting;
+    center: boolean;
+    oversample: number;
+    powerIters: number;
+    seed: number;
+  }): { stream: NativeModuleStream; passes: number };
+  moduleStreamAdd(args: { stream: NativeModuleStream; adapters: NativeFactorPair[] }): Promise<void>;
+  /** Resolves to true after the last pass. */
+  moduleStreamEndPass(args: { stream: NativeModuleStream }): Promise<boolean>;
+  moduleStreamFinish(args: {
+    stream: NativeModuleStream;
+    componentsA: Matrix;
+    componentsB: Matrix;
+    singularA: Float32Array;
+    singularB: Float32Array;
+    meanA: Float32Array | null;
+    meanB: Float32Array | null;
+  }): Promise<{ energyA: number; energyB: number; norms: Float64Array }>;
 
   /** A = alpha^T V_A^T (+ meanA per row), B = U_B beta (+ meanB per column). */
   reconstructFactors(args: {

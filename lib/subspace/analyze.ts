@@ -32,6 +32,9 @@ import { openInputs, type AdapterInput, type InputAdapter } from './inputs.js';
 import { projectInput } from './project.js';
 import { explainedVarianceCurve } from './spectrum.js';
 import type { AdapterCoefficients, PerSide, Subspace, SubspaceBuildReport, SubspaceSettings } from './types.js';
+import { verdictOf } from './verdict.js';
+
+export { verdictOf };
 
 /** Components of the explained-variance curve when `curveComponents` is not given. */
 export const DEFAULT_CURVE_COMPONENTS = 64;
@@ -55,6 +58,13 @@ export interface AnalyzeOptions extends Omit<BuildSubspaceOptions, 'onProgress' 
   curveComponents?: number;
   /** Called after each module of each build. */
   onProgress?: (progress: AnalyzeProgress) => void;
+  /**
+   * How adapters are held out: 'auto' (default: leave-one-out up to 20 adapters, 5-fold
+   * cross-validation above), 'leave-one-out', or a number k of folds (2 <= k <= N; adapter i
+   * is in fold i mod k). One build per fold, each adapter projected on the basis of the
+   * folds it is not in.
+   */
+  heldOut?: 'auto' | 'leave-one-out' | number;
 }
 
 /** One side of one module. */
@@ -151,7 +161,8 @@ export interface SubspaceAnalysis {
 export const ANALYSIS_METHOD = {
   errors:
     'relative dW error ||dW - dW_hat||_F / ||dW||_F per adapter and module, averaged over the adapters of each module, then over modules; ' +
-    'in-sample: the basis built from all the adapters; held-out: each adapter projected on the basis built from the others (leave-one-out)',
+    'in-sample: the basis built from all the adapters; held-out: each adapter projected on the basis built from the others ' +
+    '(leave-one-out up to 20 adapters, else 5-fold cross-validation: the basis built from the other folds; options.heldOut)',
   overlap:
     "mean squared cosine of the principal angles between the span of an adapter's factor (A side: span of A_i^T; B side: span of B_i) " +
     'and the K-dimensional basis built from the others, ||Q_i^T P||_F^2 / min(r_i, K); 1: inside it, 0: orthogonal; ' +
@@ -211,6 +222,19 @@ function restrictTo(filter: ResolvedBuild['filter'], subset: readonly InputAdapt
   return restricted;
 }
 
+/** Above this many adapters, 'auto' holds out by k-fold cross-validation instead of leave-one-out. */
+export const LEAVE_ONE_OUT_MAX_ADAPTERS = 20;
+export const DEFAULT_FOLDS = 5;
+
+/** The fold of every adapter (adapter i in fold i mod k); leave-one-out is k = N. */
+export function foldsOf(n: number, option: unknown): number[] {
+  let k: number;
+  if (option === undefined || option === 'auto') k = n > LEAVE_ONE_OUT_MAX_ADAPTERS ? DEFAULT_FOLDS : n;
+  else if (option === 'leave-one-out') k = n;
+  else k = integer(option, 'options.heldOut', 2, Math.max(2, n));
+  return Array.from({ length: n }, (_, i) => i % k);
+}
+
 /** Modules a build of `subset` will have. */
 function plannedModules(subset: readonly InputAdapter[], filter: ResolvedBuild['filter']): number {
   const names = new Set<string>();
@@ -235,77 +259,6 @@ function band(curves: Array<{ curve: number[]; complete: boolean }>): CurveBand 
   return out;
 }
 
-const f3 = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : String(x));
-
-function describeK(settings: SubspaceSettings): string {
-  if (settings.components !== null) {
-    const { A, B } = settings.components;
-    return A === B ? `K=${A}` : `K_A=${A}, K_B=${B}`;
-  }
-  return `K chosen for ${settings.variance} explained variance`;
-}
-
-/** The verdict and the advice, from the summary figures. */
-export function verdictOf(figures: {
-  settings: SubspaceSettings;
-  adapters: number;
-  inSampleError: number;
-  heldOutError: number;
-  overlap: PerSide<number>;
-  randomOverlap: PerSide<number>;
-}): { shared: 'yes' | 'partly' | 'no'; verdict: string; advice: string } {
-  const { inSampleError: s, heldOutError: h } = figures;
-  const o = (figures.overlap.A + figures.overlap.B) / 2;
-  const ro = (figures.randomOverlap.A + figures.randomOverlap.B) / 2;
-  const k = describeK(figures.settings);
-  const times = ro > 0 ? o / ro : Infinity;
-  const overlapText =
-    `their factors' directions overlap the others' basis by ${f3(o)} (A ${f3(figures.overlap.A)}, B ${f3(figures.overlap.B)}; 1 = inside it), ` +
-    `against ${f3(ro)} expected for random subspaces of the same dimensions` +
-    (Number.isFinite(times) ? ` (${times.toFixed(1)} times that)` : '');
-  const basis = figures.settings.components !== null ? `a ${k} basis` : `a basis with ${k} per module`;
-  const errorText =
-    `an adapter left out is reconstructed from ${basis} built from the other ${figures.adapters - 1} with a mean relative dW error of ${f3(h)} ` +
-    `(in-sample, with itself in the basis: ${f3(s)})`;
-  if (h <= SHARED_HELD_OUT_ERROR) {
-    const weak = times < 2 ? ' Few of their directions are shared, but those that are carry most of the energy.' : '';
-    return {
-      shared: 'yes',
-      verdict: `These adapters share a subspace: ${errorText}; ${overlapText}.${weak}`,
-      advice:
-        'Store them as coefficients on one basis (eigenlorax build; see the savings it prints) and train new tasks of the same kind ' +
-        'with coefficients only; the explained-variance curve shows how far K can go down before the error rises.',
-    };
-  }
-  if (h <= PARTLY_SHARED_HELD_OUT_ERROR) {
-    return {
-      shared: 'partly',
-      verdict: `These adapters partly share a subspace: ${errorText}; ${overlapText}.`,
-      advice:
-        'A basis from these adapters captures part of a new one: raise K (the curve shows what more components buy) or add ' +
-        'augmentation directions (--augment) before storing adapters as coefficients, and check the held-out error again at the new K; ' +
-        'for training new tasks with coefficients the basis is a reasonable start.',
-    };
-  }
-  const memorised =
-    s <= SHARED_HELD_OUT_ERROR
-      ? ` A basis built from all of them stores these adapters well (in-sample ${f3(s)}) only because its components cover much of their total rank; it does not generalise to an adapter it was not built from.`
-      : '';
-  const spans =
-    times >= 5
-      ? ' Their spans overlap far more than random ones would, yet that does not carry over to dW: overlapping spans (for example A factors that kept a ' +
-        'common random initialisation, which LoRA training moves little) do not help when the directions that carry each dW differ.'
-      : '';
-  return {
-    shared: 'no',
-    verdict: `These adapters do not share a subspace: ${errorText}${h > 1.05 ? ', above 1 (the reconstruction is further from dW than zero is)' : h >= 0.85 ? ', close to 1 (little of it is recovered)' : ''}; ${overlapText}.${spans}${memorised}`,
-    advice:
-      'Independently trained adapters: the subspace pays off for training new tasks with coefficients ' +
-      '((K_A + K_B) r trainable parameters per module instead of r (d_in + d_out)), not for compressing these adapters; ' +
-      'keep them as LoRA, or build from many more adapters of a common origin (same base, same initialisation, related tasks).',
-  };
-}
-
 /**
  * Analyzes `adapters` (paths, opened or loaded adapters, at least two) with the options a
  * subspace would be built with (`components` or `variance`, `stacking`, `weighting`,
@@ -321,7 +274,7 @@ export function verdictOf(figures: {
 export async function analyzeAdapters(adapters: readonly AdapterInput[], options: AnalyzeOptions = {}): Promise<SubspaceAnalysis> {
   const started = performance.now();
   const o = object(options, 'options');
-  const { curveComponents: curveOption, onProgress, ...buildOptions } = o as AnalyzeOptions & Record<string, unknown>;
+  const { curveComponents: curveOption, onProgress, heldOut: heldOutOption, ...buildOptions } = o as AnalyzeOptions & Record<string, unknown>;
   if (onProgress !== undefined && typeof onProgress !== 'function') throw invalid('a function', 'options.onProgress', onProgress);
   const curveComponents = integer(curveOption ?? DEFAULT_CURVE_COMPONENTS, 'options.curveComponents', 1, 100_000);
   const resolved = resolveBuildOptions({ ...buildOptions, hashSources: false });
@@ -358,18 +311,21 @@ export async function analyzeAdapters(adapters: readonly AdapterInput[], options
 
     // 3. Held out: build without each adapter, project it, and measure the overlap of its factors with that basis.
     t0 = performance.now();
-    const heldOutTotal = all.reduce((n, _, i) => n + plannedModules(all.filter((__, j) => j !== i), restrictTo(resolved.filter, all.filter((__, j) => j !== i))), 0);
+    const folds = foldsOf(all.length, heldOutOption);
+    const othersOf = (f: number) => all.filter((_, j) => folds[j] !== f);
+    const foldCount = Math.max(...folds) + 1;
+    const heldOutTotal = Array.from({ length: foldCount }, (_, f) => plannedModules(othersOf(f), restrictTo(resolved.filter, othersOf(f)))).reduce((a, b) => a + b, 0);
     let heldOutDone = 0;
-    const heldOut: Array<AdapterCoefficients | null> = [];
+    const heldOut: Array<AdapterCoefficients | null> = all.map(() => null);
     /** Per module and side: per-adapter overlaps and references. */
     const overlaps = new Map<string, PerSide<Array<{ adapter: string; overlap: number; random: number }>>>();
-    for (let i = 0; i < all.length; i++) {
-      const left = all[i]!;
-      const others = all.filter((_, j) => j !== i);
+    for (let f = 0; f < foldCount; f++) {
+      const others = othersOf(f);
       const filter = restrictTo(resolved.filter, others);
-      const shared = [...left.modules.keys()].some((name) => others.some((a) => a.modules.has(name)) && (resolved.filter === null || resolved.filter(name)));
-      if (!shared) {
-        heldOut.push(null);
+      const shares = (left: InputAdapter) =>
+        [...left.modules.keys()].some((name) => others.some((a) => a.modules.has(name)) && (resolved.filter === null || resolved.filter(name)));
+      const lefts = all.map((a, i) => ({ a, i })).filter(({ i, a }) => folds[i] === f && shares(a));
+      if (lefts.length === 0 || others.length === 0) {
         heldOutDone += plannedModules(others, filter);
         continue;
       }
@@ -378,20 +334,22 @@ export async function analyzeAdapters(adapters: readonly AdapterInput[], options
         {
           ...resolved,
           filter,
-          onProgress: (p) => onProgress?.({ phase: 'held-out', item: `${left.name}: ${p.module}`, done: ++heldOutDone, total: heldOutTotal }),
+          onProgress: (p) => onProgress?.({ phase: 'held-out', item: `fold ${f + 1}/${foldCount}: ${p.module}`, done: ++heldOutDone, total: heldOutTotal }),
         },
         false,
       );
-      heldOut.push(await projectInput(basis, left, { missing: 'skip', hashSources: false, concurrency: resolved.concurrency }));
-      for (const [name, m] of basis.modules) {
-        if (!left.modules.has(name)) continue;
-        const { A, B } = await left.read(name);
-        const a = await overlapWith(transposed(A), m.componentsA);
-        const b = await overlapWith(B, m.componentsB);
-        let entry = overlaps.get(name);
-        if (entry === undefined) overlaps.set(name, (entry = { A: [], B: [] }));
-        entry.A.push({ adapter: left.name, overlap: a.overlap, random: a.random });
-        entry.B.push({ adapter: left.name, overlap: b.overlap, random: b.random });
+      for (const { a: left, i } of lefts) {
+        heldOut[i] = await projectInput(basis, left, { missing: 'skip', hashSources: false, concurrency: resolved.concurrency });
+        for (const [name, m] of basis.modules) {
+          if (!left.modules.has(name)) continue;
+          const { A, B } = await left.read(name);
+          const a = await overlapWith(transposed(A), m.componentsA);
+          const b = await overlapWith(B, m.componentsB);
+          let entry = overlaps.get(name);
+          if (entry === undefined) overlaps.set(name, (entry = { A: [], B: [] }));
+          entry.A.push({ adapter: left.name, overlap: a.overlap, random: a.random });
+          entry.B.push({ adapter: left.name, overlap: b.overlap, random: b.random });
+        }
       }
     }
     const heldOutMs = performance.now() - t0;

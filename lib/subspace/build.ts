@@ -11,6 +11,11 @@ import { version } from '../version.js';
 import { integer, invalid, knownKeys, object, oneOf } from '../validate.js';
 import { adapterCoefficients, meanRelativeError, moduleCoefficients, projectPairs, stackingCode } from './coefficients.js';
 import { SUBSPACE_FORMAT_VERSION, subspaceId } from './identity.js';
+import { BusyClock, besides, chooseK, explainedBy, leftColumns } from './build-parts.js';
+import { defaultMemoryBudget, inMemoryModuleBytes, parseSize, streamChunkAdapters } from './budget.js';
+import { storedSavings } from './savings.js';
+import { readPairs, streamModuleComponents, streamProjections } from './stream.js';
+import { assignShards, resolveShard, type ShardSpec } from './shard-plan.js';
 import { DEFAULT_MAX_OPEN_FILES, describeSources, moduleSeed, openInputs, runPool, type AdapterInput, type InputAdapter, type ModuleInfo } from './inputs.js';
 import {
   type AdapterCoefficients,
@@ -82,6 +87,19 @@ export interface BuildSubspaceOptions {
   maxOpenFiles?: number;
   /** Called after each module. */
   onProgress?: (progress: BuildProgress) => void;
+  /**
+   * Bytes (a number, or a size such as '512MB', '4GB') a module may take in memory
+   * (default: half of the memory available when the build starts). A module whose stacks
+   * would take more is built out of core: its adapters are read in chunks once per pass
+   * (about powerIters + 3 reads of each), with the same results within float32 rounding.
+   */
+  memoryBudget?: number | string;
+  /**
+   * Build only shard `index` of `count` (0-based; or the string 'index/count'): modules
+   * are split by shard-plan.ts (balanced by stack size, the same split in every shard),
+   * with the same per-module seeds as the whole build. gatherShards joins the shards.
+   */
+  shard?: ShardSpec | string;
 }
 
 /** @internal The options after checking. */
@@ -94,6 +112,9 @@ export interface ResolvedBuild {
   open: OpenAdapterOptions;
   maxOpenFiles: number;
   onProgress: ((progress: BuildProgress) => void) | null;
+  /** null: the default, computed when the build starts. */
+  memoryBudget: number | null;
+  shard: ShardSpec | null;
 }
 
 const MAX_SEED = 2 ** 52;
@@ -129,6 +150,8 @@ export function resolveBuildOptions(options: unknown): ResolvedBuild {
     'open',
     'maxOpenFiles',
     'onProgress',
+    'memoryBudget',
+    'shard',
   ]);
   const stacking = oneOf(o.stacking ?? 'canonical', 'options.stacking', ['canonical', 'raw'] as const);
   let weighting: Weighting | null = null;
@@ -192,6 +215,8 @@ export function resolveBuildOptions(options: unknown): ResolvedBuild {
     open,
     maxOpenFiles: integer(o.maxOpenFiles ?? DEFAULT_MAX_OPEN_FILES, 'options.maxOpenFiles', 1),
     onProgress: (o.onProgress as ((p: BuildProgress) => void) | undefined) ?? null,
+    memoryBudget: o.memoryBudget === undefined ? null : parseSize(o.memoryBudget, 'options.memoryBudget'),
+    shard: o.shard === undefined ? null : resolveShard(o.shard),
   };
 }
 
@@ -248,63 +273,6 @@ function planModules(adapters: readonly InputAdapter[], filter: ResolvedBuild['f
   return plans;
 }
 
-/** The first `k` columns of a `rows x cols` matrix. */
-function leftColumns(m: Matrix, k: number): Matrix {
-  if (k === m.cols) return m;
-  const out = matrix(m.rows, k);
-  for (let i = 0; i < m.rows; i++) out.data.set(m.data.subarray(i * m.cols, i * m.cols + k), i * k);
-  return out;
-}
-
-/** [a, b] side by side. */
-function besides(a: Matrix, b: Matrix): Matrix {
-  const cols = a.cols + b.cols;
-  const out = matrix(a.rows, cols);
-  for (let i = 0; i < a.rows; i++) {
-    out.data.set(a.data.subarray(i * a.cols, (i + 1) * a.cols), i * cols);
-    out.data.set(b.data.subarray(i * b.cols, (i + 1) * b.cols), i * cols + a.cols);
-  }
-  return out;
-}
-
-/** Smallest K with sum_{k<K} s_k^2 >= threshold * energy (or all of them). */
-function chooseK(singular: Float32Array, energy: number, threshold: number): { k: number; explained: number; reached: boolean } {
-  if (!(energy > 0)) return { k: 1, explained: 1, reached: true };
-  let sum = 0;
-  for (let k = 0; k < singular.length; k++) {
-    const s = singular[k] as number;
-    sum += s * s;
-    if (sum >= threshold * energy * (1 - 1e-12)) return { k: k + 1, explained: Math.min(1, sum / energy), reached: true };
-  }
-  return { k: singular.length, explained: Math.min(1, sum / energy), reached: false };
-}
-
-function explainedBy(singular: Float32Array, energy: number): number {
-  if (!(energy > 0)) return 1;
-  let sum = 0;
-  for (const s of singular) sum += s * s;
-  return Math.min(1, sum / energy);
-}
-
-/**
- * Wall time during which at least one operation of a kind was in flight (the union of
- * the intervals, so overlapping operations are not counted twice).
- */
-class BusyClock {
-  #active = 0;
-  #since = 0;
-  total = 0;
-
-  async time<T>(body: () => Promise<T>): Promise<T> {
-    if (this.#active++ === 0) this.#since = performance.now();
-    try {
-      return await body();
-    } finally {
-      if (--this.#active === 0) this.total += performance.now() - this.#since;
-    }
-  }
-}
-
 interface BuiltModule {
   module: SubspaceModule;
   /** Per holder (same order as plan.holders): loadings, norm, error. */
@@ -319,7 +287,11 @@ export async function buildFromInputs(
 ): Promise<Subspace> {
   const started = performance.now();
   const { settings } = resolved;
-  const plans = planModules(adapters, resolved.filter);
+  const allPlans = planModules(adapters, resolved.filter);
+  const shard = resolved.shard;
+  const partition = shard === null ? null : assignShards(allPlans.map((p) => ({ name: p.name, cost: stackCost(p) })), shard.count);
+  const plans = partition === null ? allPlans : allPlans.filter((p) => partition.get(p.name) === shard!.index);
+  const budget = resolved.memoryBudget ?? defaultMemoryBudget();
   const report: SubspaceBuildReport = {
     partialModules: [],
     clamped: [],
@@ -327,6 +299,8 @@ export async function buildFromInputs(
     augmentClamped: [],
     inSampleError: NaN,
     timings: { totalMs: 0, readMs: 0, nativeMs: 0, hashMs: 0 },
+    streamedModules: [],
+    shard: shard === null ? null : { index: shard.index, count: shard.count, modules: allPlans.map((p) => [p.name, partition!.get(p.name)!] as [string, number]) },
   };
   const hashStarted = performance.now();
   const sources = describeSources(adapters, hash).then((s) => {
@@ -339,14 +313,7 @@ export async function buildFromInputs(
   const clocks = { read: new BusyClock(), native: new BusyClock() };
   let done = 0;
   await runPool(plans, resolved.concurrency, async (plan, index) => {
-    const factors: Array<{ A: Matrix; B: Matrix }> = new Array(plan.holders.length);
-    await clocks.read.time(() =>
-      runPool(plan.holders, 16, async (h, i) => {
-        factors[i] = await h.adapter.read(plan.name);
-      }),
-    );
-    const pairs: NativeFactorPair[] = plan.holders.map((h, i) => ({ A: factors[i]!.A, B: factors[i]!.B, scale: h.info.scale }));
-    built[index] = await buildModule(plan, pairs, settings, report, clocks.native);
+    built[index] = await buildModule(plan, budget, settings, report, clocks);
     done++;
     resolved.onProgress?.({ module: plan.name, done, total: plans.length });
   });
@@ -399,6 +366,10 @@ export async function buildFromInputs(
     ),
   );
   report.inSampleError = meanRelativeError(subspace.coefficients);
+  report.storage = storedSavings(
+    plans.map((_, i) => built[i]!.module),
+    plans.map((p) => p.holders.map((h) => h.info.dtypes)),
+  );
   report.timings.readMs = clocks.read.total;
   report.timings.nativeMs = clocks.native.total;
   report.timings.totalMs = performance.now() - started;
@@ -419,17 +390,23 @@ function inModule(error: unknown, plan: ModulePlan): unknown {
   return error;
 }
 
+/** A module's stack size: sum of ranks x (d_in + d_out). */
+function stackCost(plan: ModulePlan): number {
+  return plan.holders.reduce((n, h) => n + h.info.rank, 0) * (plan.info.inFeatures + plan.info.outFeatures);
+}
+
 async function buildModule(
   plan: ModulePlan,
-  pairs: NativeFactorPair[],
+  budget: number,
   settings: SubspaceSettings,
   report: SubspaceBuildReport,
-  clock: BusyClock,
+  clocks: { read: BusyClock; native: BusyClock },
 ): Promise<BuiltModule> {
   const { name, info } = plan;
+  const clock = clocks.native;
   const dIn = info.inFeatures;
   const dOut = info.outFeatures;
-  const totalRank = pairs.reduce((n, p) => n + p.A.rows, 0);
+  const totalRank = plan.holders.reduce((n, h) => n + h.info.rank, 0);
   const limit = { A: Math.min(dIn, totalRank), B: Math.min(dOut, totalRank) };
   const wanted = settings.components ?? settings.maxComponents!;
   const k = { A: Math.min(wanted.A, limit.A), B: Math.min(wanted.B, limit.B) };
@@ -445,25 +422,34 @@ async function buildModule(
   const meanA = settings.center ? new Float32Array(dIn) : null;
   const meanB = settings.center ? new Float32Array(dOut) : null;
   const seed = moduleSeed(settings.seed, name);
+  // Out of core when the in-memory build would pass the budget (and the stacks are not
+  // small enough for rsvd's exact path, which the stream does not repeat).
+  const exact = (d: number, kk: number) => Math.min(totalRank, d) <= 2 * (kk + settings.oversample);
+  const streamed = inMemoryModuleBytes(totalRank, dIn, dOut) > budget && !exact(dIn, k.A) && !exact(dOut, k.B);
+  const chunk = streamChunkAdapters(budget, Math.max(...plan.holders.map((h) => h.info.rank)), dIn, dOut);
+  const pairs = streamed ? null : await clocks.read.time(() => readPairs(plan, 0, plan.holders.length));
+  if (streamed) report.streamedModules!.push(name);
   const callSite = new Error();
-  const build = () =>
-    native.buildModuleSubspace({
-      adapters: pairs,
-      stacking: stackingCode(settings.stacking),
-      weighting: settings.weighting === 'scale' ? 1 : 0,
-      center: settings.center,
-      oversample: settings.oversample,
-      powerIters: settings.powerIters,
-      seed,
-      componentsA,
-      componentsB,
-      singularA,
-      singularB,
-      meanA,
-      meanB,
-    });
+  const args = {
+    dIn,
+    dOut,
+    stacking: stackingCode(settings.stacking),
+    weighting: (settings.weighting === 'scale' ? 1 : 0) as 0 | 1,
+    center: settings.center,
+    oversample: settings.oversample,
+    powerIters: settings.powerIters,
+    seed,
+    componentsA,
+    componentsB,
+    singularA,
+    singularB,
+    meanA,
+    meanB,
+  };
+  const build = () => (pairs === null ? streamModuleComponents(plan, args, chunk, clocks) : native.buildModuleSubspace({ ...args, adapters: pairs }));
   // The addon checks arguments synchronously: called inside the async body so a throw becomes a rejection.
-  const { energyA, energyB } = await clock.time(async () => withCallerStack(build(), callSite)).catch((error: unknown) => {
+  const timed = pairs === null ? build() : clock.time(async () => withCallerStack(build(), callSite));
+  const { energyA, energyB } = await timed.catch((error: unknown) => {
     throw inModule(error, plan);
   });
 
@@ -523,13 +509,15 @@ async function buildModule(
     adapters: plan.holders.map((h) => h.adapter.name),
     ranks: plan.holders.map((h) => h.info.rank),
   };
-  const { alphas, betas, norms, errors } = await clock.time(() => projectPairs(module, settings.stacking, pairs)).catch((error: unknown) => {
+  const project = async () => {
+    if (pairs === null) return streamProjections(plan, module, settings.stacking, chunk, clocks);
+    const { alphas, betas, norms, errors } = await clock.time(() => projectPairs(module, settings.stacking, pairs));
+    return pairs.map((_, i) => ({ alpha: alphas[i]!, beta: betas[i]!, norm: norms[i]!, error: errors[i]! }));
+  };
+  const projections = await project().catch((error: unknown) => {
     throw inModule(error, plan);
   });
-  return {
-    module,
-    projections: pairs.map((_, i) => ({ alpha: alphas[i]!, beta: betas[i]!, norm: norms[i]!, error: errors[i]! })),
-  };
+  return { module, projections };
 }
 
 /**

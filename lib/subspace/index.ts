@@ -24,6 +24,10 @@ export {
 export { subspaceSavings, type SavingsOptions, type SubspaceSavings, type ParameterCount } from './savings.js';
 export { leaveOneOut, type LeaveOneOutOptions, type LeaveOneOutResult } from './heldout.js';
 export { meanRelativeError, relativeErrorsByModule } from './coefficients.js';
+export { parseSize, defaultMemoryBudget, DEFAULT_BUDGET_FRACTION } from './budget.js';
+export { resolveShard, assignShards, type ShardSpec } from './shard-plan.js';
+export { writeBuildFolder, coefficientsFileName, SHARD_RECORD_NAME, type ShardRecord } from './output.js';
+export { gatherShards, ShardMismatchError } from './shard.js';
 export { explainedVarianceCurve } from './spectrum.js';
 export { moduleSeed, sha256File, type AdapterInput } from './inputs.js';
 export type {

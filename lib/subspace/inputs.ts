@@ -22,7 +22,10 @@ export type AdapterInput = string | OpenedAdapter | LoraAdapter;
 export type ModuleInfo = Pick<
   LoraModuleInfo,
   'name' | 'rank' | 'alpha' | 'scale' | 'rslora' | 'layout' | 'convKernel' | 'inFeatures' | 'outFeatures' | 'fanInFanOut'
->;
+> & {
+  /** The factors' stored dtypes (absent for adapters built in memory without them). */
+  dtypes?: { A: string; B: string };
+};
 
 /**
  * Paths kept open for a whole build; reads of the others open and close them each time,
@@ -101,6 +104,7 @@ function infoOf(m: LoraModuleInfo): ModuleInfo {
     inFeatures: m.inFeatures,
     outFeatures: m.outFeatures,
     fanInFanOut: m.fanInFanOut,
+    ...(m.dtypes ? { dtypes: { A: m.dtypes.A, B: m.dtypes.B } } : {}),
   };
 }
 

@@ -107,3 +107,62 @@ export function subspaceSavings(subspace: Subspace, options: SavingsOptions = {}
     trainable: { lora: loraPerAdapter, eigenlora: coefficientsPerAdapter, ratio: loraPerAdapter / coefficientsPerAdapter },
   };
 }
+
+/** Bytes per element of the float dtypes adapters are stored in (F32 when unknown). */
+const DTYPE_BYTES: Record<string, number> = { F64: 8, F32: 4, F16: 2, BF16: 2, F8_E4M3: 1, F8_E5M2: 1 };
+
+/** One side of the storage comparison: bytes, and the dtypes they are in. */
+export interface StoredBytes {
+  bytes: number;
+  dtypes: string[];
+}
+
+/**
+ * Storage as it is on disk, like with like: the adapters' factors of the subspace's modules
+ * in the dtypes they are stored in, against the basis (components, singular values, means)
+ * and the coefficients (loadings) as the subspace files write them (F32).
+ */
+export interface StoredSavings {
+  adapters: StoredBytes;
+  basis: StoredBytes;
+  coefficients: StoredBytes;
+  /** basis + coefficients. */
+  eigenlora: StoredBytes;
+  /** adapters / eigenlora bytes: above 1, the subspace files take less than the adapters' factors. */
+  ratio: number;
+}
+
+/**
+ * Stored bytes of the adapters' factors (each module of each holder: r (d_in + d_out) in
+ * its stored dtype; `dtypes` per holder as the build read them, F32 where unknown) against
+ * what saveSubspace and saveCoefficients write for the tensors (F32; headers not counted).
+ */
+export function storedSavings(
+  modules: Iterable<{ dIn: number; dOut: number; kA: number; kB: number; singularA: Float32Array; singularB: Float32Array; meanA: Float32Array | null; meanB: Float32Array | null; ranks: number[] }>,
+  holderDtypes: ReadonlyArray<ReadonlyArray<{ A: string; B: string } | undefined>>,
+): StoredSavings {
+  let adapters = 0;
+  let basis = 0;
+  let coefficients = 0;
+  const seen = new Set<string>();
+  let index = 0;
+  for (const m of modules) {
+    const dtypes = holderDtypes[index++] ?? [];
+    m.ranks.forEach((r, i) => {
+      const d = dtypes[i] ?? { A: 'F32', B: 'F32' };
+      seen.add(d.A);
+      seen.add(d.B);
+      adapters += r * m.dIn * (DTYPE_BYTES[d.A] ?? 4) + r * m.dOut * (DTYPE_BYTES[d.B] ?? 4);
+      coefficients += 4 * (m.kA + m.kB) * r;
+    });
+    basis += 4 * (m.kA * m.dIn + m.kB * m.dOut + m.singularA.length + m.singularB.length + (m.meanA?.length ?? 0) + (m.meanB?.length ?? 0));
+  }
+  const f32 = ['F32'];
+  return {
+    adapters: { bytes: adapters, dtypes: [...seen].sort() },
+    basis: { bytes: basis, dtypes: f32 },
+    coefficients: { bytes: coefficients, dtypes: f32 },
+    eigenlora: { bytes: basis + coefficients, dtypes: f32 },
+    ratio: basis + coefficients > 0 ? adapters / (basis + coefficients) : Infinity,
+  };
+}

@@ -134,6 +134,15 @@ export interface SubspaceBuildReport {
    * time); hashing the source files (in the background).
    */
   timings: { totalMs: number; readMs: number; nativeMs: number; hashMs: number };
+  /**
+   * Storage like with like: the adapters' factors of the built modules in their stored
+   * dtypes against the basis and coefficients as the subspace files write them (F32).
+   */
+  storage?: import('./savings.js').StoredSavings;
+  /** Modules built out of core (their stacks would have passed `memoryBudget`). */
+  streamedModules?: string[];
+  /** For a sharded build: this shard, and the shard of every module of the whole build, in build order. */
+  shard?: { index: number; count: number; modules: Array<[string, number]> } | null;
 }
 
 /** A subspace: the components of every module, the settings, the sources. */

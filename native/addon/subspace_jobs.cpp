@@ -3,11 +3,11 @@
 #include "job.h"
 
 namespace eigenlorax::addon {
-namespace {
 
-constexpr int64_t kMaxSafe = 9007199254740991LL;
+void registerSubspaceStream(Napi::Env env, Napi::Object exports);
 
-std::vector<FactorPair> readAdapters(Napi::Env env, const Napi::Object& args, Keep& keep, Overlaps& overlaps) {
+// Shared with subspace_stream_jobs.cpp: the adapters list, the build's outputs, its result.
+std::vector<FactorPair> readSubspaceAdapters(Napi::Env env, const Napi::Object& args, Keep& keep, Overlaps& overlaps) {
   const Napi::Array list = readArray(env, args, "adapters");
   std::vector<FactorPair> pairs;
   for (uint32_t i = 0; i < list.Length(); ++i) {
@@ -25,6 +25,35 @@ std::vector<FactorPair> readAdapters(Napi::Env env, const Napi::Object& args, Ke
   }
   return pairs;
 }
+
+ModuleSubspaceOutputs readSubspaceOutputs(Napi::Env env, const Napi::Object& args, Keep& keep, Overlaps& overlaps) {
+  ModuleSubspaceOutputs out;
+  out.componentsA = readOutMatrix(env, args, "componentsA", keep, overlaps);
+  out.componentsB = readOutMatrix(env, args, "componentsB", keep, overlaps);
+  out.singularA = const_cast<float*>(
+      readVector(env, args, "singularA", static_cast<size_t>(out.componentsA.cols), false, true, keep, overlaps));
+  out.singularB = const_cast<float*>(
+      readVector(env, args, "singularB", static_cast<size_t>(out.componentsB.cols), false, true, keep, overlaps));
+  out.meanA = const_cast<float*>(
+      readVector(env, args, "meanA", static_cast<size_t>(out.componentsA.rows), true, true, keep, overlaps));
+  out.meanB = const_cast<float*>(
+      readVector(env, args, "meanB", static_cast<size_t>(out.componentsB.rows), true, true, keep, overlaps));
+  return out;
+}
+
+Napi::Value subspaceInfoResult(Napi::Env env, const ModuleSubspaceInfo& info) {
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("energyA", Napi::Number::New(env, info.energyA));
+  out.Set("energyB", Napi::Number::New(env, info.energyB));
+  Napi::Float64Array norms = Napi::Float64Array::New(env, info.norms.size());
+  for (size_t i = 0; i < info.norms.size(); ++i) norms[i] = info.norms[i];
+  out.Set("norms", norms);
+  return out;
+}
+
+namespace {
+
+constexpr int64_t kMaxSafe = 9007199254740991LL;
 
 std::vector<MatView> readOutMatrices(Napi::Env env, const Napi::Object& args, const char* name, Keep& keep,
                                      Overlaps& overlaps) {
@@ -53,38 +82,21 @@ class BuildModuleJob : public Job {
     Napi::Env env = info.Env();
     const Napi::Object args = requireObject(env, info[0], "arguments");
     Overlaps overlaps;
-    adapters_ = readAdapters(env, args, keep, overlaps);
+    adapters_ = readSubspaceAdapters(env, args, keep, overlaps);
     options_.stacking = static_cast<Stacking>(readInteger(env, args, "stacking", 0, 1));
     options_.weighting = static_cast<Weighting>(readInteger(env, args, "weighting", 0, 1));
     options_.center = args.Get("center").ToBoolean();
     options_.oversample = readInteger(env, args, "oversample", 0, kMaxSafe);
     options_.powerIters = static_cast<int>(readInteger(env, args, "powerIters", 0, 1000));
     options_.seed = static_cast<uint64_t>(readInteger(env, args, "seed", 0, kMaxSafe));
-    out_.componentsA = readOutMatrix(env, args, "componentsA", keep, overlaps);
-    out_.componentsB = readOutMatrix(env, args, "componentsB", keep, overlaps);
-    out_.singularA = const_cast<float*>(
-        readVector(env, args, "singularA", static_cast<size_t>(out_.componentsA.cols), false, true, keep, overlaps));
-    out_.singularB = const_cast<float*>(
-        readVector(env, args, "singularB", static_cast<size_t>(out_.componentsB.cols), false, true, keep, overlaps));
-    out_.meanA = const_cast<float*>(
-        readVector(env, args, "meanA", static_cast<size_t>(out_.componentsA.rows), true, true, keep, overlaps));
-    out_.meanB = const_cast<float*>(
-        readVector(env, args, "meanB", static_cast<size_t>(out_.componentsB.rows), true, true, keep, overlaps));
+    out_ = readSubspaceOutputs(env, args, keep, overlaps);
     overlaps.check(env);
     checkNow(env, [&] { checkModuleSubspace(adapters_, options_, out_); });
   }
 
  protected:
   void run() override { info_ = buildModuleSubspace(adapters_, options_, out_); }
-  Napi::Value result(Napi::Env env) override {
-    Napi::Object out = Napi::Object::New(env);
-    out.Set("energyA", Napi::Number::New(env, info_.energyA));
-    out.Set("energyB", Napi::Number::New(env, info_.energyB));
-    Napi::Float64Array norms = Napi::Float64Array::New(env, info_.norms.size());
-    for (size_t i = 0; i < info_.norms.size(); ++i) norms[i] = info_.norms[i];
-    out.Set("norms", norms);
-    return out;
-  }
+  Napi::Value result(Napi::Env env) override { return subspaceInfoResult(env, info_); }
 
  private:
   std::vector<FactorPair> adapters_;
@@ -100,7 +112,7 @@ class ProjectModuleJob : public Job {
     Napi::Env env = info.Env();
     const Napi::Object args = requireObject(env, info[0], "arguments");
     Overlaps overlaps;
-    adapters_ = readAdapters(env, args, keep, overlaps);
+    adapters_ = readSubspaceAdapters(env, args, keep, overlaps);
     stacking_ = static_cast<Stacking>(readInteger(env, args, "stacking", 0, 1));
     basis_ = readBasis(env, args, keep, overlaps);
     alphas_ = readOutMatrices(env, args, "alphas", keep, overlaps);
@@ -154,6 +166,7 @@ void registerSubspace(Napi::Env env, Napi::Object exports) {
   exportJob<BuildModuleJob>(env, exports, "buildModuleSubspace");
   exportJob<ProjectModuleJob>(env, exports, "projectModule");
   exportJob<ReconstructJob>(env, exports, "reconstructFactors");
+  registerSubspaceStream(env, exports);
 }
 
 }  // namespace eigenlorax::addon

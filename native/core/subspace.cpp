@@ -1,13 +1,17 @@
 #include "subspace.h"
 
+#include "canonical.h"
+
 #include <Eigen/Householder>
 #include <Eigen/QR>
 #include <Eigen/SVD>
 #include <algorithm>
 #include <atomic>
+#include <memory>
 #include <cmath>
 #include <new>
 #include <string>
+#include <vector>
 
 namespace eigenlorax {
 namespace {
@@ -15,61 +19,6 @@ namespace {
 using VecD = Eigen::VectorXd;
 
 std::string adapterName(size_t i) { return "adapters[" + std::to_string(i) + "]"; }
-
-// m (d x k) = q (d x c) r (c x k), c = min(d, k).
-void thinQr(const ColMatD& m, ColMatD& q, ColMatD& r) {
-  const Index d = m.rows(), k = m.cols(), c = std::min(d, k);
-  Eigen::HouseholderQR<ColMatD> qr(m);
-  q = ColMatD::Identity(d, c);
-  q.applyOnTheLeft(qr.householderQ());
-  r = qr.matrixQR().topRows(c).template triangularView<Eigen::Upper>();
-}
-
-// ||P Q^T||_F for P: d_out x k, Q: d_in x k, through the QR of each: ||Rp Rq^T||_F.
-double productNorm(const ColMatD& p, const ColMatD& q) {
-  ColMatD qp, rp, qq, rq;
-  thinQr(p, qp, rp);
-  thinQr(q, qq, rq);
-  return (rp * rq.transpose()).norm();
-}
-
-// The factors of one adapter as stacked, in double, with r rows of A (zero-padded when the
-// canonical rank is smaller) and the scale that multiplies B A.
-struct Factors {
-  ColMatD a;  // r x d_in
-  ColMatD b;  // d_out x r
-  double scale = 1.0;
-  double norm = 0.0;  // ||scale B A||_F
-};
-
-Factors stackedFactors(const FactorPair& p, Stacking stacking) {
-  Factors f;
-  const Index r = p.a.rows, dIn = p.a.cols, dOut = p.b.rows;
-  const ColMatD b = p.b.map().cast<double>();
-  const ColMatD aT = p.a.map().transpose().cast<double>();
-  if (stacking == Stacking::Raw) {
-    f.a = aT.transpose();
-    f.b = b;
-    f.scale = p.scale;
-    f.norm = std::abs(p.scale) * productNorm(b, aT);
-    return f;
-  }
-  // Balanced SVD factors of dW = s B A: QR of B and A^T, SVD of the small core.
-  ColMatD qb, rb, qa, ra;
-  thinQr(b, qb, rb);
-  thinQr(aT, qa, ra);
-  const ColMatD core = p.scale * rb * ra.transpose();
-  Eigen::JacobiSVD<ColMatD> svd(core, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  const VecD root = svd.singularValues().cwiseSqrt();
-  const Index c = root.size();
-  f.b = ColMatD::Zero(dOut, r);
-  f.a = ColMatD::Zero(r, dIn);
-  f.b.leftCols(c) = qb * svd.matrixU() * root.asDiagonal();
-  f.a.topRows(c) = (qa * svd.matrixV() * root.asDiagonal()).transpose();
-  f.scale = 1.0;
-  f.norm = svd.singularValues().norm();
-  return f;
-}
 
 // Runs body(i) for i in [0, count) in parallel; the first exception is rethrown after.
 template <typename Body>
@@ -115,43 +64,98 @@ void checkComponents(const char* name, ConstMatView m, Index d, Index limit) {
   }
 }
 
-// Stacked rows (sum r x d) of one side: A'_i rows, or B'_i columns, times w_i.
-RowMatF stackSide(const std::vector<Factors>& factors, const std::vector<double>& weights, bool sideA, Index d,
-                  Index totalRank) {
-  RowMatF out(totalRank, d);
-  Index row = 0;
-  for (size_t i = 0; i < factors.size(); ++i) {
-    const ColMatD& m = sideA ? factors[i].a : factors[i].b;
-    const Index r = sideA ? m.rows() : m.cols();
-    if (sideA) out.middleRows(row, r) = (weights[i] * m).cast<float>();
-    else out.middleRows(row, r) = (weights[i] * m.transpose()).cast<float>();
-    row += r;
-  }
-  return out;
-}
-
-double centerAndEnergy(RowMatF& stacked, float* mean) {
-  if (mean != nullptr) {
-    const Eigen::RowVectorXd mu = stacked.cast<double>().colwise().mean();
-    Eigen::Map<Eigen::RowVectorXf>(mean, stacked.cols()) = mu.cast<float>();
-    stacked.rowwise() -= mu.cast<float>();
+// Column means of `stacked` (rows x d) in double, subtracted from every row; returns the
+// squared Frobenius norm after centring. Parallel over column blocks (the stack is large).
+double centerAndEnergy(MapF stacked, float* mean) {
+  const Index rows = stacked.rows(), d = stacked.cols();
+  if (mean != nullptr && rows > 0) {
+    std::vector<double> sum(static_cast<size_t>(d), 0.0);
+#pragma omp parallel for schedule(static)
+    for (Index j0 = 0; j0 < d; j0 += 256) {
+      const Index j1 = std::min(d, j0 + 256);
+      for (Index i = 0; i < rows; ++i) {
+        const float* row = stacked.data() + i * d;
+        for (Index j = j0; j < j1; ++j) sum[j] += row[j];
+      }
+      for (Index j = j0; j < j1; ++j) mean[j] = static_cast<float>(sum[j] / static_cast<double>(rows));
+    }
+    const Eigen::Map<const Eigen::RowVectorXf> mu(mean, d);
+    stacked.rowwise() -= mu;
   }
   double energy = 0;
-  for (Index i = 0; i < stacked.rows(); ++i) energy += stacked.row(i).cast<double>().squaredNorm();
+#pragma omp parallel for reduction(+ : energy) schedule(static)
+  for (Index i = 0; i < rows; ++i) energy += stacked.row(i).cast<double>().squaredNorm();
   return energy;
 }
 
+// A float buffer kept by the calling thread and reused by the next module when the size is
+// close (reallocating a 64 MB stack per module costs page faults, not just time).
+float* reusableBuffer(size_t count) {
+  thread_local std::unique_ptr<float[]> buffer;
+  thread_local size_t capacity = 0;
+  if (count > capacity || count < capacity / 4) {
+    buffer.reset();
+    buffer.reset(new float[count]);  // uninitialised: every entry is written before it is read
+    capacity = count;
+  }
+  return buffer.get();
+}
 // Right singular vectors of the stacked side: the components.
-void topComponents(const RowMatF& stacked, const ModuleSubspaceOptions& o, uint64_t seed, MatView components,
+void topComponents(ConstMatView stacked, const ModuleSubspaceOptions& o, uint64_t seed, MatView components,
                    float* singular) {
   const Index k = components.cols;
-  RowMatF u(stacked.rows(), k);
+  RowMatF u(stacked.rows, k);
   RsvdOptions ro;
   ro.rank = k;
   ro.oversample = o.oversample;
   ro.powerIters = o.powerIters;
   ro.seed = seed;
-  rsvd({stacked.data(), stacked.rows(), stacked.cols()}, ro, {u.data(), u.rows(), u.cols()}, singular, components);
+  rsvd(stacked, ro, {u.data(), u.rows(), u.cols()}, singular, components);
+}
+
+// One side of an adapter projected on a basis P (d x K) with mean mu: loadings
+// L = P^T (X - mu 1^T) (K x r) and the Grams that the error needs, of
+// [X, Res] with Res = X - mu 1^T - P L (so X_hat = X - Res).
+struct SideProjection {
+  ColMatF loadings;
+  ColMatD gram;  // 2r x 2r: [X Res]^T [X Res]
+};
+
+SideProjection projectSide(const ColMatD& x, const ConstMapF& basis, const Eigen::Map<const Eigen::VectorXf>& mu,
+                           CanonicalWork& w) {
+  const Index d = x.rows(), r = x.cols();
+  SideProjection out;
+  w.pq.resize(d, 2 * r);
+  auto xs = w.pq.leftCols(r);
+  auto res = w.pq.rightCols(r);
+  xs = x.cast<float>();
+  res = xs.colwise() - mu;
+  out.loadings.noalias() = basis.transpose() * res;
+  res.noalias() -= basis * out.loadings;
+  w.proj.resize(2 * r, 2 * r);
+  w.proj.setZero();
+  w.proj.selfadjointView<Eigen::Lower>().rankUpdate(w.pq.transpose());
+  out.gram = w.proj.selfadjointView<Eigen::Lower>().toDenseMatrix().cast<double>();
+  return out;
+}
+
+// ||dW - dW_hat||_F for dW = B' A' and dW_hat = (B' - ResB)(A'^T - ResA)^T:
+// dW - dW_hat = ResB A' + B_hat ResA^T = [ResB, B_hat] [A'^T, ResA]^T, whose squared norm is
+// tr((P^T P)(Q^T Q)) with r x r blocks. Each term pairs a residual block with a full one, so
+// the sum has no cancellation at the size of ||dW||^2 (no QR of the factors needed).
+double residualNorm(const SideProjection& a, const SideProjection& b, Index r) {
+  // b.gram = [B' ResB]^T [B' ResB]; P = [ResB, B' - ResB].
+  const ColMatD gBB = b.gram.topLeftCorner(r, r), gBR = b.gram.topRightCorner(r, r),
+                gRR = b.gram.bottomRightCorner(r, r);
+  const ColMatD pRR = gRR;                                    // ResB^T ResB
+  const ColMatD pRH = gBR.transpose() - gRR;                  // ResB^T B_hat
+  const ColMatD pHH = gBB - gBR - gBR.transpose() + gRR;      // B_hat^T B_hat
+  // Q = [A'^T, ResA]: blocks directly from a.gram.
+  const ColMatD qAA = a.gram.topLeftCorner(r, r), qAR = a.gram.topRightCorner(r, r),
+                qRR = a.gram.bottomRightCorner(r, r);
+  const double squared = (pRR.cwiseProduct(qAA)).sum() + 2.0 * (pRH.cwiseProduct(qAR)).sum() +
+                         (pHH.cwiseProduct(qRR)).sum();
+  return std::sqrt(std::max(0.0, squared));
 }
 
 }  // namespace
@@ -173,34 +177,36 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
   const Index dIn = adapters[0].a.cols, dOut = adapters[0].b.rows;
   Index total = 0;
   for (const FactorPair& p : adapters) total += p.a.rows;
-  for (size_t i = 0; i < adapters.size(); ++i) {
-    if (!adapters[i].a.map().allFinite() || !adapters[i].b.map().allFinite()) {
+  std::vector<Index> offsets(adapters.size() + 1, 0);
+  for (size_t i = 0; i < adapters.size(); ++i) offsets[i + 1] = offsets[i] + adapters[i].a.rows;
+
+  // Both stacks at once, written by the loop over adapters that canonicalises them: rows
+  // of side A are w_i A'_i, rows of side B are w_i B'_i^T.
+  float* buffer = reusableBuffer(static_cast<size_t>(total) * static_cast<size_t>(dIn + dOut));
+  MapF stackedA(buffer, total, dIn);
+  MapF stackedB(buffer + total * dIn, total, dOut);
+  const bool equal = o.stacking == Stacking::Canonical && o.weighting == Weighting::Equal;
+  ModuleSubspaceInfo info;
+  info.norms.assign(adapters.size(), 0.0);
+  parallelFor(adapters.size(), [&](size_t i) {
+    const FactorPair& p = adapters[i];
+    if (!allFiniteF(p.a.data, p.a.rows * p.a.cols) || !allFiniteF(p.b.data, p.b.rows * p.b.cols)) {
       throw CoreError(code::kNonFinite, adapterName(i) + ": factors contain NaN or Inf");
     }
-  }
+    CanonicalWork& w = canonicalWork();
+    stackedFactors(p, o.stacking, w);
+    info.norms[i] = w.norm;
+    const double weight = equal ? (w.norm > 0 ? 1.0 / std::sqrt(w.norm) : 0.0) : 1.0;
+    const Index r = p.a.rows;
+    // A'^T (d_in x r, column-major) has the memory layout of the r x d_in rows.
+    Eigen::Map<ColMatF>(stackedA.data() + offsets[i] * dIn, dIn, r) = (weight * w.at).cast<float>();
+    Eigen::Map<ColMatF>(stackedB.data() + offsets[i] * dOut, dOut, r) = (weight * w.b).cast<float>();
+  });
 
-  std::vector<Factors> factors(adapters.size());
-  parallelFor(adapters.size(), [&](size_t i) { factors[i] = stackedFactors(adapters[i], o.stacking); });
-
-  ModuleSubspaceInfo info;
-  std::vector<double> weights(adapters.size(), 1.0);
-  for (size_t i = 0; i < factors.size(); ++i) {
-    info.norms.push_back(factors[i].norm);
-    if (o.stacking == Stacking::Canonical && o.weighting == Weighting::Equal) {
-      weights[i] = factors[i].norm > 0 ? 1.0 / std::sqrt(factors[i].norm) : 0.0;
-    }
-  }
-
-  {
-    RowMatF stackedA = stackSide(factors, weights, true, dIn, total);
-    info.energyA = centerAndEnergy(stackedA, o.center ? out.meanA : nullptr);
-    topComponents(stackedA, o, o.seed, out.componentsA, out.singularA);
-  }
-  {
-    RowMatF stackedB = stackSide(factors, weights, false, dOut, total);
-    info.energyB = centerAndEnergy(stackedB, o.center ? out.meanB : nullptr);
-    topComponents(stackedB, o, o.seed + 1, out.componentsB, out.singularB);
-  }
+  info.energyA = centerAndEnergy(stackedA, o.center ? out.meanA : nullptr);
+  topComponents({stackedA.data(), total, dIn}, o, o.seed, out.componentsA, out.singularA);
+  info.energyB = centerAndEnergy(stackedB, o.center ? out.meanB : nullptr);
+  topComponents({stackedB.data(), total, dOut}, o, o.seed + 1, out.componentsB, out.singularB);
   return info;
 }
 
@@ -234,31 +240,29 @@ void projectModule(const std::vector<FactorPair>& adapters, Stacking stacking, c
                    const std::vector<MatView>& alphas, const std::vector<MatView>& betas, double* norms,
                    double* errors) {
   checkProjectModule(adapters, basis, alphas, betas);
-  const ColMatD vA = basis.componentsA.map().cast<double>();
-  const ColMatD uB = basis.componentsB.map().cast<double>();
+  const ConstMapF vA = basis.componentsA.map(), uB = basis.componentsB.map();
   const Index dIn = vA.rows(), dOut = uB.rows();
-  VecD muA = VecD::Zero(dIn), muB = VecD::Zero(dOut);
-  if (basis.meanA != nullptr) muA = Eigen::Map<const Eigen::VectorXf>(basis.meanA, dIn).cast<double>();
-  if (basis.meanB != nullptr) muB = Eigen::Map<const Eigen::VectorXf>(basis.meanB, dOut).cast<double>();
+  const Eigen::VectorXf zeroA = Eigen::VectorXf::Zero(basis.meanA ? 0 : dIn);
+  const Eigen::VectorXf zeroB = Eigen::VectorXf::Zero(basis.meanB ? 0 : dOut);
+  const Eigen::Map<const Eigen::VectorXf> muA(basis.meanA ? basis.meanA : zeroA.data(), dIn);
+  const Eigen::Map<const Eigen::VectorXf> muB(basis.meanB ? basis.meanB : zeroB.data(), dOut);
 
   parallelFor(adapters.size(), [&](size_t i) {
-    const Factors f = stackedFactors(adapters[i], stacking);
-    const Index r = f.a.rows();
-    const ColMatD aCentered = f.a.rowwise() - muA.transpose();  // r x d_in
-    const ColMatD bCentered = f.b.colwise() - muB;              // d_out x r
-    const ColMatD alpha = vA.transpose() * aCentered.transpose();  // K_A x r
-    const ColMatD beta = uB.transpose() * bCentered;               // K_B x r
-    alphas[i].map() = alpha.cast<float>();
-    betas[i].map() = beta.cast<float>();
-
-    const ColMatD aHat = (vA * alpha).colwise() + muA;  // d_in x r (A_hat^T)
-    const ColMatD bHat = (uB * beta).colwise() + muB;   // d_out x r
-    // dW - dW_hat = s [B, -B_hat] [A; A_hat]
-    ColMatD p(dOut, 2 * r), q(dIn, 2 * r);
-    p << f.b, -bHat;
-    q << f.a.transpose(), aHat;
-    norms[i] = f.norm;
-    errors[i] = std::abs(f.scale) * productNorm(p, q);
+    const FactorPair& p = adapters[i];
+    if (!allFiniteF(p.a.data, p.a.rows * p.a.cols) || !allFiniteF(p.b.data, p.b.rows * p.b.cols)) {
+      throw CoreError(code::kNonFinite, adapterName(i) + ": factors contain NaN or Inf");
+    }
+    CanonicalWork& w = canonicalWork();
+    stackedFactors(p, stacking, w);
+    const Index r = p.a.rows;
+    // Loadings and residuals in float (BLAS-3, K x r and d x r), the r x r algebra of the
+    // error in double. Side A: At = A'^T, alpha = V^T (At - muA), resA = At - muA - V alpha.
+    SideProjection a = projectSide(w.at, vA, muA, w);
+    alphas[i].map() = a.loadings;
+    SideProjection b = projectSide(w.b, uB, muB, w);
+    betas[i].map() = b.loadings;
+    norms[i] = w.norm;
+    errors[i] = std::abs(w.scale) * residualNorm(a, b, r);
   });
 }
 

@@ -1,0 +1,229 @@
+/**
+ * Subspaces at scale (issue 11).
+ *
+ *   npm run bench:scale                        # N = 64, 256, 1024; 2 layers (see below)
+ *   node dist/bench/scale.js --adapters 16 --layers 1 --dim 1024      # a quick run
+ *   node dist/bench/scale.js --module-only     # only the single-module measurement
+ *
+ * 1. One module of the Llama-7B shape (d = 4096 -> 4096, r = 16, N = 256 adapters in
+ *    memory, K = 32): wall and process CPU time of the native build and projection, their
+ *    arithmetic (the rsvd's (2q + 2) passes of 2 R d l flops per side), GFLOP/s, and, as
+ *    the reference rate in the same run, rsvd of one 4096 x 4096 matrix at the same K
+ *    (GEMM-bound). Flags --dim, --rank, --module-adapters, --components change the shape.
+ * 2. For each N in --adapters (default 64,256,1024): a zoo of N PEFT adapters (q/k/v/o_proj
+ *    on --layers layers (default 2; 32 is the real model, 8.1 GB at N = 256: pass it on a
+ *    machine with the disk), d = --dim, r = --rank, bf16, planted shared structure plus
+ *    noise, seeded) in a scratch folder; then: time to read the files (warm: just written),
+ *    build (in memory), build out of core (--memory-budget, default 64MB), a 4-way sharded
+ *    build + gather (sequential here: total work), each with time per module, the ratio to
+ *    reading, and this process's peak RSS after it (VmHWM: a high-water mark, so later
+ *    rows show the largest so far). Byte-identity of the gathered folder is checked.
+ * Never passes or fails on time. Scratch files are removed unless --keep.
+ */
+import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
+import os from 'node:os';
+import path from 'node:path';
+import { buildSubspace, gatherShards, matrix, rsvd, saveAdapter, writeBuildFolder, type LoraAdapter } from '../lib/index.js';
+import { native } from '../lib/native.js';
+import { fillGaussian, machineLines, peakRss, sig, table, type Cell } from './common.js';
+
+interface Options {
+  adapters: number[];
+  layers: number;
+  dim: number;
+  rank: number;
+  components: number;
+  moduleAdapters: number;
+  moduleOnly: boolean;
+  memoryBudget: string;
+  keep: boolean;
+}
+
+function parse(argv: string[]): Options {
+  const o: Options = { adapters: [64, 256, 1024], layers: 2, dim: 4096, rank: 16, components: 32, moduleAdapters: 256, moduleOnly: false, memoryBudget: '64MB', keep: false };
+  for (let i = 0; i < argv.length; i++) {
+    const flag = argv[i]!;
+    if (flag === '--module-only') o.moduleOnly = true;
+    else if (flag === '--keep') o.keep = true;
+    else if (flag === '--adapters') o.adapters = (argv[++i] ?? '').split(',').map(Number);
+    else if (flag === '--memory-budget') o.memoryBudget = argv[++i] ?? '';
+    else {
+      const v = Number(argv[++i]);
+      if (!Number.isInteger(v) || v < 1) throw new Error(`${flag}: expected a positive integer`);
+      if (flag === '--layers') o.layers = v;
+      else if (flag === '--dim') o.dim = v;
+      else if (flag === '--rank') o.rank = v;
+      else if (flag === '--components') o.components = v;
+      else if (flag === '--module-adapters') o.moduleAdapters = v;
+      else throw new Error(`unknown option ${flag}`);
+    }
+  }
+  return o;
+}
+
+const cpuSeconds = () => {
+  const u = process.cpuUsage();
+  return (u.user + u.system) / 1e6;
+};
+
+async function timed<T>(body: () => Promise<T>): Promise<{ value: T; wall: number; cpu: number }> {
+  const c0 = cpuSeconds();
+  const t0 = performance.now();
+  const value = await body();
+  return { value, wall: (performance.now() - t0) / 1000, cpu: cpuSeconds() - c0 };
+}
+
+/** Factors of adapter i: shared directions (12 per side) with random weights, plus noise. */
+function factors(d: number, r: number, seed: number, shared: { A: Float32Array; B: Float32Array }) {
+  const A = matrix(r, d);
+  const B = matrix(d, r);
+  fillGaussian(A.data, seed, 0.02);
+  fillGaussian(B.data, seed + 1, 0.02);
+  const w = new Float32Array(2 * r * 12);
+  fillGaussian(w, seed + 2);
+  for (let i = 0; i < r; i++) {
+    for (let s = 0; s < 12; s++) {
+      const a = w[i * 12 + s]!;
+      const b = w[r * 12 + i * 12 + s]!;
+      for (let j = 0; j < d; j++) {
+        A.data[i * d + j]! += a * shared.A[s * d + j]! / Math.sqrt(d);
+        B.data[j * r + i]! += b * shared.B[s * d + j]! / Math.sqrt(d);
+      }
+    }
+  }
+  return { A, B };
+}
+
+async function moduleMeasurement(o: Options): Promise<void> {
+  const d = o.dim;
+  const n = o.moduleAdapters;
+  const shared = { A: new Float32Array(12 * d), B: new Float32Array(12 * d) };
+  fillGaussian(shared.A, 11);
+  fillGaussian(shared.B, 12);
+  const pairs = Array.from({ length: n }, (_, i) => ({ ...factors(d, o.rank, 100 + 3 * i, shared), scale: 2 }));
+  const k = o.components;
+  const out = () => ({ componentsA: matrix(d, k), componentsB: matrix(d, k), singularA: new Float32Array(k), singularB: new Float32Array(k), meanA: null, meanB: null });
+  const runs: Cell[][] = [];
+  const R = n * o.rank;
+  const l = k + 10;
+  const rsvdFlops = 2 * (2 * 2 + 2) * 2 * R * d * l;
+  for (let rep = 0; rep < 3; rep++) {
+    const o1 = out();
+    const b = await timed(() => native.buildModuleSubspace({ adapters: pairs, stacking: 1, weighting: 0, center: false, oversample: 10, powerIters: 2, seed: 1, ...o1 }));
+    const p = await timed(() =>
+      native.projectModule({
+        adapters: pairs,
+        stacking: 1,
+        componentsA: o1.componentsA,
+        componentsB: o1.componentsB,
+        meanA: null,
+        meanB: null,
+        alphas: pairs.map(() => matrix(k, o.rank)),
+        betas: pairs.map(() => matrix(k, o.rank)),
+        norms: new Float64Array(n),
+        errors: new Float64Array(n),
+      }),
+    );
+    runs.push([`${rep + 1}`, sig(b.wall), sig(b.cpu), sig(p.wall), sig(p.cpu), sig(b.wall + p.wall), sig(rsvdFlops / 1e9 / (b.wall + p.wall))]);
+  }
+  const m = matrix(d, d);
+  fillGaussian(m.data, 5);
+  const ref = await timed(() => rsvd(m, { rank: k, oversample: 10, powerIters: 2, seed: 1, method: 'randomized' }));
+  const refFlops = (2 * 2 + 2) * 2 * d * d * l;
+  process.stdout.write(`\n## One module: ${d} -> ${d}, r = ${o.rank}, ${n} adapters, K = ${k} (canonical + equal, p = 10, q = 2)\n`);
+  process.stdout.write(
+    table(['run', 'build s', 'build CPU s', 'project s', 'project CPU s', 'module s', 'rsvd GFLOP/s of module'], runs),
+  );
+  process.stdout.write(
+    `\nrsvd arithmetic of the module: ${sig(rsvdFlops / 1e9)} GFLOP; reference: rsvd of one ${d} x ${d} matrix at K = ${k}: ` +
+      `${sig(ref.wall)} s = ${sig(refFlops / 1e9 / ref.wall)} GFLOP/s (GEMM-bound, same run)\n`,
+  );
+}
+
+const MODULE_NAMES = ['q_proj', 'k_proj', 'v_proj', 'o_proj'];
+
+async function writeZoo(dir: string, n: number, o: Options): Promise<string[]> {
+  const d = o.dim;
+  const shared = MODULE_NAMES.flatMap((_, m) => Array.from({ length: o.layers }, (_, l) => {
+    const s = { A: new Float32Array(12 * d), B: new Float32Array(12 * d) };
+    fillGaussian(s.A, 1000 + 10 * (l * 4 + m));
+    fillGaussian(s.B, 1001 + 10 * (l * 4 + m));
+    return s;
+  }));
+  const paths: string[] = [];
+  for (let i = 0; i < n; i++) {
+    const modules = new Map();
+    for (let l = 0; l < o.layers; l++) {
+      MODULE_NAMES.forEach((name, m) => {
+        const f = factors(d, o.rank, 7919 * i + 31 * (l * 4 + m), shared[m * o.layers + l]!);
+        const full = `model.layers.${l}.self_attn.${name}`;
+        modules.set(full, {
+          name: full, A: f.A, B: f.B, rank: o.rank, alpha: 2 * o.rank, scale: 2, rslora: false, layout: 'linear',
+          shapes: { A: [o.rank, d], B: [d, o.rank] }, inFeatures: d, outFeatures: d, fanInFanOut: false, keys: { A: '', B: '' }, dtypes: { A: 'BF16', B: 'BF16' },
+        });
+      });
+    }
+    const adapter: LoraAdapter = { format: 'peft', baseModel: 'llama-like', source: null, modules, extras: new Map(), config: null, metadata: {} };
+    const p = path.join(dir, `adapter-${String(i).padStart(5, '0')}`);
+    await saveAdapter(adapter, p, { format: 'peft', dtype: 'BF16' });
+    paths.push(p);
+  }
+  return paths;
+}
+
+async function sameFolders(a: string, b: string): Promise<boolean> {
+  const list = async (d: string): Promise<string[]> =>
+    (await readdir(d, { recursive: true, withFileTypes: true })).filter((e) => e.isFile()).map((e) => path.relative(d, path.join(e.parentPath, e.name))).sort();
+  const la = await list(a);
+  const lb = await list(b);
+  if (la.join('\n') !== lb.join('\n')) return false;
+  for (const f of la) if (!(await readFile(path.join(a, f))).equals(await readFile(path.join(b, f)))) return false;
+  return true;
+}
+
+async function zooMeasurement(o: Options, n: number): Promise<Cell[][]> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'eigenlorax-scale-'));
+  try {
+    const paths = await writeZoo(dir, n, o);
+    const modules = o.layers * 4;
+    const read = await timed(async () => {
+      for (const p of paths) await readFile(path.join(p, 'adapter_model.safetensors'));
+    });
+    const opts = { components: o.components, hashSources: false } as const;
+    const rows: Cell[][] = [];
+    const row = (what: string, t: { wall: number }, extra = '') =>
+      rows.push([String(n), what, sig(t.wall), sig(t.wall / modules), sig(t.wall / read.wall), `${sig(peakRss() / 1e6)} MB`, extra]);
+    row('read files (warm)', read);
+    const whole = await timed(() => buildSubspace(paths, opts));
+    row('build', whole);
+    await writeBuildFolder(whole.value, path.join(dir, 'whole'));
+    const streamed = await timed(() => buildSubspace(paths, { ...opts, memoryBudget: o.memoryBudget }));
+    row(`build, budget ${o.memoryBudget}`, streamed, `${streamed.value.report!.streamedModules!.length} modules streamed`);
+    const sharded = await timed(async () => {
+      const folders: string[] = [];
+      for (let i = 0; i < 4; i++) {
+        const s = await buildSubspace(paths, { ...opts, shard: { index: i, count: 4 } });
+        folders.push(path.join(dir, `shard-${i}`));
+        await writeBuildFolder(s, folders[i]!);
+      }
+      await gatherShards(folders, path.join(dir, 'gathered'));
+    });
+    row('4 shards + gather', sharded, (await sameFolders(path.join(dir, 'whole'), path.join(dir, 'gathered'))) ? 'byte-identical' : 'DIFFERS');
+    return rows;
+  } finally {
+    if (!o.keep) await rm(dir, { recursive: true, force: true });
+  }
+}
+
+async function main(): Promise<void> {
+  const o = parse(process.argv.slice(2));
+  process.stdout.write(`# bench/scale\n${machineLines().join('\n')}\n`);
+  await moduleMeasurement(o);
+  if (o.moduleOnly) return;
+  const rows: Cell[][] = [];
+  for (const n of o.adapters) rows.push(...(await zooMeasurement(o, n)));
+  process.stdout.write(`\n## Zoo: q/k/v/o_proj on ${o.layers} layers (${o.layers * 4} modules), d = ${o.dim}, r = ${o.rank}, bf16, K = ${o.components}\n`);
+  process.stdout.write(table(['N', 'what', 'wall s', 's / module', 'x reading', 'peak RSS so far', 'note'], rows));
+}
+
+await main();

@@ -1,0 +1,77 @@
+/**
+ * The folder a build writes: the subspace (saveSubspace), every adapter's coefficients in
+ * `coefficients/<name>.safetensors`, and for one shard of a sharded build `shard.json`
+ * (what gatherShards checks). The CLI's build and gather both write through here, so a
+ * gathered folder is byte-identical to a one-machine build's.
+ */
+import { mkdir, rm } from 'node:fs/promises';
+import path from 'node:path';
+import { ioError, writeFileAtomic } from '../io/files.js';
+import { saveCoefficients, saveSubspace } from './files.js';
+import type { Subspace } from './types.js';
+
+export const COEFFICIENTS_FOLDER = 'coefficients';
+export const SHARD_RECORD_NAME = 'shard.json';
+export const SHARD_FORMAT = 'eigenlorax-shard';
+export const SHARD_FORMAT_VERSION = 1;
+
+/** A file name for an adapter's coefficients, unique (case-insensitively) within `used`. */
+export function coefficientsFileName(name: string, used: Set<string>): string {
+  const base = name.replace(/[^A-Za-z0-9._#+-]/g, '_').replace(/^\.+/, '_') || 'adapter';
+  let candidate = base;
+  for (let k = 2; used.has(candidate.toLowerCase()); k++) candidate = `${base}#${k}`;
+  used.add(candidate.toLowerCase());
+  return `${candidate}.safetensors`;
+}
+
+/** shard.json: one shard of a sharded build. */
+export interface ShardRecord {
+  format: typeof SHARD_FORMAT;
+  formatVersion: number;
+  index: number;
+  count: number;
+  /** Every module of the whole build with its shard, in build order. */
+  modules: Array<[string, number]>;
+  subspaceId: string;
+  /** The coefficients file of each source, in source order (relative to the folder). */
+  coefficients: Array<{ adapter: string; file: string }>;
+}
+
+/**
+ * Writes `subspace` (from buildSubspace or gatherShards) to `folder`: the subspace files,
+ * the coefficients, and shard.json when the build was one shard. Returns the files written.
+ */
+export async function writeBuildFolder(subspace: Subspace, folder: string): Promise<{ subspace: string[]; coefficients: Array<{ adapter: string; file: string }> }> {
+  const out = path.resolve(folder);
+  const saved = await saveSubspace(subspace, out);
+  const coefficientsFolder = path.join(out, COEFFICIENTS_FOLDER);
+  try {
+    await mkdir(coefficientsFolder, { recursive: true });
+  } catch (cause) {
+    throw ioError(cause, coefficientsFolder, 'create the folder');
+  }
+  const used = new Set<string>();
+  const coefficients: Array<{ adapter: string; file: string }> = [];
+  for (const c of subspace.coefficients) {
+    const file = path.join(coefficientsFolder, coefficientsFileName(c.adapter.name, used));
+    await saveCoefficients(c, file);
+    coefficients.push({ adapter: c.adapter.name, file });
+  }
+  const shard = subspace.report?.shard ?? null;
+  if (shard !== null) {
+    const record: ShardRecord = {
+      format: SHARD_FORMAT,
+      formatVersion: SHARD_FORMAT_VERSION,
+      index: shard.index,
+      count: shard.count,
+      modules: shard.modules,
+      subspaceId: subspace.id,
+      coefficients: coefficients.map((c) => ({ adapter: c.adapter, file: path.relative(out, c.file) })),
+    };
+    await writeFileAtomic(path.join(out, SHARD_RECORD_NAME), `${JSON.stringify(record, null, 2)}\n`);
+  } else {
+    // A one-machine build written over an old shard folder is no shard.
+    await rm(path.join(out, SHARD_RECORD_NAME), { force: true }).catch(() => undefined);
+  }
+  return { subspace: saved.files, coefficients };
+}

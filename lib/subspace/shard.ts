@@ -1,0 +1,193 @@
+/**
+ * gatherShards: the folders of a sharded build (buildSubspace with `shard`, written by
+ * writeBuildFolder) joined into one, byte-identical to the one-machine build's folder.
+ */
+import { readFile } from 'node:fs/promises';
+import path from 'node:path';
+import { EigenLoraxError } from '../errors.js';
+import { invalid } from '../validate.js';
+import { adapterCoefficients } from './coefficients.js';
+import { loadCoefficients, loadSubspace } from './files.js';
+import { SUBSPACE_FORMAT_VERSION, sidecarOf, subspaceId } from './identity.js';
+import { SHARD_FORMAT, SHARD_FORMAT_VERSION, SHARD_RECORD_NAME, writeBuildFolder, type ShardRecord } from './output.js';
+import type { ModuleCoefficients, Subspace, SubspaceModule } from './types.js';
+
+/** Shards that do not make one build: `shard` is the folder, `field` what differs. */
+export class ShardMismatchError extends EigenLoraxError {
+  readonly shard: string;
+  readonly field: string;
+  constructor(shard: string, field: string, detail: string) {
+    super(`${shard}: ${field}: ${detail}`, 'ERR_SHARD_MISMATCH');
+    this.name = 'ShardMismatchError';
+    this.shard = shard;
+    this.field = field;
+  }
+}
+
+interface LoadedShard {
+  folder: string;
+  record: ShardRecord;
+  subspace: Subspace;
+}
+
+async function readRecord(folder: string): Promise<ShardRecord> {
+  const file = path.join(folder, SHARD_RECORD_NAME);
+  let text: string;
+  try {
+    text = await readFile(file, 'utf8');
+  } catch {
+    throw new ShardMismatchError(folder, SHARD_RECORD_NAME, 'missing: not the folder of a sharded build (buildSubspace with shard, written by writeBuildFolder)');
+  }
+  let o: unknown;
+  try {
+    o = JSON.parse(text);
+  } catch {
+    throw new ShardMismatchError(folder, SHARD_RECORD_NAME, 'not JSON');
+  }
+  const r = o as Partial<ShardRecord>;
+  if (r === null || typeof r !== 'object' || r.format !== SHARD_FORMAT || r.formatVersion !== SHARD_FORMAT_VERSION) {
+    throw new ShardMismatchError(folder, 'format', `expected ${SHARD_FORMAT} version ${SHARD_FORMAT_VERSION}`);
+  }
+  const wellFormed =
+    Number.isInteger(r.count) &&
+    Number.isInteger(r.index) &&
+    r.count! >= 1 &&
+    r.index! >= 0 &&
+    r.index! < r.count! &&
+    Array.isArray(r.modules) &&
+    r.modules.every((m) => Array.isArray(m) && typeof m[0] === 'string' && Number.isInteger(m[1]) && m[1] >= 0 && m[1] < r.count!) &&
+    typeof r.subspaceId === 'string' &&
+    Array.isArray(r.coefficients) &&
+    r.coefficients.every((c) => typeof c?.adapter === 'string' && typeof c?.file === 'string');
+  if (!wellFormed) throw new ShardMismatchError(folder, SHARD_RECORD_NAME, 'a field is missing or ill-typed');
+  return r as ShardRecord;
+}
+
+const json = (v: unknown) => JSON.stringify(v);
+
+/** Checks that every shard agrees with the first (sources, settings, split, versions). */
+function checkAgreement(shards: LoadedShard[]): void {
+  const first = shards[0]!;
+  const firstSidecar = sidecarOf(first.subspace);
+  for (const s of shards) {
+    const sidecar = sidecarOf(s.subspace);
+    if (s.record.subspaceId !== s.subspace.id) {
+      throw new ShardMismatchError(s.folder, 'subspaceId', `shard.json names ${s.record.subspaceId.slice(0, 12)} but the subspace there is ${s.subspace.id.slice(0, 12)}`);
+    }
+    if (s.record.count !== first.record.count) {
+      throw new ShardMismatchError(s.folder, 'count', `${s.record.count} shards, but ${first.folder} is one of ${first.record.count}`);
+    }
+    if (sidecar.library.version !== firstSidecar.library.version) {
+      throw new ShardMismatchError(s.folder, 'library.version', `${sidecar.library.version}, but ${first.folder} was built by ${firstSidecar.library.version}`);
+    }
+    if (json(sidecar.settings.seed) !== json(firstSidecar.settings.seed)) {
+      throw new ShardMismatchError(s.folder, 'settings.seed', `${sidecar.settings.seed}, but ${first.folder} has ${firstSidecar.settings.seed}`);
+    }
+    for (const key of Object.keys(sidecar.settings) as Array<keyof typeof sidecar.settings>) {
+      if (json(sidecar.settings[key]) !== json(firstSidecar.settings[key])) {
+        throw new ShardMismatchError(s.folder, `settings.${key}`, `${json(sidecar.settings[key])}, but ${first.folder} has ${json(firstSidecar.settings[key])}`);
+      }
+    }
+    if (sidecar.sources.length !== firstSidecar.sources.length) {
+      throw new ShardMismatchError(s.folder, 'sources', `${sidecar.sources.length} sources, but ${first.folder} has ${firstSidecar.sources.length}`);
+    }
+    sidecar.sources.forEach((src, i) => {
+      const want = firstSidecar.sources[i]!;
+      for (const key of ['name', 'path', 'format', 'baseModel'] as const) {
+        if (src[key] !== want[key]) throw new ShardMismatchError(s.folder, `sources[${i}].${key}`, `${json(src[key])}, but ${first.folder} has ${json(want[key])}`);
+      }
+      if (src.files.length !== want.files.length) throw new ShardMismatchError(s.folder, `sources[${i}].files`, `${src.files.length} files, but ${first.folder} has ${want.files.length}`);
+      src.files.forEach((f, j) => {
+        for (const key of ['path', 'bytes', 'sha256'] as const) {
+          if (f[key] !== want.files[j]![key]) {
+            throw new ShardMismatchError(s.folder, `sources[${i}].files[${j}].${key}`, `${json(f[key])}, but ${first.folder} has ${json(want.files[j]![key])}`);
+          }
+        }
+      });
+    });
+    if (json(s.record.modules) !== json(first.record.modules)) {
+      throw new ShardMismatchError(s.folder, 'modules', `the split of modules into shards differs from ${first.folder}'s (other adapters, module filter or shard count?)`);
+    }
+    const assigned = s.record.modules.filter(([, i]) => i === s.record.index).map(([name]) => name);
+    const have = [...s.subspace.modules.keys()];
+    if (json(assigned) !== json(have)) {
+      const missing = assigned.find((n) => !s.subspace.modules.has(n));
+      const extra = have.find((n) => !assigned.includes(n));
+      throw new ShardMismatchError(
+        s.folder,
+        'modules',
+        missing !== undefined ? `module ${json(missing)} of shard ${s.record.index} is missing` : `module ${json(extra)} belongs to another shard`,
+      );
+    }
+    if (s.record.coefficients.length !== sidecar.sources.length || s.record.coefficients.some((c, i) => c.adapter !== sidecar.sources[i]!.name)) {
+      throw new ShardMismatchError(s.folder, 'coefficients', 'expected one coefficients file per source, in source order');
+    }
+  }
+  const byIndex = new Map<number, string>();
+  for (const s of shards) {
+    const other = byIndex.get(s.record.index);
+    if (other !== undefined) throw new ShardMismatchError(s.folder, 'index', `shard ${s.record.index} is also ${other}`);
+    byIndex.set(s.record.index, s.folder);
+  }
+  for (let i = 0; i < first.record.count; i++) {
+    if (!byIndex.has(i)) throw new ShardMismatchError(first.folder, 'index', `shard ${i} of ${first.record.count} is missing from the folders given`);
+  }
+}
+
+/**
+ * Joins the shard folders `folders` (every shard of one sharded build, any order) into
+ * the folder `out`, byte-identical to what writeBuildFolder writes for the one-machine
+ * build with the same adapters and options. Everything is checked before anything is
+ * written: a ShardMismatchError (ERR_SHARD_MISMATCH) names the shard folder and the field
+ * that differs (sources and their sha256, settings, seed, library version, module split,
+ * a module missing or repeated, a shard missing or repeated). Returns the joined subspace.
+ */
+export async function gatherShards(folders: readonly string[], out: string): Promise<Subspace> {
+  if (!Array.isArray(folders) || folders.length === 0 || !folders.every((f) => typeof f === 'string' && f.length > 0)) {
+    throw invalid('a non-empty array of shard folders', 'folders', folders);
+  }
+  if (typeof out !== 'string' || out.length === 0) throw invalid('a folder path (non-empty string)', 'out', out);
+  const shards: LoadedShard[] = [];
+  for (const f of folders) {
+    const folder = path.resolve(f);
+    const record = await readRecord(folder);
+    shards.push({ folder, record, subspace: await loadSubspace(folder) });
+  }
+  checkAgreement(shards);
+  shards.sort((a, b) => a.record.index - b.record.index);
+  const first = shards[0]!;
+
+  // Modules in the whole build's order, each from its shard.
+  const modules = new Map<string, SubspaceModule>();
+  for (const [name, index] of first.record.modules) modules.set(name, shards[index]!.subspace.modules.get(name)!);
+  const base = first.subspace;
+  const subspace: Subspace = {
+    formatVersion: SUBSPACE_FORMAT_VERSION,
+    id: '',
+    libraryVersion: base.libraryVersion,
+    settings: base.settings,
+    sources: base.sources,
+    baseModel: base.baseModel,
+    modules,
+    coefficients: [],
+    report: null,
+  };
+  subspace.id = subspaceId(subspace);
+
+  // Each adapter's coefficients: its modules from every shard, in module order; skipped
+  // are the modules no shard built.
+  const perShard = await Promise.all(
+    shards.map((s) => Promise.all(s.record.coefficients.map((c) => loadCoefficients(path.join(s.folder, c.file), s.subspace)))),
+  );
+  subspace.coefficients = base.sources.map((source, i) => {
+    const merged = new Map<string, ModuleCoefficients>();
+    for (const [name, index] of first.record.modules) {
+      const m = perShard[index]![i]!.modules.get(name);
+      if (m !== undefined) merged.set(name, m);
+    }
+    const skipped = perShard[0]![i]!.skipped.filter((n) => perShard.every((list) => list[i]!.skipped.includes(n)));
+    return adapterCoefficients(subspace.id, subspace.settings.stacking, source, merged, skipped);
+  });
+  await writeBuildFolder(subspace, out);
+  return subspace;
+}

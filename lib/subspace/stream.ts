@@ -1,0 +1,158 @@
+/**
+ * Out-of-core modules (DESIGN §5): when a module's stacks would not fit the memory budget,
+ * its adapters are read in chunks, once per pass of the native stream
+ * (native/core/subspace_stream.h), the next chunk read while the current one is computed,
+ * and projected chunk by chunk. Memory: d x (K + p) per side plus two chunks, whatever the
+ * number of adapters.
+ */
+import { withCallerStack } from '../errors.js';
+import type { Matrix } from '../matrix.js';
+import { native, type NativeFactorPair } from '../native.js';
+import { projectPairs } from './coefficients.js';
+import { runPool, type InputAdapter, type ModuleInfo } from './inputs.js';
+import type { SubspaceModule, Stacking } from './types.js';
+
+/** The adapters holding one module, in build order. */
+export interface ModuleHolders {
+  name: string;
+  holders: ReadonlyArray<{ adapter: InputAdapter; info: ModuleInfo }>;
+}
+
+/** Times operations of one kind (build.ts's BusyClock). */
+export interface Clock {
+  time<T>(body: () => Promise<T>): Promise<T>;
+}
+
+/** Reads holders [from, to) of `plan` (16 reads in flight). */
+export async function readPairs(plan: ModuleHolders, from: number, to: number): Promise<NativeFactorPair[]> {
+  const pairs: NativeFactorPair[] = new Array(to - from);
+  await runPool(
+    plan.holders.slice(from, to),
+    16,
+    async (h, i) => {
+      const f = await h.adapter.read(plan.name);
+      pairs[i] = { A: f.A, B: f.B, scale: h.info.scale };
+    },
+  );
+  return pairs;
+}
+
+/**
+ * Calls `body` on consecutive chunks of `chunk` holders, in order; the next chunk is read
+ * while `body` runs on the current one, so reading overlaps compute.
+ */
+export async function forEachChunk(
+  plan: ModuleHolders,
+  chunk: number,
+  readClock: Clock,
+  body: (pairs: NativeFactorPair[], offset: number) => Promise<void>,
+): Promise<void> {
+  const n = plan.holders.length;
+  const read = (from: number) => {
+    const p = readClock.time(() => readPairs(plan, from, Math.min(n, from + chunk)));
+    p.catch(() => undefined); // awaited below; a failure of `body` comes first
+    return p;
+  };
+  let next: Promise<NativeFactorPair[]> | null = read(0);
+  for (let from = 0; from < n; from += chunk) {
+    const pairs: NativeFactorPair[] = await next!;
+    next = from + chunk < n ? read(from + chunk) : null;
+    await body(pairs, from);
+  }
+}
+
+export interface StreamBuildArgs {
+  dIn: number;
+  dOut: number;
+  stacking: 0 | 1;
+  weighting: 0 | 1;
+  center: boolean;
+  oversample: number;
+  powerIters: number;
+  seed: number;
+  componentsA: Matrix;
+  componentsB: Matrix;
+  singularA: Float32Array;
+  singularB: Float32Array;
+  meanA: Float32Array | null;
+  meanB: Float32Array | null;
+}
+
+/**
+ * The components of one module, out of core: the same result as
+ * native.buildModuleSubspace within float32 rounding. Errors name adapters by their
+ * index among the holders, as the in-memory build does.
+ */
+export async function streamModuleComponents(
+  plan: ModuleHolders,
+  args: StreamBuildArgs,
+  chunk: number,
+  clocks: { read: Clock; native: Clock },
+): Promise<{ energyA: number; energyB: number; norms: Float64Array }> {
+  const callSite = new Error();
+  const totalRank = plan.holders.reduce((n, h) => n + h.info.rank, 0);
+  const { stream, passes } = native.createModuleStream({
+    dIn: args.dIn,
+    dOut: args.dOut,
+    totalRank,
+    adapters: plan.holders.length,
+    kA: args.componentsA.cols,
+    kB: args.componentsB.cols,
+    stacking: args.stacking,
+    weighting: args.weighting,
+    center: args.center,
+    oversample: args.oversample,
+    powerIters: args.powerIters,
+    seed: args.seed,
+  });
+  for (let pass = 0; pass < passes; pass++) {
+    await forEachChunk(plan, chunk, clocks.read, (adapters) =>
+      clocks.native.time(() => withCallerStack(native.moduleStreamAdd({ stream, adapters }), callSite)),
+    );
+    await clocks.native.time(() => withCallerStack(native.moduleStreamEndPass({ stream }), callSite));
+  }
+  return clocks.native.time(() =>
+    withCallerStack(
+      native.moduleStreamFinish({
+        stream,
+        componentsA: args.componentsA,
+        componentsB: args.componentsB,
+        singularA: args.singularA,
+        singularB: args.singularB,
+        meanA: args.meanA,
+        meanB: args.meanB,
+      }),
+      callSite,
+    ),
+  );
+}
+
+/** A native error about `adapters[i]` of a chunk, renamed to the index among all holders. */
+function renumbered(error: unknown, offset: number): unknown {
+  if (error instanceof Error && offset > 0) {
+    const before = error.message;
+    error.message = before.replace(/adapters\[(\d+)\]/g, (_, i: string) => `adapters[${Number(i) + offset}]`);
+    if (error.stack?.includes(before)) error.stack = error.stack.replace(before, error.message);
+  }
+  return error;
+}
+
+/** Loadings, norms and errors of every holder, projected chunk by chunk (read once more). */
+export async function streamProjections(
+  plan: ModuleHolders,
+  module: SubspaceModule,
+  stacking: Stacking,
+  chunk: number,
+  clocks: { read: Clock; native: Clock },
+): Promise<Array<{ alpha: Matrix; beta: Matrix; norm: number; error: number }>> {
+  const out: Array<{ alpha: Matrix; beta: Matrix; norm: number; error: number }> = new Array(plan.holders.length);
+  await forEachChunk(plan, chunk, clocks.read, async (pairs, offset) => {
+    const { alphas, betas, norms, errors } = await clocks.native
+      .time(() => projectPairs(module, stacking, pairs))
+      .catch((error: unknown) => {
+        throw renumbered(error, offset);
+      });
+    pairs.forEach((_, i) => (out[offset + i] = { alpha: alphas[i]!, beta: betas[i]!, norm: norms[i]!, error: errors[i]! }));
+  });
+  return out;
+}

@@ -1,0 +1,40 @@
+// One adapter's factors as the subspace stacks them (DESIGN §1, §5): raw, or the balanced
+// SVD factors of dW = s B A, computed with BLAS-3 work on the thin factors (CholeskyQR2,
+// Gram in double) in a per-thread workspace that is reused across adapters and modules.
+#pragma once
+#include <Eigen/Core>
+
+#include "matrix.h"
+
+namespace eigenlorax {
+
+struct FactorPair;
+enum class Stacking;
+
+// Scratch of one thread. After stackedFactors: `at` (d_in x r) holds A'^T and `b`
+// (d_out x r) holds B', so dW = scale * b * at^T; norm = ||dW||_F. The canonical rank
+// may be below r: the trailing columns are then zero.
+struct CanonicalWork {
+  ColMatD at, b;
+  double scale = 1.0;
+  double norm = 0.0;
+  // Scratch (kept to avoid reallocating per adapter).
+  ColMatD qa, qb, ra, rb, gram, core, tmp;
+  ColMatF atF, bF, proj, res, pq;
+};
+
+// The calling thread's workspace (one per OpenMP thread, alive as long as the thread).
+CanonicalWork& canonicalWork();
+
+// Fills w for one adapter. Single-threaded: called from inside a parallel loop over adapters.
+void stackedFactors(const FactorPair& p, Stacking stacking, CanonicalWork& w);
+
+// m (d x c) = Q (d x c') R (c' x c), c' = min(d, c): q, r overwritten. CholeskyQR2 with
+// the c x c Gram in double; Householder where that is unsafe (rank-deficient or
+// ill-conditioned factors, e.g. B = 0 at LoRA initialisation, or d < c).
+void thinQr(const ColMatD& m, ColMatD& q, ColMatD& r, ColMatD& gram);
+
+// True when every entry is finite (bit test; vectorises).
+bool allFiniteF(const float* data, Index count);
+
+}  // namespace eigenlorax

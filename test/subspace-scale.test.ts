@@ -1,0 +1,240 @@
+/**
+ * Subspaces at scale: the out-of-core build (a tiny memory budget) against the in-memory
+ * one, sizes, sharded builds gathered byte for byte, gather's refusals, and the stored
+ * bytes of the savings report. Seeds are fresh per run and in every message.
+ */
+import test from 'ava';
+import { existsSync } from 'node:fs';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
+import path from 'node:path';
+import {
+  EigenLoraxError,
+  ShardMismatchError,
+  analyzeAdapters,
+  buildSubspace,
+  meanRelativeError,
+  projectAdapter,
+  gatherShards,
+  parseSize,
+  saveAdapter,
+  writeBuildFolder,
+  type AdapterCoefficients,
+  type BuildSubspaceOptions,
+  type LoraAdapter,
+  type Subspace,
+} from '../lib/index.js';
+import { assignShards } from '../lib/subspace/shard-plan.js';
+import { tempDir } from './helpers/safetensors-fixtures.js';
+import { freshSeed } from './helpers/random.js';
+import { memoryAdapter, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
+
+const D_IN = 96;
+const D_OUT = 80;
+const RANK = 8;
+const MODULES = ['layers.0.q_proj', 'layers.0.v_proj', 'layers.1.q_proj', 'layers.1.v_proj', 'layers.2.q_proj'];
+
+function zoo(seed: number, n: number, modules = MODULES): LoraAdapter[] {
+  const planted = modules.map((_, m) => plantedBases(D_IN, D_OUT, 6, 6, seed + 101 * m));
+  return Array.from({ length: n }, (_, i) =>
+    memoryAdapter(
+      modules.map((name, m) => {
+        const f = plantedFactors(planted[m]!, RANK, seed + 1000 * i + m, 0.3);
+        return { name, A: f.A, B: f.B, alpha: 16 + (i % 3) * 8 };
+      }),
+    ),
+  );
+}
+
+const maxAbsDiff = (a: Float32Array, b: Float32Array) => a.reduce((m, v, i) => Math.max(m, Math.abs(v - b[i]!)), 0);
+const maxAbs = (a: Float32Array) => a.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+
+for (const [label, options] of [
+  ['canonical + equal', {}],
+  ['canonical + scale, centred', { weighting: 'scale', center: true }],
+  ['raw', { stacking: 'raw' }],
+] as Array<[string, BuildSubspaceOptions]>) {
+  test(`out of core (${label}): a 1-byte budget streams every module and gives the in-memory results within f32 rounding`, async (t) => {
+    const seed = freshSeed();
+    const adapters = zoo(seed, 14, MODULES.slice(0, 2));
+    const base = { ...options, components: 5, seed: seed % 1000, hashSources: false } as BuildSubspaceOptions;
+    const inMemory = await buildSubspace(adapters, base);
+    const streamed = await buildSubspace(adapters, { ...base, memoryBudget: 1 });
+    t.deepEqual(inMemory.report!.streamedModules, [], `seed ${seed}`);
+    t.deepEqual(streamed.report!.streamedModules, MODULES.slice(0, 2), `seed ${seed}`);
+    for (const [name, m] of inMemory.modules) {
+      const s = streamed.modules.get(name)!;
+      for (const side of ['A', 'B'] as const) {
+        const c1 = m[`components${side}`].data;
+        const c2 = s[`components${side}`].data;
+        t.true(maxAbsDiff(c1, c2) <= 2e-4, `seed ${seed} ${name} ${side}: components differ by ${maxAbsDiff(c1, c2)}`);
+        const s1 = m[`singular${side}`];
+        const s2 = s[`singular${side}`];
+        t.true(maxAbsDiff(s1, s2) <= 1e-5 * maxAbs(s1), `seed ${seed} ${name} ${side}: singular values`);
+        t.true(Math.abs(m[`energy${side}`] - s[`energy${side}`]) <= 1e-6 * m[`energy${side}`], `seed ${seed} ${name} ${side}: energy`);
+        const mean1 = m[`mean${side}`];
+        const mean2 = s[`mean${side}`];
+        t.is(mean1 === null, mean2 === null);
+        if (mean1 !== null) t.true(maxAbsDiff(mean1, mean2!) <= 1e-6 * (1 + maxAbs(mean1)), `seed ${seed}: mean ${side}`);
+      }
+    }
+    inMemory.coefficients.forEach((c, i) => {
+      const d = streamed.coefficients[i]!;
+      for (const [name, m] of c.modules) {
+        const n = d.modules.get(name)!;
+        t.true(Math.abs(m.norm - n.norm) <= 1e-9 * m.norm, `seed ${seed}: adapter ${i} ${name} norm`);
+        t.true(Math.abs(m.error - n.error) <= 1e-3 * m.norm, `seed ${seed}: adapter ${i} ${name} error ${m.error} vs ${n.error}`);
+        t.true(maxAbsDiff(m.alpha.data, n.alpha.data) <= 1e-3 * (1 + maxAbs(m.alpha.data)), `seed ${seed}: alpha`);
+      }
+    });
+  });
+}
+
+test('out of core: a budget between the modules streams only the larger ones; small stacks (exact SVD) stay in memory', async (t) => {
+  const seed = freshSeed();
+  const adapters = zoo(seed, 14, MODULES.slice(0, 1));
+  const bytes = 8 * 14 * RANK * (D_IN + D_OUT);
+  const fits = await buildSubspace(adapters, { components: 5, hashSources: false, memoryBudget: bytes });
+  t.deepEqual(fits.report!.streamedModules, [], `seed ${seed}`);
+  const over = await buildSubspace(adapters, { components: 5, hashSources: false, memoryBudget: bytes - 1 });
+  t.deepEqual(over.report!.streamedModules, MODULES.slice(0, 1), `seed ${seed}`);
+  // 3 adapters: 24 rows <= 2 (K + p): rsvd's exact path, which the stream does not repeat.
+  const small = await buildSubspace(adapters.slice(0, 3), { components: 5, hashSources: false, memoryBudget: 1 });
+  t.deepEqual(small.report!.streamedModules, [], `seed ${seed}`);
+});
+
+test('parseSize: bytes and units; anything else is ERR_INVALID_ARGUMENT naming the option', (t) => {
+  t.is(parseSize(1024), 1024);
+  t.is(parseSize('512MB'), 512e6);
+  t.is(parseSize('4 GB'), 4e9);
+  t.is(parseSize('1.5GiB'), 1.5 * 2 ** 30);
+  t.is(parseSize('64kib'), 65536);
+  t.is(parseSize('100'), 100);
+  for (const bad of [0, -1, 1.5, '', 'lots', '5 parsecs', '-3MB', null, {}]) {
+    t.throws(() => parseSize(bad, 'options.memoryBudget'), { instanceOf: EigenLoraxError, code: 'ERR_INVALID_ARGUMENT', message: /options\.memoryBudget/ });
+  }
+  return buildSubspace([], { memoryBudget: 'a lot' }).then(
+    () => t.fail(),
+    (e: EigenLoraxError) => t.regex(e.message, /options\.memoryBudget/),
+  );
+});
+
+test('assignShards: balanced by cost, deterministic, every module once', (t) => {
+  const modules = [
+    { name: 'a', cost: 10 },
+    { name: 'b', cost: 7 },
+    { name: 'c', cost: 6 },
+    { name: 'd', cost: 5 },
+    { name: 'e', cost: 1 },
+  ];
+  const split = assignShards(modules, 2);
+  t.deepEqual([...split].sort(), [['a', 0], ['b', 1], ['c', 1], ['d', 0], ['e', 1]].sort() as Array<[string, number]>);
+  t.deepEqual(assignShards([...modules].reverse(), 2), split);
+});
+
+async function writeZoo(dir: string, adapters: LoraAdapter[]): Promise<string[]> {
+  const paths: string[] = [];
+  for (let i = 0; i < adapters.length; i++) {
+    const p = path.join(dir, `adapter-${i}`);
+    await saveAdapter(adapters[i]!, p, { format: 'peft', dtype: 'BF16' });
+    paths.push(p);
+  }
+  return paths;
+}
+
+async function filesOf(dir: string): Promise<Map<string, Buffer>> {
+  const out = new Map<string, Buffer>();
+  const walk = async (d: string) => {
+    for (const e of await readdir(d, { withFileTypes: true })) {
+      const p = path.join(d, e.name);
+      if (e.isDirectory()) await walk(p);
+      else out.set(path.relative(dir, p), await readFile(p));
+    }
+  };
+  await walk(dir);
+  return out;
+}
+
+test('sharded builds gathered are byte-identical to the one-machine build; the stored-bytes report says the dtypes', async (t) => {
+  const seed = freshSeed();
+  const dir = await tempDir(t);
+  const paths = await writeZoo(dir, zoo(seed, 6));
+  const options: BuildSubspaceOptions = { components: 4, seed: 7 };
+  const whole = await buildSubspace(paths, options);
+  await writeBuildFolder(whole, path.join(dir, 'whole'));
+  const shardDirs: string[] = [];
+  for (let i = 0; i < 3; i++) {
+    const shard = await buildSubspace(paths, { ...options, shard: `${i}/3` });
+    t.is(shard.report!.shard!.count, 3);
+    shardDirs.push(path.join(dir, `shard-${i}`));
+    await writeBuildFolder(shard, shardDirs[i]!);
+  }
+  const gathered = await gatherShards([...shardDirs].reverse(), path.join(dir, 'gathered'));
+  t.is(gathered.id, whole.id, `seed ${seed}`);
+  const a = await filesOf(path.join(dir, 'whole'));
+  const b = await filesOf(path.join(dir, 'gathered'));
+  t.deepEqual([...b.keys()].sort(), [...a.keys()].sort());
+  for (const [name, bytes] of a) t.true(bytes.equals(b.get(name)!), `seed ${seed}: ${name} differs`);
+
+  const storage = whole.report!.storage!;
+  t.deepEqual(storage.adapters.dtypes, ['BF16']);
+  t.is(storage.adapters.bytes, 6 * MODULES.length * RANK * (D_IN + D_OUT) * 2);
+  t.is(storage.coefficients.bytes, 6 * MODULES.length * (4 + 4) * RANK * 4);
+  t.deepEqual(storage.basis.dtypes, ['F32']);
+  t.is(storage.ratio, storage.adapters.bytes / (storage.basis.bytes + storage.coefficients.bytes));
+});
+
+test('gatherShards refuses shards that do not make one build, naming the shard and field, and writes nothing', async (t) => {
+  const seed = freshSeed();
+  const dir = await tempDir(t);
+  const paths = await writeZoo(dir, zoo(seed, 4, MODULES.slice(0, 3)));
+  const write = async (name: string, options: BuildSubspaceOptions): Promise<string> => {
+    const s: Subspace = await buildSubspace(paths, { components: 3, hashSources: true, ...options });
+    const folder = path.join(dir, name);
+    await writeBuildFolder(s, folder);
+    return folder;
+  };
+  const s0 = await write('s0', { shard: { index: 0, count: 2 } });
+  const s1 = await write('s1', { shard: { index: 1, count: 2 } });
+  const otherSeed = await write('seed', { shard: { index: 1, count: 2 }, seed: 99 });
+  const otherCount = await write('count', { shard: { index: 1, count: 3 } });
+  const whole = await write('whole', {});
+  const out = path.join(dir, 'out');
+  const refuses = async (folders: string[], shard: string, field: RegExp) => {
+    const e = await t.throwsAsync(gatherShards(folders, out), { instanceOf: ShardMismatchError, code: 'ERR_SHARD_MISMATCH' });
+    t.is(e!.shard, shard);
+    t.regex(e!.field, field);
+    t.false(existsSync(out), 'nothing written');
+  };
+  await refuses([s0], s0, /^index$/);
+  await refuses([s0, s0], s0, /^index$/);
+  await refuses([s0, otherSeed], otherSeed, /^settings\.seed$/);
+  await refuses([s0, otherCount], otherCount, /^count$/);
+  await refuses([s0, whole], whole, /^shard\.json$/);
+  // A source changed between the shards' builds: its sha256 differs.
+  const record = JSON.parse(await readFile(path.join(s1, 'subspace.json'), 'utf8'));
+  record.sources[0].files[0].sha256 = '0'.repeat(64);
+  await writeFile(path.join(s1, 'subspace.json'), JSON.stringify(record, null, 2));
+  await t.throwsAsync(gatherShards([s0, s1], out), { instanceOf: EigenLoraxError });
+  t.false(existsSync(out));
+  await t.throwsAsync(gatherShards([], out), { instanceOf: EigenLoraxError, code: 'ERR_INVALID_ARGUMENT' });
+});
+
+test('analyze: k-fold held-out error equals projecting each fold on a basis built from the other folds', async (t) => {
+  const seed = freshSeed();
+  const adapters = zoo(seed, 7, MODULES.slice(0, 2));
+  const options = { components: 4, seed: 3 } as const;
+  const a = await analyzeAdapters(adapters, { ...options, heldOut: 3 });
+  const held: AdapterCoefficients[] = new Array(adapters.length);
+  for (let f = 0; f < 3; f++) {
+    const others = adapters.filter((_, i) => i % 3 !== f);
+    const basis = await buildSubspace(others, { ...options, hashSources: false });
+    for (let i = f; i < adapters.length; i += 3) held[i] = await projectAdapter(basis, adapters[i]!, { missing: 'skip', hashSources: false });
+  }
+  const direct = meanRelativeError(held);
+  t.true(Math.abs(a.heldOutError - direct) <= 1e-12 * direct, `seed ${seed}: ${a.heldOutError} vs ${direct}`);
+  // 'auto' is leave-one-out up to 20 adapters.
+  const auto = await analyzeAdapters(adapters.slice(0, 3), options);
+  const loo = await analyzeAdapters(adapters.slice(0, 3), { ...options, heldOut: 'leave-one-out' });
+  t.is(auto.heldOutError, loo.heldOutError, `seed ${seed}`);
+  await t.throwsAsync(analyzeAdapters(adapters, { ...options, heldOut: 1 }), { instanceOf: EigenLoraxError, code: 'ERR_INVALID_ARGUMENT', message: /options\.heldOut/ });
+});
