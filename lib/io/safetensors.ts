@@ -35,14 +35,14 @@
  * write metadata keys sorted (UTF-8 byte order). With zero or one metadata key the files
  * are byte-identical.
  */
-import { readdir, readFile, open, stat, type FileHandle } from 'node:fs/promises';
+import { readdir, stat, type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { dtypeBytes, type DType } from '../dtype.js';
 import { EigenLoraxError, withCallerStack } from '../errors.js';
 import { native } from '../native.js';
 import { describe, invalid, knownKeys, object } from '../validate.js';
-import { fileError, ioError, readFully } from './files.js';
+import { fileError, ioError, openRegularFile, readFully, readRegularFile } from './files.js';
 
 // ---------------------------------------------------------------------------------------
 // dtypes
@@ -481,12 +481,7 @@ function toEntryMap(file: ParsedFile): Map<string, Entry> {
 
 /** Opens one file and validates its header; the handle stays open on success only. */
 async function openFile(file: string): Promise<ParsedFile> {
-  let handle: FileHandle;
-  try {
-    handle = await open(file, 'r');
-  } catch (cause) {
-    throw ioError(cause, file, 'open');
-  }
+  const handle = await openRegularFile(file);
   try {
     let size: number;
     try {
@@ -650,9 +645,8 @@ async function openSharded(indexPath: string): Promise<SafetensorsReader> {
   const bad = (message: string, key?: string) => fileError('ERR_SAFETENSORS_FORMAT', indexPath, message, key);
   let text: string;
   try {
-    const { size } = await stat(indexPath);
-    if (size > MAX_INDEX_BYTES) throw bad(`the shard index is ${size} bytes, over the ${MAX_INDEX_BYTES}-byte limit`);
-    const bytes = await readFile(indexPath);
+    const tooLong = (size: number) => bad(`the shard index is ${size} bytes, over the ${MAX_INDEX_BYTES}-byte limit`);
+    const bytes = await readRegularFile(indexPath, 'read the shard index', { maxBytes: MAX_INDEX_BYTES, tooLong });
     if (bytes.toString('latin1', 0, LFS_PREFIX.length) === LFS_PREFIX) {
       throw fileError(
         'ERR_LFS_POINTER',
