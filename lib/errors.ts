@@ -107,7 +107,13 @@ export type ErrorCode =
    */
   | 'ERR_MALFORMED_REQUEST'
   /** An HTTP request body over the server's `bodyLimit` (HTTP 413). */
-  | 'ERR_PAYLOAD_TOO_LARGE';
+  | 'ERR_PAYLOAD_TOO_LARGE'
+  /**
+   * A file whose contents do not match the content digest recorded in it when it was
+   * written (`eigenlorax.data_sha256` in a coefficients, subspace or checkpoint file): it
+   * was changed or damaged since. Files written without a digest are not checked.
+   */
+  | 'ERR_INTEGRITY';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;

@@ -6,6 +6,7 @@ import path from 'node:path';
 import { fromFloat32 } from '../dtype.js';
 import { EigenLoraxError } from '../errors.js';
 import { describe, invalid, knownKeys, object, oneOf } from '../validate.js';
+import { DATA_DIGEST_KEY, DIGEST_PLACEHOLDER, startDigest, updateDigest } from './digest.js';
 import { fileError, withAtomicFile, writeFully } from './files.js';
 import {
   assertLittleEndian,
@@ -54,6 +55,11 @@ export interface WriteSafetensorsOptions {
   dtype?: SafetensorsWriteDType;
   /** `__metadata__`: strings to strings. Omitted from the file when not given. */
   metadata?: Readonly<Record<string, string>>;
+  /**
+   * Records a content digest (`eigenlorax.data_sha256` in `__metadata__`, see io/digest.ts)
+   * that `verifyDigest` checks when the file is read. Default false.
+   */
+  digest?: boolean;
 }
 
 interface PlannedEntry {
@@ -231,7 +237,8 @@ export async function writeSafetensors(
   if (typeof destination !== 'string' || destination.length === 0) throw invalid('a path (non-empty string)', 'destination', destination);
   assertLittleEndian();
   const opts = object(options, 'options');
-  knownKeys(opts, 'options', ['dtype', 'metadata']);
+  knownKeys(opts, 'options', ['dtype', 'metadata', 'digest']);
+  if (opts.digest !== undefined && typeof opts.digest !== 'boolean') throw invalid('true or false', 'options.digest', opts.digest);
   if (opts.dtype !== undefined) oneOf(opts.dtype, 'options.dtype', ['F32', 'F16', 'BF16'] as const);
   if (opts.metadata !== undefined) {
     const metadata = object(opts.metadata, 'options.metadata');
@@ -243,12 +250,21 @@ export async function writeSafetensors(
     }
   }
   const file = path.resolve(destination);
-  const { planned, header } = plan(file, entries, options);
+  const metadata = options.digest === true ? { ...options.metadata, [DATA_DIGEST_KEY]: DIGEST_PLACEHOLDER } : options.metadata;
+  const { planned, header } = plan(file, entries, { ...options, metadata });
+  // The digest covers the data, which is produced after the header is written: the header
+  // holds a placeholder of the digest's length, overwritten in place at the end.
+  const hash = options.digest === true ? startDigest(metadata ?? {}, planned) : null;
   await withAtomicFile(file, async (handle) => {
     await writeFully(handle, header, 0, file);
     for (const p of planned) {
       const bytes = await encode(file, p);
+      if (hash !== null) await updateDigest(hash, bytes);
       await writeFully(handle, bytes, header.byteLength + p.begin, file);
+    }
+    if (hash !== null) {
+      const at = header.indexOf(`${JSON.stringify(DATA_DIGEST_KEY)}:"${DIGEST_PLACEHOLDER}"`) + DATA_DIGEST_KEY.length + 4;
+      await writeFully(handle, Buffer.from(hash.digest('hex'), 'latin1'), at, file);
     }
   });
 }
