@@ -113,7 +113,11 @@ export type ErrorCode =
    * written (`eigenlorax.data_sha256` in a coefficients, subspace or checkpoint file): it
    * was changed or damaged since. Files written without a digest are not checked.
    */
-  | 'ERR_INTEGRITY';
+  | 'ERR_INTEGRITY'
+  /** A request that changes the server's adapters without the bearer token it is configured with (HTTP 401). */
+  | 'ERR_UNAUTHORIZED'
+  /** A client over the server's limit of concurrent uploads (HTTP 429). */
+  | 'ERR_TOO_MANY_REQUESTS';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;
