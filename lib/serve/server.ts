@@ -101,6 +101,7 @@ const STATUS: Readonly<Record<string, number>> = {
   ERR_UNSUPPORTED_DTYPE: 400,
   ERR_TENSOR_NOT_FOUND: 400,
   ERR_LFS_POINTER: 400,
+  ERR_INTEGRITY: 400,
   ERR_UNKNOWN_ADAPTER: 404,
   ERR_NOT_FOUND: 404,
   ERR_UNAUTHORIZED: 401,
@@ -214,7 +215,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
   const app = loadFastify()({
     bodyLimit,
     logger: o.logger === true,
-    maxParamLength: MAX_PARAM_LENGTH,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
     requestTimeout: requestTimeoutMs,
     connectionTimeout: requestTimeoutMs,
     // A URL fastify cannot decode (a bad percent-escape) gets our error shape too.
