@@ -318,6 +318,7 @@ export async function writeFolderAtomic(folder: string, files: readonly FolderFi
     if (!swap) {
       for (const f of files) await renameOrFail(path.join(staging, f.name), path.join(target, f.name), target);
       await syncFolder(target);
+      await rm(staging, { recursive: true, force: true }).catch(() => undefined);
       return files.map((f) => path.join(target, f.name));
     }
     if (kind === 'folder') {

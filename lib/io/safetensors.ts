@@ -43,6 +43,7 @@ import { EigenLoraxError, withCallerStack } from '../errors.js';
 import { native } from '../native.js';
 import { describe, invalid, knownKeys, object } from '../validate.js';
 import { fileError, ioError, openRegularFile, readFully, readRegularFile } from './files.js';
+import { findDuplicateKey } from './json-keys.js';
 
 // ---------------------------------------------------------------------------------------
 // dtypes
@@ -559,6 +560,8 @@ function parseHeader(
   if (typeof header !== 'object' || header === null || Array.isArray(header)) {
     throw bad(`the header is not a JSON object but ${describe(header)}`);
   }
+  const duplicate = findDuplicateKey(text);
+  if (duplicate !== undefined) throw bad(`the header lists the key twice${duplicate.path ? ` in ${duplicate.path}` : ''} (JSON.parse would keep only the last)`, duplicate.key);
 
   let metadata: Record<string, string> = {};
   const tensors: Array<{ name: string; info: SafetensorsTensorInfo; begin: number; end: number }> = [];

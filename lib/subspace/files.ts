@@ -482,6 +482,9 @@ export async function loadSubspace(target: string): Promise<Subspace> {
       coefficients: [],
       report: null,
     };
+    // After the structure (reported as such first), before the id: a damaged file is
+    // told apart from a sidecar that does not belong.
+    await verifyDigest(reader);
     const actual = subspaceId(subspace);
     if (actual !== id) {
       throw formatError(
@@ -490,8 +493,6 @@ export async function loadSubspace(target: string): Promise<Subspace> {
           `(they give ${actual.slice(0, 12)}): one of the files was changed after it was written`,
       );
     }
-    // Last, so that a broken structure is reported as such first.
-    await verifyDigest(reader);
     return subspace;
   } finally {
     await reader.close();
