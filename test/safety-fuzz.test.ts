@@ -16,7 +16,7 @@ import { tempDir } from './helpers/adapter-fixtures.js';
 import { memoryAdapter, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
 
 const realdata = path.resolve(fileURLToPath(new URL('../../..', import.meta.url)), 'shared', 'realdata');
-const realPeft = path.join('/work/shared/realdata', 'gpt2', 'anirudh-ak__peft-gpt2__emotion6');
+const realPeft = path.join(realdata, 'gpt2', 'anirudh-ak__peft-gpt2__emotion6');
 const TIME_BOUND_MS = 15_000;
 
 type Mutation =
