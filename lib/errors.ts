@@ -124,7 +124,17 @@ export type ErrorCode =
   /** A long run stopped on request (an AbortSignal, or Ctrl-C in `eigenlorax demo`). */
   | 'ERR_ABORTED'
   /** LoRA extraction whose selected weights are all equal in the base and the tuned checkpoint. */
-  | 'ERR_NOTHING_TO_EXTRACT';
+  | 'ERR_NOTHING_TO_EXTRACT'
+  /**
+   * A file whose contents do not match the content digest recorded in it when it was
+   * written (`eigenlorax.data_sha256` in a coefficients, subspace or checkpoint file): it
+   * was changed or damaged since. Files written without a digest are not checked.
+   */
+  | 'ERR_INTEGRITY'
+  /** A request that changes the server's adapters without the bearer token it is configured with (HTTP 401). */
+  | 'ERR_UNAUTHORIZED'
+  /** A client over the server's limit of concurrent uploads (HTTP 429). */
+  | 'ERR_TOO_MANY_REQUESTS';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;

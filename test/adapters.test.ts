@@ -81,6 +81,20 @@ async function refused(t: ExecutionContext, call: () => Promise<unknown>, code: 
   return error as EigenLoraxError;
 }
 
+/** A saved PEFT weights file re-laid without eigenlorax.config_sha256 (compact header, padded to 8). */
+async function withoutConfigDigest(file: string): Promise<Buffer> {
+  const bytes = await readFile(file);
+  const n = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.toString('utf8', 8, 8 + n)) as { __metadata__: Record<string, string> };
+  delete header.__metadata__['eigenlorax.config_sha256'];
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const padded = Buffer.alloc(json.length + ((8 - (json.length % 8)) % 8), 0x20);
+  json.copy(padded);
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(padded.length));
+  return Buffer.concat([length, padded, bytes.subarray(8 + n)]);
+}
+
 const weightsOf = (dir: string) => path.join(dir, 'adapter_model.safetensors');
 const configOf = (dir: string) => path.join(dir, 'adapter_config.json');
 
@@ -325,8 +339,9 @@ test('round trip PEFT -> PEFT: factors, extras and config bit for bit', async (t
   const saved = await saveAdapter(adapter, path.join(dir, 'out'), { format: 'peft' });
   t.deepEqual(saved.files, [configOf(path.join(dir, 'out')), weightsOf(path.join(dir, 'out'))]);
   t.deepEqual(await tree(path.join(dir, 'out')), ['adapter_config.json', 'adapter_model.safetensors']);
-  // Same tensors, same keys, same bytes: the writer lays the file out as safetensors does.
-  t.deepEqual(await readFile(weightsOf(path.join(dir, 'out'))), await readFile(weightsOf(path.join(dir, 'in'))));
+  // Same tensors, same keys, same bytes: the writer lays the file out as safetensors does
+  // (plus the config's digest in __metadata__, which ties the pair together).
+  t.deepEqual(await withoutConfigDigest(weightsOf(path.join(dir, 'out'))), await readFile(weightsOf(path.join(dir, 'in'))));
   const back = await loadAdapter(path.join(dir, 'out'));
   sameAdapter(t, adapter, back, 'peft');
   t.deepEqual(back.config, adapter.config);
@@ -415,7 +430,7 @@ test('f16 and bf16 factors round trip bit for bit; options.dtype converts', asyn
   const adapter = await loadAdapter(path.join(dir, 'in'));
   t.deepEqual(mod(adapter, 'a').dtypes, { A: 'F16', B: 'F16' });
   await saveAdapter(adapter, path.join(dir, 'same'), { format: 'peft' });
-  t.deepEqual(await readFile(weightsOf(path.join(dir, 'same'))), await readFile(weightsOf(path.join(dir, 'in'))));
+  t.deepEqual(await withoutConfigDigest(weightsOf(path.join(dir, 'same'))), await readFile(weightsOf(path.join(dir, 'in'))));
   await saveAdapter(adapter, path.join(dir, 'f32'), { format: 'peft', dtype: 'F32' });
   const f32 = await loadAdapter(path.join(dir, 'f32'));
   t.deepEqual(mod(f32, 'b').dtypes, { A: 'F32', B: 'F32' });

@@ -696,7 +696,12 @@ test('loadSubspace refuses missing, mis-shaped, unexpected or changed tensors, a
   await expectFormat('wrong shape', /tensor "layers\.0\.v_proj\.eigenlora_B\.components": shape \[41, 5\] but the sidecar says \[40, 5\]/);
   await rewrite([...all, { name: 'stray', shape: [1], data: new Float32Array(1) }]);
   await expectFormat('unexpected tensor', /tensor "stray": unexpected/);
-  await rewrite(all.map((e) => (e.name === keys.componentsA ? { ...e, data: e.data.map((x, i) => (i === 7 ? x + 1e-3 : x)) } : e)));
+  const changed = all.map((e) => (e.name === keys.componentsA ? { ...e, data: e.data.map((x, i) => (i === 7 ? x + 1e-3 : x)) } : e));
+  await rewrite(changed);
+  // Under the digest recorded at save time: ERR_INTEGRITY; without a digest, the id still catches it.
+  await t.throwsAsync(loadSubspace(folder), code('ERR_INTEGRITY'), 'changed value under the old digest');
+  const { 'eigenlorax.data_sha256': _digest, ...undigested } = metadata;
+  await writeSafetensors(tensors, changed, { metadata: undigested });
   await expectFormat('changed value', /do not match the recorded id/);
   await writeFile(tensors, original);
   await t.notThrowsAsync(loadSubspace(folder));

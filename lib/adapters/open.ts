@@ -6,7 +6,7 @@
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
-import { fileError, ioError } from '../io/files.js';
+import { exists, fileError, ioError, recoverInterruptedSwap } from '../io/files.js';
 import { openSafetensors, type RawTensor, type SafetensorsDType, type SafetensorsReader } from '../io/safetensors.js';
 import type { Matrix } from '../matrix.js';
 import { invalid, knownKeys, object, oneOf } from '../validate.js';
@@ -15,7 +15,7 @@ import { DIFFUSERS_WEIGHTS_NAME, parseDiffusersKey, planDiffusers } from './diff
 import { isKohyaKey, planKohya } from './kohya.js';
 import { refuseLycoris } from './lycoris.js';
 import { kohyaPrefix } from './names.js';
-import { PEFT_CONFIG_NAME, PEFT_PREFIX, PEFT_WEIGHTS_NAME, planPeft, readPeftConfig } from './peft.js';
+import { PEFT_CONFIG_NAME, PEFT_PREFIX, PEFT_WEIGHTS_NAME, planPeft, readPeftConfig, type PeftConfigFile } from './peft.js';
 import type { AdapterPlan, AdapterTensorReader } from './plan.js';
 import { openGgufAdapter } from './gguf.js';
 import { isGgufFile } from '../io/gguf.js';
@@ -206,18 +206,12 @@ interface Located {
   configFile: string | null;
 }
 
-async function exists(file: string): Promise<boolean> {
-  try {
-    return (await stat(file)).isFile();
-  } catch {
-    return false;
-  }
-}
-
 /** Finds the weights (and PEFT config) for `target` (a folder or a .safetensors file). */
 async function locate(target: string, forced: AdapterFormat | undefined): Promise<Located> {
   let stats;
   try {
+    // A writer killed in the middle of a folder swap leaves the old version aside.
+    if (!(await exists(target))) await recoverInterruptedSwap(target);
     stats = await stat(target);
   } catch (cause) {
     throw ioError(cause, target, 'open the adapter');
@@ -257,6 +251,28 @@ async function locate(target: string, forced: AdapterFormat | undefined): Promis
     return { format: 'peft', weightsFile: target, configFile };
   }
   return { format: forced ?? null, weightsFile: target, configFile: hasConfig ? configFile : null };
+}
+
+/**
+ * The metadata key in adapter_model.safetensors of a PEFT folder saved by eigenlorax: the
+ * sha256 of the adapter_config.json written with it (PEFT's config format stays PEFT's).
+ */
+export const PEFT_CONFIG_DIGEST_KEY = 'eigenlorax.config_sha256';
+
+/**
+ * Refuses a PEFT folder whose weights were saved with another config (a torn pair: files
+ * of two saves): the config gives the scales, so mixing them would load silently wrong.
+ * Adapters saved by other tools carry no digest and are read as before.
+ */
+function checkConfigPair(reader: SafetensorsReader, weightsFile: string, config: PeftConfigFile): void {
+  const recorded = reader.metadata[PEFT_CONFIG_DIGEST_KEY];
+  if (recorded === undefined || recorded === config.sha256) return;
+  throw fileError(
+    'ERR_ADAPTER_CONFIG',
+    config.file,
+    `${weightsFile} was saved with a config of sha256 ${recorded.slice(0, 16)}... but this config's sha256 is ` +
+      `${config.sha256.slice(0, 16)}...: the folder holds the files of two different saves (an interrupted or mixed copy)`,
+  );
 }
 
 /** Decides the format of a weights file from its keys. */
@@ -320,7 +336,7 @@ export async function openAdapter(target: string, options: OpenAdapterOptions = 
     return new OpenedAdapter(plan, reader, { path: where, files: [...reader.files] }, reader.path, allowNonFinite);
   }
   const located = await locate(where, forced);
-  let config: Record<string, unknown> | null = null;
+  let config: PeftConfigFile | null = null;
   if (located.format === 'peft' && located.configFile !== null) config = await readPeftConfig(located.configFile);
   const reader = await openSafetensors(located.weightsFile);
   try {
@@ -330,7 +346,8 @@ export async function openAdapter(target: string, options: OpenAdapterOptions = 
     if (format === 'peft') {
       const configFile = located.configFile as string;
       config ??= await readPeftConfig(configFile);
-      plan = planPeft(reader, weightsFile, configFile, config);
+      checkConfigPair(reader, weightsFile, config);
+      plan = planPeft(reader, weightsFile, configFile, config.config);
     } else if (format === 'diffusers') {
       plan = await planDiffusers(reader, weightsFile);
     } else {

@@ -17,9 +17,9 @@
  * (`lora_B.bias`), QA-LoRA, `target_parameters`, and `init_lora_weights` of PiSSA, OLoRA,
  * CorDA or LoftQ (those adapters are relative to a modified base model).
  */
-import { readFile } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
 import { EigenLoraxError } from '../errors.js';
-import { ioError } from '../io/files.js';
+import { ioError, readRegularFile } from '../io/files.js';
 import type { SafetensorsReader } from '../io/safetensors.js';
 import { describeFactors, fieldError, keyError, scaleOf, show } from './common.js';
 import { compilePatterns, matchPattern, type CompiledPatterns } from './patterns.js';
@@ -162,15 +162,22 @@ export function resolveRankAlpha(settings: LoraSettings, moduleName: string): { 
   };
 }
 
+/** An adapter_config.json read: the parsed object and the sha256 of its bytes. */
+export interface PeftConfigFile {
+  file: string;
+  config: Record<string, unknown>;
+  sha256: string;
+}
+
 /** Reads and parses adapter_config.json (ERR_ADAPTER_CONFIG when it is not a JSON object). */
-export async function readPeftConfig(file: string): Promise<Record<string, unknown>> {
+export async function readPeftConfig(file: string): Promise<PeftConfigFile> {
   let text: string;
+  let sha256: string;
   try {
-    const bytes = await readFile(file);
-    if (bytes.byteLength > MAX_CONFIG_BYTES) {
-      throw new EigenLoraxError(`${file}: the config is ${bytes.byteLength} bytes, over the ${MAX_CONFIG_BYTES}-byte limit`, 'ERR_ADAPTER_CONFIG');
-    }
+    const tooLong = (size: number) => new EigenLoraxError(`${file}: the config is ${size} bytes, over the ${MAX_CONFIG_BYTES}-byte limit`, 'ERR_ADAPTER_CONFIG');
+    const bytes = await readRegularFile(file, 'read the adapter config', { maxBytes: MAX_CONFIG_BYTES, tooLong });
     text = bytes.toString('utf8');
+    sha256 = createHash('sha256').update(bytes).digest('hex');
   } catch (cause) {
     throw ioError(cause, file, 'read the adapter config');
   }
@@ -183,7 +190,7 @@ export async function readPeftConfig(file: string): Promise<Record<string, unkno
   if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
     throw new EigenLoraxError(`${file}: the adapter config must be a JSON object, not ${show(parsed)}`, 'ERR_ADAPTER_CONFIG');
   }
-  return parsed as Record<string, unknown>;
+  return { file, config: parsed as Record<string, unknown>, sha256 };
 }
 
 type Role = 'A' | 'B' | 'embA' | 'embB';

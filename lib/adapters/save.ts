@@ -3,10 +3,11 @@
  * `.safetensors` files. Everything is checked before anything is written; files are
  * written to temporary names in the destination folder and renamed.
  */
-import { mkdir, rename, rm, stat, unlink } from 'node:fs/promises';
+import { createHash } from 'node:crypto';
+import { mkdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
-import { fileError, ioError, temporaryPathFor, writeFileAtomic } from '../io/files.js';
+import { fileError, ioError, kindOf, writeFileAtomic, writeFolderAtomic } from '../io/files.js';
 import {
   writeSafetensors,
   type SafetensorsEntry,
@@ -19,7 +20,7 @@ import { encodeScalar, firstNonFinite, naturalCompare, product, scaleOf } from '
 import { checkGgufOptions, ggufToHfSource, saveGgufAdapter } from './gguf.js';
 import { DIFFUSERS_METADATA_KEY, DIFFUSERS_WEIGHTS_NAME, diffusersComponents } from './diffusers.js';
 import { kohyaNameOf } from './names.js';
-import { OpenedAdapter } from './open.js';
+import { OpenedAdapter, PEFT_CONFIG_DIGEST_KEY } from './open.js';
 import { namesForFormat } from './sd-convert.js';
 import { compilePatterns, escapePattern, matchPattern } from './patterns.js';
 import { PEFT_CONFIG_NAME, PEFT_PREFIX, PEFT_WEIGHTS_NAME, parseLoraSettings, resolveRankAlpha } from './peft.js';
@@ -514,15 +515,6 @@ function checkSaveOptions(options: unknown): Resolved {
   return { format, dtype, extras, allowNonFinite: opts.allowNonFinite === true, gguf: checkGgufOptions(opts.gguf) };
 }
 
-async function kindOf(p: string): Promise<'file' | 'folder' | 'missing'> {
-  try {
-    return (await stat(p)).isDirectory() ? 'folder' : 'file';
-  } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
-    throw ioError(cause, p, 'look at the destination');
-  }
-}
-
 /** Creates `folder` (and parents); returns the first folder created, to remove on failure. */
 async function makeFolder(folder: string): Promise<string | undefined> {
   try {
@@ -560,8 +552,10 @@ function checkUniqueKeys(entries: SafetensorsEntry[], destination: string): void
  * are bit-exact. See the README for what each format can express; what it cannot is
  * refused with ERR_ADAPTER_UNSUPPORTED before anything is written.
  *
- * Atomic: every file goes to a temporary name in its folder and is renamed when complete
- * (for PEFT both files are complete before either is renamed); on any error nothing is
+ * Atomic: a single file goes to a temporary name in its folder and is renamed when
+ * complete; a PEFT folder is written to a staging folder and swapped in whole
+ * (`writeFolderAtomic`), its weights recording the config's sha256 (`eigenlorax.config_sha256`
+ * in `__metadata__`) so that a torn pair is refused on reading. On any error nothing is
  * left behind and existing files are untouched.
  */
 export async function saveAdapter(adapter: LoraAdapter | OpenedAdapter, destination: string, options: SaveAdapterOptions): Promise<SavedAdapter> {
@@ -610,29 +604,21 @@ export async function saveAdapter(adapter: LoraAdapter | OpenedAdapter, destinat
         : kohyaOutput(source, weightsFile, resolved);
   checkUniqueKeys(output.entries, weightsFile);
 
+  if (format === 'peft') {
+    // The config and weights are swapped in together; the weights record the config's
+    // sha256 so that a reader detects a torn pair (files of two saves) in any case.
+    const configText = sortedJson(output.config);
+    const metadata = { ...output.metadata, [PEFT_CONFIG_DIGEST_KEY]: createHash('sha256').update(configText, 'utf8').digest('hex') };
+    const files = await writeFolderAtomic(folder, [
+      { name: PEFT_WEIGHTS_NAME, write: (file) => writeSafetensors(file, output.entries, { metadata }) },
+      { name: PEFT_CONFIG_NAME, write: (file) => writeFileAtomic(file, configText) },
+    ]);
+    return { format, files: [files[1] as string, files[0] as string] };
+  }
   const created = await makeFolder(folder);
   try {
-    if (format !== 'peft') {
-      await writeSafetensors(weightsFile, output.entries, { metadata: output.metadata });
-      return { format, files: [weightsFile] };
-    }
-    const configFile = path.join(folder, PEFT_CONFIG_NAME);
-    const stagedWeights = temporaryPathFor(weightsFile);
-    const stagedConfig = temporaryPathFor(configFile);
-    try {
-      await writeSafetensors(stagedWeights, output.entries, { metadata: output.metadata });
-      await writeFileAtomic(stagedConfig, sortedJson(output.config));
-      try {
-        await rename(stagedWeights, weightsFile);
-        await rename(stagedConfig, configFile);
-      } catch (cause) {
-        throw ioError(cause, folder, 'move the adapter files into place');
-      }
-    } finally {
-      await unlink(stagedWeights).catch(() => undefined);
-      await unlink(stagedConfig).catch(() => undefined);
-    }
-    return { format, files: [configFile, weightsFile] };
+    await writeSafetensors(weightsFile, output.entries, { metadata: output.metadata });
+    return { format, files: [weightsFile] };
   } catch (error) {
     await removeCreated(created);
     throw error;

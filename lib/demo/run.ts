@@ -13,7 +13,7 @@
  * The results go to a folder: results.json, results.md and SVG curves per held-out task.
  */
 import { createHash } from 'node:crypto';
-import { mkdir, readFile, stat } from 'node:fs/promises';
+import { mkdir, readFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { loadAdapter } from '../adapters/open.js';
@@ -22,7 +22,7 @@ import { sliceDataset, type Dataset } from '../data/dataset.js';
 import { fashionMnistCacheDir, loadFashionMnist } from '../data/fashion-mnist.js';
 import { transformDataset, type ImageTransform } from '../data/transforms.js';
 import { EigenLoraxError } from '../errors.js';
-import { writeFileAtomic } from '../io/files.js';
+import { exists, writeFileAtomic } from '../io/files.js';
 import type { Matrix } from '../matrix.js';
 import { ProgressBar } from '../progress.js';
 import { getThreads } from '../runtime.js';
@@ -56,14 +56,6 @@ function hashOf(value: unknown): string {
   return createHash('sha256').update(JSON.stringify(value)).digest('hex').slice(0, 16);
 }
 
-async function exists(file: string): Promise<boolean> {
-  try {
-    await stat(file);
-    return true;
-  } catch {
-    return false;
-  }
-}
 
 function checkSettings(s: DemoSettings): DemoSettings {
   object(s, 'options.settings');

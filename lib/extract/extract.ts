@@ -36,7 +36,7 @@ interface Resolved {
   threshold: number | null;
   filter: ((name: string) => boolean) | null;
   /** The `modules` patterns with their regular expressions (to report one that selects nothing). */
-  patterns: Array<{ pattern: string; regex: RegExp }> | null;
+  patterns: Array<{ pattern: string; matches: (name: string) => boolean }> | null;
   format: NonNullable<ExtractLoraOptions['format']>;
   dtype: ExtractLoraOptions['dtype'];
   namePrefix: string;
@@ -68,7 +68,7 @@ function checkOptions(options: unknown): Resolved {
     if (typeof o.modules === 'function') filter = o.modules as (name: string) => boolean;
     else if (Array.isArray(o.modules) && o.modules.length > 0 && o.modules.every((m) => typeof m === 'string' && m.length > 0)) {
       const compiled = compilePatterns(Object.fromEntries((o.modules as string[]).map((p) => [p, true])), 'options.modules', 'pattern');
-      patterns = compiled.entries.map((e) => ({ pattern: e.key, regex: e.regex }));
+      patterns = compiled.entries.map((e) => ({ pattern: e.key, matches: (name: string) => matchPattern({ entries: [e] }, name) !== undefined }));
       filter = (name) => matchPattern(compiled, name) !== undefined;
     } else throw invalid('a non-empty array of module patterns or a function (name) => boolean', 'options.modules', o.modules);
   }
@@ -123,7 +123,7 @@ function plan(base: SafetensorsReader, tuned: SafetensorsReader, r: Resolved): {
     if (!tensor.endsWith('.weight')) continue;
     const path = tensor.slice(0, -'.weight'.length);
     if (r.filter !== null && !r.filter(path)) continue;
-    for (const p of r.patterns ?? []) if (p.regex.test(path)) usedPatterns.add(p.pattern);
+    for (const p of r.patterns ?? []) if (p.matches(path)) usedPatterns.add(p.pattern);
     if (!isSafetensorsFloatDtype(info.dtype)) {
       skipped.push({ tensor, why: `dtype ${info.dtype} is not a float type` });
       continue;

@@ -35,14 +35,15 @@
  * write metadata keys sorted (UTF-8 byte order). With zero or one metadata key the files
  * are byte-identical.
  */
-import { readdir, readFile, open, stat, type FileHandle } from 'node:fs/promises';
+import { readdir, stat, type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { dtypeBytes, fromFloat32, type DType } from '../dtype.js';
+import { dtypeBytes, type DType } from '../dtype.js';
 import { EigenLoraxError, withCallerStack } from '../errors.js';
 import { native } from '../native.js';
-import { describe, invalid, knownKeys, object, oneOf } from '../validate.js';
-import { fileError, ioError, readFully, withAtomicFile, writeFully } from './files.js';
+import { describe, invalid, knownKeys, object } from '../validate.js';
+import { fileError, ioError, openRegularFile, readFully, readRegularFile } from './files.js';
+import { findDuplicateKey } from './json-keys.js';
 
 // ---------------------------------------------------------------------------------------
 // dtypes
@@ -116,7 +117,7 @@ export function isSafetensorsFloatDtype(dtype: string): dtype is SafetensorsFloa
   return Object.prototype.hasOwnProperty.call(floatDtypes, dtype);
 }
 
-const dtypeRank = new Map<string, number>(safetensorsDtypes.map((d, i) => [d, i]));
+export const dtypeRank = new Map<string, number>(safetensorsDtypes.map((d, i) => [d, i]));
 
 /** The reference crate refuses headers larger than this (100 MB, decimal). */
 export const SAFETENSORS_MAX_HEADER_BYTES = 100_000_000;
@@ -127,7 +128,7 @@ const MAX_INDEX_BYTES = 100_000_000;
 /** Bytes of stored data read per chunk when converting to f32 (a multiple of 8). */
 const CONVERT_CHUNK_BYTES = 4 << 20;
 
-function assertLittleEndian(): void {
+export function assertLittleEndian(): void {
   if (os.endianness() !== 'LE') {
     throw new EigenLoraxError('safetensors I/O needs a little-endian machine (the format and typed arrays disagree otherwise)', 'ERR_INTERNAL');
   }
@@ -481,12 +482,7 @@ function toEntryMap(file: ParsedFile): Map<string, Entry> {
 
 /** Opens one file and validates its header; the handle stays open on success only. */
 async function openFile(file: string): Promise<ParsedFile> {
-  let handle: FileHandle;
-  try {
-    handle = await open(file, 'r');
-  } catch (cause) {
-    throw ioError(cause, file, 'open');
-  }
+  const handle = await openRegularFile(file);
   try {
     let size: number;
     try {
@@ -564,6 +560,8 @@ function parseHeader(
   if (typeof header !== 'object' || header === null || Array.isArray(header)) {
     throw bad(`the header is not a JSON object but ${describe(header)}`);
   }
+  const duplicate = findDuplicateKey(text);
+  if (duplicate !== undefined) throw bad(`the header lists the key twice${duplicate.path ? ` in ${duplicate.path}` : ''} (JSON.parse would keep only the last)`, duplicate.key);
 
   let metadata: Record<string, string> = {};
   const tensors: Array<{ name: string; info: SafetensorsTensorInfo; begin: number; end: number }> = [];
@@ -650,9 +648,8 @@ async function openSharded(indexPath: string): Promise<SafetensorsReader> {
   const bad = (message: string, key?: string) => fileError('ERR_SAFETENSORS_FORMAT', indexPath, message, key);
   let text: string;
   try {
-    const { size } = await stat(indexPath);
-    if (size > MAX_INDEX_BYTES) throw bad(`the shard index is ${size} bytes, over the ${MAX_INDEX_BYTES}-byte limit`);
-    const bytes = await readFile(indexPath);
+    const tooLong = (size: number) => bad(`the shard index is ${size} bytes, over the ${MAX_INDEX_BYTES}-byte limit`);
+    const bytes = await readRegularFile(indexPath, 'read the shard index', { maxBytes: MAX_INDEX_BYTES, tooLong });
     if (bytes.toString('latin1', 0, LFS_PREFIX.length) === LFS_PREFIX) {
       throw fileError(
         'ERR_LFS_POINTER',
@@ -739,239 +736,4 @@ async function openSharded(indexPath: string): Promise<SafetensorsReader> {
   }
 }
 
-// ---------------------------------------------------------------------------------------
-// Writer
-
-/** Output dtypes for f32 data. */
-export type SafetensorsWriteDType = 'F32' | 'F16' | 'BF16';
-
-/**
- * A tensor given as f32 values, written as `dtype` (the entry's, else the options', else
- * F32). `data` may be a function returning the values (sync or async): it is called only
- * when the writer reaches this tensor, so tensors can be produced one at a time.
- */
-export interface SafetensorsFloatEntry {
-  name: string;
-  shape: readonly number[];
-  data: Float32Array | (() => Float32Array | Promise<Float32Array>);
-  /** Overrides `options.dtype` for this tensor (F64 is lossless from f32). */
-  dtype?: SafetensorsFloatDType;
-}
-
-/**
- * A tensor given as its stored bytes (any dtype, little-endian, row-major), written
- * unchanged: integer and bool tensors, or float tensors copied without conversion.
- * `bytes` may be any typed array or a function returning one, called when needed.
- */
-export interface SafetensorsRawEntry {
-  name: string;
-  shape: readonly number[];
-  dtype: SafetensorsDType;
-  bytes: ArrayBufferView | (() => ArrayBufferView | Promise<ArrayBufferView>);
-}
-
-export type SafetensorsEntry = SafetensorsFloatEntry | SafetensorsRawEntry;
-
-export interface WriteSafetensorsOptions {
-  /** Storage dtype of f32 entries without their own; F16/BF16 round to nearest even. Default F32. */
-  dtype?: SafetensorsWriteDType;
-  /** `__metadata__`: strings to strings. Omitted from the file when not given. */
-  metadata?: Readonly<Record<string, string>>;
-}
-
-interface PlannedEntry {
-  name: string;
-  shape: number[];
-  dtype: SafetensorsDType;
-  count: number;
-  byteLength: number;
-  begin: number;
-  /** 'float': convert f32 data to dtype; 'raw': write bytes as given. */
-  kind: 'float' | 'raw';
-  source: SafetensorsFloatEntry['data'] | SafetensorsRawEntry['bytes'];
-}
-
-const loneSurrogate = /\p{Cs}/u;
-
-function compareUtf8(a: string, b: string): number {
-  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
-}
-
-/**
- * Plans the layout (the reference crate's order) and validates every entry. Throws
- * ERR_INVALID_ARGUMENT / ERR_SHAPE_MISMATCH naming the file and tensor.
- */
-function plan(file: string, entries: unknown, options: WriteSafetensorsOptions): { planned: PlannedEntry[]; header: Buffer } {
-  if (!Array.isArray(entries)) throw invalid('an array of { name, shape, data } or { name, shape, dtype, bytes } entries', 'entries', entries);
-  const defaultDtype: SafetensorsFloatDType = options.dtype ?? 'F32';
-  const seen = new Set<string>();
-  const planned: PlannedEntry[] = [];
-  entries.forEach((raw: unknown, i: number) => {
-    const entry = object(raw, `entries[${i}]`);
-    const name = entry.name;
-    if (typeof name !== 'string') throw invalid('a tensor name (string)', `entries[${i}].name`, name);
-    const argError = (message: string, code: 'ERR_INVALID_ARGUMENT' | 'ERR_SHAPE_MISMATCH' = 'ERR_INVALID_ARGUMENT') =>
-      fileError(code, file, message, name);
-    if (name === '__metadata__') throw argError('the name __metadata__ is reserved by the format for the metadata map');
-    if (loneSurrogate.test(name)) throw argError('the name holds a lone UTF-16 surrogate, which UTF-8 cannot encode');
-    if (seen.has(name)) throw argError('two entries have this name');
-    seen.add(name);
-    const shape = entry.shape;
-    if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)) {
-      throw argError(`expected shape to be an array of non-negative integers but received ${describe(shape)}`);
-    }
-    const isRaw = 'bytes' in entry;
-    if (isRaw === 'data' in entry) throw argError('an entry needs exactly one of data (f32 values) or bytes (stored bytes)');
-    let dtype: SafetensorsDType;
-    if (isRaw) {
-      dtype = oneOf(entry.dtype, `entries[${i}].dtype (tensor ${JSON.stringify(name)} of ${file})`, safetensorsDtypes);
-      const bytes = entry.bytes;
-      if (!ArrayBuffer.isView(bytes) && typeof bytes !== 'function') {
-        throw argError(`expected bytes to be a typed array or a function returning one but received ${describe(bytes)}`);
-      }
-    } else {
-      dtype =
-        entry.dtype === undefined
-          ? defaultDtype
-          : oneOf(entry.dtype, `entries[${i}].dtype (tensor ${JSON.stringify(name)} of ${file})`, ['F32', 'F16', 'BF16', 'F64'] as const);
-      const data = entry.data;
-      if (!(data instanceof Float32Array) && typeof data !== 'function') {
-        throw argError(`expected data to be a Float32Array or a function returning one but received ${describe(data)}`);
-      }
-    }
-    let count = 1;
-    for (const d of shape as number[]) count *= d;
-    const byteLength = count * safetensorsDtypeBytes[dtype];
-    if (!Number.isSafeInteger(byteLength)) throw argError(`shape [${(shape as number[]).join(', ')}] is too large`);
-    const p: PlannedEntry = {
-      name,
-      shape: [...(shape as number[])],
-      dtype,
-      count,
-      byteLength,
-      begin: 0,
-      kind: isRaw ? 'raw' : 'float',
-      source: (isRaw ? entry.bytes : entry.data) as PlannedEntry['source'],
-    };
-    if (typeof p.source !== 'function') checkSourceLength(file, p, p.source);
-    planned.push(p);
-  });
-
-  planned.sort((a, b) => (dtypeRank.get(b.dtype) as number) - (dtypeRank.get(a.dtype) as number) || compareUtf8(a.name, b.name));
-  let offset = 0;
-  const parts: string[] = [];
-  if (options.metadata !== undefined) {
-    const keys = Object.keys(options.metadata).sort(compareUtf8);
-    parts.push(`"__metadata__":{${keys.map((k) => `${JSON.stringify(k)}:${JSON.stringify(options.metadata?.[k])}`).join(',')}}`);
-  }
-  for (const p of planned) {
-    p.begin = offset;
-    offset += p.byteLength;
-    if (!Number.isSafeInteger(offset)) throw fileError('ERR_INVALID_ARGUMENT', file, 'the tensors add up to more than 2^53 bytes', p.name);
-    parts.push(`${JSON.stringify(p.name)}:{"dtype":"${p.dtype}","shape":[${p.shape.join(',')}],"data_offsets":[${p.begin},${offset}]}`);
-  }
-  const json = Buffer.from(`{${parts.join(',')}}`, 'utf8');
-  const padded = json.length + ((8 - (json.length % 8)) % 8);
-  if (padded > SAFETENSORS_MAX_HEADER_BYTES) {
-    throw fileError(
-      'ERR_INVALID_ARGUMENT',
-      file,
-      `the header would be ${padded} bytes, over the ${SAFETENSORS_MAX_HEADER_BYTES}-byte limit of safetensors readers`,
-    );
-  }
-  const header = Buffer.alloc(8 + padded, 0x20);
-  header.writeBigUInt64LE(BigInt(padded), 0);
-  json.copy(header, 8);
-  return { planned, header };
-}
-
-function checkSourceLength(file: string, p: PlannedEntry, value: unknown): void {
-  if (p.kind === 'float') {
-    if (!(value instanceof Float32Array)) {
-      throw fileError('ERR_INVALID_ARGUMENT', file, `the data function returned ${describe(value)}, not a Float32Array`, p.name);
-    }
-    if (value.length !== p.count) {
-      throw fileError('ERR_SHAPE_MISMATCH', file, `data has ${value.length} values but shape [${p.shape.join(', ')}] needs ${p.count}`, p.name);
-    }
-  } else {
-    if (!ArrayBuffer.isView(value)) {
-      throw fileError('ERR_INVALID_ARGUMENT', file, `the bytes function returned ${describe(value)}, not a typed array`, p.name);
-    }
-    if (value.byteLength !== p.byteLength) {
-      throw fileError(
-        'ERR_SHAPE_MISMATCH',
-        file,
-        `bytes has ${value.byteLength} bytes but ${p.dtype} x [${p.shape.join(', ')}] needs ${p.byteLength}`,
-        p.name,
-      );
-    }
-  }
-}
-
-/** The stored bytes of one planned entry (produced and converted now). */
-async function encode(file: string, p: PlannedEntry): Promise<ArrayBufferView> {
-  const value = typeof p.source === 'function' ? await p.source() : p.source;
-  checkSourceLength(file, p, value);
-  if (p.kind === 'raw') return value as ArrayBufferView;
-  const data = value as Float32Array;
-  switch (p.dtype) {
-    case 'F32':
-      return data;
-    case 'F16':
-      return fromFloat32(data, 'f16');
-    case 'BF16':
-      return fromFloat32(data, 'bf16');
-    case 'F64':
-      return fromFloat32(data, 'f64');
-    default:
-      throw new EigenLoraxError(`internal: float entry with dtype ${p.dtype}`, 'ERR_INTERNAL');
-  }
-}
-
-/**
- * Writes a safetensors file, streamed and atomic.
- *
- * Every entry is checked first (names unique and not `__metadata__`, shapes, dtypes, the
- * length of data given directly); the header is computed from shapes and dtypes alone
- * and written first; then each tensor in layout order: its data function (if any) is
- * called, its length checked, f32 values converted natively to F16/BF16 (round to
- * nearest even) or F64, and the bytes written. At most one tensor is held at a time.
- * The layout is the reference crate's (see the top of this file), so the output is
- * deterministic and, for the same tensors and at most one metadata key, byte-identical
- * to `safetensors.torch.save_file`.
- *
- * The file is written to a temporary file next to `destination`, fsynced and renamed; on
- * any error (bad entry, a data function that throws or returns the wrong length, I/O) the
- * temporary file is removed, `destination` is left as it was, and the error is thrown:
- * EigenLoraxError (ERR_INVALID_ARGUMENT, ERR_SHAPE_MISMATCH naming the file and tensor,
- * ERR_NOT_FOUND for a missing folder, ERR_IO), or the data function's own error.
- */
-export async function writeSafetensors(
-  destination: string,
-  entries: readonly SafetensorsEntry[],
-  options: WriteSafetensorsOptions = {},
-): Promise<void> {
-  if (typeof destination !== 'string' || destination.length === 0) throw invalid('a path (non-empty string)', 'destination', destination);
-  assertLittleEndian();
-  const opts = object(options, 'options');
-  knownKeys(opts, 'options', ['dtype', 'metadata']);
-  if (opts.dtype !== undefined) oneOf(opts.dtype, 'options.dtype', ['F32', 'F16', 'BF16'] as const);
-  if (opts.metadata !== undefined) {
-    const metadata = object(opts.metadata, 'options.metadata');
-    for (const [key, value] of Object.entries(metadata)) {
-      if (typeof value !== 'string') throw invalid('a string', `options.metadata[${JSON.stringify(key)}]`, value);
-      if (loneSurrogate.test(key) || loneSurrogate.test(value)) {
-        throw invalid('well-formed UTF-16 text', `options.metadata[${JSON.stringify(key)}]`, value);
-      }
-    }
-  }
-  const file = path.resolve(destination);
-  const { planned, header } = plan(file, entries, options);
-  await withAtomicFile(file, async (handle) => {
-    await writeFully(handle, header, 0, file);
-    for (const p of planned) {
-      const bytes = await encode(file, p);
-      await writeFully(handle, bytes, header.byteLength + p.begin, file);
-    }
-  });
-}
+export * from './safetensors-write.js';

@@ -11,11 +11,11 @@
  * or, while a server runs, through its HTTP API. Also here: reading coefficients from the
  * bytes of an upload.
  */
-import { mkdir, mkdtemp, readdir, readFile, rm, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
-import { ioError, writeFileAtomic } from '../io/files.js';
+import { ioError, readRegularFile, writeFileAtomic } from '../io/files.js';
 import { matrix } from '../matrix.js';
 import { loadCoefficients, loadSubspace, saveCoefficients, saveSubspace } from '../subspace/files.js';
 import type { AdapterCoefficients, Subspace } from '../subspace/types.js';
@@ -138,7 +138,7 @@ export async function loadServedModel(folder: string, options: { capacity?: numb
   const file = path.join(root, SERVED_MODEL_FILE);
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = (await readRegularFile(file, 'read the served model (write one with `eigenlorax demo` or writeServeFolder)')).toString('utf8');
   } catch (cause) {
     throw ioError(cause, file, 'read the served model (write one with `eigenlorax demo` or writeServeFolder)');
   }

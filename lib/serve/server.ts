@@ -18,6 +18,8 @@
  * rows, a coefficients file that is broken or of another subspace), 404 for an unknown
  * adapter or route, 409 for a taken name, 413 for a body over `bodyLimit`, 415 for a
  * content type the route does not read, 503 while shutting down. No request names a file.
+ * With a token, PUT and DELETE /v1/adapters without it get 401; a client over its
+ * concurrent uploads gets 429; a request slower than requestTimeoutMs gets 408.
  */
 import type { FastifyError, FastifyInstance } from 'fastify';
 import { createRequire } from 'node:module';
@@ -26,6 +28,7 @@ import { matrix } from '../matrix.js';
 import { finiteNumber, integer, invalid, knownKeys, object } from '../validate.js';
 import { MicroBatcher, type Settled } from './batcher.js';
 import { coefficientsFromBytes } from './folder.js';
+import { bearerMatches, checkToken, insecureHostError, isLoopback, SERVE_TOKEN_ENV, UploadLimiter } from './guard.js';
 import { checkAdapterName, type ServedModel } from './model.js';
 
 export const DEFAULT_HOST = '127.0.0.1';
@@ -34,6 +37,10 @@ export const DEFAULT_MAX_BATCH_ROWS = 64;
 export const DEFAULT_BATCH_WINDOW_MS = 1;
 export const DEFAULT_MAX_ROWS_PER_REQUEST = 64;
 export const DEFAULT_BODY_LIMIT = 1 << 20;
+export const DEFAULT_REQUEST_TIMEOUT_MS = 30_000;
+export const DEFAULT_MAX_UPLOADS_PER_CLIENT = 2;
+/** Longer than any valid adapter name (128 characters) even percent-encoded, so the name rule, not fastify, answers. */
+const MAX_PARAM_LENGTH = 1024;
 
 export interface ServerOptions {
   model: ServedModel;
@@ -47,6 +54,15 @@ export interface ServerOptions {
   bodyLimit?: number;
   /** fastify's request log to stderr (default false). */
   logger?: boolean;
+  /**
+   * When set, PUT and DELETE /v1/adapters need `Authorization: Bearer <token>` (401
+   * otherwise, compared in constant time). startServer reads EIGENLORAX_SERVE_TOKEN when absent.
+   */
+  token?: string;
+  /** A request (headers and body) must arrive within this many ms, else 408 (default 30000). */
+  requestTimeoutMs?: number;
+  /** Concurrent adapter uploads (PUT) per client address; more get 429 (default 2). */
+  maxUploadsPerClient?: number;
 }
 
 export interface StartServerOptions extends ServerOptions {
@@ -54,6 +70,8 @@ export interface StartServerOptions extends ServerOptions {
   host?: string;
   /** Default 8080; 0 picks a free port. */
   port?: number;
+  /** Listen on a non-loopback host without a token (refused otherwise). Default false. */
+  insecure?: boolean;
 }
 
 export interface StartedServer {
@@ -83,9 +101,12 @@ const STATUS: Readonly<Record<string, number>> = {
   ERR_UNSUPPORTED_DTYPE: 400,
   ERR_TENSOR_NOT_FOUND: 400,
   ERR_LFS_POINTER: 400,
+  ERR_INTEGRITY: 400,
   ERR_UNKNOWN_ADAPTER: 404,
   ERR_NOT_FOUND: 404,
+  ERR_UNAUTHORIZED: 401,
   ERR_ADAPTER_EXISTS: 409,
+  ERR_TOO_MANY_REQUESTS: 429,
   ERR_PAYLOAD_TOO_LARGE: 413,
   ERR_CLOSED: 503,
 };
@@ -152,7 +173,7 @@ function parseReplace(query: unknown): boolean {
  */
 export function createServer(options: ServerOptions): FastifyInstance {
   const o = object(options, 'options');
-  knownKeys(o, 'options', ['model', 'maxBatchRows', 'batchWindowMs', 'maxRowsPerRequest', 'bodyLimit', 'logger']);
+  knownKeys(o, 'options', ['model', 'maxBatchRows', 'batchWindowMs', 'maxRowsPerRequest', 'bodyLimit', 'logger', 'token', 'requestTimeoutMs', 'maxUploadsPerClient']);
   const model = o.model as ServedModel;
   if (typeof model !== 'object' || model === null || typeof model.tryForward !== 'function') throw invalid('a ServedModel', 'options.model', model);
   const maxBatchRows = integer(o.maxBatchRows ?? DEFAULT_MAX_BATCH_ROWS, 'options.maxBatchRows', 1);
@@ -160,6 +181,9 @@ export function createServer(options: ServerOptions): FastifyInstance {
   const maxRowsPerRequest = integer(o.maxRowsPerRequest ?? DEFAULT_MAX_ROWS_PER_REQUEST, 'options.maxRowsPerRequest', 1);
   const bodyLimit = integer(o.bodyLimit ?? DEFAULT_BODY_LIMIT, 'options.bodyLimit', 1);
   if (o.logger !== undefined && typeof o.logger !== 'boolean') throw invalid('true or false', 'options.logger', o.logger);
+  const token = o.token === undefined ? null : checkToken(o.token, 'options.token');
+  const requestTimeoutMs = integer(o.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS, 'options.requestTimeoutMs', 1);
+  const uploads = new UploadLimiter(integer(o.maxUploadsPerClient ?? DEFAULT_MAX_UPLOADS_PER_CLIENT, 'options.maxUploadsPerClient', 1));
   const { inFeatures, outFeatures } = model;
 
   const batcher = new MicroBatcher<PredictJob, Float32Array>({
@@ -188,13 +212,40 @@ export function createServer(options: ServerOptions): FastifyInstance {
     },
   });
 
-  const app = loadFastify()({ bodyLimit, logger: o.logger === true });
+  const app = loadFastify()({
+    bodyLimit,
+    logger: o.logger === true,
+    routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
+    requestTimeout: requestTimeoutMs,
+    connectionTimeout: requestTimeoutMs,
+    // A URL fastify cannot decode (a bad percent-escape) gets our error shape too.
+    frameworkErrors: (error, _request, reply) => {
+      void (reply as unknown as { code(n: number): { send(b: unknown): void } }).code(400).send({ error: { code: 'ERR_MALFORMED_REQUEST', message: `the request URL cannot be read: ${error.message}` } });
+    },
+  });
+  // README: a predict body is JSON; text/plain is a 415, not a string that fails later.
+  app.removeContentTypeParser('text/plain');
   const started = performance.now();
   const byStatus: Record<string, number> = {};
   let requests = 0;
   let predictions = 0;
 
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
+  // Before the body is read: the token for changes to the adapters, then a slot for uploads.
+  app.addHook('onRequest', async (request, reply) => {
+    const changes = (request.method === 'PUT' || request.method === 'DELETE') && request.url.startsWith('/v1/adapters/');
+    if (!changes) return;
+    if (token !== null && !bearerMatches(request.headers.authorization, token)) {
+      void reply.header('www-authenticate', 'Bearer');
+      throw new EigenLoraxError(`${request.method} /v1/adapters needs the header Authorization: Bearer <token> with the server's token`, 'ERR_UNAUTHORIZED');
+    }
+    if (request.method !== 'PUT') return;
+    const release = uploads.enter(request.ip);
+    if (release === null) {
+      throw new EigenLoraxError(`this client already has ${uploads.max} uploads in progress (the server's maxUploadsPerClient); retry when one ends`, 'ERR_TOO_MANY_REQUESTS');
+    }
+    reply.raw.once('close', release);
+  });
   app.addHook('onResponse', async (_request, reply) => {
     requests++;
     const key = String(reply.statusCode);
@@ -319,7 +370,7 @@ export function createServer(options: ServerOptions): FastifyInstance {
         queuedRows: b.queuedRows,
         running: b.running,
       },
-      settings: { maxBatchRows, batchWindowMs, maxRowsPerRequest, bodyLimit },
+      settings: { maxBatchRows, batchWindowMs, maxRowsPerRequest, bodyLimit, requestTimeoutMs, maxUploadsPerClient: uploads.max, token: token !== null },
     };
   });
 
@@ -331,10 +382,14 @@ export function createServer(options: ServerOptions): FastifyInstance {
 /** createServer, then listen (default 127.0.0.1:8080; port 0 picks a free one). */
 export async function startServer(options: StartServerOptions): Promise<StartedServer> {
   const o = object(options, 'options');
-  const { host: hostOption, port: portOption, ...rest } = o as unknown as StartServerOptions;
+  const { host: hostOption, port: portOption, insecure, ...rest } = o as unknown as StartServerOptions;
   const host = hostOption ?? DEFAULT_HOST;
   if (typeof host !== 'string' || host.length === 0) throw invalid('a host name or address', 'options.host', host);
   const port = integer(portOption ?? DEFAULT_PORT, 'options.port', 0, 65535);
+  if (insecure !== undefined && typeof insecure !== 'boolean') throw invalid('true or false', 'options.insecure', insecure);
+  const fromEnv = process.env[SERVE_TOKEN_ENV];
+  if (rest.token === undefined && fromEnv !== undefined && fromEnv !== '') rest.token = checkToken(fromEnv, SERVE_TOKEN_ENV);
+  if (rest.token === undefined && insecure !== true && !isLoopback(host)) throw insecureHostError(host);
   const app = createServer(rest);
   try {
     await app.listen({ host, port });

@@ -15,15 +15,16 @@
  * (`eigenlorax.coefficients`): the subspace id, stacking, the adapter's source, and per
  * module the rank, scales, lora_alpha, rsLoRA flag, norm and error.
  *
- * Writes are atomic (temporary files renamed; a subspace's two files are both complete
- * before either is renamed). Reads validate everything and fail with ERR_SUBSPACE_FORMAT
+ * Writes are atomic (temporary files renamed; a subspace's two files are written to a
+ * staging folder swapped in whole, see io/files.ts writeFolderAtomic) and carry a content
+ * digest that reads verify (ERR_INTEGRITY, io/digest.ts). Reads validate everything and fail with ERR_SUBSPACE_FORMAT
  * (or ERR_SUBSPACE_MISMATCH for coefficients that belong to another subspace) naming the
  * file and the field or tensor.
  */
-import { mkdir, readFile, rename, rm, stat, unlink } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
-import { fileError, ioError, temporaryPathFor, writeFileAtomic } from '../io/files.js';
+import { verifyDigest } from '../io/digest.js';
+import { fileError, ioError, kindOf, readRegularFile, recoverInterruptedSwap, writeFileAtomic, writeFolderAtomic } from '../io/files.js';
 import { isSafetensorsFloatDtype, openSafetensors, writeSafetensors, type SafetensorsEntry, type SafetensorsReader } from '../io/safetensors.js';
 import { checkMatrix, type Matrix } from '../matrix.js';
 import { adapterFormats, type LoraLayout } from '../adapters/types.js';
@@ -146,7 +147,7 @@ function show(value: unknown): string {
 async function readJson(file: string, what: string): Promise<unknown> {
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
+    text = (await readRegularFile(file, `read the ${what}`)).toString('utf8');
   } catch (cause) {
     throw ioError(cause, file, `read the ${what}`);
   }
@@ -184,15 +185,6 @@ function parseSources(f: Fields, list: unknown[], field: string): SubspaceSource
 // ---------------------------------------------------------------------------------------
 // Subspace
 
-async function kindOf(p: string): Promise<'file' | 'folder' | 'missing'> {
-  try {
-    return (await stat(p)).isDirectory() ? 'folder' : 'file';
-  } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code === 'ENOENT') return 'missing';
-    throw ioError(cause, p, 'look at the destination');
-  }
-}
-
 function checkModuleForSave(m: SubspaceModule, name: string): void {
   const where = `subspace.modules[${JSON.stringify(name)}]`;
   checkMatrix(m.componentsA, `${where}.componentsA`, { rows: m.dIn, cols: m.kA });
@@ -212,7 +204,7 @@ function checkModuleForSave(m: SubspaceModule, name: string): void {
  * Writes `subspace` to the folder `destination` (created if needed): `subspace.json` and
  * `subspace.safetensors` (see the top of this file). Refuses a subspace whose contents no
  * longer match its id (changed after it was built or loaded: its coefficients would no
- * longer belong to it). Atomic: both files are written to temporary names and renamed
+ * longer belong to it). Atomic: both files are written to a staging folder swapped in whole
  * when both are complete; on any error nothing is left behind.
  */
 export async function saveSubspace(subspace: Subspace, destination: string): Promise<{ files: string[] }> {
@@ -243,35 +235,13 @@ export async function saveSubspace(subspace: Subspace, destination: string): Pro
     }
   }
   const sidecar = `${JSON.stringify(sidecarOf(s), null, 2)}\n`;
-  let created: string | undefined;
-  try {
-    created = await mkdir(folder, { recursive: true });
-  } catch (cause) {
-    throw ioError(cause, folder, 'create the folder');
-  }
-  const tensorsFile = path.join(folder, SUBSPACE_TENSORS_NAME);
-  const sidecarFile = path.join(folder, SUBSPACE_SIDECAR_NAME);
-  const stagedTensors = temporaryPathFor(tensorsFile);
-  const stagedSidecar = temporaryPathFor(sidecarFile);
-  try {
-    await writeSafetensors(stagedTensors, entries, {
-      metadata: { format: SUBSPACE_FORMAT, 'eigenlorax.formatVersion': String(s.formatVersion), 'eigenlorax.id': s.id },
-    });
-    await writeFileAtomic(stagedSidecar, sidecar);
-    try {
-      await rename(stagedTensors, tensorsFile);
-      await rename(stagedSidecar, sidecarFile);
-    } catch (cause) {
-      throw ioError(cause, folder, 'move the subspace files into place');
-    }
-  } catch (error) {
-    if (created !== undefined) await rm(created, { recursive: true, force: true }).catch(() => undefined);
-    throw error;
-  } finally {
-    await unlink(stagedTensors).catch(() => undefined);
-    await unlink(stagedSidecar).catch(() => undefined);
-  }
-  return { files: [sidecarFile, tensorsFile] };
+  const metadata = { format: SUBSPACE_FORMAT, 'eigenlorax.formatVersion': String(s.formatVersion), 'eigenlorax.id': s.id };
+  // Both files are swapped in together (a staging folder renamed over the old one).
+  const [tensorsFile, sidecarFile] = await writeFolderAtomic(folder, [
+    { name: SUBSPACE_TENSORS_NAME, write: (file) => writeSafetensors(file, entries, { metadata, digest: true }) },
+    { name: SUBSPACE_SIDECAR_NAME, write: (file) => writeFileAtomic(file, sidecar) },
+  ]);
+  return { files: [sidecarFile as string, tensorsFile as string] };
 }
 
 function parseSettings(f: Fields, o: Json): SubspaceSettings {
@@ -328,6 +298,8 @@ async function readTensor(reader: SafetensorsReader, file: string, key: string, 
 export async function loadSubspace(target: string): Promise<Subspace> {
   if (typeof target !== 'string' || target.length === 0) throw invalid('a path (non-empty string)', 'path', target);
   let where = path.resolve(target);
+  // A writer killed in the middle of a folder swap leaves the old version aside.
+  if ((await kindOf(where)) === 'missing') await recoverInterruptedSwap(where);
   if ((await kindOf(where)) === 'folder') where = path.join(where, SUBSPACE_SIDECAR_NAME);
   else if (where.endsWith('.safetensors')) where = path.join(path.dirname(where), SUBSPACE_SIDECAR_NAME);
   const sidecarFile = where;
@@ -510,6 +482,9 @@ export async function loadSubspace(target: string): Promise<Subspace> {
       coefficients: [],
       report: null,
     };
+    // After the structure (reported as such first), before the id: a damaged file is
+    // told apart from a sidecar that does not belong.
+    await verifyDigest(reader);
     const actual = subspaceId(subspace);
     if (actual !== id) {
       throw formatError(
@@ -586,7 +561,7 @@ export async function saveCoefficients(coefficients: AdapterCoefficients, destin
     skipped: [...coefficients.skipped],
     modules,
   };
-  await writeSafetensors(file, entries, { metadata: { format: COEFFICIENTS_FORMAT, [COEFFICIENTS_METADATA_KEY]: JSON.stringify(record) } });
+  await writeSafetensors(file, entries, { metadata: { format: COEFFICIENTS_FORMAT, [COEFFICIENTS_METADATA_KEY]: JSON.stringify(record) }, digest: true });
   return { file };
 }
 
@@ -688,6 +663,8 @@ export async function loadCoefficients(file: string, subspace?: Subspace): Promi
     for (const key of reader.tensors.keys()) {
       if (!expected.has(key)) throw formatError(where, 'unexpected tensor (the record names no such module)', key);
     }
+    // Last, so that a broken structure or a wrong subspace is reported as such first.
+    await verifyDigest(reader);
     return adapterCoefficients(subspaceIdValue, stacking, adapter!, modules, skipped);
   } finally {
     await reader.close();

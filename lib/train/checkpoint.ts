@@ -15,6 +15,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
 import { fileError, ioError } from '../io/files.js';
+import { verifyDigest } from '../io/digest.js';
 import { openSafetensors, writeSafetensors, type SafetensorsEntry } from '../io/safetensors.js';
 import { invalid } from '../validate.js';
 import type { NamedTensor } from './layers.js';
@@ -125,6 +126,7 @@ export async function writeCheckpoint(
       format_version: String(CHECKPOINT_FORMAT_VERSION),
       [CHECKPOINT_METADATA_KEY]: JSON.stringify(state),
     },
+    digest: true,
   });
 }
 
@@ -140,6 +142,7 @@ export async function loadCheckpoint(file: string): Promise<Checkpoint> {
   if (typeof file !== 'string' || file.length === 0) throw invalid('a path', 'file', file);
   const reader = await openSafetensors(file);
   try {
+    await verifyDigest(reader);
     const where = reader.path;
     const bad = (message: string, key?: string) => fileError('ERR_CHECKPOINT_FORMAT', where, message, key);
     const meta = reader.metadata;

@@ -10,6 +10,7 @@ import { saveAdapter } from '../adapters/save.js';
 import type { LoraAdapter, LoraModule, SavedAdapter, SaveAdapterOptions } from '../adapters/types.js';
 import { EigenLoraxError, withCallerStack } from '../errors.js';
 import { ioError } from '../io/files.js';
+import { verifyDigest } from '../io/digest.js';
 import { openSafetensors, writeSafetensors, type SafetensorsEntry } from '../io/safetensors.js';
 import { matrix, type Matrix } from '../matrix.js';
 import { native } from '../native.js';
@@ -157,7 +158,7 @@ export async function saveEigenLoraCoefficients(
   await mkdir(path.dirname(target), { recursive: true }).catch((cause: unknown) => {
     throw ioError(cause, target, 'create the folder');
   });
-  await writeSafetensors(target, entries, { metadata: { [TRAINED_COEFFICIENTS_METADATA_KEY]: JSON.stringify(record) } });
+  await writeSafetensors(target, entries, { metadata: { [TRAINED_COEFFICIENTS_METADATA_KEY]: JSON.stringify(record) }, digest: true });
   return { file: target, modules: layers.map((l) => l.name) };
 }
 
@@ -165,6 +166,7 @@ export async function saveEigenLoraCoefficients(
 export async function loadEigenLoraCoefficients(file: string): Promise<Map<string, TrainedCoefficients>> {
   const reader = await openSafetensors(file);
   try {
+    await verifyDigest(reader);
     const bad = (message: string) => new EigenLoraxError(`${reader.path}: ${message}`, 'ERR_SUBSPACE_FORMAT');
     let record: CoefficientsRecord;
     try {

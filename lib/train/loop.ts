@@ -13,10 +13,9 @@
  * optimiser state, the shuffling generator's state at the start of the current epoch and
  * the position in it, the schedule and early-stopping state and the running sums.
  */
-import { stat } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
-import { ioError } from '../io/files.js';
+import { exists, ioError } from '../io/files.js';
 import { matrix } from '../matrix.js';
 import { finiteNumber, integer, invalid, knownKeys, object, oneOf } from '../validate.js';
 import { checkDataset, gatherRows, type Dataset } from '../data/dataset.js';
@@ -330,15 +329,6 @@ function checkData(model: Sequential, data: TrainData, loss: Loss): { train: Dat
   return { train, validation };
 }
 
-async function exists(file: string): Promise<boolean> {
-  try {
-    await stat(file);
-    return true;
-  } catch (cause) {
-    if ((cause as NodeJS.ErrnoException).code === 'ENOENT') return false;
-    throw ioError(cause, file, 'look for the checkpoint');
-  }
-}
 
 function newTargets(like: Targets, rows: number): Targets {
   if (isLabels(like)) {
