@@ -3,7 +3,8 @@
  * runtime on host memory, the kernels as loops and a reference (column-major) cuBLAS under
  * the unchanged backend. Runs the C++ parity check (native/cuda/check.cpp) against it, and
  * the library's GPU path through the emulated plugin. Built beside the cmake-js addon
- * (CMake option EIGENLORAX_CUDA_EMULATION, on by default); skipped, saying why, elsewhere.
+ * (CMake option EIGENLORAX_CUDA_EMULATION, on with EIGENLORAX_DEV, as a checkout's `npm install`
+ * builds); skipped, saying why, elsewhere.
  */
 import test from 'ava';
 import { execFile } from 'node:child_process';
