@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 out=${EIGENLORAX_SANITIZE_OUT:-build-asan}
 
-# RelWithDebInfo (-O2 -g): fast enough for the tests, line numbers in reports. The CUDA
+# RelWithDebInfo (-O1 -g1 under EIGENLORAX_SANITIZE, see CMakeLists.txt). The CUDA
 # plugin and its CPU emulation are other binaries, not built here.
 npx cmake-js compile --out "$out" --config RelWithDebInfo --parallel "${JOBS:-2}" \
   --CDEIGENLORAX_SANITIZE=ON --CDEIGENLORAX_CUDA=OFF --CDEIGENLORAX_CUDA_EMULATION=OFF >&2

@@ -25,8 +25,10 @@ const scaled = (m: Matrix, factor: number): Matrix => matrix(m.rows, m.cols, m.d
 const filled = (rows: number, cols: number, value: number): Matrix => matrix(rows, cols, new Float32Array(rows * cols).fill(value));
 
 function close(t: { true: (v: boolean, m?: string) => void }, got: ArrayLike<number>, want: ArrayLike<number>, rel: number, what: string) {
+  let top = 0;
+  for (let i = 0; i < want.length; i++) top = Math.max(top, Math.abs(want[i]!));
   for (let i = 0; i < want.length; i++) {
-    const ok = Math.abs(got[i]! - want[i]!) <= rel * Math.abs(want[0]!);
+    const ok = Math.abs(got[i]! - want[i]!) <= rel * top;
     t.true(ok, `${what}[${i}]: ${got[i]} against ${want[i]}`);
     if (!ok) return;
   }
