@@ -85,6 +85,6 @@ test('toFloat32 reads a SharedArrayBuffer (small, inline) and a detached input i
   t.deepEqual(Array.from(await toFloat32(shared, 'bf16')), [1, 2, -3, 0]);
   const words = new Uint16Array([0x3f80, 0x4000]);
   structuredClone(words.buffer, { transfer: [words.buffer] });
-  const e = await t.throwsAsync(native.convert({ src: words, from: 'bf16', dst: new Float32Array(2), to: 'f32' }));
+  const e = await t.throwsAsync(async () => native.convert({ src: words, from: 'bf16', dst: new Float32Array(2), to: 'f32' }));
   t.is((e as EigenLoraxError).code, 'ERR_DETACHED_BUFFER');
 });
