@@ -31,6 +31,11 @@ class Keep {
   // What the elements are, for the finiteness checks (Raw: not checked).
   enum class Elem { F32, F64, I32, Raw };
 
+  Keep() = default;
+  Keep(const Keep&) = delete;
+  Keep& operator=(const Keep&) = delete;
+  ~Keep();
+
   void add(const Napi::Value& value) { refs_.push_back(Napi::Persistent(value.As<Napi::Object>())); }
   // The job's copy of the array's `bytes` at `data` (read now; never null).
   void* input(Napi::Env env, const void* data, size_t bytes, Elem elem);
@@ -51,10 +56,10 @@ class Keep {
   void requireFiniteResult() const;
 
  private:
-  struct Free {
-    void operator()(unsigned char* p) const;
+  struct Block {
+    unsigned char* data;
+    size_t capacity;
   };
-  using Block = std::unique_ptr<unsigned char[], Free>;
   struct Span {
     const unsigned char* data;
     size_t bytes;
