@@ -16,7 +16,7 @@ import { checkOperand, deviceArgs, hostArgs, onDevice, type Device, type Operand
 import { EigenLoraxError, withCallerStack } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
 import { native, type NativeOrder, type OrderName } from './native.js';
-import { finiteNumber, knownKeys, object, oneOf } from './validate.js';
+import { finiteNumber, float32Scale, knownKeys, object, oneOf } from './validate.js';
 
 /** M: Matrix (host), or Operand where DeviceMatrix inputs are allowed (every call here). */
 export interface LoraLayer<M extends Operand = Matrix> {
@@ -101,7 +101,7 @@ function loraArgs(x: Operand, layerInput: LoraLayer<Operand>): LoraArgs {
   knownKeys(layer as unknown as Record<string, unknown>, 'layer', ['A', 'B', 'scale', 'weight', 'bias']);
   const A = checkOperand(layer.A, 'layer.A', { cols: x.cols });
   const B = checkOperand(layer.B, 'layer.B', { cols: A.rows });
-  return { A, B, scale: finiteNumber(layer.scale ?? 1, 'layer.scale'), ...baseArgs(layer, B.rows, x.cols) };
+  return { A, B, scale: float32Scale(layer.scale ?? 1, 'layer.scale'), ...baseArgs(layer, B.rows, x.cols) };
 }
 
 function eigenLoraArgs(x: Operand, layerInput: EigenLoraLayer<Operand>): EigenLoraArgs {
@@ -124,7 +124,7 @@ function eigenLoraArgs(x: Operand, layerInput: EigenLoraLayer<Operand>): EigenLo
     alpha,
     beta,
     componentsB,
-    scale: finiteNumber(layer.scale ?? 1, 'layer.scale'),
+    scale: float32Scale(layer.scale ?? 1, 'layer.scale'),
     ...baseArgs(layer, componentsB.rows, x.cols),
   };
 }
@@ -317,7 +317,7 @@ export async function addLowRank(
   const B = checkMatrix(factors.B, 'factors.B', { cols: A.rows });
   const transposed = object(options, 'options').transposed === true;
   checkMatrix(t, 'target', transposed ? { rows: A.cols, cols: B.rows } : { rows: B.rows, cols: A.cols });
-  const scale = finiteNumber(factors.scale ?? 1, 'factors.scale');
+  const scale = float32Scale(factors.scale ?? 1, 'factors.scale');
   await withCallerStack(native.addLowRank({ target: t, A, B, scale, transposed }), callSite);
   return t;
 }

@@ -50,7 +50,15 @@ export function checkMatrix(value: unknown, name: string, shape?: { rows?: numbe
 
 function isDetached(array: Float32Array): boolean {
   const buffer = array.buffer as ArrayBuffer & { detached?: boolean };
-  return buffer.detached === true || array.byteLength === 0;
+  if (typeof buffer.detached === 'boolean') return buffer.detached;
+  // Node 20 has no ArrayBuffer.prototype.detached; no view can be made on a detached
+  // buffer (an empty array is not detached: that is a shape mismatch).
+  try {
+    new Uint8Array(buffer);
+    return false;
+  } catch {
+    return true;
+  }
 }
 
 /** Checks a Float32Array vector of the given length. */

@@ -15,7 +15,7 @@ import { checkOperand, DeviceMatrix, deviceArgs, hostArgs, hostOperand, nativeOp
 import { EigenLoraxError, withCallerStack } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
 import { native } from './native.js';
-import { finiteNumber, integer, invalid, object } from './validate.js';
+import { finiteNumber, float32Scale, integer, invalid, object } from './validate.js';
 
 export interface EigenAdapterBank {
   /** V_A: d_in x K_A. */
@@ -108,7 +108,7 @@ export async function loraBankApply(
   const list = adapters.map((p, i) => {
     const A = checkOperand(p.A, `adapters[${i}].A`, { cols: xm.cols });
     const B = checkOperand(p.B, `adapters[${i}].B`, { rows: dOut, cols: A.rows });
-    return { A, B, scale: finiteNumber(p.scale ?? 1, `adapters[${i}].scale`) };
+    return { A, B, scale: float32Scale(p.scale ?? 1, `adapters[${i}].scale`) };
   });
   const weight = o.weight === undefined ? null : checkOperand(o.weight, 'options.weight', { rows: dOut, cols: xm.cols });
   const bias = o.bias === undefined ? null : checkVector(o.bias, 'options.bias', dOut);

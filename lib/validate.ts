@@ -31,6 +31,14 @@ export function finiteNumber(value: unknown, name: string): number {
   return value;
 }
 
+/** A scale the kernels apply in float32: finite there too (1e39 is Infinity in float32). */
+export function float32Scale(value: unknown, name: string): number {
+  if (typeof value !== 'number' || !(Math.abs(value) <= 3.4028234663852886e38)) {
+    throw invalid('a number finite in float32 (|x| <= 3.4e38)', name, value);
+  }
+  return value;
+}
+
 export function oneOf<T extends string>(value: unknown, name: string, choices: readonly T[]): T {
   if (typeof value !== 'string' || !choices.includes(value as T)) {
     throw invalid(`one of ${choices.map((c) => `'${c}'`).join(', ')}`, name, value);

@@ -231,7 +231,10 @@ function startWithoutInputReference(seed: number, powerIters: number) {
   return { promise, input: new WeakRef(known.A.data), S, U, V, s: known.s };
 }
 
-test.serial('inputs stay alive while a job runs and are released after it', async (t) => {
+// The job works on its own copy of the input (issue 13: the memory of a referenced array
+// can still be freed by a transfer), so the input may be collected while the job runs;
+// what matters is that the result is right and nothing is held after it.
+test.serial('a job whose input is collected while it runs gives the right result and holds nothing after', async (t) => {
   const seed = freshSeed();
   const gc = findGc();
   if (!gc) t.log('no gc available: only checking the result');
@@ -239,7 +242,6 @@ test.serial('inputs stay alive while a job runs and are released after it', asyn
   let powerIters = 12;
   let job = startWithoutInputReference(seed, powerIters);
   let stillRunning = false;
-  let aliveWhileRunning = false;
   for (let attempt = 0; gc && attempt < 3; attempt++) {
     let settled = false;
     void job.promise.finally(() => (settled = true));
@@ -249,7 +251,6 @@ test.serial('inputs stay alive while a job runs and are released after it', asyn
     gc();
     await nextMacrotask();
     stillRunning = !settled;
-    aliveWhileRunning = job.input.deref() !== undefined;
     t.is(garbage.length, 64);
     if (stillRunning) break;
     await job.promise;
@@ -258,7 +259,6 @@ test.serial('inputs stay alive while a job runs and are released after it', asyn
   }
   if (gc) {
     t.true(stillRunning, `seed ${seed}: premise: the rsvd should still run after the gc`);
-    t.true(aliveWhileRunning, `seed ${seed}: the input was collected while the rsvd ran`);
   }
   const info = await job.promise;
   t.false(info.exact);

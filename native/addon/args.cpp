@@ -1,6 +1,12 @@
 #include "args.h"
 
+#include <cfloat>
+#include <charconv>
 #include <cmath>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <new>
 
 #include "../core/errors.h"
 #include "env.h"
@@ -15,7 +21,10 @@ std::string describe(const Napi::Value& v) {
   if (v.IsNull()) return "null";
   if (v.IsNumber()) {
     const double d = v.As<Napi::Number>().DoubleValue();
-    return std::isnan(d) ? "NaN" : std::to_string(d);
+    if (std::isnan(d)) return "NaN";
+    char text[32];
+    const auto end = std::to_chars(text, text + sizeof text, d).ptr;  // shortest: 2, 0.5, 1e+39
+    return std::string(text, end);
   }
   if (v.IsTypedArray()) return "a typed array";
   if (v.IsArray()) return "an array";
@@ -45,6 +54,48 @@ Napi::TypedArray requireTypedArray(Napi::Env env, const Napi::Value& v, const st
   return ta;
 }
 
+// Registers the array with `overlaps` (its own memory) and returns the job's memory for it.
+void* track(Napi::Env env, const Napi::TypedArray& ta, const std::string& name, bool writable, Keep& keep,
+            Overlaps& overlaps) {
+  const void* data = typedArrayData(env, ta);
+  const size_t bytes = ta.ByteLength();
+  const napi_typedarray_type type = ta.TypedArrayType();
+  const Keep::Elem elem = type == napi_float32_array   ? Keep::Elem::F32
+                          : type == napi_float64_array ? Keep::Elem::F64
+                          : type == napi_int32_array   ? Keep::Elem::I32
+                                                       : Keep::Elem::Raw;
+  if (writable) {
+    overlaps.output(name, data, bytes);
+    return keep.output(env, ta, name, data, bytes, elem);
+  }
+  overlaps.input(name, data, bytes);
+  return keep.input(env, data, bytes, elem);
+}
+
+// No NaN or Inf among `bytes` of floats (F32/F64; other kinds always pass). Exponent
+// bits all set means NaN or Inf; a branch-free loop the compiler vectorises.
+bool allFinite(const unsigned char* data, size_t bytes, Keep::Elem elem) {
+  if (elem == Keep::Elem::F32) {
+    uint32_t bad = 0;
+    for (size_t i = 0; i + 4 <= bytes; i += 4) {
+      uint32_t bits;
+      std::memcpy(&bits, data + i, 4);
+      bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+    }
+    return bad == 0;
+  }
+  if (elem == Keep::Elem::F64) {
+    uint64_t bad = 0;
+    for (size_t i = 0; i + 8 <= bytes; i += 8) {
+      uint64_t bits;
+      std::memcpy(&bits, data + i, 8);
+      bad |= static_cast<uint64_t>((bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull);
+    }
+    return bad == 0;
+  }
+  return true;
+}
+
 int64_t requireDimension(Napi::Env env, const Napi::Value& v, const std::string& name) {
   if (!v.IsNumber()) badArgument(env, name, "a positive integer", v);
   const double d = v.As<Napi::Number>().DoubleValue();
@@ -69,14 +120,128 @@ View readMatrixImpl(Napi::Env env, const Napi::Value& value, const std::string& 
                                               " elements but rows x cols = " + shapeString(rows, cols) + " needs " +
                                               std::to_string(static_cast<int64_t>(want)));
   }
-  float* data = ta.As<Napi::Float32Array>().Data();
-  keep.add(ta);
-  if (writable) overlaps.output(name, data, ta.ByteLength());
-  else overlaps.input(name, data, ta.ByteLength());
-  return View{data, rows, cols};
+  return View{static_cast<float*>(track(env, ta, name, writable, keep, overlaps)), rows, cols};
 }
 
 }  // namespace
+
+void* typedArrayData(Napi::Env env, const Napi::TypedArray& array) {
+  void* data = nullptr;
+  const napi_status status = napi_get_typedarray_info(env, array, nullptr, nullptr, &data, nullptr, nullptr);
+  NAPI_THROW_IF_FAILED(env, status, nullptr);
+  return data;
+}
+
+namespace {
+
+// Blocks of 1 MiB or more that jobs released, kept (up to 256 MiB) for the next jobs: the
+// first touch of fresh pages costs a page fault each, which on some VMs is most of the
+// time of a copy (24 MB: 400 ms into fresh pages, 15 ms into reused ones, on the test VM).
+class BlockCache {
+ public:
+  static BlockCache& instance() {
+    static BlockCache* cache = new BlockCache();  // never destroyed, like the compute thread
+    return *cache;
+  }
+  // A cached block of at least `bytes` (and at most twice that), or null.
+  unsigned char* take(size_t bytes, size_t& capacity) {
+    if (bytes < kMin) return nullptr;
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = free_.lower_bound(bytes);
+    if (it == free_.end() || it->first > 2 * bytes) return nullptr;
+    capacity = it->first;
+    unsigned char* p = it->second;
+    total_ -= it->first;
+    free_.erase(it);
+    return p;
+  }
+  // Keeps the block, or says no (then the caller frees it).
+  bool give(unsigned char* p, size_t capacity) {
+    if (capacity < kMin) return false;
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (total_ + capacity > kMax) return false;
+    free_.emplace(capacity, p);
+    total_ += capacity;
+    return true;
+  }
+
+ private:
+  static constexpr size_t kMin = size_t{1} << 20, kMax = size_t{256} << 20;
+  std::mutex mutex_;
+  std::multimap<size_t, unsigned char*> free_;
+  size_t total_ = 0;
+};
+
+}  // namespace
+
+Keep::~Keep() {
+  for (const Block& b : blocks_) {
+    if (!BlockCache::instance().give(b.data, b.capacity)) ::operator delete[](b.data, std::align_val_t{64});
+  }
+}
+
+unsigned char* Keep::allocate(Napi::Env env, size_t bytes) {
+  size_t capacity = bytes > 0 ? bytes : 1;  // never null, even for no bytes
+  unsigned char* p = BlockCache::instance().take(bytes, capacity);
+  try {
+    // 64-byte aligned like Eigen's own allocations.
+    if (p == nullptr) p = static_cast<unsigned char*>(::operator new[](capacity, std::align_val_t{64}));
+    blocks_.push_back({p, capacity});
+  } catch (const std::bad_alloc&) {
+    if (p != nullptr) ::operator delete[](p, std::align_val_t{64});
+    throwError(env, code::kOutOfMemory, "out of memory copying " + std::to_string(bytes) + " bytes of arguments");
+  }
+  return p;
+}
+
+void* Keep::input(Napi::Env env, const void* data, size_t bytes, Elem elem) {
+  unsigned char* own = allocate(env, bytes);
+  if (bytes > 0) std::memcpy(own, data, bytes);
+  inputs_.push_back({own, bytes, elem});
+  return own;
+}
+
+void* Keep::output(Napi::Env env, const Napi::TypedArray& array, const std::string& name, const void* data,
+                   size_t bytes, Elem elem) {
+  unsigned char* own = allocate(env, bytes);
+  if (bytes > 0) std::memcpy(own, data, bytes);
+  outputs_.push_back({Napi::Persistent(array), name, own, bytes, elem});
+  return own;
+}
+
+void Keep::noteFiniteOutputs() {
+  for (Output& o : outputs_) o.startedFinite = allFinite(o.data, o.bytes, o.elem);
+}
+
+void Keep::requireFiniteResult() const {
+  for (const Output& o : outputs_) {
+    if (!o.startedFinite || allFinite(o.data, o.bytes, o.elem)) continue;
+    for (const Span& in : inputs_) {
+      if (!allFinite(in.data, in.bytes, in.elem)) return;  // NaN or Inf given: it propagates
+    }
+    throw CoreError(code::kNonFinite, o.name +
+                                          ": the result holds NaN or Inf although every input is finite (float32 "
+                                          "overflow: a scale or inputs too large)");
+  }
+}
+
+void Keep::writeBack(Napi::Env env) const {
+  std::vector<void*> targets;
+  for (const Output& o : outputs_) {
+    const Napi::TypedArray array = o.array.Value();
+    const bool detached = array.ArrayBuffer().IsDetached();
+    const size_t now = detached ? 0 : array.ByteLength();
+    if (detached || now != o.bytes) {
+      throwError(env, "ERR_DETACHED_BUFFER",
+                 o.name + ": the output's buffer was detached, transferred or resized while the call ran (" +
+                     std::to_string(o.bytes) + " bytes then, " + std::to_string(now) + " now); nothing was written");
+    }
+    targets.push_back(typedArrayData(env, array));
+  }
+  for (size_t i = 0; i < outputs_.size(); ++i) {
+    if (outputs_[i].bytes > 0) std::memcpy(targets[i], outputs_[i].data, outputs_[i].bytes);
+  }
+}
 
 void Overlaps::check(Napi::Env env) const {
   for (size_t i = 0; i < spans_.size(); ++i) {
@@ -131,9 +296,7 @@ const int32_t* readInt32(Napi::Env env, const Napi::Object& args, const char* na
     throwError(env, code::kShapeMismatch, std::string(name) + ": expected " + std::to_string(length) +
                                               " elements but received " + std::to_string(ta.ElementLength()));
   }
-  keep.add(ta);
-  overlaps.input(name, ta.Data(), ta.ByteLength());
-  return ta.Data();
+  return static_cast<const int32_t*>(track(env, ta, name, false, keep, overlaps));
 }
 
 Napi::Array readArray(Napi::Env env, const Napi::Object& args, const char* name) {
@@ -156,9 +319,7 @@ double* readFloat64Out(Napi::Env env, const Napi::Object& args, const char* name
     throwError(env, code::kShapeMismatch, std::string(name) + ": expected " + std::to_string(length) +
                                               " elements but received " + std::to_string(ta.ElementLength()));
   }
-  keep.add(ta);
-  overlaps.output(name, ta.Data(), ta.ByteLength());
-  return ta.Data();
+  return static_cast<double*>(track(env, ta, name, true, keep, overlaps));
 }
 
 ConstMatView readOptionalMatrix(Napi::Env env, const Napi::Object& args, const char* name, Keep& keep,
@@ -184,21 +345,21 @@ const float* readVector(Napi::Env env, const Napi::Object& args, const char* nam
     throwError(env, code::kShapeMismatch, std::string(name) + ": expected " + std::to_string(length) +
                                               " elements but received " + std::to_string(ta.ElementLength()));
   }
-  float* data = ta.As<Napi::Float32Array>().Data();
-  keep.add(ta);
-  if (writable) overlaps.output(name, data, ta.ByteLength());
-  else overlaps.input(name, data, ta.ByteLength());
-  return data;
+  return static_cast<const float*>(track(env, ta, name, writable, keep, overlaps));
 }
 
 Bytes readBytes(Napi::Env env, const Napi::Object& args, const char* name, bool writable, Keep& keep,
                 Overlaps& overlaps) {
   const Napi::TypedArray ta = requireTypedArray(env, args.Get(name), name, false);
-  void* data = static_cast<unsigned char*>(ta.ArrayBuffer().Data()) + ta.ByteOffset();
-  keep.add(ta);
-  if (writable) overlaps.output(name, data, ta.ByteLength());
-  else overlaps.input(name, data, ta.ByteLength());
-  return {data, ta.ByteLength()};
+  return {track(env, ta, name, writable, keep, overlaps), ta.ByteLength()};
+}
+
+double readScaleValue(Napi::Env env, const Napi::Value& v, const std::string& name) {
+  const char* expected = "a number finite in float32 (|x| <= 3.4e38)";
+  if (!v.IsNumber()) badArgument(env, name, expected, v);
+  const double d = v.As<Napi::Number>().DoubleValue();
+  if (!(std::fabs(d) <= static_cast<double>(FLT_MAX))) badArgument(env, name, expected, v);
+  return d;
 }
 
 double readNumber(Napi::Env env, const Napi::Object& args, const char* name) {

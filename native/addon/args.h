@@ -1,9 +1,10 @@
 // Reading and checking the arguments of a call: every size and type is checked here, on
-// the JS thread, before any work is queued or any memory is mapped. Views keep pointers
-// into JS-owned buffers; `Keep` holds references so those buffers outlive the work.
+// the JS thread, before any work is queued. Kernels never see JS memory: `Keep` gives each
+// job its own copy of the typed arrays it reads and writes (see there why).
 #pragma once
 #include <napi.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -11,13 +12,77 @@
 
 namespace eigenlorax::addon {
 
+// What a job holds from its call until it settles: references to the objects it needs
+// alive (device handles), and its own memory for every typed array it reads or writes.
+//
+// Why copies: a reference keeps a typed array object alive, not its memory. While a job
+// runs, JavaScript can detach the buffer (a structuredClone or postMessage transfer, then
+// a collection), shrink a resizable one, or send it to another thread; the memory is then
+// freed or unmapped, and Node-API has no way to hold it (that needs V8's BackingStore, not
+// ABI-stable). So inputs are copied on the JS thread when they are read; outputs are
+// written into the job's memory (filled from the array first: some are read, target +=)
+// and copied back on the JS thread when the job ends, only if every output is still
+// attached and as long as it was; otherwise the call fails with ERR_DETACHED_BUFFER and
+// writes nothing. Reading everything into the job's memory at once also closes the gap
+// where a getter on a later argument detaches an earlier one. SharedArrayBuffers are
+// copied the same way. Cost: bench/boundary.ts.
 class Keep {
  public:
+  // What the elements are, for the finiteness checks (Raw: not checked).
+  enum class Elem { F32, F64, I32, Raw };
+
+  Keep() = default;
+  Keep(const Keep&) = delete;
+  Keep& operator=(const Keep&) = delete;
+  ~Keep();
+
   void add(const Napi::Value& value) { refs_.push_back(Napi::Persistent(value.As<Napi::Object>())); }
+  // The job's copy of the array's `bytes` at `data` (read now; never null).
+  void* input(Napi::Env env, const void* data, size_t bytes, Elem elem);
+  // The job's memory for an output array, filled from it; copied back by writeBack.
+  void* output(Napi::Env env, const Napi::TypedArray& array, const std::string& name, const void* data,
+               size_t bytes, Elem elem);
+  // On the JS thread after the kernel ran: copies every output back, or throws
+  // ERR_DETACHED_BUFFER (and writes nothing) when one was detached or resized meanwhile.
+  void writeBack(Napi::Env env) const;
+
+  // Float32 overflow must not pass silently (an Inf-producing scale, products beyond
+  // 3.4e38): on the worker, before the kernel, notes which outputs start finite; after
+  // it, throws ERR_NON_FINITE naming the first float output that now holds NaN or Inf
+  // although it started finite and every float input is finite. NaN or Inf given in
+  // propagates as before. Costs one pass over the outputs; the inputs are read only when
+  // an output is bad.
+  void noteFiniteOutputs();
+  void requireFiniteResult() const;
 
  private:
+  struct Block {
+    unsigned char* data;
+    size_t capacity;
+  };
+  struct Span {
+    const unsigned char* data;
+    size_t bytes;
+    Elem elem;
+  };
+  struct Output {
+    Napi::Reference<Napi::TypedArray> array;
+    std::string name;
+    unsigned char* data;
+    size_t bytes;
+    Elem elem;
+    bool startedFinite = true;
+  };
+  unsigned char* allocate(Napi::Env env, size_t bytes);
+
   std::vector<Napi::ObjectReference> refs_;
+  std::vector<Block> blocks_;
+  std::vector<Span> inputs_;
+  std::vector<Output> outputs_;
 };
+
+// The data pointer of any typed array (over an ArrayBuffer or a SharedArrayBuffer).
+void* typedArrayData(Napi::Env env, const Napi::TypedArray& array);
 
 // Writable outputs must not overlap any input or each other.
 class Overlaps {
@@ -75,6 +140,11 @@ Bytes readBytes(Napi::Env env, const Napi::Object& args, const char* name, bool 
                 Overlaps& overlaps);
 
 double readNumber(Napi::Env env, const Napi::Object& args, const char* name);
+// A scale factor: a number that is finite in float32 (|x| <= 3.4e38: 1e39 is Inf there).
+double readScaleValue(Napi::Env env, const Napi::Value& value, const std::string& name);
+inline float readScale(Napi::Env env, const Napi::Object& args, const char* name) {
+  return static_cast<float>(readScaleValue(env, args.Get(name), name));
+}
 // A safe non-negative integer in [min, max].
 int64_t readInteger(Napi::Env env, const Napi::Object& args, const char* name, int64_t min, int64_t max);
 std::string readString(Napi::Env env, const Napi::Object& args, const char* name);

@@ -156,6 +156,8 @@ class CudaJob : public Job {
 
  protected:
   Plugin* plugin_ = nullptr;
+  // Device operands are not in `keep`, so "every input finite" is known only without them.
+  bool finiteResult() const override { return used_.empty(); }
 
   // Every CUDA job starts here: the plugin (or ERR_DEVICE_UNAVAILABLE), then its arguments.
   Napi::Object begin(const Napi::CallbackInfo& info) {
@@ -343,7 +345,7 @@ class LowRankJob : public CudaJob {
     cuda::LoraOperands l;
     l.a = operand(env, args, "A", overlaps);
     l.b = operand(env, args, "B", overlaps);
-    l.scale = static_cast<float>(readNumber(env, args, "scale"));
+    l.scale = readScale(env, args, "scale");
     l.weight = optionalOperand(env, args, "weight", overlaps);
     l.bias = readVector(env, args, "bias", static_cast<size_t>(l.b.rows()), true, false, keep, overlaps);
     return l;
@@ -354,7 +356,7 @@ class LowRankJob : public CudaJob {
     l.alpha = operand(env, args, "alpha", overlaps);
     l.beta = operand(env, args, "beta", overlaps);
     l.componentsB = operand(env, args, "componentsB", overlaps);
-    l.scale = static_cast<float>(readNumber(env, args, "scale"));
+    l.scale = readScale(env, args, "scale");
     l.weight = optionalOperand(env, args, "weight", overlaps);
     l.bias = readVector(env, args, "bias", static_cast<size_t>(l.componentsB.rows()), true, false, keep, overlaps);
     return l;

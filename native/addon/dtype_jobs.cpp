@@ -49,6 +49,7 @@ class ConvertJob : public Job {
  protected:
   void run() override { convert(src_.data, from_, dst_.data, to_, count_); }
   double work() const override { return static_cast<double>(count_); }
+  bool finiteResult() const override { return false; }  // f16 overflow to Inf is the conversion's answer
 
  private:
   DType from_ = DType::F32, to_ = DType::F32;

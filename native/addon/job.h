@@ -1,7 +1,7 @@
 // Every heavy call is a Job: queued on libuv's thread pool, which hands the kernel to the
-// compute thread (compute_thread.h), resolving a promise. The arguments' buffers stay
-// referenced (Keep) until the job settles; errors thrown by the core become the library's
-// typed JS error on the JS thread.
+// compute thread (compute_thread.h), resolving a promise. Kernels work on the job's own
+// copies of the arguments' arrays (Keep), outputs copied back on the JS thread when the job
+// ends; errors thrown by the core become the library's typed JS error on the JS thread.
 #pragma once
 #include <napi.h>
 
@@ -33,7 +33,7 @@ class Job : public Napi::AsyncWorker {
     if (work() < kInlineWork) {
       guarded([this] {
         useThreads(1);
-        run();
+        runChecked();
       });
       OnOK();
       delete this;
@@ -53,13 +53,23 @@ class Job : public Napi::AsyncWorker {
   virtual Napi::Value result(Napi::Env env) { return env.Undefined(); }
   // Multiply-adds (or element operations) the job will do; unknown = always queued.
   virtual double work() const { return kInlineWork; }
+  // Whether NaN or Inf in a float output, with every input finite, is an error
+  // (ERR_NON_FINITE, see Keep::requireFiniteResult).
+  virtual bool finiteResult() const { return true; }
 
  private:
+  void runChecked() {
+    const bool check = finiteResult();
+    if (check) keep.noteFiniteOutputs();
+    run();
+    if (check) keep.requireFiniteResult();
+  }
+
   void Execute() override {
     guarded([this] {
       ComputeThread::instance().run([this] {
         useThreads(threads_);
-        run();
+        runChecked();
       });
     });
   }
@@ -85,8 +95,12 @@ class Job : public Napi::AsyncWorker {
     Napi::Env env = Env();
     try {
       Napi::HandleScope scope(env);
-      if (failed_) deferred_.Reject(makeError(env, code_, name_ + ": " + message_).Value());
-      else deferred_.Resolve(result(env));
+      if (failed_) {
+        deferred_.Reject(makeError(env, code_, name_ + ": " + message_).Value());
+      } else {
+        keep.writeBack(env);  // throws ERR_DETACHED_BUFFER when an output went away meanwhile
+        deferred_.Resolve(result(env));
+      }
     } catch (const Napi::Error& e) {
       try {
         deferred_.Reject(e.Value());

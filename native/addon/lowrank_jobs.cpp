@@ -17,7 +17,7 @@ LoraLayer readLora(Napi::Env env, const Napi::Object& args, Keep& keep, Overlaps
   LoraLayer layer;
   layer.a = readMatrix(env, args, "A", keep, overlaps);
   layer.b = readMatrix(env, args, "B", keep, overlaps);
-  layer.scale = static_cast<float>(readNumber(env, args, "scale"));
+  layer.scale = readScale(env, args, "scale");
   layer.weight = readOptionalMatrix(env, args, "weight", keep, overlaps);
   layer.bias = readVector(env, args, "bias", static_cast<size_t>(layer.b.rows), true, false, keep, overlaps);
   return layer;
@@ -29,7 +29,7 @@ EigenLoraLayer readEigenLora(Napi::Env env, const Napi::Object& args, Keep& keep
   layer.alpha = readMatrix(env, args, "alpha", keep, overlaps);
   layer.beta = readMatrix(env, args, "beta", keep, overlaps);
   layer.componentsB = readMatrix(env, args, "componentsB", keep, overlaps);
-  layer.scale = static_cast<float>(readNumber(env, args, "scale"));
+  layer.scale = readScale(env, args, "scale");
   layer.weight = readOptionalMatrix(env, args, "weight", keep, overlaps);
   layer.bias =
       readVector(env, args, "bias", static_cast<size_t>(layer.componentsB.rows), true, false, keep, overlaps);
@@ -249,7 +249,7 @@ class AddLowRankJob : public Job {
     target_ = readOutMatrix(env, args, "target", keep, overlaps);
     a_ = readMatrix(env, args, "A", keep, overlaps);
     b_ = readMatrix(env, args, "B", keep, overlaps);
-    scale_ = static_cast<float>(readNumber(env, args, "scale"));
+    scale_ = readScale(env, args, "scale");
     transposed_ = args.Get("transposed").ToBoolean();
     overlaps.check(env);
     checkNow(env, [&] {

@@ -51,9 +51,8 @@ void readFactorPairs(Napi::Env env, const Napi::Object& args, Read&& read) {
     const Napi::Value item = list.Get(i);
     if (!item.IsObject()) badArgument(env, name, "an object { A, B, scale }", item);
     const Napi::Object o = item.As<Napi::Object>();
-    const Napi::Value scale = o.Get("scale");
-    if (!scale.IsNumber()) badArgument(env, name + ".scale", "a finite number", scale);
-    read(o.Get("A"), o.Get("B"), scale.As<Napi::Number>().FloatValue(), name);
+    const float scale = static_cast<float>(readScaleValue(env, o.Get("scale"), name + ".scale"));
+    read(o.Get("A"), o.Get("B"), scale, name);
   }
 }
 

@@ -18,9 +18,7 @@ std::vector<FactorPair> readSubspaceAdapters(Napi::Env env, const Napi::Object& 
     FactorPair p;
     p.a = readMatrixValue(env, o.Get("A"), name + ".A", keep, overlaps);
     p.b = readMatrixValue(env, o.Get("B"), name + ".B", keep, overlaps);
-    const Napi::Value scale = o.Get("scale");
-    if (!scale.IsNumber()) badArgument(env, name + ".scale", "a finite number", scale);
-    p.scale = scale.As<Napi::Number>().DoubleValue();
+    p.scale = readScaleValue(env, o.Get("scale"), name + ".scale");
     pairs.push_back(p);
   }
   return pairs;

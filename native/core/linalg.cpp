@@ -4,6 +4,9 @@
 #include <Eigen/QR>
 #include <Eigen/SVD>
 #include <algorithm>
+#include <cfloat>
+#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <string>
 
@@ -23,6 +26,20 @@ bool allFinite(const float* data, Index count) {
     bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
   }
   return bad == 0;
+}
+
+// The largest |entry| as its bit pattern (for floats, the order of the patterns without
+// the sign is the order of the magnitudes); >= 0x7f800000 means a NaN or Inf is there.
+// One vectorised pass, like allFinite.
+uint32_t maxAbsBits(const float* data, Index count) {
+  uint32_t top = 0;
+#pragma omp parallel for reduction(max : top) schedule(static) if (count > (Index(1) << 20))
+  for (Index i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, data + i, 4);
+    top = std::max(top, bits & 0x7fffffffu);
+  }
+  return top;
 }
 
 void requireFinite(const char* name, const ConstMapF& m) {
@@ -108,7 +125,22 @@ void checkRsvdArguments(ConstMatView a, const RsvdOptions& o, MatView u, MatView
 
 namespace {
 
-void exactSvd(const ConstMapF& a, Index k, MatView u, float* s, MatView v) {
+// s[j] = sigma_j 2^exponent in float, or ERR_NON_FINITE naming the first that is beyond
+// float32's range (the input's entries are, but its singular values need not be).
+void storeSingularValues(const Eigen::VectorXd& sigma, Index k, int exponent, float* s) {
+  for (Index j = 0; j < k; ++j) {
+    const double value = std::ldexp(sigma(j), exponent);
+    if (!(value <= static_cast<double>(FLT_MAX))) {
+      char text[32];
+      std::snprintf(text, sizeof text, "%.3g", value);
+      throw CoreError(code::kNonFinite, "S[" + std::to_string(j) + "]: singular value " + std::to_string(j + 1) +
+                                            " is " + text + ", beyond float32's range (3.4e38); scale the matrix down");
+    }
+    s[j] = static_cast<float>(value);
+  }
+}
+
+void exactSvd(const ConstMapF& a, Index k, int exponent, MatView u, float* s, MatView v) {
   const ColMatD ad = a.cast<double>();
   Eigen::BDCSVD<ColMatD> svd(ad, Eigen::ComputeThinU | Eigen::ComputeThinV);
   ColMatD uk = svd.matrixU().leftCols(k);
@@ -116,7 +148,7 @@ void exactSvd(const ConstMapF& a, Index k, MatView u, float* s, MatView v) {
   fixSigns(uk, vk);
   u.map() = uk.cast<float>();
   v.map() = vk.cast<float>();
-  for (Index j = 0; j < k; ++j) s[j] = static_cast<float>(svd.singularValues()(j));
+  storeSingularValues(svd.singularValues(), k, exponent, s);
 }
 
 }  // namespace
@@ -125,18 +157,11 @@ bool rsvdPrefersExact(Index rows, Index cols, Index rank, Index oversample) {
   return std::min(rows, cols) <= 2 * (rank + oversample);
 }
 
-RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatView v) {
-  checkRsvdArguments(av, o, u, v);
-  const ConstMapF a = av.map();
-  requireFinite("matrix", a);
-  const Index m = av.rows, n = av.cols, k = o.rank;
+namespace {
 
-  const bool exact = o.method == SvdMethod::Exact ||
-                     (o.method == SvdMethod::Auto && rsvdPrefersExact(m, n, k, o.oversample));
-  if (exact) {
-    exactSvd(a, k, u, s, v);
-    return {true, 0};
-  }
+// The randomized path on `a`, whose singular values are 2^-exponent times the caller's.
+RsvdInfo randomizedSvd(const ConstMapF& a, const RsvdOptions& o, int exponent, MatView u, float* s, MatView v) {
+  const Index m = a.rows(), n = a.cols(), k = o.rank;
 
   const Index l = std::min(k + o.oversample, std::min(m, n));
   ColMatF omega(n, l);
@@ -169,8 +194,36 @@ RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatVie
   fixSigns(uk, vk);
   u.map() = uk;
   v.map() = vk.cast<float>();
-  for (Index j = 0; j < k; ++j) s[j] = static_cast<float>(core.singularValues()(j));
+  storeSingularValues(core.singularValues(), k, exponent, s);
   return {false, l};
+}
+
+}  // namespace
+
+RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatView v) {
+  checkRsvdArguments(av, o, u, v);
+  const ConstMapF a = av.map();
+  const uint32_t top = maxAbsBits(a.data(), a.size());
+  if (top >= 0x7f800000u) throw CoreError(code::kNonFinite, "matrix: contains NaN or Inf");
+  const Index m = av.rows, n = av.cols, k = o.rank;
+
+  const bool exact = o.method == SvdMethod::Exact ||
+                     (o.method == SvdMethod::Auto && rsvdPrefersExact(m, n, k, o.oversample));
+  if (exact) {  // in double: no float32 overflow inside
+    exactSvd(a, k, 0, u, s, v);
+    return {true, 0};
+  }
+  // The float products of the randomized path overflow (or their squares, in the
+  // Householder norms, underflow) long before the singular values leave float range: a
+  // 300 x 200 matrix of 1e36s has sigma_1 = 2.4e38. Far from 1, work on a copy scaled by
+  // a power of two (exact: the same U and V, S scaled back in double).
+  float largest;
+  std::memcpy(&largest, &top, 4);
+  int exponent = 0;
+  std::frexp(static_cast<double>(largest), &exponent);
+  if (top == 0 || std::abs(exponent) <= 32) return randomizedSvd(a, o, 0, u, s, v);
+  const RowMatF scaled = (a.cast<double>() * std::ldexp(1.0, -exponent)).cast<float>();
+  return randomizedSvd(ConstMapF(scaled.data(), m, n), o, exponent, u, s, v);
 }
 
 void orthonormalize(ConstMatView in, MatView out) {
