@@ -5,12 +5,13 @@ import type { AdapterFormat } from '../adapters/types.js';
 import type { ExtractLoraOptions } from '../extract/types.js';
 import { ProgressBar } from '../progress.js';
 import { columnsTable, examples, f3, keyValues, printJson, seconds } from './format.js';
+import { addGgufOptions, ggufOptionsFrom, type GgufFlags } from './gguf-options.js';
 import { choice, integer, nonEmpty, number, UsageError } from './options.js';
 import { jsonErrors } from './report.js';
 
 const FORMATS = ['peft', 'kohya', 'diffusers', 'gguf'] as const satisfies readonly AdapterFormat[];
 
-interface ExtractFlags {
+interface ExtractFlags extends GgufFlags {
   base?: string;
   tuned?: string;
   output?: string;
@@ -37,7 +38,7 @@ export function extractCommand(): Command {
   const command = new Command('extract')
     .usage(
       '--base <model> --tuned <model> (--rank r | --threshold f [--rank cap]) -o <out> [--modules p1,p2] [--format peft|kohya|diffusers|gguf] ' +
-        '[--dtype F32|F16|BF16] [--name-prefix unet.] [--fan-in-fan-out] [--seed n] [--json] [--quiet]',
+        '[--dtype F32|F16|BF16] [--name-prefix unet.] [--fan-in-fan-out] [--seed n] [--arch a --head-count n --head-count-kv n | --gguf-base m.gguf] [--json] [--quiet]',
     )
     .summary('a LoRA from a fine-tune: the truncated SVD of W_tuned - W_base per weight, written as an adapter')
     .description(
@@ -59,12 +60,14 @@ export function extractCommand(): Command {
     .option('--fan-in-fan-out', 'the base weights are stored in x out (GPT-2 Conv1D)')
     .addOption(new Option('--seed <n>', 'seed of the randomized SVD (default 0)').argParser(integer('--seed', { min: 0, max: 2 ** 52 })))
     .option('--json', 'print the extraction report as JSON')
-    .option('-q, --quiet', 'no progress bar')
+    .option('-q, --quiet', 'no progress bar');
+  addGgufOptions(command)
     .addHelpText(
       'after',
       examples([
         ['eigenlorax extract --base models/llama --tuned models/llama-ft --rank 32 -o extracted', 'rank 32 in every 2-D weight, as PEFT'],
         ['eigenlorax extract --base base.safetensors --tuned ft.safetensors --threshold 0.9 --rank 64 --modules q_proj,v_proj -o out', 'rank by energy, at most 64'],
+        ['eigenlorax extract --base qwen --tuned qwen-ft --rank 16 --format gguf --arch qwen2 -o qwen-ft.gguf', 'a GGUF LoRA for llama.cpp'],
         ['eigenlorax extract --base unet --tuned unet-ft --rank 16 --name-prefix unet. --format kohya -o lora.safetensors', 'a kohya LoRA of a U-Net'],
       ]),
     )
@@ -84,6 +87,8 @@ export function extractCommand(): Command {
       if (flags.namePrefix !== undefined) options.namePrefix = flags.namePrefix;
       if (flags.fanInFanOut === true) options.fanInFanOut = true;
       if (flags.seed !== undefined) options.seed = flags.seed;
+      const gguf = ggufOptionsFrom(flags, flags.format === 'gguf');
+      if (gguf !== undefined) options.gguf = gguf;
       const { extractLora } = await import('../extract/extract.js');
       const bar = ProgressBar.forTerminal(flags.quiet === true || flags.json === true);
       let report;
