@@ -124,6 +124,12 @@ test('extract: the same adapter bytes and numbers as extractLora; --json is its 
   );
   t.is(parsed.total.captured, report.total.captured);
 
+  // Without --arch the HF names have no GGUF names: the library's refusal, exit 1.
+  const noArch = await eigenlorax(['extract', '--base', base, '--tuned', tuned, '--rank', '2', '--format', 'gguf', '-o', path.join(dir, 'n.gguf')]);
+  t.is(noArch.code, 1, noArch.stdout);
+  t.regex(noArch.stderr, /\(ERR_[A-Z_]+\)\n$/);
+  await t.throwsAsync(extractLora({ base, tuned, out: path.join(dir, 'bad.gguf'), rank: 2, format: 'gguf', gguf: 5 as never }), { code: 'ERR_INVALID_ARGUMENT' });
+
   const same = await eigenlorax(['extract', '--base', base, '--tuned', base, '--rank', '2', '-o', path.join(dir, 'none'), '--json']);
   t.is(same.code, 1);
   t.regex(same.stderr, /\(ERR_NOTHING_TO_EXTRACT\)\n$/);
