@@ -3,7 +3,7 @@ import { Command, Option } from 'commander';
 import { ProgressBar } from '../progress.js';
 import type { AnalyzeOptions, SubspaceAnalysis } from '../subspace/analyze.js';
 import { columnsTable, counted, examples, f3, keyValues, printJson, seconds } from './format.js';
-import { integer, UsageError } from './options.js';
+import { integer, parseInteger, UsageError } from './options.js';
 import { jsonErrors } from './report.js';
 import { addBuildOptions, buildOptionsFrom, type BuildFlags } from './subspace-options.js';
 
@@ -13,27 +13,32 @@ export function analyzeCommand(): Command {
   const command = new Command('analyze')
     .usage(
       '<adapters...> [--components K | --variance f] [--stacking canonical|raw] [--weighting equal|scale] [--center] [--augment P] ' +
-        '[--seed N] [--curve-components M] [--max-open-files F] [--svg file] [--json] [--quiet]',
+        '[--seed N] [--curve-components M] [--held-out auto|loo|k] [--max-open-files F] [--svg file] [--json] [--quiet]',
     )
     .summary('do the adapters share a subspace? explained variance against K, in-sample and held-out errors, overlap against random, a verdict')
     .description(
-      'Explained variance against K, in-sample and held-out (leave-one-out) errors, overlap of each adapter with the others\' basis ' +
+      'Explained variance against K, in-sample and held-out errors (--held-out: auto is leave-one-out up to 20 adapters, else 5-fold ' +
+        'cross-validation; loo; or k folds), overlap of each adapter with the others\' basis ' +
         'against random, and a verdict on whether the adapters share a subspace; --svg writes the explained-variance chart.',
     )
     .argument('[adapters...]', 'at least two adapter folders or .safetensors files');
   addBuildOptions(command)
     .addOption(new Option('--curve-components <M>', 'components of the explained-variance curves').argParser(integer('--curve-components', { min: 1 })))
+    .addOption(new Option('--held-out <how>', 'auto (default), loo (leave-one-out) or k folds (2 <= k <= adapters)').argParser(heldOutFlag))
     .option('--svg <file>', 'write the explained-variance chart')
     .addHelpText(
       'after',
       examples([
         ['eigenlorax analyze adapters/* -k 8', 'errors and overlap at K = 8'],
         ['eigenlorax analyze adapters/* --svg variance.svg --json', 'the chart, and the analysis as JSON'],
+        ['eigenlorax analyze adapters/* -k 16 --held-out 10', 'held-out errors by 10-fold cross-validation'],
       ]),
     )
-    .action(async (adapters: string[], flags: BuildFlags & { curveComponents?: number; svg?: string }) => {
+    .action(async (adapters: string[], flags: BuildFlags & { curveComponents?: number; svg?: string; heldOut?: AnalyzeOptions['heldOut'] }) => {
       if (adapters.length < 2) throw new UsageError('analyze needs at least two adapter paths');
       const options: AnalyzeOptions = buildOptionsFrom(flags);
+      if (typeof flags.heldOut === 'number' && flags.heldOut > adapters.length) throw new UsageError(`--held-out ${flags.heldOut} folds need at least ${flags.heldOut} adapters, not ${adapters.length}`);
+      if (flags.heldOut !== undefined) options.heldOut = flags.heldOut;
       if (flags.curveComponents !== undefined) options.curveComponents = flags.curveComponents;
       if (flags.svg !== undefined && flags.svg.length === 0) throw new UsageError('--svg needs a file name');
       const { analyzeAdapters } = await import('../subspace/analyze.js');
@@ -51,6 +56,14 @@ export function analyzeCommand(): Command {
       else process.stdout.write(formatAnalysis(analysis, svg));
     });
   return jsonErrors(command);
+}
+
+/** auto, loo (or leave-one-out), or a number of folds >= 2. */
+function heldOutFlag(text: string): NonNullable<AnalyzeOptions['heldOut']> {
+  if (text === 'auto') return 'auto';
+  if (text === 'loo' || text === 'leave-one-out') return 'leave-one-out';
+  if (/^\d+$/.test(text.trim())) return parseInteger('--held-out', text, { min: 2 });
+  throw new UsageError(`--held-out expects auto, loo or a number of folds >= 2, not ${JSON.stringify(text)}`);
 }
 
 function kText(s: SubspaceAnalysis['settings']): string {

@@ -5,17 +5,17 @@ import { examples, keyLines, printJson } from './format.js';
 import { choice, UsageError } from './options.js';
 import { codedError, failureLine, ReportedFailure } from './report.js';
 
-const FORMATS = ['peft', 'diffusers', 'kohya'] as const;
+const FORMATS = ['peft', 'diffusers', 'kohya', 'gguf'] as const;
 
 export function inspectCommand(): Command {
   return new Command('inspect')
-    .usage('<path...> [--json] [--format peft|diffusers|kohya]')
-    .summary('LoRA adapters (PEFT folders, diffusers and kohya files): format, base model, modules, ranks, alphas, scales, dtypes, sizes; reads headers only')
+    .usage('<path...> [--json] [--format peft|diffusers|kohya|gguf]')
+    .summary('LoRA adapters (PEFT folders, diffusers and kohya files, GGUF LoRAs): format, base model, modules, ranks, alphas, scales, dtypes, sizes; reads headers only')
     .description(
       'Reports each adapter: its format, base model, files, modules and layouts, ranks, alphas, scales, dtypes, parameter and byte counts, ' +
         'and extra (non-LoRA) tensors. Only headers and configs are read. A path that fails is reported and the others go on (exit code 1).',
     )
-    .argument('[paths...]', 'adapter folders or .safetensors files')
+    .argument('[paths...]', 'adapter folders, .safetensors or .gguf files')
     .option('--json', 'print an array of reports (failed paths as { path, error })')
     .addOption(new Option('--format <format>', 'read every path as this format instead of detecting it').argParser(choice('--format', FORMATS)))
     .addHelpText(

@@ -24,10 +24,11 @@ export function mergeCommand(): Command {
     .summary('merge LoRA adapters into base weights: W + scale * sum w_i s_i B_i A_i, in each weight\'s dtype')
     .description(
       'Merges LoRA adapters into base weights: W + scale * sum_i w_i s_i B_i A_i, written in each weight\'s dtype. The base is a ' +
-        '.safetensors file, a shard index or a folder (the output is sharded the same way); --weight applies to the --adapter before ' +
+        '.safetensors file, a shard index or a folder (the output is sharded the same way), or a GGUF model (--base model.gguf, detected by ' +
+        'its magic: the output is a GGUF copy with the touched F32/F16/BF16 weights rewritten, HF adapter names mapped to GGUF\'s); --weight applies to the --adapter before ' +
         'it (default 1); --unmerge subtracts. Every adapter module must find its weight, or nothing is written.',
     )
-    .option('--base <model>', 'base weights: a .safetensors file, a shard index, or a folder')
+    .option('--base <model>', 'base weights: a .safetensors file, a shard index, a folder, or a GGUF model (model.gguf)')
     .addOption(
       new Option('--adapter <adapter>', 'an adapter to merge (repeatable)').argParser((value: string, previous: string[] | undefined) => {
         adapters.push({ adapter: value, weight: 1, weighted: false });
@@ -54,6 +55,7 @@ export function mergeCommand(): Command {
       examples([
         ['eigenlorax merge --base model.safetensors --adapter adapters/imdb -o merged.safetensors', 'one adapter at weight 1'],
         ['eigenlorax merge --base llama/ --adapter a --weight 0.7 --adapter b --weight 0.3 -o out/', 'two adapters, weighted, into a sharded folder'],
+        ['eigenlorax merge --base llama-3.2-1b-f16.gguf --adapter new-task.gguf -o merged.gguf', 'into a GGUF model (llama-export-lora\'s job)'],
         ['eigenlorax merge --unmerge --base merged.safetensors --adapter adapters/imdb -o base.safetensors', 'subtract it again'],
       ]),
     )

@@ -16,7 +16,10 @@ import { buildCommand } from './build.js';
 import { combineCommand } from './combine.js';
 import { demoCommand } from './demo.js';
 import { devicesCommand, infoCommand } from './info.js';
+import { convertCommand } from './convert.js';
 import { exportCommand } from './export.js';
+import { extractCommand } from './extract.js';
+import { gatherCommand } from './gather.js';
 import { inspectCommand } from './inspect.js';
 import { mergeCommand } from './merge.js';
 import { projectCommand } from './project.js';
@@ -30,10 +33,13 @@ const COMMANDS: ReadonlyArray<() => Command> = [
   inspectCommand,
   mergeCommand,
   buildCommand,
+  gatherCommand,
   projectCommand,
   exportCommand,
   analyzeCommand,
   combineCommand,
+  extractCommand,
+  convertCommand,
   demoCommand,
   serveCommand,
 ];

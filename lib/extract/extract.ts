@@ -14,6 +14,7 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { compilePatterns, matchPattern } from '../adapters/patterns.js';
 import { diffusersComponents } from '../adapters/diffusers.js';
 import { kohyaNameOf } from '../adapters/names.js';
+import { checkGgufOptions } from '../adapters/gguf.js';
 import { saveAdapter } from '../adapters/save.js';
 import { adapterFormats, type LoraAdapter, type LoraLayout, type LoraModule } from '../adapters/types.js';
 import { EigenLoraxError } from '../errors.js';
@@ -42,6 +43,7 @@ interface Resolved {
   namePrefix: string;
   fanInFanOut: boolean;
   baseModel: string | null | undefined;
+  gguf: ExtractLoraOptions['gguf'];
   rsvd: { oversample: number; powerIters: number; seed: number };
   onProgress: ExtractLoraOptions['onProgress'];
 }
@@ -50,7 +52,7 @@ function checkOptions(options: unknown): Resolved {
   const o = object(options, 'options');
   knownKeys(o, 'options', [
     'base', 'tuned', 'out', 'rank', 'threshold', 'modules', 'format', 'dtype', 'namePrefix',
-    'fanInFanOut', 'baseModel', 'oversample', 'powerIters', 'seed', 'onProgress',
+    'fanInFanOut', 'baseModel', 'oversample', 'powerIters', 'seed', 'onProgress', 'gguf',
   ]);
   for (const k of ['base', 'tuned', 'out'] as const) {
     if (typeof o[k] !== 'string' || (o[k] as string).length === 0) throw invalid('a path (non-empty string)', `options.${k}`, o[k]);
@@ -91,6 +93,7 @@ function checkOptions(options: unknown): Resolved {
     namePrefix: (o.namePrefix as string | undefined) ?? '',
     fanInFanOut: o.fanInFanOut === true,
     baseModel: o.baseModel as string | null | undefined,
+    gguf: checkGgufOptions(o.gguf),
     rsvd: {
       oversample: integer(o.oversample ?? 10, 'options.oversample', 0),
       powerIters: integer(o.powerIters ?? 2, 'options.powerIters', 0, 1000),
@@ -364,7 +367,7 @@ export async function extractLora(options: ExtractLoraOptions): Promise<ExtractR
         config: null,
         metadata: {},
       };
-      const saved = await saveAdapter(adapter, r.out, { format: r.format, ...(r.dtype ? { dtype: r.dtype } : {}) });
+      const saved = await saveAdapter(adapter, r.out, { format: r.format, ...(r.dtype ? { dtype: r.dtype } : {}), ...(r.gguf ? { gguf: r.gguf } : {}) });
       const captured = totalKept / totalEnergy;
       return {
         base: base.path,

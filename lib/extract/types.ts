@@ -1,5 +1,5 @@
 /** Types of {@link extractLora}: a LoRA adapter from a base and a fine-tuned checkpoint. */
-import type { AdapterFormat, LoraLayout } from '../adapters/types.js';
+import type { AdapterFormat, GgufAdapterOptions, LoraLayout } from '../adapters/types.js';
 
 export interface ExtractLoraOptions {
   /** The base checkpoint: a `.safetensors` file, a shard index, or a folder holding one. */
@@ -27,6 +27,8 @@ export interface ExtractLoraOptions {
   modules?: readonly string[] | ((name: string) => boolean);
   /** Output format, handed to `saveAdapter` (default 'peft'). */
   format?: AdapterFormat;
+  /** GGUF output: the model's architecture / head counts, as saveAdapter takes them. */
+  gguf?: GgufAdapterOptions;
   /** Factor dtype (default: the base weight's F16/BF16, else F32). */
   dtype?: 'F32' | 'F16' | 'BF16';
   /**
