@@ -16,7 +16,7 @@ import {
   safetensorsDtypes,
   type SafetensorsDType,
   type SafetensorsFloatDType,
-} from './safetensors.js';
+} from './safetensors-format.js';
 // ---------------------------------------------------------------------------------------
 // Writer
 

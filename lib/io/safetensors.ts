@@ -45,94 +45,15 @@ import { describe, invalid, knownKeys, object } from '../validate.js';
 import { fileError, ioError, openRegularFile, readFully, readRegularFile } from './files.js';
 import { findDuplicateKey } from './json-keys.js';
 
-// ---------------------------------------------------------------------------------------
-// dtypes
+import { assertLittleEndian, dtypeRank, floatDtypes, isSafetensorsFloatDtype, SAFETENSORS_MAX_HEADER_BYTES, safetensorsDtypeBytes, safetensorsDtypes, type SafetensorsDType, type SafetensorsFloatDType } from './safetensors-format.js';
+export { assertLittleEndian, dtypeRank, isSafetensorsFloatDtype, SAFETENSORS_MAX_HEADER_BYTES, safetensorsDtypeBytes, safetensorsDtypes, type SafetensorsDType, type SafetensorsFloatDType };
 
-/** The element types of the safetensors format that eigenlorax knows. */
-export type SafetensorsDType =
-  | 'BOOL'
-  | 'U8'
-  | 'I8'
-  | 'F8_E5M2'
-  | 'F8_E4M3'
-  | 'I16'
-  | 'U16'
-  | 'F16'
-  | 'BF16'
-  | 'I32'
-  | 'U32'
-  | 'F32'
-  | 'F64'
-  | 'I64'
-  | 'U64';
-
-/** The floating-point dtypes that are read as (and written from) f32. */
-export type SafetensorsFloatDType = 'F32' | 'F16' | 'BF16' | 'F64';
-
-/**
- * All known dtypes, in the order of the reference crate's `Dtype` enum (increasing
- * alignment); the writer lays tensors out in the reverse of this order.
- */
-export const safetensorsDtypes: readonly SafetensorsDType[] = [
-  'BOOL',
-  'U8',
-  'I8',
-  'F8_E5M2',
-  'F8_E4M3',
-  'I16',
-  'U16',
-  'F16',
-  'BF16',
-  'I32',
-  'U32',
-  'F32',
-  'F64',
-  'I64',
-  'U64',
-];
-
-/** Bytes per element of each dtype. */
-export const safetensorsDtypeBytes: Readonly<Record<SafetensorsDType, number>> = {
-  BOOL: 1,
-  U8: 1,
-  I8: 1,
-  F8_E5M2: 1,
-  F8_E4M3: 1,
-  I16: 2,
-  U16: 2,
-  F16: 2,
-  BF16: 2,
-  I32: 4,
-  U32: 4,
-  F32: 4,
-  F64: 8,
-  I64: 8,
-  U64: 8,
-};
-
-const floatDtypes: Readonly<Record<SafetensorsFloatDType, DType>> = { F32: 'f32', F16: 'f16', BF16: 'bf16', F64: 'f64' };
-
-/** True for F32, F16, BF16 and F64: the dtypes `readFloat32` converts. */
-export function isSafetensorsFloatDtype(dtype: string): dtype is SafetensorsFloatDType {
-  return Object.prototype.hasOwnProperty.call(floatDtypes, dtype);
-}
-
-export const dtypeRank = new Map<string, number>(safetensorsDtypes.map((d, i) => [d, i]));
-
-/** The reference crate refuses headers larger than this (100 MB, decimal). */
-export const SAFETENSORS_MAX_HEADER_BYTES = 100_000_000;
 /** The first bytes of a Git LFS pointer file. */
 const LFS_PREFIX = 'version https://git-lfs.github.com/spec/';
 /** A shard index (`*.safetensors.index.json`) is refused above this size. */
 const MAX_INDEX_BYTES = 100_000_000;
 /** Bytes of stored data read per chunk when converting to f32 (a multiple of 8). */
 const CONVERT_CHUNK_BYTES = 4 << 20;
-
-export function assertLittleEndian(): void {
-  if (os.endianness() !== 'LE') {
-    throw new EigenLoraxError('safetensors I/O needs a little-endian machine (the format and typed arrays disagree otherwise)', 'ERR_INTERNAL');
-  }
-}
 
 // ---------------------------------------------------------------------------------------
 // Reader

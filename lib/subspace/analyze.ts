@@ -32,16 +32,12 @@ import { openInputs, type AdapterInput, type InputAdapter } from './inputs.js';
 import { projectInput } from './project.js';
 import { explainedVarianceCurve } from './spectrum.js';
 import type { AdapterCoefficients, PerSide, Subspace, SubspaceBuildReport, SubspaceSettings } from './types.js';
-import { verdictOf } from './verdict.js';
+import { PARTLY_SHARED_HELD_OUT_ERROR, SHARED_HELD_OUT_ERROR, verdictOf } from './verdict.js';
 
-export { verdictOf };
+export { PARTLY_SHARED_HELD_OUT_ERROR, SHARED_HELD_OUT_ERROR, verdictOf };
 
 /** Components of the explained-variance curve when `curveComponents` is not given. */
 export const DEFAULT_CURVE_COMPONENTS = 64;
-/** Held-out error at or below which the adapters are said to share a subspace. */
-export const SHARED_HELD_OUT_ERROR = 0.35;
-/** Held-out error at or below which they partly share one (above: they do not). */
-export const PARTLY_SHARED_HELD_OUT_ERROR = 0.7;
 
 export interface AnalyzeProgress {
   /** 'spectrum': the build for the curves; 'in-sample': the build at K; 'held-out': the builds without each adapter. */

@@ -2,7 +2,11 @@
  * The verdict and advice of analyzeAdapters, from its summary figures.
  */
 import type { PerSide, SubspaceSettings } from './types.js';
-import { PARTLY_SHARED_HELD_OUT_ERROR, SHARED_HELD_OUT_ERROR } from './analyze.js';
+
+/** Held-out error at or below which the adapters are said to share a subspace. */
+export const SHARED_HELD_OUT_ERROR = 0.35;
+/** Held-out error at or below which they partly share one (above: they do not). */
+export const PARTLY_SHARED_HELD_OUT_ERROR = 0.7;
 
 const f3 = (x: number) => (Number.isFinite(x) ? x.toFixed(3) : String(x));
 
