@@ -31,6 +31,7 @@ import {
   writePeft,
   writeTensors,
 } from './helpers/adapter-fixtures.js';
+import { withoutConfigDigest } from './helpers/safetensors-fixtures.js';
 
 // ---------------------------------------------------------------------------------------
 // Helpers
@@ -79,20 +80,6 @@ async function refused(t: ExecutionContext, call: () => Promise<unknown>, code: 
   t.is(error?.code, code, error?.message);
   for (const m of mentions) t.true(error?.message.includes(m), `message should mention ${JSON.stringify(m)}: ${error?.message}`);
   return error as EigenLoraxError;
-}
-
-/** A saved PEFT weights file re-laid without eigenlorax.config_sha256 (compact header, padded to 8). */
-async function withoutConfigDigest(file: string): Promise<Buffer> {
-  const bytes = await readFile(file);
-  const n = Number(bytes.readBigUInt64LE(0));
-  const header = JSON.parse(bytes.toString('utf8', 8, 8 + n)) as { __metadata__: Record<string, string> };
-  delete header.__metadata__['eigenlorax.config_sha256'];
-  const json = Buffer.from(JSON.stringify(header), 'utf8');
-  const padded = Buffer.alloc(json.length + ((8 - (json.length % 8)) % 8), 0x20);
-  json.copy(padded);
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(padded.length));
-  return Buffer.concat([length, padded, bytes.subarray(8 + n)]);
 }
 
 const weightsOf = (dir: string) => path.join(dir, 'adapter_model.safetensors');

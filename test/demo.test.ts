@@ -219,7 +219,7 @@ test('eigenlorax demo --quick: results folder, sane numbers, and a second run fr
   t.regex(md, /\| held-out task \| range \| method \|/);
   for (const label of ['(a) LoRA', '(b) EigenLoRA', '(c) EigenLoRAx', '(d) base model']) t.true(md.includes(label), label);
 
-  // Second run: base and zoo from the cache, the same zoo results, much less work.
+  // Second run: base and zoo from the cache, the same zoo results.
   const again = await runDemo({ quick: true, out, cacheDir: cache, seed: 3 });
   t.log(`second run: ${again.timings.totalSeconds.toFixed(1)} s inside (base + zoo ${(again.timings.baseSeconds + again.timings.zooSeconds).toFixed(2)} s against ${(first.timings.baseSeconds + first.timings.zooSeconds).toFixed(2)} s)`);
   t.is(again.cache.base, 'loaded');
@@ -228,9 +228,6 @@ test('eigenlorax demo --quick: results folder, sane numbers, and a second run fr
   t.true(again.zoo.every((z) => z.cached));
   t.deepEqual(zooSummary(again), zooSummary(first));
   t.is(again.subspace.id, first.subspace.id);
-  t.true(
-    again.timings.baseSeconds + again.timings.zooSeconds < first.timings.baseSeconds + first.timings.zooSeconds,
-    'loading the base and the zoo is faster than training them',
-  );
-  t.true(again.timings.totalSeconds < first.timings.totalSeconds);
+  // The cache counters above say the base and zoo were loaded, not trained; tests check
+  // correctness, never time (the timings are logged above).
 });

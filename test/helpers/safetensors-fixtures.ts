@@ -4,7 +4,7 @@
  * (padded with spaces when asked), then the data bytes. Values are encoded with DataView
  * in explicit little-endian, so nothing here depends on the platform or the library.
  */
-import { mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import type { ExecutionContext } from 'ava';
@@ -96,4 +96,18 @@ export async function writeFixture(dir: string, name: string, bytes: Uint8Array 
   const file = path.join(dir, name);
   await writeFile(file, bytes);
   return file;
+}
+
+/** A saved PEFT weights file re-laid without eigenlorax.config_sha256 (compact header, padded to 8). */
+export async function withoutConfigDigest(file: string): Promise<Buffer> {
+  const bytes = await readFile(file);
+  const n = Number(bytes.readBigUInt64LE(0));
+  const header = JSON.parse(bytes.toString('utf8', 8, 8 + n)) as { __metadata__: Record<string, string> };
+  delete header.__metadata__['eigenlorax.config_sha256'];
+  const json = Buffer.from(JSON.stringify(header), 'utf8');
+  const padded = Buffer.alloc(json.length + ((8 - (json.length % 8)) % 8), 0x20);
+  json.copy(padded);
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(padded.length));
+  return Buffer.concat([length, padded, bytes.subarray(8 + n)]);
 }
