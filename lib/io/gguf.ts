@@ -13,13 +13,13 @@
  * every count, length, dimension and offset is checked against the file size before it
  * sizes anything. Tensors are read when asked for, one positioned read each.
  */
-import { open, stat, type FileHandle } from 'node:fs/promises';
+import { stat, type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { EigenLoraxError, withCallerStack } from '../errors.js';
 import { native } from '../native.js';
 import { invalid, knownKeys, object } from '../validate.js';
-import { fileError, ioError, readFully } from './files.js';
+import { fileError, ioError, openRegularFile, readFully } from './files.js';
 import { formatError, parseHeader, type ParsedHeader } from './gguf-header.js';
 import {
   GGUF_MAX_HEADER_BYTES,
@@ -232,7 +232,8 @@ export function plainValue(v: GgufValue | GgufArrayValue): unknown {
 export async function isGgufFile(file: string): Promise<boolean> {
   let handle: FileHandle | undefined;
   try {
-    handle = await open(file, 'r');
+    // Non-blocking and regular files only: a FIFO here must not hang the sniffing.
+    handle = await openRegularFile(file, 'read');
     const head = new Uint8Array(4);
     const { bytesRead } = await handle.read(head, 0, 4, 0);
     return bytesRead === 4 && Buffer.from(head).toString('latin1') === 'GGUF';
@@ -260,10 +261,10 @@ export async function openGguf(target: string): Promise<GgufReader> {
   let handle: FileHandle;
   try {
     if ((await stat(file)).isDirectory()) throw fileError('ERR_INVALID_ARGUMENT', file, 'expected a .gguf file, not a folder');
-    handle = await open(file, 'r');
   } catch (cause) {
     throw ioError(cause, file, 'open');
   }
+  handle = await openRegularFile(file, 'open');
   try {
     let size: number;
     try {

@@ -2,9 +2,9 @@
  * gatherShards: the folders of a sharded build (buildSubspace with `shard`, written by
  * writeBuildFolder) joined into one, byte-identical to the one-machine build's folder.
  */
-import { readFile } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
+import { readRegularFile } from '../io/files.js';
 import { invalid } from '../validate.js';
 import { adapterCoefficients } from './coefficients.js';
 import { loadCoefficients, loadSubspace } from './files.js';
@@ -34,8 +34,10 @@ async function readRecord(folder: string): Promise<ShardRecord> {
   const file = path.join(folder, SHARD_RECORD_NAME);
   let text: string;
   try {
-    text = await readFile(file, 'utf8');
-  } catch {
+    text = (await readRegularFile(file, 'read')).toString('utf8');
+  } catch (cause) {
+    // A FIFO, a device or an unreadable file is that file's own typed error.
+    if ((cause as EigenLoraxError).code !== 'ERR_NOT_FOUND') throw cause;
     throw new ShardMismatchError(folder, SHARD_RECORD_NAME, 'missing: not the folder of a sharded build (buildSubspace with shard, written by writeBuildFolder)');
   }
   let o: unknown;
