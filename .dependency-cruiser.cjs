@@ -15,7 +15,9 @@ module.exports = {
   forbidden: [
     { name: 'no-cycles', severity: 'error', from: {}, to: { circular: true } },
     // lib/*.ts: matrices, errors, validation, the native boundary and its typed wrappers.
-    layer('core-is-the-bottom', '^lib/[^/]+\\.ts$', above(['io', 'adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
+    layer('core-is-the-bottom', '^lib/[^/]+\\.ts$', above(['io', 'chart', 'adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
+    // SVG charts: drawing only (escaping, ticks, axes), for subspace/ (the analysis chart) and demo/ (the curves).
+    layer('chart-knows-no-features', '^lib/chart/', above(['io', 'adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
     layer('io-knows-no-features', '^lib/io/', above(['adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
     layer('adapters-below-subspaces', '^lib/adapters/', above(['extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
     layer('extract-below-subspaces', '^lib/extract/', above(['subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),

@@ -17,4 +17,4 @@ export {
 } from './run.js';
 export { FULL_SETTINGS, QUICK_SETTINGS, type DemoSettings, type DemoTask, type HeldOutTask, type MethodBudget } from './settings.js';
 export { formatDemoText, formatDemoMarkdown, writeDemoFiles } from './report.js';
-export { lineChartSvg, type LineChartOptions, type LineSeries } from './svg.js';
+export { lineChartSvg, type LineChartOptions, type LineSeries } from '../chart/svg.js';

@@ -6,7 +6,7 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { writeFileAtomic } from '../io/files.js';
 import type { DemoResults, MethodId, MethodResult } from './types.js';
-import { lineChartSvg, type LineSeries } from './svg.js';
+import { lineChartSvg, type LineSeries } from '../chart/svg.js';
 
 const COLORS: Record<MethodId, string> = { lora: '#1f6fb4', eigenlora: '#c8392b', eigenlorax: '#2e8b3d', base: '#777777' };
 

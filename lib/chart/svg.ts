@@ -1,8 +1,8 @@
 /**
- * A small standalone SVG line chart for the demo's training curves: several series of
- * (x, y) points, axes with 1-2-5 ticks, axis labels, a title and a legend. No scripts, no
- * external fonts or files (generic `sans-serif`); every text is XML-escaped, so the output
- * is well-formed XML.
+ * Standalone SVG charts: the parts every chart shares (the document's head, XML escaping,
+ * coordinates to two decimals, 1-2-5 tick steps) and a line chart of several (x, y)
+ * series (the demo's training curves). No scripts, no external fonts or files (generic
+ * `sans-serif`); every text is XML-escaped, so the output is well-formed XML.
  */
 
 export interface LineSeries {
@@ -31,14 +31,32 @@ export function escapeXml(text: string): string {
   return text.replace(/&/g, '&amp;').replace(/</g, '&lt;').replace(/>/g, '&gt;').replace(/"/g, '&quot;').replace(/'/g, '&apos;');
 }
 
-const fmt = (v: number) => (Math.round(v * 100) / 100).toString();
+/** A coordinate in the SVG text: rounded to two decimals, no trailing zeros. */
+export const fmt = (v: number) => (Math.round(v * 100) / 100).toString();
+
+/** The smallest step of 1, 2 or 5 times a power of ten that is at least `raw`. */
+export function niceStep(raw: number): number {
+  const magnitude = 10 ** Math.floor(Math.log10(raw));
+  return [1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw) ?? 10 * magnitude;
+}
+
+/**
+ * The first lines of a chart: the `<svg>` element (size, viewBox, font), its `<title>`
+ * (what screen readers announce) and a white background.
+ */
+export function svgHead(width: number, height: number, title: string): string[] {
+  return [
+    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
+      `font-family="sans-serif" font-size="12" role="img" aria-labelledby="title">`,
+    `<title id="title">${escapeXml(title)}</title>`,
+    `<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`,
+  ];
+}
 
 /** About `target` round tick values covering [lo, hi] (steps of 1, 2 or 5 times a power of ten). */
 export function niceTicks(lo: number, hi: number, target = 6): number[] {
   if (!(hi > lo)) return [lo];
-  const raw = (hi - lo) / target;
-  const magnitude = 10 ** Math.floor(Math.log10(raw));
-  const step = ([1, 2, 5, 10].map((m) => m * magnitude).find((s) => s >= raw) ?? 10 * magnitude) as number;
+  const step = niceStep((hi - lo) / target);
   const ticks: number[] = [];
   for (let v = Math.ceil(lo / step - 1e-9) * step; v <= hi + step * 1e-9; v += step) ticks.push(Number(v.toPrecision(12)));
   return ticks;
@@ -77,13 +95,7 @@ export function lineChartSvg(options: LineChartOptions): string {
   const x = (v: number) => margin.left + ((v - xMin) / (xMax - xMin)) * plotW;
   const y = (v: number) => margin.top + (1 - (Math.max(yMin, Math.min(yMax, v)) - yMin) / (yMax - yMin)) * plotH;
 
-  const out: string[] = [];
-  out.push(
-    `<svg xmlns="http://www.w3.org/2000/svg" width="${width}" height="${height}" viewBox="0 0 ${width} ${height}" ` +
-      `font-family="sans-serif" font-size="12" role="img" aria-labelledby="title">`,
-  );
-  out.push(`<title id="title">${escapeXml(options.title)}</title>`);
-  out.push(`<rect x="0" y="0" width="${width}" height="${height}" fill="#ffffff"/>`);
+  const out = svgHead(width, height, options.title);
   out.push(`<text x="${width / 2}" y="26" text-anchor="middle" font-size="15" font-weight="bold">${escapeXml(options.title)}</text>`);
   // grid and ticks
   for (const t of niceTicks(yMin, yMax)) {
