@@ -14,10 +14,10 @@ import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
-import { basePeftConfig, tempDir, writePeft, type FixtureTensor } from './helpers/adapter-fixtures.js';
+import { tempDir } from './helpers/adapter-fixtures.js';
 import { cliPath, eigenlorax } from './helpers/cli.js';
 import { freshSeed } from './helpers/random.js';
-import { plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
+import { writePlantedPeft } from './helpers/subspace-fixtures.js';
 
 const hasRedis = spawnSync('redis-server', ['--version']).status === 0;
 const maybe = hasRedis ? test.serial : test.skip;
@@ -71,25 +71,9 @@ const MODULES = Array.from({ length: 6 }, (_, i) => `model.layers.${i}.self_attn
 const D = 96;
 const RANK = 8;
 
-/** `count` PEFT folders, factors from one planted subspace per module and side. */
-async function writeAdapters(dir: string, count: number, seed: number): Promise<string[]> {
-  const bases = MODULES.map((_, m) => plantedBases(D, D, 10, 10, seed + 100 * m));
-  const paths: string[] = [];
-  for (let i = 0; i < count; i++) {
-    const tensors: FixtureTensor[] = [];
-    MODULES.forEach((name, m) => {
-      const { A, B } = plantedFactors(bases[m]!, RANK, seed + 7 * i + 100 * m + 1, 0.05);
-      tensors.push(
-        { key: `base_model.model.${name}.lora_A.weight`, shape: [RANK, D], data: A.data },
-        { key: `base_model.model.${name}.lora_B.weight`, shape: [D, RANK], data: B.data },
-      );
-    });
-    const folder = path.join(dir, `task-${i}`);
-    await writePeft(folder, tensors, { ...basePeftConfig(), r: RANK, lora_alpha: 16, target_modules: ['q_proj'], base_model_name_or_path: 'tiny' });
-    paths.push(folder);
-  }
-  return paths;
-}
+/** `count` PEFT folders, factors from one planted 10-dimensional subspace per module and side. */
+const writeAdapters = (dir: string, count: number, seed: number): Promise<string[]> =>
+  writePlantedPeft(dir, count, seed, { modules: MODULES, d: D, rank: RANK, planted: 10, noise: 0.05, alpha: 16, targetModules: ['q_proj'], baseModel: 'tiny' });
 
 /** Every file under `dir`, relative, sorted. */
 async function filesUnder(dir: string): Promise<string[]> {
