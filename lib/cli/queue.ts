@@ -60,7 +60,7 @@ function queueBuildCommand(): Command {
     )
     .argument('[adapters...]', 'adapter folders or .safetensors files (the same paths on every worker)')
     .option('-o, --output <dir>', 'the subspace folder')
-    .addOption(new Option('--jobs <n>', 'jobs (shards) to split the build into').default(DEFAULT_JOBS).argParser(integer('--jobs', { min: 1, max: 10_000 })))
+    .addOption(new Option('--jobs <n>', 'jobs (shards) to split the build into, at most one per module').default(DEFAULT_JOBS).argParser(integer('--jobs', { min: 1, max: 10_000 })))
     .addOption(new Option('--attempts <n>', 'tries per job when the build throws (a killed worker\'s job is retried regardless)').default(1).argParser(integer('--attempts', { min: 1, max: 100 })))
     .addOption(new Option('--memory-budget <size>', 'memory for a module\'s stacks on each worker (default half the worker\'s free memory)').argParser(sizeFlag));
   addQueueOptions(command);
@@ -79,7 +79,10 @@ function queueBuildCommand(): Command {
     const options: Record<string, unknown> = { ...buildOptionsFrom(flags) };
     if (flags.memoryBudget !== undefined) options.memoryBudget = flags.memoryBudget;
     const { connectRedis, shownUrl } = await import('../queue/connection.js');
-    const { runQueueBuild } = await import('../queue/run.js');
+    const { countModules, runQueueBuild } = await import('../queue/run.js');
+    const resolved = adapters.map((a) => path.resolve(a));
+    // No more jobs than modules: a shard without modules is no subspace (gather refuses it).
+    const jobs = Math.min(flags.jobs, await countModules(resolved));
     let lostConnection: (e: Error) => void = () => undefined;
     const lost = new Promise<never>((_, reject) => (lostConnection = reject));
     lost.catch(() => undefined);
@@ -93,9 +96,9 @@ function queueBuildCommand(): Command {
     try {
       const result = await runQueueBuild(redis, {
         queue,
-        adapters: adapters.map((a) => path.resolve(a)),
+        adapters: resolved,
         options,
-        jobs: flags.jobs,
+        jobs,
         out,
         attempts: flags.attempts,
         lost,
@@ -110,13 +113,13 @@ function queueBuildCommand(): Command {
         },
       });
       bar.stop();
-      const summary = { subspace: { id: result.subspace.id, folder: out }, run: result.runId, queue, jobs: flags.jobs, workers: result.workers, modules: result.subspace.modules.size, adapters: result.subspace.sources.length };
+      const summary = { subspace: { id: result.subspace.id, folder: out }, run: result.runId, queue, jobs, workers: result.workers, modules: result.subspace.modules.size, adapters: result.subspace.sources.length };
       if (flags.json === true) {
         printJson(summary);
         return;
       }
       process.stdout.write(
-        `built a subspace of ${plural(summary.adapters, 'adapter')} through ${plural(flags.jobs, 'job')} on ${queue} -> ${out}\n` +
+        `built a subspace of ${plural(summary.adapters, 'adapter')} through ${plural(jobs, 'job')} on ${queue} -> ${out}\n` +
           keyValues([
             ['subspace', result.subspace.id.slice(0, 12)],
             ['modules', String(summary.modules)],

@@ -64,16 +64,26 @@ export function workerCommand(): Command {
       ...(flags.pretendVersion === undefined ? {} : { version: flags.pretendVersion }),
       onJob: (e) => say(`job ${e.id} (shard ${e.index} of ${e.count}) ${e.state}${e.message === undefined ? '' : `: ${e.message}`}`),
     });
-    worker.on('error', (e) => process.stderr.write(`eigenlorax worker: ${e.message}\n`));
+    // Each distinct error once (while Redis is away the connection retries and repeats it).
+    let lastError = '';
+    worker.on('error', (e) => {
+      if (e.message !== lastError) process.stderr.write(`eigenlorax worker: ${e.message}\n`);
+      lastError = e.message;
+    });
     await worker.waitUntilReady();
     say(`worker ${name} on ${queue} at ${shownUrl(flags.redis)}`);
     const stopped = new Promise<void>((resolve) => {
       let signals = 0;
       const stop = (signal: NodeJS.Signals) => {
         signals++;
-        if (signals === 1) {
+        if (signals === 1 && redis.status === 'ready') {
           say(`${signal}: finishing the current job, then exiting`);
           void worker.close().then(resolve);
+        } else if (signals === 1) {
+          // Redis is away: nothing can be handed back (a job in hand returns to the queue when its
+          // lock expires) and BullMQ's own connections would keep retrying: exit now.
+          say(`${signal}: Redis is not connected, exiting now`);
+          process.exit(0);
         } else {
           void worker.close(true).finally(() => process.exit(130));
         }
@@ -82,6 +92,7 @@ export function workerCommand(): Command {
       process.on('SIGTERM', stop);
       if (flags.exitWhenIdle === true) {
         const counts = new Queue(queue, { connection: redis });
+        counts.on('error', () => undefined); // the worker reports connection errors
         let idle = 0;
         const look = async () => {
           const c = await counts.getJobCounts('waiting', 'active', 'delayed', 'prioritized', 'waiting-children');
@@ -99,7 +110,7 @@ export function workerCommand(): Command {
     try {
       await Promise.race([stopped, lost]);
     } finally {
-      await worker.close(true).catch(() => undefined);
+      if (redis.status === 'ready') await worker.close(true).catch(() => undefined);
       redis.disconnect();
     }
   });

@@ -12,6 +12,7 @@ import { mkdir, rename, rm, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { Job, Queue, QueueEvents } from 'bullmq';
 import type { Redis } from 'ioredis';
+import { openAdapter } from '../adapters/open.js';
 import { EigenLoraxError } from '../errors.js';
 import { gatherShards } from '../subspace/shard.js';
 import type { Subspace } from '../subspace/types.js';
@@ -66,6 +67,25 @@ async function replaceFolder(staged: string, out: string, staging: string): Prom
   await rename(staged, out);
 }
 
+/**
+ * The number of modules the adapters hold together (their headers read, nothing else), so
+ * that no job is enqueued for an empty shard; a missing or broken adapter fails here,
+ * before anything is enqueued.
+ */
+export async function countModules(adapters: readonly string[]): Promise<number> {
+  const names = new Set<string>();
+  for (let i = 0; i < adapters.length; i += 16) {
+    await Promise.all(
+      adapters.slice(i, i + 16).map(async (a) => {
+        const opened = await openAdapter(a);
+        for (const name of opened.modules.keys()) names.add(name);
+        await opened.close();
+      }),
+    );
+  }
+  return names.size;
+}
+
 /** Enqueues the shards of one build on `redis`, waits for every job, gathers them into `options.out`. */
 export async function runQueueBuild(redis: Redis, o: QueueBuildOptions): Promise<QueueBuildResult> {
   const runId = newRunId();
@@ -74,6 +94,9 @@ export async function runQueueBuild(redis: Redis, o: QueueBuildOptions): Promise
   const events = new QueueEvents(o.queue, { connection: redis });
   const ids = Array.from({ length: o.jobs }, (_, i) => jobId(runId, i));
   const indexOf = new Map(ids.map((id, i) => [id, i]));
+  // Connection errors while Redis is away: the connection retries, and `o.lost` ends the run if it never comes back.
+  queue.on('error', () => undefined);
+  events.on('error', () => undefined);
   try {
     await mkdir(staging, { recursive: true });
     // Listening before the jobs exist, so no event of this run is missed.

@@ -62,6 +62,8 @@ async function processShard(job: Job, worker: string, version: string): Promise<
     }
   };
   await staging();
+  // Shown by queue build as soon as the job runs.
+  await job.updateProgress({ worker, done: 0, total: 0 } satisfies ShardJobProgress);
   let lastReport = 0;
   const subspace = await buildSubspace(data.adapters, {
     ...data.options,
