@@ -166,14 +166,16 @@ maybe('3 workers, one SIGKILLed mid-job: the job is retried and the result is by
   t.deepEqual(await stagingLeft(dir), [], 'staging removed');
 });
 
-maybe('two runs at once on one queue do not mix: each is byte-identical to its own one-machine build', async (t) => {
+maybe('two runs at once on one queue do not mix: each is byte-identical to its own one-machine build; at most one job per module', async (t) => {
   const dir = await tempDir(t);
   const adapters = await writeAdapters(dir, 6, freshSeed());
   const settings = [
     ['-k', '4', '--seed', '1'],
     ['-k', '3', '--seed', '2', '--center'],
   ];
-  const runs = settings.map((flags, i) => start(t, ['queue', 'build', ...adapters, '-o', path.join(dir, `queued-${i}`), ...flags, '--jobs', '3', '--redis', redisUrl, '--json']));
+  // The second asks for more jobs than there are modules: one job per module.
+  const jobs = [3, MODULES.length];
+  const runs = settings.map((flags, i) => start(t, ['queue', 'build', ...adapters, '-o', path.join(dir, `queued-${i}`), ...flags, '--jobs', i === 0 ? '3' : '20', '--redis', redisUrl, '--json']));
   const workers = [0, 1].map((i) => start(t, ['worker', '--redis', redisUrl, '--name', `shared-${i}`]));
   await Promise.all(workers.map((w) => w.waitFor('stdout', /^worker shared-\d on eigenlorax-build/m)));
   for (const [i, flags] of settings.entries()) {
@@ -183,7 +185,7 @@ maybe('two runs at once on one queue do not mix: each is byte-identical to its o
     const end = await runs[i]!.exited;
     t.is(end.code, 0, runs[i]!.stderr());
     const result = JSON.parse(runs[i]!.stdout()) as { jobs: number; queue: string; modules: number };
-    t.like(result, { jobs: 3, queue: 'eigenlorax-build', modules: MODULES.length });
+    t.like(result, { jobs: jobs[i], queue: 'eigenlorax-build', modules: MODULES.length });
     await sameBytes(t, path.join(dir, `queued-${i}`), ref);
   }
   // SIGTERM: a graceful close, exit 0.
@@ -208,7 +210,7 @@ maybe('a worker of another version fails the job (not retried): queue build exit
   t.regex(worker.stdout(), /failed: job .* was enqueued by eigenlorax/);
 });
 
-maybe('Redis unreachable: ERR_QUEUE naming the URL within seconds, nothing written; bad arguments exit 2', async (t) => {
+maybe('Redis unreachable: ERR_QUEUE naming the URL within seconds, nothing written; a missing adapter before enqueueing; bad arguments exit 2', async (t) => {
   const dir = await tempDir(t);
   const adapters = await writeAdapters(dir, 2, freshSeed());
   const out = path.join(dir, 'queued');
@@ -225,6 +227,12 @@ maybe('Redis unreachable: ERR_QUEUE naming the URL within seconds, nothing writt
   const worker = await eigenlorax(['worker', '--redis', nobody]);
   t.is(worker.code, 1);
   t.regex(worker.stderr, /cannot connect .*\(ERR_QUEUE\)\n$/);
+
+  // A missing adapter is found before anything is enqueued (the headers are read first).
+  const missing = await eigenlorax(['queue', 'build', ...adapters, path.join(dir, 'nope'), '-o', out, '--redis', redisUrl]);
+  t.is(missing.code, 1);
+  t.regex(missing.stderr, /nope: cannot open the adapter: .*\(ERR_NOT_FOUND\)\n$/);
+  t.notRegex(missing.stderr, /enqueued/);
 
   const usage: Array<[string[], RegExp]> = [
     [['queue', 'build', ...adapters, '-o', out], /queue build needs --redis <url>/],
