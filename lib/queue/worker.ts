@@ -47,14 +47,16 @@ export interface ShardJobResult {
 
 /** Builds one shard; the shard folder appears whole (staged beside it, then renamed), so a retried job never sees a half-written one. */
 async function processShard(job: Job, worker: string, version: string): Promise<ShardJobResult> {
+  // The version first: a job of another version may also have another layout.
+  const enqueuedBy = (job.data as Partial<ShardJobData> | null)?.version;
+  if (typeof enqueuedBy === 'string' && enqueuedBy !== version) {
+    throw new UnrecoverableError(
+      `job ${job.id} was enqueued by eigenlorax ${enqueuedBy} but worker ${worker} is eigenlorax ${version}: run workers of the same version as queue build (ERR_QUEUE)`,
+    );
+  }
   const problem = jobDataProblem(job.data);
   if (problem !== null) throw new UnrecoverableError(`job ${job.id}: ${problem}`);
   const data = job.data as ShardJobData;
-  if (data.version !== version) {
-    throw new UnrecoverableError(
-      `job ${job.id} was enqueued by eigenlorax ${data.version} but worker ${worker} is eigenlorax ${version}: run workers of the same version as queue build (ERR_QUEUE)`,
-    );
-  }
   const staging = async () => {
     // The waiting `queue build` removes the staging folder when the run ends or fails: nothing left to do.
     if (!(await stat(data.staging).then((s) => s.isDirectory(), () => false))) {
