@@ -15,13 +15,15 @@ module.exports = {
   forbidden: [
     { name: 'no-cycles', severity: 'error', from: {}, to: { circular: true } },
     // lib/*.ts: matrices, errors, validation, the native boundary and its typed wrappers.
-    layer('core-is-the-bottom', '^lib/[^/]+\\.ts$', above(['io', 'chart', 'adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
+    layer('core-is-the-bottom', '^lib/[^/]+\\.ts$', above(['queue', 'io', 'chart', 'adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
     // SVG charts: drawing only (escaping, ticks, axes), for subspace/ (the analysis chart) and demo/ (the curves).
-    layer('chart-knows-no-features', '^lib/chart/', above(['io', 'adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
-    layer('io-knows-no-features', '^lib/io/', above(['adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
-    layer('adapters-below-subspaces', '^lib/adapters/', above(['extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
-    layer('extract-below-subspaces', '^lib/extract/', above(['subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
-    layer('subspace-below-its-users', '^lib/subspace/', above(['merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
+    layer('chart-knows-no-features', '^lib/chart/', above(['queue', 'io', 'adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
+    layer('io-knows-no-features', '^lib/io/', above(['queue', 'adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
+    layer('adapters-below-subspaces', '^lib/adapters/', above(['queue', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
+    layer('extract-below-subspaces', '^lib/extract/', above(['queue', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
+    layer('subspace-below-its-users', '^lib/subspace/', above(['queue', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
+    // lib/queue/: the work queue (BullMQ) around subspace builds; only the CLI uses it.
+    layer('queue-below-the-cli', '^lib/queue/', above(['merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
     layer('merge-combine-below-apps', '^lib/(merge|combine)/', above(['data', 'train', 'serve', 'demo', 'cli'])),
     layer('data-below-training', '^lib/data/', above(['train', 'serve', 'demo', 'cli'])),
     layer('train-below-serving', '^lib/train/', above(['serve', 'demo', 'cli'])),

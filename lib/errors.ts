@@ -134,7 +134,13 @@ export type ErrorCode =
   /** A request that changes the server's adapters without the bearer token it is configured with (HTTP 401). */
   | 'ERR_UNAUTHORIZED'
   /** A client over the server's limit of concurrent uploads (HTTP 429). */
-  | 'ERR_TOO_MANY_REQUESTS';
+  | 'ERR_TOO_MANY_REQUESTS'
+  /**
+   * A work queue run (`eigenlorax queue build`, `eigenlorax worker`) that cannot go on:
+   * Redis unreachable at the URL given or lost for good, a job that failed on a worker (the
+   * message names the job, the worker and the worker's error), a worker of another version.
+   */
+  | 'ERR_QUEUE';
 
 export class EigenLoraxError extends Error {
   readonly code: ErrorCode;

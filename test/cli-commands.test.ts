@@ -31,7 +31,7 @@ async function inBatches<T, R>(items: readonly T[], run: (item: T) => Promise<R>
   return results;
 }
 
-const COMMANDS = ['info', 'devices', 'inspect', 'merge', 'build', 'gather', 'project', 'export', 'analyze', 'combine', 'extract', 'convert', 'demo', 'serve'];
+const COMMANDS = ['info', 'devices', 'inspect', 'merge', 'build', 'gather', 'queue', 'worker', 'project', 'export', 'analyze', 'combine', 'extract', 'convert', 'demo', 'serve'];
 
 test('every command has its own --help (usage line, flags, examples); help <command> prints the same', async (t) => {
   t.deepEqual(

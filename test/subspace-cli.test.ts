@@ -10,10 +10,10 @@ import { existsSync } from 'node:fs';
 import { readdir, readFile, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import { loadAdapter, loadCoefficients, loadSubspace, projectAdapter } from '../lib/index.js';
-import { basePeftConfig, tempDir, writePeft, type FixtureTensor } from './helpers/adapter-fixtures.js';
+import { tempDir } from './helpers/adapter-fixtures.js';
 import { eigenlorax, type CliResult as Result } from './helpers/cli.js';
 import { freshSeed } from './helpers/random.js';
-import { plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
+import { writePlantedPeft } from './helpers/subspace-fixtures.js';
 
 
 
@@ -22,24 +22,8 @@ const D = 32;
 const RANK = 4;
 
 /** `count` PEFT folders named task-<i>, factors from one planted 6-dimensional subspace per module and side. */
-async function writeAdapters(dir: string, count: number, seed: number): Promise<string[]> {
-  const bases = MODULES.map((_, m) => plantedBases(D, D, 6, 6, seed + 100 * m));
-  const paths: string[] = [];
-  for (let i = 0; i < count; i++) {
-    const tensors: FixtureTensor[] = [];
-    MODULES.forEach((name, m) => {
-      const { A, B } = plantedFactors(bases[m]!, RANK, seed + 7 * i + 100 * m + 1, 0.02);
-      tensors.push(
-        { key: `base_model.model.${name}.lora_A.weight`, shape: [RANK, D], data: A.data },
-        { key: `base_model.model.${name}.lora_B.weight`, shape: [D, RANK], data: B.data },
-      );
-    });
-    const folder = path.join(dir, `task-${i}`);
-    await writePeft(folder, tensors, { ...basePeftConfig(), r: RANK, lora_alpha: 8, target_modules: ['to_q', 'to_v'], base_model_name_or_path: 'tiny-sd' });
-    paths.push(folder);
-  }
-  return paths;
-}
+const writeAdapters = (dir: string, count: number, seed: number): Promise<string[]> =>
+  writePlantedPeft(dir, count, seed, { modules: MODULES, d: D, rank: RANK, planted: 6, noise: 0.02, alpha: 8, targetModules: ['to_q', 'to_v'], baseModel: 'tiny-sd' });
 
 function usageExit(t: import('ava').ExecutionContext, r: Result, pattern: RegExp, what: string): void {
   t.is(r.code, 2, `${what}: ${r.stderr}`);

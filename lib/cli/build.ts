@@ -141,8 +141,8 @@ export function buildCommand(): Command {
   return jsonErrors(command);
 }
 
-/** "512MB" as bytes, or a usage error. */
-function sizeFlag(text: string): number {
+/** "512MB" as bytes, or a usage error (also queue build's --memory-budget). */
+export function sizeFlag(text: string): number {
   try {
     return parseSize(text, '--memory-budget');
   } catch {

@@ -23,9 +23,11 @@ import { gatherCommand } from './gather.js';
 import { inspectCommand } from './inspect.js';
 import { mergeCommand } from './merge.js';
 import { projectCommand } from './project.js';
+import { queueCommand } from './queue.js';
 import { UsageError } from './options.js';
 import { reportError } from './report.js';
 import { serveCommand } from './serve.js';
+import { workerCommand } from './worker.js';
 
 const COMMANDS: ReadonlyArray<() => Command> = [
   infoCommand,
@@ -34,6 +36,8 @@ const COMMANDS: ReadonlyArray<() => Command> = [
   mergeCommand,
   buildCommand,
   gatherCommand,
+  queueCommand,
+  workerCommand,
   projectCommand,
   exportCommand,
   analyzeCommand,
@@ -75,6 +79,7 @@ function rootHelp(program: Command): string {
 
 /** Settings every command and the root share: errors thrown to the reporter (which prints them). */
 function configure(command: Command): Command {
+  for (const sub of command.commands) configure(sub); // nested commands (queue build)
   return command.exitOverride().configureOutput({ outputError: () => undefined }).helpOption('-h, --help', 'print this help');
 }
 
@@ -106,9 +111,11 @@ export async function runCli(argv: readonly string[]): Promise<number> {
     return reportError(new UsageError(`unknown command '${argv[1]}'`), program);
   }
   let active: Command = program;
-  program.hook('preSubcommand', (_root, sub) => {
+  const track = (_parent: Command, sub: Command) => {
     active = sub;
-  });
+    sub.hook('preSubcommand', track); // a nested command (queue build) reports with its own usage
+  };
+  program.hook('preSubcommand', track);
   try {
     await program.parseAsync([...argv], { from: 'user' });
     return 0;

@@ -4,7 +4,9 @@
  * memory in the shape loadAdapter returns, and float64 dense references (dW formed
  * explicitly, only for small sizes).
  */
+import path from 'node:path';
 import { matrix, type LoraAdapter, type LoraModule, type Matrix } from '../../lib/index.js';
+import { basePeftConfig, writePeft, type FixtureTensor } from './adapter-fixtures.js';
 import { gaussian, rng } from './random.js';
 import * as ref from './reference.js';
 
@@ -136,4 +138,38 @@ export function regauge(A: Matrix, B: Matrix, g: { G: ref.Mat64; inverse: ref.Ma
 /** Max |Q^T Q - I|. */
 export function orthonormalityDefect(q: Matrix): number {
   return ref.orthonormalityDefect(q);
+}
+
+/** The PEFT folders of {@link writePlantedPeft}: modules, sizes and config. */
+export interface PlantedPeftSpec {
+  modules: readonly string[];
+  /** d_in = d_out of every module. */
+  d: number;
+  rank: number;
+  /** The planted subspace's dimension per side. */
+  planted: number;
+  noise: number;
+  alpha: number;
+  targetModules: string[];
+  baseModel: string;
+}
+
+/** `count` PEFT folders `<dir>/task-<i>` (square modules), factors from one planted subspace per module and side. */
+export async function writePlantedPeft(dir: string, count: number, seed: number, s: PlantedPeftSpec): Promise<string[]> {
+  const bases = s.modules.map((_, m) => plantedBases(s.d, s.d, s.planted, s.planted, seed + 100 * m));
+  const paths: string[] = [];
+  for (let i = 0; i < count; i++) {
+    const tensors: FixtureTensor[] = [];
+    s.modules.forEach((name, m) => {
+      const { A, B } = plantedFactors(bases[m]!, s.rank, seed + 7 * i + 100 * m + 1, s.noise);
+      tensors.push(
+        { key: `base_model.model.${name}.lora_A.weight`, shape: [s.rank, s.d], data: A.data },
+        { key: `base_model.model.${name}.lora_B.weight`, shape: [s.d, s.rank], data: B.data },
+      );
+    });
+    const folder = path.join(dir, `task-${i}`);
+    await writePeft(folder, tensors, { ...basePeftConfig(), r: s.rank, lora_alpha: s.alpha, target_modules: s.targetModules, base_model_name_or_path: s.baseModel });
+    paths.push(folder);
+  }
+  return paths;
 }
