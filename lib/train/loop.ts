@@ -529,6 +529,7 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
   };
 
   // ---- buffers
+  const grads = params.map((p) => p.grad);
   const pool = new BufferPool();
   const targetBuffers = new Map<number, Targets>();
   const targetsFor = (rows: number): Targets => {
@@ -595,7 +596,7 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
         if (!Number.isFinite(gradNorm)) {
           throw new EigenLoraxError(`the gradient norm is ${gradNorm} at update ${step + 1} (epoch ${epoch + 1}, batch ${batch + 1})`, 'ERR_NON_FINITE');
         }
-      } else if (!params.every((p) => allFinite(p.grad))) {
+      } else if (!allFinite(grads)) {
         throw new EigenLoraxError(`a gradient is not finite at update ${step + 1} (epoch ${epoch + 1}, batch ${batch + 1})`, 'ERR_NON_FINITE');
       }
       const lr = o.schedule.lrAt(step, o.optimizer.baseLr);
