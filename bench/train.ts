@@ -21,8 +21,8 @@
  * loss and optimiser with timers, to split a step into:
  *   - native: wall time from each native call to its promise's resolution (the kernel plus
  *     the hand-off to and from libuv's thread pool);
- *   - ReLU, loss and optimiser: the JavaScript loops of the activations, softmax
- *     cross-entropy and AdamW (lib/train/kernels.ts);
+ *   - ReLU, loss and optimiser: the activations and AdamW (one synchronous native call each,
+ *     lib/train/kernels.ts) and the softmax cross-entropy (a JavaScript loop);
  *   - other: the rest (batch gathering, finiteness checks, events, awaits, argument checks).
  * "Outside kernels" is step time minus native time, plus the hand-off latency of the native
  * calls (estimated separately, see handOffUs): it counts the hand-off as overhead, not as
@@ -173,7 +173,7 @@ interface Clock {
 
 const clock: Clock = { on: false, nativeMs: 0, nativeCalls: 0, activationMs: 0, lossMs: 0, optimizerMs: 0 };
 
-/** Times ReLU forward and backward (per-element JavaScript loops, lib/train/kernels.ts). */
+/** Times ReLU forward and backward (the ReLU layer, with its argument checks and the native call). */
 function instrumentActivations(): void {
   const proto = ReLU.prototype as unknown as Record<'forward' | 'backward', (...args: unknown[]) => Promise<unknown>>;
   for (const method of ['forward', 'backward'] as const) {
@@ -318,13 +318,12 @@ class TorchPeer {
 // ---- the contenders
 
 /**
- * One small learning rate for every contender. The rate does not change the work of a step,
- * but the values do: the ReLU loops (lib/train/kernels.ts) branch on the sign of each
- * activation, and a model pushed far by a large rate on random labels ends up with about
- * half its activations positive in random order, which mispredicts twice as often as the
- * base's pattern (measured: the same ReLU loop took 2x as long on such activations). A small
- * rate keeps every model's activations near the base model's, so the comparison is of the
- * layers, not of the branch predictor.
+ * One small learning rate for every contender (and the peer). The rate does not change the
+ * work of a step, but the values can: a model pushed far by a large rate on random labels
+ * drifts into saturated outputs and subnormal gradients (slow on x86), and branchy code on
+ * the signs of the activations (the JavaScript ReLU this benchmark was written against took
+ * 2x as long on random signs) would time the branch predictor. A small rate keeps every
+ * model's activations near the base model's, so the comparison is of the layers.
  */
 const LR = 1e-4;
 

@@ -39,6 +39,7 @@ import { Random } from '../random.js';
 export type { BackwardOptions, Layer, LayerKind, NamedTensor, Parameter } from './layer.js';
 export { GELU, ReLU, type GeluApproximation } from './activations.js';
 
+/** U(-1/sqrt(fanIn), 1/sqrt(fanIn)): PyTorch's kaiming_uniform_(a=sqrt(5)) and nn.Linear's bias init. */
 function kaimingUniform(out: Float32Array, fanIn: number, random: Random): Float32Array {
   const bound = 1 / Math.sqrt(fanIn);
   return random.fillUniform(out, -bound, bound);
