@@ -41,7 +41,7 @@
       ],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++14"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fopenmp", "-fexceptions"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fopenmp", "-fexceptions", "-fno-math-errno"],
       "ldflags": ["-fopenmp"],
       "conditions": [
         ["'<!(node -p \"process.env.EIGENLORAX_PORTABLE || ''\")'==''", {
