@@ -96,22 +96,20 @@ function stateFor(map: Map<string, Float32Array>, key: string, length: number): 
   return s;
 }
 
-/**
- * The flat argument list of a native optimiser step ([param, grad, state...] per
- * parameter), rebuilt only when the parameters or the state maps change, so that a
- * training loop's steps allocate nothing.
- */
+/** The flat argument list of a native optimiser step ([param, grad, state...] per parameter),
+ * rebuilt only when the parameters or the state maps change: a loop's steps allocate nothing. */
 class TensorGroups<T> {
   #params: readonly Parameter[] | null = null;
-  #data: Float32Array[] = [];
+  #arrays: Float32Array[] = [];
   #list: T[] = [];
 
   /** The list for `params`; `build` makes it when the cached one does not fit. */
   get(params: readonly Parameter[], build: () => T[]): T[] {
-    if (params !== this.#params || params.length !== this.#data.length || params.some((p, i) => p.data !== this.#data[i])) {
+    const a = this.#arrays;
+    if (params !== this.#params || 2 * params.length !== a.length || params.some((p, i) => p.data !== a[2 * i] || p.grad !== a[2 * i + 1])) {
       this.#list = build();
       this.#params = params;
-      this.#data = params.map((p) => p.data);
+      this.#arrays = params.flatMap((p) => [p.data, p.grad]);
     }
     return this.#list;
   }
