@@ -272,7 +272,9 @@ class TorchPeer {
 
   private constructor(python: string, threads: number) {
     const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'peers', 'train_torch.py');
-    const env: NodeJS.ProcessEnv = { ...process.env, OMP_NUM_THREADS: String(threads) };
+    // Passive OpenMP waits: libgomp's threads otherwise spin for a while after each of the
+    // peer's rounds, on the cores our next round needs (measured: our kernels 10x slower).
+    const env: NodeJS.ProcessEnv = { OMP_WAIT_POLICY: 'passive', ...process.env, OMP_NUM_THREADS: String(threads) };
     delete env.OPENBLAS_CORETYPE;
     delete env.OPENBLAS_L2_SIZE;
     this.#child = spawn(python, [script], { stdio: ['pipe', 'pipe', 'pipe'], env });
