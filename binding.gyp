@@ -13,6 +13,7 @@
         "native/core/canonical.cpp",
         "native/core/subspace_stream.cpp",
         "native/core/multiadapter.cpp",
+        "native/core/optim.cpp",
         "native/addon/addon.cpp",
         "native/addon/args.cpp",
         "native/addon/env.cpp",
@@ -22,7 +23,8 @@
         "native/addon/subspace_jobs.cpp",
         "native/addon/subspace_stream_jobs.cpp",
         "native/addon/multiadapter_jobs.cpp",
-        "native/addon/cuda_jobs.cpp"
+        "native/addon/cuda_jobs.cpp",
+        "native/addon/train_jobs.cpp"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",
@@ -39,7 +41,7 @@
       ],
       "cflags!": ["-fno-exceptions"],
       "cflags_cc!": ["-fno-exceptions", "-fno-rtti", "-std=gnu++17", "-std=gnu++14"],
-      "cflags_cc": ["-std=c++17", "-O3", "-fopenmp", "-fexceptions"],
+      "cflags_cc": ["-std=c++17", "-O3", "-fopenmp", "-fexceptions", "-fno-math-errno"],
       "ldflags": ["-fopenmp"],
       "conditions": [
         ["'<!(node -p \"process.env.EIGENLORAX_PORTABLE || ''\")'==''", {

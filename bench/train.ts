@@ -2,7 +2,7 @@
  * Training throughput of the demo's model: a 784-256-256-10 ReLU MLP at batch 128.
  *
  *   npm run bench:train
- *   node dist/bench/train.js [--rounds 21] [--steps 25] [--batch 128] [--k 16] [--augment 64] [--threads N] [--json PATH]
+ *   node dist/bench/train.js [--rounds 21] [--steps 25] [--batch 128] [--k 16] [--augment 64] [--threads N] [--json PATH] [--python PATH] [--no-peer]
  *
  * Contenders, each trained by `trainModel` (AdamW with lr 1e-4, see LR; softmax
  * cross-entropy) on the same synthetic batches (inputs uniform in [0, 1], random labels),
@@ -21,17 +21,27 @@
  * loss and optimiser with timers, to split a step into:
  *   - native: wall time from each native call to its promise's resolution (the kernel plus
  *     the hand-off to and from libuv's thread pool);
- *   - ReLU, loss and optimiser: the JavaScript loops of the activations, softmax
- *     cross-entropy and AdamW (lib/train/kernels.ts);
+ *   - ReLU, loss and optimiser: the activations and AdamW (one synchronous native call each,
+ *     lib/train/kernels.ts) and the softmax cross-entropy (a JavaScript loop);
  *   - other: the rest (batch gathering, finiteness checks, events, awaits, argument checks).
  * "Outside kernels" is step time minus native time, plus the hand-off latency of the native
  * calls (estimated separately, see handOffUs): it counts the hand-off as overhead, not as
  * kernel time.
  *
+ * Peer: PyTorch (bench/peers/train_torch.py, under --python, default /usr/bin/python3 where
+ * Debian's python3-torch lands) trains the same models (same widths, batch, AdamW, loss,
+ * adapters; its own initial values and synthetic data of the same kind) with the same
+ * thread count, OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed for its process alone. Each
+ * round runs the peer's contender right after ours, and "vs PyTorch" is the median over
+ * rounds of the paired ratio of samples/s. Without torch the run says so and goes on.
+ *
  * Writes the numbers as JSON to --json (default: <os.tmpdir()>/eigenlorax-bench/train.json).
  * Prints tables; never passes or fails on time.
  */
+import { spawn } from 'node:child_process';
 import { mkdir, writeFile } from 'node:fs/promises';
+import { createInterface } from 'node:readline';
+import { fileURLToPath } from 'node:url';
 import os from 'node:os';
 import path from 'node:path';
 import { getThreads, linearForward, matrix, orthonormalize, setThreads, type Matrix } from '../lib/index.js';
@@ -61,6 +71,8 @@ interface Options {
   rank: number;
   threads: number;
   json: string;
+  python: string;
+  peer: boolean;
 }
 
 function parseOptions(argv: string[]): Options {
@@ -73,9 +85,19 @@ function parseOptions(argv: string[]): Options {
     rank: 8,
     threads: 0,
     json: path.join(os.tmpdir(), 'eigenlorax-bench', 'train.json'),
+    python: '/usr/bin/python3',
+    peer: true,
   };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i];
+    if (flag === '--no-peer') {
+      o.peer = false;
+      continue;
+    }
+    if (flag === '--python') {
+      o.python = argv[++i] ?? o.python;
+      continue;
+    }
     const value = argv[++i] ?? '';
     if (flag === '--json') {
       o.json = path.resolve(value);
@@ -151,7 +173,7 @@ interface Clock {
 
 const clock: Clock = { on: false, nativeMs: 0, nativeCalls: 0, activationMs: 0, lossMs: 0, optimizerMs: 0 };
 
-/** Times ReLU forward and backward (per-element JavaScript loops, lib/train/kernels.ts). */
+/** Times ReLU forward and backward (the ReLU layer, with its argument checks and the native call). */
 function instrumentActivations(): void {
   const proto = ReLU.prototype as unknown as Record<'forward' | 'backward', (...args: unknown[]) => Promise<unknown>>;
   for (const method of ['forward', 'backward'] as const) {
@@ -240,21 +262,79 @@ async function handOffUs(): Promise<number> {
   return Math.max(0, my - slope * mx);
 }
 
+// ---- the PyTorch peer
+
+/** bench/peers/train_torch.py as a long-lived process: one JSON request and answer per line. */
+class TorchPeer {
+  readonly #child;
+  readonly #answers: Array<(line: string) => void> = [];
+  #ended: string | null = null;
+
+  private constructor(python: string, threads: number) {
+    const script = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'peers', 'train_torch.py');
+    // Passive OpenMP waits: libgomp's threads otherwise spin for a while after each of the
+    // peer's rounds, on the cores our next round needs (measured: our kernels 10x slower).
+    const env: NodeJS.ProcessEnv = { OMP_WAIT_POLICY: 'passive', ...process.env, OMP_NUM_THREADS: String(threads) };
+    delete env.OPENBLAS_CORETYPE;
+    delete env.OPENBLAS_L2_SIZE;
+    this.#child = spawn(python, [script], { stdio: ['pipe', 'pipe', 'pipe'], env });
+    let stderr = '';
+    this.#child.stderr.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+    const end = (why: string) => {
+      this.#ended = why;
+      for (const answer of this.#answers.splice(0)) answer(JSON.stringify({ error: why }));
+    };
+    this.#child.on('error', (e) => end(e.message));
+    this.#child.on('exit', (code) => end(`exited with code ${code}${stderr ? `: ${stderr.trim().split('\n').pop()}` : ''}`));
+    createInterface({ input: this.#child.stdout }).on('line', (line) => this.#answers.shift()?.(line));
+  }
+
+  /** The peer, or why there is none (no interpreter, no torch). */
+  static async start(python: string, threads: number): Promise<{ peer: TorchPeer | null; info: string }> {
+    const peer = new TorchPeer(python, threads);
+    const reply: Record<string, unknown> = await peer.request({ cmd: 'info' }).catch((e: Error) => ({ error: e.message }));
+    if (typeof reply.error === 'string') {
+      peer.stop();
+      return { peer: null, info: reply.error };
+    }
+    return { peer, info: `torch ${String(reply.torch)}, ${String(reply.threads)} threads, ${python}` };
+  }
+
+  request(message: Record<string, unknown>): Promise<Record<string, unknown>> {
+    if (this.#ended !== null) return Promise.reject(new Error(this.#ended));
+    return new Promise((resolve, reject) => {
+      this.#answers.push((line) => {
+        const reply = JSON.parse(line) as Record<string, unknown>;
+        if (typeof reply.error === 'string') reject(new Error(`torch peer: ${reply.error}`));
+        else resolve(reply);
+      });
+      this.#child.stdin.write(`${JSON.stringify(message)}\n`);
+    });
+  }
+
+  stop(): void {
+    if (this.#ended === null) this.#child.stdin.end(`${JSON.stringify({ cmd: 'quit' })}\n`);
+  }
+}
+
 // ---- the contenders
 
 /**
- * One small learning rate for every contender. The rate does not change the work of a step,
- * but the values do: the ReLU loops (lib/train/kernels.ts) branch on the sign of each
- * activation, and a model pushed far by a large rate on random labels ends up with about
- * half its activations positive in random order, which mispredicts twice as often as the
- * base's pattern (measured: the same ReLU loop took 2x as long on such activations). A small
- * rate keeps every model's activations near the base model's, so the comparison is of the
- * layers, not of the branch predictor.
+ * One small learning rate for every contender (and the peer). The rate does not change the
+ * work of a step, but the values can: a model pushed far by a large rate on random labels
+ * drifts into saturated outputs and subnormal gradients (slow on x86), and branchy code on
+ * the signs of the activations (the JavaScript ReLU this benchmark was written against took
+ * 2x as long on random signs) would time the branch predictor. A small rate keeps every
+ * model's activations near the base model's, so the comparison is of the layers.
  */
 const LR = 1e-4;
 
 interface Contender {
   name: string;
+  /** The peer's name for the same model. */
+  peerName: 'base' | 'lora' | 'eigenlora' | 'eigenlorax';
+  /** The peer's samples/s, one per round (empty without the peer). */
+  torch: number[];
   model: Sequential;
   /** The trainable tensors at the start, put back before every run (so that every run does the same work). */
   initial: Map<string, { shape: readonly number[]; data: Float32Array }>;
@@ -281,13 +361,18 @@ async function contenders(o: Options): Promise<Contender[]> {
       componentsB: await augmentComponents(componentsB, Math.min(o.augment, layer.outFeatures - kB), { seed: seed++ }),
     });
   }
-  const list: Array<Omit<Contender, 'initial' | 'trainable' | 'plain' | 'instrumented'>> = [
-    { name: 'base (full training)', model: baseModel(true), lr: LR },
-    { name: `LoRA r=${o.rank}`, model: loraModel(frozen, { rank: o.rank, seed: 1 }), lr: LR },
-    { name: `EigenLoRA K=${o.k} r=${o.rank}`, model: eigenLoraModel(frozen, { components, rank: o.rank, seed: 1 }), lr: LR },
+  const list: Array<Omit<Contender, 'initial' | 'trainable' | 'plain' | 'instrumented' | 'torch'>> = [
+    { name: 'base (full training)', peerName: 'base', model: baseModel(true), lr: LR },
+    { name: `LoRA r=${o.rank}`, peerName: 'lora', model: loraModel(frozen, { rank: o.rank, seed: 1 }), lr: LR },
+    { name: `EigenLoRA K=${o.k} r=${o.rank}`, peerName: 'eigenlora', model: eigenLoraModel(frozen, { components, rank: o.rank, seed: 1 }), lr: LR },
   ];
   if (o.augment > 0) {
-    list.push({ name: `EigenLoRAx K=${o.k}+P=${o.augment} r=${o.rank}`, model: eigenLoraModel(frozen, { components: augmented, rank: o.rank, seed: 1 }), lr: LR });
+    list.push({
+      name: `EigenLoRAx K=${o.k}+P=${o.augment} r=${o.rank}`,
+      peerName: 'eigenlorax',
+      model: eigenLoraModel(frozen, { components: augmented, rank: o.rank, seed: 1 }),
+      lr: LR,
+    });
   }
   return list.map((c) => ({
     ...c,
@@ -295,6 +380,7 @@ async function contenders(o: Options): Promise<Contender[]> {
     trainable: c.model.parameterCount({ trainable: true }),
     plain: [],
     instrumented: [],
+    torch: [],
   }));
 }
 
@@ -340,19 +426,33 @@ async function main(): Promise<void> {
   instrumentActivations();
   const list = await contenders(o);
   const data = syntheticData(o.batch * o.steps, 7);
+  const { peer, info: peerInfo } = o.peer ? await TorchPeer.start(o.python, getThreads()) : { peer: null, info: 'not asked for (--no-peer)' };
+  console.log(`peer        ${peer === null ? `no PyTorch peer: ${peerInfo}` : `PyTorch: ${peerInfo}`}`);
+  const peerRound = async (c: Contender) => {
+    if (peer !== null) c.torch.push((await peer.request({ cmd: 'round', name: c.peerName })).samplesPerSecond as number);
+  };
+  await peer?.request({ cmd: 'setup', batch: o.batch, steps: o.steps, rank: o.rank, k: o.k, augment: o.augment, seed: 1 });
   const before = cpuSnapshot();
   // warm-up round, not recorded
-  for (const c of list) await runRound(c, data, o, false);
-  for (const c of list) c.plain.length = 0;
+  for (const c of list) {
+    await runRound(c, data, o, false);
+    await peerRound(c);
+  }
+  for (const c of list) {
+    c.plain.length = 0;
+    c.torch.length = 0;
+  }
   const dispatchBefore = await handOffUs();
   const started = performance.now();
   for (let round = 0; round < o.rounds; round++) {
     for (let j = 0; j < list.length; j++) {
       const c = list[(round + j) % list.length] as Contender;
       await runRound(c, data, o, false);
+      await peerRound(c);
       await runRound(c, data, o, true);
     }
   }
+  peer?.stop();
   const dispatchAfter = await handOffUs();
   const after = cpuSnapshot();
   const dispatchUs = (dispatchBefore + dispatchAfter) / 2;
@@ -391,6 +491,9 @@ async function main(): Promise<void> {
       handOffMsPerStep: handOffMs,
       outsideKernelShare: outsideShare,
       outsideCallsShare: Math.max(0, instrumentedStep - nativeMs) / instrumentedStep,
+      /** PyTorch's samples/s (median over rounds), and the median of the per-round ratios ours / PyTorch's; null without the peer. */
+      torchSamplesPerSecond: c.torch.length > 0 ? median(c.torch) : null,
+      vsTorch: c.torch.length > 0 ? median(c.plain.map((v, i) => v / (c.torch[i] as number))) : null,
     };
   });
 
@@ -403,8 +506,12 @@ async function main(): Promise<void> {
     `${r.vsLora.toFixed(3)}x`,
     `${r.vsLoraQuartiles[0].toFixed(2)}-${r.vsLoraQuartiles[1].toFixed(2)}`,
     `${r.vsLoraOfMedians.toFixed(3)}x`,
+    r.torchSamplesPerSecond === null ? '-' : Math.round(r.torchSamplesPerSecond),
+    r.vsTorch === null ? '-' : `${r.vsTorch.toFixed(2)}x`,
   ]);
-  console.log(table(['contender', 'trainable', 'samples/s', 'range', 'ms/step', 'step vs LoRA (paired)', 'quartiles', '(of medians)'], cells));
+  console.log(
+    table(['contender', 'trainable', 'samples/s', 'range', 'ms/step', 'step vs LoRA (paired)', 'quartiles', '(of medians)', 'PyTorch samples/s', 'vs PyTorch (paired)'], cells),
+  );
   console.log('');
   const split: Cell[][] = rows.map((r) => [
     r.name,
@@ -426,7 +533,13 @@ async function main(): Promise<void> {
   const eigen = rows[2] as (typeof rows)[number];
   const stepMet = eigen.vsLora <= 1;
   const overheadMet = rows.filter((r) => r.name !== rows[0]?.name).every((r) => r.outsideKernelShare <= 0.2);
+  const adapters = rows.slice(1);
+  const torchMet = peer === null ? null : adapters.every((r) => (r.vsTorch ?? 0) >= 1.5);
   console.log('');
+  console.log(
+    `target      samples/s >= 1.5x PyTorch (LoRA, EigenLoRA, EigenLoRAx): ${torchMet === null ? 'NOT MEASURED (no PyTorch peer)' : torchMet ? 'MET' : 'NOT MET'}` +
+      (torchMet === null ? '' : ` (${adapters.map((r) => `${r.name} ${(r.vsTorch ?? 0).toFixed(2)}x`).join(', ')})`),
+  );
   console.log(
     `target      EigenLoRA step <= LoRA step at batch ${o.batch}: ${stepMet ? 'MET' : 'NOT MET'} ` +
       `(paired ratio ${eigen.vsLora.toFixed(3)}, quartiles ${eigen.vsLoraQuartiles[0].toFixed(3)}-${eigen.vsLoraQuartiles[1].toFixed(3)})`,
@@ -449,6 +562,7 @@ async function main(): Promise<void> {
     contenders: rows,
     targets: {
       stepCost: { description: `EigenLoRA step <= LoRA step at batch ${o.batch}`, ratio: eigen.vsLora, met: stepMet },
+      vsTorch: { description: 'samples/s >= 1.5x PyTorch (LoRA, EigenLoRA, EigenLoRAx)', peer: peerInfo, met: torchMet },
       overhead: {
         description: 'outside-kernel share of a step <= 20% (LoRA, EigenLoRA, EigenLoRAx)',
         shares: Object.fromEntries(rows.map((r) => [r.name, r.outsideKernelShare])),

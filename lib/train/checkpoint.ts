@@ -17,10 +17,10 @@ import { EigenLoraxError } from '../errors.js';
 import { fileError, ioError } from '../io/files.js';
 import { verifyDigest } from '../io/digest.js';
 import { openSafetensors, writeSafetensors, type SafetensorsEntry } from '../io/safetensors.js';
+import { Random } from '../random.js';
 import { invalid } from '../validate.js';
-import type { NamedTensor } from './layers.js';
-import type { OptimizerKind } from './optim.js';
-import type { ScheduleState } from './optim.js';
+import type { NamedTensor, Parameter } from './layer.js';
+import type { LrSchedule, Optimizer, OptimizerKind, ScheduleState } from './optim.js';
 
 export const CHECKPOINT_FORMAT = 'eigenlorax-checkpoint';
 export const CHECKPOINT_FORMAT_VERSION = 1;
@@ -192,4 +192,142 @@ export async function loadCheckpoint(file: string): Promise<Checkpoint> {
 
 export function checkpointMismatch(file: string, message: string): EigenLoraxError {
   return fileError('ERR_CHECKPOINT_MISMATCH', file, message);
+}
+
+// ---------------------------------------------------------------------------------------
+// The state a run carries from update to update
+
+export type EarlyState = NonNullable<LoopState['early']>;
+
+/**
+ * Everything of a training run that changes from update to update (besides the
+ * parameters and the optimiser, which hold their own): where it is, the shuffling
+ * generator, the running sums of the epoch, the histories, early stopping and the best
+ * parameters. Fresh (freshState) or from a checkpoint (resumeState); saved by snapshotState.
+ */
+export interface TrainingState {
+  step: number;
+  epoch: number;
+  /** The next batch of the current epoch. */
+  batch: number;
+  rng: Random;
+  /** The generator's state at the start of the current epoch (what a checkpoint stores). */
+  rngAtEpochStart: number[];
+  epochLossSum: number;
+  epochCorrect: number;
+  epochRows: number;
+  evals: EvalRecord[];
+  epochHistory: EpochRecord[];
+  early: EarlyState | null;
+  /** The best parameters so far (early stopping with restoreBest). */
+  best: Map<string, Float32Array> | null;
+  resumed: boolean;
+}
+
+export function freshState(seed: number, earlyStopping: boolean): TrainingState {
+  const rng = new Random(seed);
+  return {
+    step: 0,
+    epoch: 0,
+    batch: 0,
+    rng,
+    rngAtEpochStart: rng.state(),
+    epochLossSum: 0,
+    epochCorrect: 0,
+    epochRows: 0,
+    evals: [],
+    epochHistory: [],
+    early: earlyStopping ? { best: null, bestStep: -1, bad: 0, stopped: false } : null,
+    best: null,
+    resumed: false,
+  };
+}
+
+/** What a run needs to continue from a checkpoint: its settings, parameters, optimiser and schedule. */
+export interface ResumeTarget {
+  fingerprint: RunFingerprint;
+  params: readonly Parameter[];
+  optimizer: Optimizer;
+  schedule: LrSchedule;
+  earlyStopping: boolean;
+}
+
+/**
+ * Continues a run from the checkpoint `file`: checks that it fits the run (same
+ * fingerprint, parameters, frozen tensors, schedule type, early stopping), then loads the
+ * optimiser and schedule state and the parameters, and returns the loop state. Nothing is
+ * changed when a check fails (ERR_CHECKPOINT_MISMATCH).
+ */
+export async function resumeState(file: string, target: ResumeTarget): Promise<TrainingState> {
+  const { fingerprint, params, optimizer, schedule, earlyStopping } = target;
+  const ckpt = await loadCheckpoint(file);
+  const s = ckpt.state;
+  const f = s.fingerprint;
+  for (const key of ['batchSize', 'seed', 'shuffle', 'dropLast', 'trainRows', 'loss'] as const) {
+    if (f[key] !== fingerprint[key]) {
+      throw checkpointMismatch(ckpt.file, `the checkpoint was made with ${key} = ${JSON.stringify(f[key])} but this run has ${JSON.stringify(fingerprint[key])}; an exact resume needs the same`);
+    }
+  }
+  const missing = Object.keys(fingerprint.parameters).find((k) => !(k in f.parameters));
+  const extra = Object.keys(f.parameters).find((k) => !(k in fingerprint.parameters));
+  if (missing !== undefined || extra !== undefined) {
+    throw checkpointMismatch(
+      ckpt.file,
+      missing !== undefined ? `the checkpoint has no parameter ${JSON.stringify(missing)} of the model` : `the checkpoint's parameter ${JSON.stringify(extra)} is not trainable in the model`,
+    );
+  }
+  for (const p of params) {
+    const t = ckpt.parameters.get(p.name);
+    if (t === undefined || t.data.length !== p.data.length || t.shape.join('x') !== p.shape.join('x')) {
+      throw checkpointMismatch(ckpt.file, `parameter ${JSON.stringify(p.name)} has shape [${t?.shape.join(', ')}] in the checkpoint but [${p.shape.join(', ')}] in the model`);
+    }
+  }
+  if (f.frozen !== fingerprint.frozen) {
+    throw checkpointMismatch(ckpt.file, "the model's frozen tensors (base weights, components) differ from those the checkpoint was trained with");
+  }
+  if (s.schedule.type !== schedule.type) {
+    throw checkpointMismatch(ckpt.file, `the checkpoint's schedule is ${String(s.schedule.type)} but this run's is ${schedule.type}`);
+  }
+  if ((s.early === null) === earlyStopping) {
+    throw checkpointMismatch(ckpt.file, `the checkpoint was made ${s.early === null ? 'without' : 'with'} early stopping and this run is ${earlyStopping ? 'with' : 'without'}`);
+  }
+  // These two check before they change anything.
+  optimizer.loadState({ kind: s.optimizer.kind, step: s.optimizer.step, hyper: s.optimizer.hyper, tensors: ckpt.optimizer });
+  schedule.loadState(s.schedule);
+  for (const p of params) p.data.set((ckpt.parameters.get(p.name) as { data: Float32Array }).data);
+  const rng = Random.fromState(s.rng);
+  return {
+    step: s.step,
+    epoch: s.epoch,
+    batch: s.batch,
+    rng,
+    rngAtEpochStart: rng.state(),
+    epochLossSum: s.epochLossSum,
+    epochCorrect: s.epochCorrect,
+    epochRows: s.epochRows,
+    evals: s.evals,
+    epochHistory: s.epochs,
+    early: s.early === null ? null : { ...s.early },
+    best: ckpt.best.size > 0 ? ckpt.best : null,
+    resumed: true,
+  };
+}
+
+/** The loop state a checkpoint stores for `state`. */
+export function snapshotState(state: TrainingState, optimizer: Optimizer, schedule: LrSchedule, fingerprint: RunFingerprint): LoopState {
+  return {
+    step: state.step,
+    epoch: state.epoch,
+    batch: state.batch,
+    rng: state.rngAtEpochStart,
+    epochLossSum: state.epochLossSum,
+    epochCorrect: state.epochCorrect,
+    epochRows: state.epochRows,
+    optimizer: { kind: optimizer.kind, step: optimizer.stepCount, hyper: optimizer.hyper() },
+    schedule: schedule.state(),
+    early: state.early === null ? null : { ...state.early },
+    evals: state.evals,
+    epochs: state.epochHistory,
+    fingerprint,
+  };
 }

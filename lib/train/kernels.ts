@@ -1,25 +1,34 @@
 /**
- * The per-element loops of the training code that have no native kernel yet, in one place
- * (so that each can be swapped for a native entry point later): activations, the losses,
- * the optimiser updates, gradient norms and finiteness checks. Each is a plain loop over
- * typed arrays, with f64 arithmetic and f32 storage. The large products (everything of
- * cost n x d_in x d_out) go through the native low-rank kernels instead.
+ * The per-element work of training, in one place. The optimiser updates, ReLU and the
+ * finiteness scan run in native code (native/core/optim.h, native/addon/train_jobs.cpp),
+ * synchronously on the caller's arrays: one call updates every parameter of a model. GELU,
+ * the losses and the gradient norm are plain loops over typed arrays, f64 arithmetic and
+ * f32 storage. The large products (everything of cost n x d_in x d_out) go through the
+ * native low-rank kernels.
  */
+import { native } from '../native.js';
 
-/**
- * y = max(x, 0), branch-free: with signs in random order a compare-and-branch mispredicts
- * half the time (2.8x slower measured); 0.5 (v + |v|) is exact in f64 and keeps NaN.
- */
+/** The addon's training entry points (native/addon/train_jobs.cpp); bad arguments throw EigenLoraxError. */
+interface TrainKernels {
+  /** Groups of [param, grad, exp_avg, exp_avg_sq]. */
+  trainAdamStep(tensors: readonly Float32Array[], stepSize: number, invBc2Sqrt: number, keep: number, l2: number, beta1: number, beta2: number, eps: number): void;
+  /** Groups of [param, grad, momentum_buffer or null]. */
+  trainSgdStep(tensors: readonly (Float32Array | null)[], lr: number, momentum: number, oneMinusDamp: number, weightDecay: number, nesterov: boolean, first: boolean): void;
+  trainReluForward(x: Float32Array, y: Float32Array): void;
+  trainReluBackward(y: Float32Array, dy: Float32Array, dx: Float32Array): void;
+  trainAllFinite(arrays: readonly Float32Array[]): boolean;
+}
+
+const kernels = native as unknown as TrainKernels;
+
+/** y = max(x, 0), keeping NaN (x and y may be the same array). */
 export function reluForward(x: Float32Array, y: Float32Array): void {
-  for (let i = 0; i < x.length; i++) {
-    const v = x[i] as number;
-    y[i] = 0.5 * (v + Math.abs(v));
-  }
+  kernels.trainReluForward(x, y);
 }
 
 /** dx = dy where y > 0, else 0 (the subgradient at 0 is 0, as PyTorch). */
 export function reluBackward(y: Float32Array, dy: Float32Array, dx: Float32Array): void {
-  for (let i = 0; i < y.length; i++) dx[i] = (y[i] as number) > 0 ? (dy[i] as number) : 0;
+  kernels.trainReluBackward(y, dy, dx);
 }
 
 /**
@@ -162,13 +171,9 @@ export function scaleInPlace(a: Float32Array, factor: number): void {
   for (let i = 0; i < a.length; i++) a[i] = (a[i] as number) * factor;
 }
 
-/** True when every value is finite. */
-export function allFinite(a: Float32Array): boolean {
-  for (let i = 0; i < a.length; i++) {
-    const v = a[i] as number;
-    if (v - v !== 0) return false;
-  }
-  return true;
+/** True when every value of every array is finite. */
+export function allFinite(arrays: readonly Float32Array[]): boolean {
+  return kernels.trainAllFinite(arrays);
 }
 
 export interface AdamHyper {
@@ -184,28 +189,17 @@ export interface AdamHyper {
 }
 
 /**
- * One Adam/AdamW update of one tensor, as PyTorch's single-tensor `_single_tensor_adam`
- * (amsgrad off, maximize off): moments stored in f32, arithmetic in f64.
+ * One Adam/AdamW update of every tensor in `tensors` (groups of [param, grad, exp_avg,
+ * exp_avg_sq]), as PyTorch's single-tensor `_single_tensor_adam` (amsgrad off, maximize
+ * off): moments stored in f32, arithmetic in f64. The step-dependent scalars are computed
+ * here, once, so that they are V8's `**` on every platform.
  */
-export function adamUpdate(p: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, h: AdamHyper): void {
+export function adamStep(tensors: readonly Float32Array[], h: AdamHyper): void {
   const { lr, beta1, beta2, eps, weightDecay, decoupled, step } = h;
   const stepSize = lr / (1 - beta1 ** step);
   const invBc2Sqrt = 1 / Math.sqrt(1 - beta2 ** step);
   const keep = decoupled ? 1 - lr * weightDecay : 1;
-  const l2 = decoupled ? 0 : weightDecay;
-  const a1 = 1 - beta1;
-  const a2 = 1 - beta2;
-  const length = p.length;
-  for (let i = 0; i < length; i++) {
-    const param = p[i] as number;
-    const grad = l2 === 0 ? (g[i] as number) : Math.fround((g[i] as number) + l2 * param);
-    const mPrev = m[i] as number;
-    const mi = Math.fround(mPrev + (grad - mPrev) * a1);
-    const vi = Math.fround((v[i] as number) * beta2 + a2 * grad * grad);
-    m[i] = mi;
-    v[i] = vi;
-    p[i] = (keep === 1 ? param : Math.fround(param * keep)) - (stepSize * mi) / (Math.sqrt(vi) * invBc2Sqrt + eps);
-  }
+  kernels.trainAdamStep(tensors, stepSize, invBc2Sqrt, keep, decoupled ? 0 : weightDecay, beta1, beta2, eps);
 }
 
 export interface SgdHyper {
@@ -218,18 +212,7 @@ export interface SgdHyper {
   first: boolean;
 }
 
-/** One SGD update of one tensor, as PyTorch's `_single_tensor_sgd`. */
-export function sgdUpdate(p: Float32Array, g: Float32Array, buf: Float32Array | null, h: SgdHyper): void {
-  const { lr, momentum, dampening, nesterov, weightDecay, first } = h;
-  for (let i = 0; i < p.length; i++) {
-    const param = p[i] as number;
-    let d = g[i] as number;
-    if (weightDecay !== 0) d = Math.fround(d + weightDecay * param);
-    if (buf !== null && momentum !== 0) {
-      const b = first ? d : Math.fround((buf[i] as number) * momentum + (1 - dampening) * d);
-      buf[i] = b;
-      d = nesterov ? Math.fround(d + momentum * b) : b;
-    }
-    p[i] = param - lr * d;
-  }
+/** One SGD update of every tensor in `tensors` (groups of [param, grad, buffer or null]), as PyTorch's `_single_tensor_sgd`. */
+export function sgdStep(tensors: readonly (Float32Array | null)[], h: SgdHyper): void {
+  kernels.trainSgdStep(tensors, h.lr, h.momentum, 1 - h.dampening, h.weightDecay, h.nesterov, h.first);
 }

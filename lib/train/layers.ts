@@ -1,5 +1,6 @@
 /**
- * Layers for training: `Linear` (frozen or trainable), `LoRA`, `EigenLoRA`, `ReLU`, `GELU`.
+ * Layers for training: `Linear` (frozen or trainable), `LoRA`, `EigenLoRA` (the
+ * activations `ReLU` and `GELU` are in activations.ts, re-exported here).
  *
  * Every layer maps an `n x in` batch to an `n x out` batch. `forward` keeps a reference to
  * its input for `backward`, and writes its output into a buffer it owns (one per batch
@@ -10,7 +11,7 @@
  * The large products run in the native kernels (DESIGN §1): `linearForward` /
  * `linearBackward` (dx = dy W, dW = dy^T x, db = column sums of dy) for Linear,
  * `loraForward`/`loraBackward` for LoRA, `eigenLoraForward`/`eigenLoraBackward` for
- * EigenLoRA. The activations are per-element loops in kernels.ts.
+ * EigenLoRA.
  *
  * Tensor names follow PyTorch's `state_dict`: `<name>.weight` (`out x in`) and
  * `<name>.bias` for the (base) linear layer, `<name>.lora_A.weight` (`r x in`) and
@@ -19,7 +20,6 @@
  * `<name>.eigenlora_A.loadings` (alpha, `K_A x r`) and `<name>.eigenlora_B.loadings`
  * (beta, `K_B x r`) for EigenLoRA (DESIGN §4 key names).
  */
-import { EigenLoraxError } from '../errors.js';
 import { completeBasis } from '../linalg.js';
 import {
   eigenLoraBackward,
@@ -33,77 +33,11 @@ import {
 import { checkMatrix, checkVector, matrix, type Matrix } from '../matrix.js';
 import { finiteNumber, integer, invalid, knownKeys, object, oneOf } from '../validate.js';
 import { BufferPool } from './buffers.js';
-import { geluErfBackward, geluErfForward, geluTanhBackward, geluTanhForward, reluBackward, reluForward } from './kernels.js';
+import { checkDy, checkInput, checkName, noForward, type BackwardOptions, type Layer, type NamedTensor, type Parameter } from './layer.js';
 import { Random } from '../random.js';
 
-/** A trainable tensor: values updated in place by optimisers, gradient written by backward. */
-export interface Parameter {
-  /** The state-dict key, e.g. `fc1.lora_A.weight`. */
-  readonly name: string;
-  /** As saved: `[rows, cols]` for matrices, `[length]` for vectors. */
-  readonly shape: readonly number[];
-  readonly data: Float32Array;
-  readonly grad: Float32Array;
-}
-
-/** Any tensor of a layer (trainable or frozen), for state dicts. */
-export interface NamedTensor {
-  readonly name: string;
-  readonly shape: readonly number[];
-  readonly data: Float32Array;
-  readonly trainable: boolean;
-}
-
-export type LayerKind = 'linear' | 'lora' | 'eigenlora' | 'relu' | 'gelu';
-
-export interface BackwardOptions {
-  /** Compute dL/dx (default true); the first layer of a network does not need it. */
-  inputGrad?: boolean;
-}
-
-export interface Layer {
-  /** The module name (`fc1`); empty for layers without tensors. */
-  readonly name: string;
-  readonly kind: LayerKind;
-  /** Input width, or null when any width is accepted (activations). */
-  readonly inFeatures: number | null;
-  /** Output width, or null when it equals the input width (activations). */
-  readonly outFeatures: number | null;
-  forward(x: Matrix): Promise<Matrix>;
-  backward(dy: Matrix, options?: BackwardOptions): Promise<Matrix | null>;
-  /** The trainable tensors (empty when frozen). */
-  parameters(): Parameter[];
-  /** Every tensor, trainable or not. */
-  tensors(): NamedTensor[];
-}
-
-function checkName(name: unknown, what: string): string {
-  if (typeof name !== 'string' || name.length === 0 || /\s/.test(name)) throw invalid('a module name (non-empty, no spaces)', `${what} name`, name);
-  return name;
-}
-
-function noForward(layer: string): EigenLoraxError {
-  return new EigenLoraxError(`${layer}: backward() called before forward()`, 'ERR_INVALID_ARGUMENT');
-}
-
-function checkDy(dy: Matrix, x: Matrix, cols: number, layer: string): Matrix {
-  checkMatrix(dy, `${layer}: dy`);
-  if (dy.rows !== x.rows || dy.cols !== cols) {
-    throw new EigenLoraxError(
-      `${layer}: dy is ${dy.rows} x ${dy.cols} but the last forward's output was ${x.rows} x ${cols}`,
-      'ERR_SHAPE_MISMATCH',
-    );
-  }
-  return dy;
-}
-
-function checkInput(x: Matrix, inFeatures: number, layer: string): Matrix {
-  checkMatrix(x, `${layer}: x`);
-  if (x.cols !== inFeatures) {
-    throw new EigenLoraxError(`${layer}: the input has ${x.cols} features but the layer takes ${inFeatures}`, 'ERR_SHAPE_MISMATCH');
-  }
-  return x;
-}
+export type { BackwardOptions, Layer, LayerKind, NamedTensor, Parameter } from './layer.js';
+export { GELU, ReLU, type GeluApproximation } from './activations.js';
 
 /** U(-1/sqrt(fanIn), 1/sqrt(fanIn)): PyTorch's kaiming_uniform_(a=sqrt(5)) and nn.Linear's bias init. */
 function kaimingUniform(out: Float32Array, fanIn: number, random: Random): Float32Array {
@@ -523,104 +457,4 @@ export async function augmentComponents(components: Matrix, extra: number, optio
     out.data.set(more.data.subarray(i * count, (i + 1) * count), i * out.cols + c.cols);
   }
   return out;
-}
-
-// ---------------------------------------------------------------------------------------
-// Activations
-
-/** max(x, 0), elementwise. */
-export class ReLU implements Layer {
-  readonly kind = 'relu' as const;
-  readonly name: string;
-  readonly inFeatures = null;
-  readonly outFeatures = null;
-  readonly #pool = new BufferPool();
-  #y: Matrix | null = null;
-
-  constructor(name = '') {
-    if (typeof name !== 'string') throw invalid('a string', 'ReLU name', name);
-    this.name = name;
-  }
-
-  async forward(x: Matrix): Promise<Matrix> {
-    checkMatrix(x, `${this.name || 'ReLU'}: x`);
-    const y = this.#pool.get('y', x.rows, x.cols);
-    reluForward(x.data, y.data);
-    this.#y = y;
-    return y;
-  }
-
-  async backward(dy: Matrix, options: BackwardOptions = {}): Promise<Matrix | null> {
-    const y = this.#y;
-    if (y === null) throw noForward(this.name || 'ReLU');
-    checkDy(dy, y, y.cols, this.name || 'ReLU');
-    if (options.inputGrad === false) return null;
-    const dx = this.#pool.get('dx', y.rows, y.cols);
-    reluBackward(y.data, dy.data, dx.data);
-    return dx;
-  }
-
-  parameters(): Parameter[] {
-    return [];
-  }
-
-  tensors(): NamedTensor[] {
-    return [];
-  }
-}
-
-export type GeluApproximation = 'none' | 'tanh';
-
-/**
- * GELU. `approximate: 'none'` (default, PyTorch's default) is x Phi(x) with the normal
- * CDF through erf (evaluated to ~1.2e-7); `'tanh'` is PyTorch's tanh approximation.
- */
-export class GELU implements Layer {
-  readonly kind = 'gelu' as const;
-  readonly name: string;
-  readonly approximate: GeluApproximation;
-  readonly inFeatures = null;
-  readonly outFeatures = null;
-  readonly #pool = new BufferPool();
-  #x: Matrix | null = null;
-  #aux: Matrix | null = null;
-
-  constructor(name = '', options: { approximate?: GeluApproximation } = {}) {
-    if (typeof name !== 'string') throw invalid('a string', 'GELU name', name);
-    this.name = name;
-    const o = object(options, 'GELU options');
-    knownKeys(o, 'GELU options', ['approximate']);
-    this.approximate = oneOf(o.approximate ?? 'none', 'GELU options.approximate', ['none', 'tanh'] as const);
-  }
-
-  async forward(x: Matrix): Promise<Matrix> {
-    checkMatrix(x, `${this.name || 'GELU'}: x`);
-    const y = this.#pool.get('y', x.rows, x.cols);
-    const aux = this.#pool.get('aux', x.rows, x.cols);
-    if (this.approximate === 'tanh') geluTanhForward(x.data, y.data, aux.data);
-    else geluErfForward(x.data, y.data, aux.data);
-    this.#x = x;
-    this.#aux = aux;
-    return y;
-  }
-
-  async backward(dy: Matrix, options: BackwardOptions = {}): Promise<Matrix | null> {
-    const x = this.#x;
-    const aux = this.#aux;
-    if (x === null || aux === null) throw noForward(this.name || 'GELU');
-    checkDy(dy, x, x.cols, this.name || 'GELU');
-    if (options.inputGrad === false) return null;
-    const dx = this.#pool.get('dx', x.rows, x.cols);
-    if (this.approximate === 'tanh') geluTanhBackward(x.data, aux.data, dy.data, dx.data);
-    else geluErfBackward(x.data, aux.data, dy.data, dx.data);
-    return dx;
-  }
-
-  parameters(): Parameter[] {
-    return [];
-  }
-
-  tensors(): NamedTensor[] {
-    return [];
-  }
 }

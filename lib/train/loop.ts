@@ -4,9 +4,11 @@
  * N updates, early stopping, checkpoints with exact resume, a progress bar on terminals,
  * events for programmatic use, and an AbortSignal that stops after the current update.
  *
- * Every update awaits the native kernels (which run on libuv's thread pool), so the event
- * loop keeps turning while a model trains; the JS between awaits is a few per-element
- * loops (activations, loss, optimiser), see kernels.ts.
+ * This file checks the options and the data and sets up the run's state (fresh, or
+ * resumed: checkpoint.ts); run.ts makes the updates, in named steps. Every update awaits
+ * the native layer kernels (on libuv's thread pool), so the event loop keeps turning while
+ * a model trains; the optimiser, ReLU and finiteness scan are one native call each
+ * (kernels.ts), the loss a short JS loop.
  *
  * Exact resume: a run resumed from a checkpoint makes the same updates, bit for bit, as an
  * uninterrupted run with the same options: the checkpoint holds the parameters, the
@@ -15,38 +17,16 @@
  */
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
-import { exists, ioError } from '../io/files.js';
-import { matrix } from '../matrix.js';
+import { exists } from '../io/files.js';
 import { finiteNumber, integer, invalid, knownKeys, object, oneOf } from '../validate.js';
-import { checkDataset, gatherRows, type Dataset } from '../data/dataset.js';
-import { BufferPool } from './buffers.js';
-import {
-  checkpointMismatch,
-  frozenDigest,
-  loadCheckpoint,
-  writeCheckpoint,
-  type EpochRecord,
-  type EvalRecord,
-  type LoopState,
-  type RunFingerprint,
-} from './checkpoint.js';
-import { allFinite } from './kernels.js';
+import { checkDataset, type Dataset } from '../data/dataset.js';
+import { freshState, frozenDigest, resumeState, type EpochRecord, type EvalRecord, type RunFingerprint } from './checkpoint.js';
 import type { Parameter } from './layers.js';
-import { isLabels, resolveLoss, type Loss, type LossName, type Targets } from './losses.js';
-import { evaluateWith, type Sequential } from './model.js';
-import {
-  clipGradNorm,
-  createOptimizer,
-  createSchedule,
-  CosineSchedule,
-  type LrSchedule,
-  type Optimizer,
-  type OptimizerSpec,
-  type ScheduleSpec,
-} from './optim.js';
+import { resolveLoss, type Loss, type LossName } from './losses.js';
+import type { Sequential } from './model.js';
+import { createOptimizer, createSchedule, CosineSchedule, type LrSchedule, type Optimizer, type OptimizerSpec, type ScheduleSpec } from './optim.js';
 import { ProgressBar, type ProgressStream } from '../progress.js';
-import { trainingBarLine } from './progress.js';
-import { Random } from '../random.js';
+import { TrainingRun } from './run.js';
 
 export interface TrainData {
   train: Dataset;
@@ -190,7 +170,7 @@ export interface TrainResult {
   resumed: boolean;
 }
 
-interface Resolved {
+export interface Resolved {
   loss: Loss;
   optimizer: Optimizer;
   schedule: LrSchedule;
@@ -330,15 +310,6 @@ function checkData(model: Sequential, data: TrainData, loss: Loss): { train: Dat
 }
 
 
-function newTargets(like: Targets, rows: number): Targets {
-  if (isLabels(like)) {
-    if (like instanceof Uint8Array) return new Uint8Array(rows);
-    if (like instanceof Uint16Array) return new Uint16Array(rows);
-    return new Int32Array(rows);
-  }
-  return matrix(rows, like.cols);
-}
-
 /**
  * Trains `model` on `data.train`. Resolves when the run ends (all epochs, `maxSteps`, early
  * stopping, or the signal), with the histories and the reason it stopped. Bad inputs are
@@ -361,6 +332,7 @@ export async function trainModel(model: Sequential, data: TrainData, options: Tr
 /** Models with a run in progress. */
 const training = new WeakSet<Sequential>();
 
+/** Checks the options, data and parameters, sets up the state (fresh or resumed), and runs. */
 async function run(model: Sequential, data: TrainData, options: TrainOptions): Promise<TrainResult> {
   const started = performance.now();
   const o = resolveOptions(options);
@@ -374,14 +346,13 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
   }
 
   const n = train.inputs.rows;
-  const batchSize = o.batchSize;
-  const batches = o.dropLast ? Math.floor(n / batchSize) : Math.ceil(n / batchSize);
-  if (batches < 1) throw invalid(`a batch size <= the ${n} training rows when dropLast is set`, 'options.batchSize', batchSize);
+  const batches = o.dropLast ? Math.floor(n / o.batchSize) : Math.ceil(n / o.batchSize);
+  if (batches < 1) throw invalid(`a batch size <= the ${n} training rows when dropLast is set`, 'options.batchSize', o.batchSize);
   const totalSteps = o.maxSteps === null ? o.epochs * batches : Math.min(o.maxSteps, o.epochs * batches);
   if (o.schedule instanceof CosineSchedule && o.schedule.totalSteps === null) o.schedule.totalSteps = totalSteps;
 
   const fingerprint: RunFingerprint = {
-    batchSize,
+    batchSize: o.batchSize,
     seed: o.seed,
     shuffle: o.shuffle,
     dropLast: o.dropLast,
@@ -390,311 +361,10 @@ async function run(model: Sequential, data: TrainData, options: TrainOptions): P
     parameters: Object.fromEntries(params.map((p) => [p.name, [...p.shape]])),
     frozen: frozenDigest(model.tensors()),
   };
-
-  // ---- state, fresh or from a checkpoint
-  let step = 0;
-  let epoch = 0;
-  let batch = 0;
-  let rng = new Random(o.seed);
-  let epochLossSum = 0;
-  let epochCorrect = 0;
-  let epochRows = 0;
-  let evals: EvalRecord[] = [];
-  let epochHistory: EpochRecord[] = [];
-  let early = o.early === null ? null : { best: null as number | null, bestStep: -1, bad: 0, stopped: false };
-  let best: Map<string, Float32Array> | null = null;
-  let resumed = false;
-
   const resumeFrom = typeof o.resume === 'string' ? path.resolve(o.resume) : o.resume && o.checkpoint !== null && (await exists(o.checkpoint.path)) ? o.checkpoint.path : null;
-  if (resumeFrom !== null) {
-    const ckpt = await loadCheckpoint(resumeFrom);
-    const s = ckpt.state;
-    const f = s.fingerprint;
-    for (const key of ['batchSize', 'seed', 'shuffle', 'dropLast', 'trainRows', 'loss'] as const) {
-      if (f[key] !== fingerprint[key]) {
-        throw checkpointMismatch(ckpt.file, `the checkpoint was made with ${key} = ${JSON.stringify(f[key])} but this run has ${JSON.stringify(fingerprint[key])}; an exact resume needs the same`);
-      }
-    }
-    const mine = Object.keys(fingerprint.parameters);
-    const theirs = Object.keys(f.parameters);
-    const missing = mine.find((k) => !(k in f.parameters));
-    const extra = theirs.find((k) => !(k in fingerprint.parameters));
-    if (missing !== undefined || extra !== undefined) {
-      throw checkpointMismatch(
-        ckpt.file,
-        missing !== undefined ? `the checkpoint has no parameter ${JSON.stringify(missing)} of the model` : `the checkpoint's parameter ${JSON.stringify(extra)} is not trainable in the model`,
-      );
-    }
-    for (const p of params) {
-      const t = ckpt.parameters.get(p.name);
-      if (t === undefined || t.data.length !== p.data.length || t.shape.join('x') !== p.shape.join('x')) {
-        throw checkpointMismatch(ckpt.file, `parameter ${JSON.stringify(p.name)} has shape [${t?.shape.join(', ')}] in the checkpoint but [${p.shape.join(', ')}] in the model`);
-      }
-    }
-    if (f.frozen !== fingerprint.frozen) {
-      throw checkpointMismatch(ckpt.file, "the model's frozen tensors (base weights, components) differ from those the checkpoint was trained with");
-    }
-    if (s.schedule.type !== o.schedule.type) {
-      throw checkpointMismatch(ckpt.file, `the checkpoint's schedule is ${String(s.schedule.type)} but this run's is ${o.schedule.type}`);
-    }
-    if ((s.early === null) !== (early === null)) {
-      throw checkpointMismatch(ckpt.file, `the checkpoint was made ${s.early === null ? 'without' : 'with'} early stopping and this run is ${early === null ? 'without' : 'with'}`);
-    }
-    // These two check before they change anything.
-    o.optimizer.loadState({ kind: s.optimizer.kind, step: s.optimizer.step, hyper: s.optimizer.hyper, tensors: ckpt.optimizer });
-    o.schedule.loadState(s.schedule);
-    for (const p of params) p.data.set((ckpt.parameters.get(p.name) as { data: Float32Array }).data);
-    step = s.step;
-    epoch = s.epoch;
-    batch = s.batch;
-    rng = Random.fromState(s.rng);
-    epochLossSum = s.epochLossSum;
-    epochCorrect = s.epochCorrect;
-    epochRows = s.epochRows;
-    evals = s.evals;
-    epochHistory = s.epochs;
-    early = s.early === null ? null : { ...s.early };
-    best = ckpt.best.size > 0 ? ckpt.best : null;
-    resumed = true;
-  }
-
-  // ---- helpers
-  const bar = o.progress === null ? null : o.progress instanceof ProgressBar ? o.progress : new ProgressBar(o.progress, { keep: true });
-  const emit = async (event: TrainEvent) => {
-    if (o.onEvent !== null) await o.onEvent(event);
-  };
-  const monitorValue = (r: { loss: number; accuracy: number | null }) => (o.monitor === 'loss' ? r.loss : (r.accuracy ?? Number.NaN));
-  const better = (value: number, than: number | null, delta: number) =>
-    than === null || (o.monitor === 'loss' ? value < than - delta : value > than + delta);
-  let bestRecord: EvalRecord | null = null;
-  for (const r of evals) if (better(monitorValue(r), bestRecord === null ? null : monitorValue(bestRecord), 0)) bestRecord = r;
-
-  let rngAtEpochStart = rng.state();
-  let lastCheckpoint: string | null = null;
-  const snapshot = (): LoopState => ({
-    step,
-    epoch,
-    batch,
-    rng: rngAtEpochStart,
-    epochLossSum,
-    epochCorrect,
-    epochRows,
-    optimizer: { kind: o.optimizer.kind, step: o.optimizer.stepCount, hyper: o.optimizer.hyper() },
-    schedule: o.schedule.state(),
-    early: early === null ? null : { ...early },
-    evals,
-    epochs: epochHistory,
-    fingerprint,
-  });
-  const saveCheckpoint = async (reason: CheckpointEvent['reason']) => {
-    if (o.checkpoint === null) return;
-    await writeCheckpoint(o.checkpoint.path, snapshot(), params, o.optimizer.state().tensors, best);
-    lastCheckpoint = o.checkpoint.path;
-    await emit({ type: 'checkpoint', step, epoch, path: o.checkpoint.path, reason });
-  };
-
-  /** Records an evaluation; returns true when early stopping says stop. */
-  const recordEval = async (r: { loss: number; accuracy: number | null }, source: EvalRecord['source']): Promise<boolean> => {
-    const record: EvalRecord = { step, epoch, source, loss: r.loss, accuracy: r.accuracy };
-    evals.push(record);
-    const value = monitorValue(record);
-    const improved = bestRecord === null || better(value, monitorValue(bestRecord), 0);
-    if (improved) bestRecord = record;
-    o.schedule.observe(value);
-    let stop = false;
-    if (early !== null && o.early !== null) {
-      if (better(value, early.best, o.early.minDelta)) {
-        early.best = value;
-        early.bestStep = step;
-        early.bad = 0;
-        if (o.early.restoreBest) best = new Map(params.map((p) => [p.name, p.data.slice()]));
-      } else {
-        early.bad++;
-        if (early.bad >= o.early.patience) {
-          early.stopped = true;
-          stop = true;
-        }
-      }
-    }
-    bar?.log(
-      `${source === 'validation' ? `validation at update ${step}` : 'training'} (epoch ${epoch + 1}): loss ${r.loss.toFixed(4)}${r.accuracy === null ? '' : `, accuracy ${(r.accuracy * 100).toFixed(2)}%`}${improved ? ' *' : ''}`,
-    );
-    await emit({ type: 'eval', ...record, improved });
-    return stop;
-  };
-  const evaluateValidation = async (): Promise<boolean> => {
-    if (validation === null) return false;
-    const r = await evaluateWith(model, validation, o.loss, o.evalBatchSize);
-    return recordEval(r, 'validation');
-  };
-
-  // ---- buffers
-  const pool = new BufferPool();
-  const targetBuffers = new Map<number, Targets>();
-  const targetsFor = (rows: number): Targets => {
-    let t = targetBuffers.get(rows);
-    if (t === undefined) {
-      t = newTargets(train.targets, rows);
-      targetBuffers.set(rows, t);
-    }
-    return t;
-  };
-
-  // ---- the loop
-  let stoppedBy: StopReason = 'completed';
-  let stepsThisRun = 0;
-  let samplesThisRun = 0;
-  const loopStart = performance.now();
-  const aborted = () => o.signal !== null && o.signal.aborted;
-  // Small native calls settle at once (they run inline, DESIGN §3), so a loop of them never
-  // reaches the timers phase by itself: give the event loop a turn every few ms.
-  let lastYield = performance.now();
-  const yieldToEventLoop = async () => {
-    const now = performance.now();
-    if (now - lastYield < 4) return;
-    await new Promise<void>((resolve) => setImmediate(resolve));
-    lastYield = performance.now();
-  };
-  if (early !== null && early.stopped) stoppedBy = 'early-stopping';
-  else if (o.maxSteps !== null && step >= o.maxSteps) stoppedBy = 'max-steps';
-
-  outer: while (stoppedBy === 'completed' && epoch < o.epochs) {
-    if (aborted()) {
-      stoppedBy = 'aborted';
-      break;
-    }
-    rngAtEpochStart = rng.state();
-    const order = o.shuffle ? rng.permutation(n) : Uint32Array.from({ length: n }, (_, i) => i);
-    if (batch === 0) {
-      epochLossSum = 0;
-      epochCorrect = 0;
-      epochRows = 0;
-    }
-    for (; batch < batches; ) {
-      const start = batch * batchSize;
-      const end = Math.min(n, start + batchSize);
-      const rows = end - start;
-      const x = pool.get('x', rows, train.inputs.cols);
-      const t = targetsFor(rows);
-      gatherRows(train, order, start, end, x, t);
-
-      await yieldToEventLoop();
-      const y = await model.forward(x);
-      const grad = pool.get('grad', rows, model.outFeatures);
-      const v = o.loss.compute(y, t, grad);
-      if (!Number.isFinite(v.loss)) {
-        throw new EigenLoraxError(
-          `the loss is ${v.loss} at update ${step + 1} (epoch ${epoch + 1}, batch ${batch + 1}); lower the learning rate, clip gradients (clipGradNorm) or check the inputs for NaN`,
-          'ERR_NON_FINITE',
-        );
-      }
-      await model.backward(grad);
-      let gradNorm: number | null = null;
-      if (o.clip !== null) {
-        gradNorm = clipGradNorm(params, o.clip);
-        if (!Number.isFinite(gradNorm)) {
-          throw new EigenLoraxError(`the gradient norm is ${gradNorm} at update ${step + 1} (epoch ${epoch + 1}, batch ${batch + 1})`, 'ERR_NON_FINITE');
-        }
-      } else if (!params.every((p) => allFinite(p.grad))) {
-        throw new EigenLoraxError(`a gradient is not finite at update ${step + 1} (epoch ${epoch + 1}, batch ${batch + 1})`, 'ERR_NON_FINITE');
-      }
-      const lr = o.schedule.lrAt(step, o.optimizer.baseLr);
-      o.optimizer.lr = lr;
-      o.optimizer.step(params);
-      step++;
-      batch++;
-      stepsThisRun++;
-      samplesThisRun += rows;
-      epochLossSum += v.loss * rows;
-      epochRows += rows;
-      if (v.correct !== null) epochCorrect += v.correct;
-
-      const elapsed = (performance.now() - loopStart) / 1000;
-      const samplesPerSecond = elapsed > 0 ? samplesThisRun / elapsed : 0;
-      const accuracy = v.correct === null ? null : v.correct / rows;
-      await emit({ type: 'step', step, epoch, batch: batch - 1, batches, loss: v.loss, accuracy, lr, gradNorm, samplesPerSecond });
-      if (bar !== null) {
-        const stepsPerSecond = elapsed > 0 ? stepsThisRun / elapsed : 0;
-        // Running means over the epoch so far.
-        const running = { loss: epochLossSum / epochRows, accuracy: o.loss.classification ? epochCorrect / epochRows : null };
-        const etaSeconds = stepsPerSecond > 0 ? (totalSteps - step) / stepsPerSecond : null;
-        bar.update(trainingBarLine({ epoch: epoch + 1, epochs: o.epochs, batch, batches, ...running, samplesPerSecond, etaSeconds }));
-      }
-
-      let stop = false;
-      if (o.evalEvery !== 'epoch' && step % o.evalEvery === 0) stop = await evaluateValidation();
-      if (o.checkpoint !== null && o.checkpoint.everySteps !== null && step % o.checkpoint.everySteps === 0 && !stop) {
-        await saveCheckpoint('interval');
-      }
-      if (stop) {
-        stoppedBy = 'early-stopping';
-        break outer;
-      }
-      if (o.maxSteps !== null && step >= o.maxSteps) {
-        stoppedBy = 'max-steps';
-        break outer;
-      }
-      if (aborted()) {
-        stoppedBy = 'aborted';
-        break outer;
-      }
-    }
-
-    // end of epoch
-    const record: EpochRecord = {
-      epoch,
-      step,
-      loss: epochLossSum / Math.max(1, epochRows),
-      accuracy: o.loss.classification ? epochCorrect / Math.max(1, epochRows) : null,
-    };
-    epochHistory.push(record);
-    await emit({ type: 'epoch', ...record });
-    let stop = false;
-    if (validation === null) stop = await recordEval({ loss: record.loss, accuracy: record.accuracy }, 'train');
-    else if (o.evalEvery === 'epoch') stop = await evaluateValidation();
-    epoch++;
-    batch = 0;
-    rngAtEpochStart = rng.state();
-    if (stop) {
-      stoppedBy = 'early-stopping';
-      break;
-    }
-    if (o.checkpoint !== null && epoch % o.checkpoint.everyEpochs === 0 && epoch < o.epochs) await saveCheckpoint('epoch');
-    if (aborted()) {
-      stoppedBy = 'aborted';
-      break;
-    }
-  }
-
-  bar?.stop();
-  await saveCheckpoint(stoppedBy === 'aborted' ? 'abort' : 'end');
-  let restoredBest = false;
-  if (stoppedBy !== 'aborted' && o.early !== null && o.early.restoreBest && best !== null) {
-    const snapshotOfBest: Map<string, Float32Array> = best;
-    for (const p of params) {
-      const b = snapshotOfBest.get(p.name);
-      if (b !== undefined) p.data.set(b);
-    }
-    restoredBest = true;
-  }
-  const seconds = (performance.now() - started) / 1000;
-  const loopSeconds = (performance.now() - loopStart) / 1000;
-  const result: TrainResult = {
-    stoppedBy,
-    steps: step,
-    epochs: epochHistory.length,
-    stepsThisRun,
-    seconds,
-    samplesPerSecond: loopSeconds > 0 ? samplesThisRun / loopSeconds : 0,
-    evals,
-    epochHistory,
-    lastEval: evals.length > 0 ? (evals[evals.length - 1] as EvalRecord) : null,
-    best: bestRecord,
-    restoredBest,
-    checkpoint: lastCheckpoint,
-    resumed,
-  };
-  await emit({ type: 'done', result });
-  return result;
+  const state =
+    resumeFrom === null
+      ? freshState(o.seed, o.early !== null)
+      : await resumeState(resumeFrom, { fingerprint, params, optimizer: o.optimizer, schedule: o.schedule, earlyStopping: o.early !== null });
+  return new TrainingRun(o, model, { train, validation }, params, fingerprint, state, { batches, totalSteps }).run(started);
 }
-

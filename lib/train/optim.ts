@@ -10,7 +10,7 @@
  */
 import { EigenLoraxError } from '../errors.js';
 import { finiteNumber, integer, invalid, knownKeys, object, oneOf } from '../validate.js';
-import { adamUpdate, scaleInPlace, sgdUpdate, sumOfSquares } from './kernels.js';
+import { adamStep, scaleInPlace, sgdStep, sumOfSquares } from './kernels.js';
 import type { Parameter } from './layers.js';
 
 export type OptimizerKind = 'sgd' | 'adam' | 'adamw';
@@ -96,6 +96,30 @@ function stateFor(map: Map<string, Float32Array>, key: string, length: number): 
   return s;
 }
 
+/** The flat argument list of a native optimiser step ([param, grad, state...] per parameter),
+ * rebuilt only when the parameters or the state maps change: a loop's steps allocate nothing. */
+class TensorGroups<T> {
+  #params: readonly Parameter[] | null = null;
+  #arrays: Float32Array[] = [];
+  #list: T[] = [];
+
+  /** The list for `params`; `build` makes it when the cached one does not fit. */
+  get(params: readonly Parameter[], build: () => T[]): T[] {
+    const a = this.#arrays;
+    if (params !== this.#params || 2 * params.length !== a.length || params.some((p, i) => p.data !== a[2 * i] || p.grad !== a[2 * i + 1])) {
+      this.#list = build();
+      this.#params = params;
+      this.#arrays = params.flatMap((p) => [p.data, p.grad]);
+    }
+    return this.#list;
+  }
+
+  /** Forget the list (the state tensors were replaced). */
+  reset(): void {
+    this.#params = null;
+  }
+}
+
 export interface SgdOptions {
   lr: number;
   /** Default 0. */
@@ -116,6 +140,7 @@ export class SGD extends Optimizer {
   readonly nesterov: boolean;
   readonly weightDecay: number;
   #buffers = new Map<string, Float32Array>();
+  readonly #groups = new TensorGroups<Float32Array | null>();
 
   constructor(options: SgdOptions) {
     const o = object(options, 'options');
@@ -132,22 +157,20 @@ export class SGD extends Optimizer {
   }
 
   step(params: readonly Parameter[]): void {
-    for (const p of params) {
-      let buf: Float32Array | null = null;
-      let first = false;
-      if (this.momentum !== 0) {
-        const key = `${p.name}.momentum_buffer`;
-        first = !this.#buffers.has(key);
-        buf = stateFor(this.#buffers, key, p.data.length);
+    const hyper = { lr: this.lr, momentum: this.momentum, dampening: this.dampening, nesterov: this.nesterov, weightDecay: this.weightDecay };
+    if (this.momentum === 0) {
+      sgdStep(this.#groups.get(params, () => params.flatMap((p) => [p.data, p.grad, null])), { ...hyper, first: false });
+    } else {
+      // The buffers of parameters seen for the first time start as the gradient (PyTorch).
+      const fresh = params.filter((p) => !this.#buffers.has(`${p.name}.momentum_buffer`));
+      const groups = (list: readonly Parameter[]) => list.flatMap((p) => [p.data, p.grad, stateFor(this.#buffers, `${p.name}.momentum_buffer`, p.data.length)]);
+      if (fresh.length === 0) sgdStep(this.#groups.get(params, () => groups(params)), { ...hyper, first: false });
+      else {
+        const seen = params.filter((p) => !fresh.includes(p));
+        if (seen.length > 0) sgdStep(groups(seen), { ...hyper, first: false });
+        sgdStep(groups(fresh), { ...hyper, first: true });
+        this.#groups.reset();
       }
-      sgdUpdate(p.data, p.grad, buf, {
-        lr: this.lr,
-        momentum: this.momentum,
-        dampening: this.dampening,
-        nesterov: this.nesterov,
-        weightDecay: this.weightDecay,
-        first,
-      });
     }
     this.stepCount++;
   }
@@ -162,6 +185,7 @@ export class SGD extends Optimizer {
 
   protected setStateTensors(tensors: Map<string, Float32Array>): void {
     this.#buffers = tensors;
+    this.#groups.reset();
   }
 }
 
@@ -182,6 +206,7 @@ abstract class AdamBase extends Optimizer {
   readonly eps: number;
   readonly weightDecay: number;
   #moments = new Map<string, Float32Array>();
+  readonly #groups = new TensorGroups<Float32Array>();
   protected abstract readonly decoupled: boolean;
 
   constructor(options: AdamOptions, defaultDecay: number) {
@@ -198,19 +223,10 @@ abstract class AdamBase extends Optimizer {
 
   step(params: readonly Parameter[]): void {
     const step = this.stepCount + 1;
-    for (const p of params) {
-      const m = stateFor(this.#moments, `${p.name}.exp_avg`, p.data.length);
-      const v = stateFor(this.#moments, `${p.name}.exp_avg_sq`, p.data.length);
-      adamUpdate(p.data, p.grad, m, v, {
-        lr: this.lr,
-        beta1: this.beta1,
-        beta2: this.beta2,
-        eps: this.eps,
-        weightDecay: this.weightDecay,
-        decoupled: this.decoupled,
-        step,
-      });
-    }
+    const tensors = this.#groups.get(params, () =>
+      params.flatMap((p) => [p.data, p.grad, stateFor(this.#moments, `${p.name}.exp_avg`, p.data.length), stateFor(this.#moments, `${p.name}.exp_avg_sq`, p.data.length)]),
+    );
+    adamStep(tensors, { lr: this.lr, beta1: this.beta1, beta2: this.beta2, eps: this.eps, weightDecay: this.weightDecay, decoupled: this.decoupled, step });
     this.stepCount = step;
   }
 
@@ -224,6 +240,7 @@ abstract class AdamBase extends Optimizer {
 
   protected setStateTensors(tensors: Map<string, Float32Array>): void {
     this.#moments = tensors;
+    this.#groups.reset();
   }
 }
 

@@ -15,6 +15,7 @@ void registerDtype(Napi::Env env, Napi::Object exports);
 void registerSubspace(Napi::Env env, Napi::Object exports);
 void registerMultiAdapter(Napi::Env env, Napi::Object exports);
 void registerCuda(Napi::Env env, Napi::Object exports);
+void registerTrain(Napi::Env env, Napi::Object exports);
 
 namespace {
 
@@ -70,6 +71,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerSubspace(env, exports);
   registerMultiAdapter(env, exports);
   registerCuda(env, exports);
+  registerTrain(env, exports);
   return exports;
 }
 
