@@ -39,8 +39,8 @@ import { readdir, stat, type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { dtypeBytes, type DType } from '../dtype.js';
-import { EigenLoraxError, withCallerStack } from '../errors.js';
-import { native } from '../native.js';
+import { EigenLoraxError } from '../errors.js';
+import * as ops from '../native/ops.js';
 import { describe, invalid, knownKeys, object } from '../validate.js';
 import { fileError, ioError, openRegularFile, readFully, readRegularFile } from './files.js';
 import { findDuplicateKey } from './json-keys.js';
@@ -241,9 +241,8 @@ export class SafetensorsReader {
     const convert = (k: number, bytes: Uint8Array): Promise<void> => {
       const first = k * chunkElements;
       const dst = out.subarray(first, first + bytes.byteLength / elementBytes);
-      return withCallerStack(native.convert({ src: bytes, from, dst, to: 'f32' }), callSite);
+      return ops.convert({ src: bytes, from, dst, to: 'f32' });
     };
-    const callSite = new Error();
     try {
       let current = await read(0);
       for (let k = 0; k < chunks; k++) {

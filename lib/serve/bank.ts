@@ -21,7 +21,7 @@ import type { Device, Operand } from '../cuda.js';
 import { EigenLoraxError } from '../errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from '../matrix.js';
 import { eigenBankApply, loraBankApply, mixingMatrix } from '../multiadapter.js';
-import type { NativeFactorPair } from '../native.js';
+import type { NativeFactorPair } from '../native/ops.js';
 import { checkSubspace } from '../subspace/project.js';
 import type { AdapterCoefficients, Subspace, SubspaceModule } from '../subspace/types.js';
 import { finiteNumber, integer, invalid, knownKeys, object } from '../validate.js';
