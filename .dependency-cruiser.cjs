@@ -14,6 +14,8 @@ const above = (folders) => `^lib/(${folders.join('|')})(/|\\.ts$)`;
 module.exports = {
   forbidden: [
     { name: 'no-cycles', severity: 'error', from: {}, to: { circular: true } },
+    // The raw addon (lib/native.ts) only behind its typed wrappers (lib/native/ops.ts).
+    { name: 'native-through-ops', severity: 'error', from: { path: '^lib/', pathNot: '^lib/native(\\.ts$|/)' }, to: { path: '^lib/native\\.ts$' } },
     // lib/*.ts: matrices, errors, validation, the native boundary and its typed wrappers.
     layer('core-is-the-bottom', '^lib/[^/]+\\.ts$', above(['queue', 'io', 'chart', 'adapters', 'extract', 'subspace', 'merge', 'combine', 'data', 'train', 'serve', 'demo', 'cli'])),
     // SVG charts: drawing only (escaping, ticks, axes), for subspace/ (the analysis chart) and demo/ (the curves).

@@ -24,7 +24,8 @@
         "native/addon/subspace_stream_jobs.cpp",
         "native/addon/multiadapter_jobs.cpp",
         "native/addon/cuda_jobs.cpp",
-        "native/addon/train_jobs.cpp"
+        "native/addon/train_jobs.cpp",
+        "native/addon/device.cpp"
       ],
       "include_dirs": [
         "<!(node -p \"require('node-addon-api').include_dir\")",

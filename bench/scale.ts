@@ -109,11 +109,11 @@ async function moduleMeasurement(o: Options): Promise<void> {
   const rsvdFlops = 2 * (2 * 2 + 2) * 2 * R * d * l;
   for (let rep = 0; rep < 3; rep++) {
     const o1 = out();
-    const b = await timed(() => native.buildModuleSubspace({ adapters: pairs, stacking: 1, weighting: 0, center: false, oversample: 10, powerIters: 2, seed: 1, ...o1 }));
+    const b = await timed(() => native.buildModuleSubspace({ adapters: pairs, stacking: 'canonical', weighting: 'equal', center: false, oversample: 10, powerIters: 2, seed: 1, ...o1 }));
     const p = await timed(() =>
       native.projectModule({
         adapters: pairs,
-        stacking: 1,
+        stacking: 'canonical',
         componentsA: o1.componentsA,
         componentsB: o1.componentsB,
         meanA: null,

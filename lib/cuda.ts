@@ -13,9 +13,10 @@
  * costs anything, or needs CUDA, on a machine without one.
  */
 import { fromFloat32 } from './dtype.js';
-import { EigenLoraxError, withCallerStack } from './errors.js';
+import { EigenLoraxError } from './errors.js';
 import { checkMatrix, matrix, type Matrix } from './matrix.js';
-import { native, type NativeCudaStatus, type NativeDeviceOperand } from './native.js';
+import * as ops from './native/ops.js';
+import type { NativeCudaStatus, NativeDeviceOperand } from './native/ops.js';
 import { knownKeys, object, oneOf } from './validate.js';
 
 export type Device = 'auto' | 'cpu' | 'cuda';
@@ -57,15 +58,14 @@ export class DeviceMatrix {
   /** Frees the device memory (once the operations already queued with it end). Idempotent. */
   dispose(): void {
     if (this.#handle === null) return;
-    native.cudaDispose({ handle: this.#handle });
+    ops.cudaDispose({ handle: this.#handle });
     this.#handle = null;
   }
 
   /** A copy on the host, widened to f32. */
   async toHost(): Promise<Matrix> {
-    const callSite = new Error();
-    const out = matrix(this.rows, this.cols);
-    await withCallerStack(native.cudaDownload({ matrix: this.operand('matrix'), out: out.data }), callSite);
+      const out = matrix(this.rows, this.cols);
+    await ops.cudaDownload({ matrix: this.operand('matrix'), out: out.data });
     return out;
   }
 
@@ -81,16 +81,12 @@ export type Operand = Matrix | DeviceMatrix;
 
 /** Copies a host matrix to the GPU, stored as `dtype` (default f32; f16/bf16 rounded to nearest even). */
 export async function toDevice(input: Matrix, options: { dtype?: DeviceDtype } = {}): Promise<DeviceMatrix> {
-  const callSite = new Error();
   const m = checkMatrix(input, 'matrix');
   const o = object(options, 'options');
   knownKeys(o, 'options', ['dtype']);
   const dtype = oneOf(o.dtype ?? 'f32', 'options.dtype', dtypes);
   const data = dtype === 'f32' ? m.data : await fromFloat32(m.data, dtype);
-  const handle = await withCallerStack(
-    native.cudaUpload({ rows: m.rows, cols: m.cols, dtype: dtypes.indexOf(dtype) as 0 | 1 | 2, data }),
-    callSite,
-  );
+  const handle = await ops.cudaUpload({ rows: m.rows, cols: m.cols, dtype, data });
   return new DeviceMatrix(handle, m.rows, m.cols, dtype);
 }
 
@@ -102,7 +98,7 @@ let status: Promise<CudaStatus> | null = null;
  * says why in `reason`.
  */
 export async function cudaStatus(): Promise<CudaStatus> {
-  const probe = native.cudaProbe();
+  const probe = ops.cudaProbe();
   status = probe;
   return probe;
 }
@@ -129,13 +125,6 @@ export function nativeOperand(op: Operand, name: string): Matrix | NativeDeviceO
   return op instanceof DeviceMatrix ? op.operand(name) : op;
 }
 
-/** The host matrix of an operand that must be on the host (the CPU backend). */
-export function hostOperand(op: Operand, name: string): Matrix {
-  if (op instanceof DeviceMatrix) {
-    throw new EigenLoraxError(`${name}: a device matrix cannot be used with device: 'cpu' (call toHost() first)`, 'ERR_INVALID_ARGUMENT');
-  }
-  return op;
-}
 
 /**
  * Which backend runs a call, from its `device` option and its operands (see the module
@@ -167,16 +156,9 @@ export function onDevice<T>(option: unknown, operands: readonly unknown[], call:
 type OnDevice<V> = V extends DeviceMatrix ? NativeDeviceOperand : V;
 /** Call arguments with every DeviceMatrix replaced by what the addon reads. */
 export type DeviceArgs<T> = { [K in keyof T]: OnDevice<T[K]> };
-/** Call arguments for the CPU backend: no DeviceMatrix among them. */
-export type HostArgs<T> = { [K in keyof T]: Exclude<T[K], DeviceMatrix> };
 
 export function deviceArgs<T extends object>(args: T): DeviceArgs<T> {
   const out: Record<string, unknown> = {};
   for (const [key, value] of Object.entries(args)) out[key] = value instanceof DeviceMatrix ? value.operand(key) : value;
   return out as DeviceArgs<T>;
-}
-
-export function hostArgs<T extends object>(args: T): HostArgs<T> {
-  for (const [key, value] of Object.entries(args)) hostOperand(value as Operand, key);
-  return args as HostArgs<T>;
 }

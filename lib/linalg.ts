@@ -1,10 +1,9 @@
 /**
  * Randomized SVD, orthonormalisation and basis completion (native, off the event loop).
  */
-import { checkOperand, hostOperand, onDevice, nativeOperand, type Device, type Operand } from './cuda.js';
-import { withCallerStack } from './errors.js';
+import { checkOperand, onDevice, nativeOperand, type Device, type Operand } from './cuda.js';
 import { checkMatrix, matrix, type Matrix } from './matrix.js';
-import { native } from './native.js';
+import * as ops from './native/ops.js';
 import { integer, knownKeys, object, oneOf } from './validate.js';
 
 export interface RsvdOptions {
@@ -43,7 +42,6 @@ const methods = ['auto', 'exact', 'randomized'] as const;
  * Each column of U has its largest-magnitude entry positive (V follows).
  */
 export async function rsvd(input: Operand, options: RsvdOptions): Promise<SvdResult> {
-  const callSite = new Error();
   const m = checkOperand(input, 'matrix');
   const o = object(options, 'options');
   knownKeys(o, 'options', ['rank', 'oversample', 'powerIters', 'seed', 'method', 'device']);
@@ -55,24 +53,16 @@ export async function rsvd(input: Operand, options: RsvdOptions): Promise<SvdRes
   const U = matrix(m.rows, rank);
   const V = matrix(m.cols, rank);
   const S = new Float32Array(rank);
-  const args = { rank, oversample, powerIters, seed, method: methods.indexOf(method) as 0 | 1 | 2, U, S, V };
-  const info = await withCallerStack(
-    onDevice(o.device, [m], (device) =>
-      device === 'cuda'
-        ? native.cudaRsvd({ ...args, matrix: nativeOperand(m, 'matrix') })
-        : native.rsvd({ ...args, matrix: hostOperand(m, 'matrix') }),
-    ),
-    callSite,
-  );
+  const args = { rank, oversample, powerIters, seed, method, U, S, V };
+  const info = await onDevice(o.device, [m], (device) => ops.rsvd(device, { ...args, matrix: nativeOperand(m, 'matrix') }));
   return { U, S, V, exact: info.exact };
 }
 
 /** The Q factor of the Householder QR of `input` (rows >= cols), with diag(R) >= 0. */
 export async function orthonormalize(input: Matrix): Promise<Matrix> {
-  const callSite = new Error();
   const m = checkMatrix(input, 'matrix');
   const out = matrix(m.rows, m.cols);
-  await withCallerStack(native.orthonormalize({ matrix: m, out }), callSite);
+  await ops.orthonormalize({ matrix: m, out });
   return out;
 }
 
@@ -81,13 +71,12 @@ export async function orthonormalize(input: Matrix): Promise<Matrix> {
  * must be orthonormal): the augmentation step of EigenLoRAx. Seeded.
  */
 export async function completeBasis(basis: Matrix, extra: number, options: { seed?: number } = {}): Promise<Matrix> {
-  const callSite = new Error();
   const b = checkMatrix(basis, 'basis');
   const o = object(options, 'options');
   knownKeys(o, 'options', ['seed']);
   const count = integer(extra, 'extra', 1, b.rows - b.cols);
   const seed = integer(o.seed ?? 0, 'options.seed', 0);
   const out = matrix(b.rows, count);
-  await withCallerStack(native.completeBasis({ basis: b, seed, out }), callSite);
+  await ops.completeBasis({ basis: b, seed, out });
   return out;
 }

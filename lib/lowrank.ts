@@ -12,10 +12,11 @@
  * Every call takes `device` (lib/cuda.ts); inputs may be DeviceMatrix operands kept on the
  * GPU, outputs are host matrices. On the GPU the EigenLoRA order is always 'project'.
  */
-import { checkOperand, deviceArgs, hostArgs, onDevice, type Device, type Operand } from './cuda.js';
-import { EigenLoraxError, withCallerStack } from './errors.js';
+import { checkOperand, deviceArgs, onDevice, type Device, type Operand } from './cuda.js';
+import { EigenLoraxError } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
-import { native, type NativeOrder, type OrderName } from './native.js';
+import * as ops from './native/ops.js';
+import type { NativeOrder, OrderName } from './native/ops.js';
 import { finiteNumber, float32Scale, knownKeys, object, oneOf } from './validate.js';
 
 /** M: Matrix (host), or Operand where DeviceMatrix inputs are allowed (every call here). */
@@ -129,28 +130,22 @@ function eigenLoraArgs(x: Operand, layerInput: EigenLoraLayer<Operand>): EigenLo
   };
 }
 
-function orderCode(value: unknown): NativeOrder {
-  return orders.indexOf(oneOf(value ?? 'auto', 'options.order', orders)) as NativeOrder;
+function orderOption(value: unknown): NativeOrder {
+  return oneOf(value ?? 'auto', 'options.order', orders);
 }
 
 // The GPU computes EigenLoRA layers in the 'project' order only.
 function checkGpuOrder(order: NativeOrder): void {
-  if (order === 2) throw new EigenLoraxError("options.order: 'rebuild' is not available on the GPU (use 'auto' or 'project')", 'ERR_INVALID_ARGUMENT');
+  if (order === 'rebuild') throw new EigenLoraxError("options.order: 'rebuild' is not available on the GPU (use 'auto' or 'project')", 'ERR_INVALID_ARGUMENT');
 }
 
 /** y = x W^T + b + s (x A^T) B^T, x: n x d_in, y: n x d_out. */
 export async function loraForward(x: Operand, layer: LoraLayer<Operand>, options: { out?: Matrix; device?: Device } = {}): Promise<Matrix> {
-  const callSite = new Error();
   const xm = checkOperand(x, 'x');
   const args = { ...loraArgs(xm, layer), x: xm };
   const o = object(options, 'options');
   const y = outMatrix(o.out as Matrix | undefined, 'options.out', xm.rows, args.B.rows);
-  await withCallerStack(
-    onDevice(o.device, Object.values(args), (device) =>
-      device === 'cuda' ? native.cudaLoraForward({ ...deviceArgs(args), y }) : native.loraForward({ ...hostArgs(args), y }),
-    ),
-    callSite,
-  );
+  await onDevice(o.device, Object.values(args), (device) => ops.loraForward(device, { ...deviceArgs(args), y }));
   return y;
 }
 
@@ -161,7 +156,6 @@ export async function loraBackward(
   layer: LoraLayer<Operand>,
   options: BackwardOptions<LoraGradients> = {},
 ): Promise<LoraGradients> {
-  const callSite = new Error();
   const xm = checkOperand(x, 'x');
   const layerArgs = loraArgs(xm, layer);
   const args = { ...layerArgs, x: xm, dy: checkOperand(dy, 'dy', { rows: xm.rows, cols: layerArgs.B.rows }) };
@@ -170,14 +164,7 @@ export async function loraBackward(
   const dx = o.inputGrad === false ? null : outMatrix(out.dx, 'options.out.dx', xm.rows, xm.cols);
   const dA = outMatrix(out.dA, 'options.out.dA', args.A.rows, args.A.cols);
   const dB = outMatrix(out.dB, 'options.out.dB', args.B.rows, args.B.cols);
-  await withCallerStack(
-    onDevice(o.device, Object.values(args), (device) =>
-      device === 'cuda'
-        ? native.cudaLoraBackward({ ...deviceArgs(args), dx, dA, dB })
-        : native.loraBackward({ ...hostArgs(args), dx, dA, dB }),
-    ),
-    callSite,
-  );
+  await onDevice(o.device, Object.values(args), (device) => ops.loraBackward(device, { ...deviceArgs(args), dx, dA, dB }));
   return { dx, dA, dB };
 }
 
@@ -187,20 +174,15 @@ export async function eigenLoraForward(
   layer: EigenLoraLayer<Operand>,
   options: { out?: Matrix; order?: ProductOrder; device?: Device } = {},
 ): Promise<Matrix> {
-  const callSite = new Error();
   const xm = checkOperand(x, 'x');
   const args = { ...eigenLoraArgs(xm, layer), x: xm };
   const o = object(options, 'options');
-  const order = orderCode(o.order);
+  const order = orderOption(o.order);
   const y = outMatrix(o.out as Matrix | undefined, 'options.out', xm.rows, args.componentsB.rows);
-  await withCallerStack(
-    onDevice(o.device, Object.values(args), (device) => {
-      if (device === 'cpu') return native.eigenLoraForward({ ...hostArgs(args), y, order });
-      checkGpuOrder(order);
-      return native.cudaEigenLoraForward({ ...deviceArgs(args), y });
-    }),
-    callSite,
-  );
+  await onDevice(o.device, Object.values(args), (device) => {
+    if (device === 'cuda') checkGpuOrder(order);
+    return ops.eigenLoraForward(device, { ...deviceArgs(args), y, order });
+  });
   return y;
 }
 
@@ -211,24 +193,19 @@ export async function eigenLoraBackward(
   layer: EigenLoraLayer<Operand>,
   options: BackwardOptions<EigenLoraGradients> & { order?: ProductOrder } = {},
 ): Promise<EigenLoraGradients> {
-  const callSite = new Error();
   const xm = checkOperand(x, 'x');
   const layerArgs = eigenLoraArgs(xm, layer);
   const args = { ...layerArgs, x: xm, dy: checkOperand(dy, 'dy', { rows: xm.rows, cols: layerArgs.componentsB.rows }) };
   const o = object(options, 'options') as BackwardOptions<EigenLoraGradients> & { order?: ProductOrder };
-  const order = orderCode(o.order);
+  const order = orderOption(o.order);
   const out = o.out ?? {};
   const dx = o.inputGrad === false ? null : outMatrix(out.dx, 'options.out.dx', xm.rows, xm.cols);
   const dAlpha = outMatrix(out.dAlpha, 'options.out.dAlpha', args.alpha.rows, args.alpha.cols);
   const dBeta = outMatrix(out.dBeta, 'options.out.dBeta', args.beta.rows, args.beta.cols);
-  await withCallerStack(
-    onDevice(o.device, Object.values(args), (device) => {
-      if (device === 'cpu') return native.eigenLoraBackward({ ...hostArgs(args), dx, dAlpha, dBeta, order });
-      checkGpuOrder(order);
-      return native.cudaEigenLoraBackward({ ...deviceArgs(args), dx, dAlpha, dBeta });
-    }),
-    callSite,
-  );
+  await onDevice(o.device, Object.values(args), (device) => {
+    if (device === 'cuda') checkGpuOrder(order);
+    return ops.eigenLoraBackward(device, { ...deviceArgs(args), dx, dAlpha, dBeta, order });
+  });
   return { dx, dAlpha, dBeta };
 }
 
@@ -246,7 +223,7 @@ export interface OrderQuery {
 /** The order of products `auto` picks for these shapes (by counting multiply-adds). */
 export function chooseProductOrder(query: OrderQuery): OrderName {
   const q = object(query, 'query') as unknown as OrderQuery;
-  return native.chooseOrder({ ...q, backward: q.backward ?? false, inputGrad: q.inputGrad ?? true });
+  return ops.chooseOrder({ ...q, backward: q.backward ?? false, inputGrad: q.inputGrad ?? true });
 }
 
 /** A plain layer y = x W^T + b (W: d_out x d_in as nn.Linear stores it; bias optional). */
@@ -255,12 +232,11 @@ export async function linearForward(
   layer: { weight: Matrix; bias?: Float32Array },
   options: { out?: Matrix } = {},
 ): Promise<Matrix> {
-  const callSite = new Error();
   const xm = checkMatrix(x, 'x');
   const weight = checkMatrix(layer.weight, 'layer.weight', { cols: xm.cols });
   const bias = layer.bias === undefined ? null : checkVector(layer.bias, 'layer.bias', weight.rows);
   const y = outMatrix(object(options, 'options').out as Matrix | undefined, 'options.out', xm.rows, weight.rows);
-  await withCallerStack(native.linearForward({ x: xm, weight, bias, y }), callSite);
+  await ops.linearForward({ x: xm, weight, bias, y });
   return y;
 }
 
@@ -288,7 +264,6 @@ export async function linearBackward(
     out?: Partial<LinearGradients>;
   } = {},
 ): Promise<LinearGradients> {
-  const callSite = new Error();
   const xm = checkMatrix(x, 'x');
   const dym = checkMatrix(dy, 'dy', { rows: xm.rows });
   const o = object(options, 'options') as { inputGrad?: boolean; weightGrad?: boolean; biasGrad?: boolean; out?: Partial<LinearGradients> };
@@ -297,7 +272,7 @@ export async function linearBackward(
   const dx = o.inputGrad === false || weight === null ? null : outMatrix(out.dx, 'options.out.dx', xm.rows, xm.cols);
   const dWeight = o.weightGrad ? outMatrix(out.dWeight, 'options.out.dWeight', dym.cols, xm.cols) : null;
   const dBias = o.biasGrad ? (out.dBias ? checkVector(out.dBias, 'options.out.dBias', dym.cols) : new Float32Array(dym.cols)) : null;
-  await withCallerStack(native.linearBackward({ x: xm, dy: dym, weight, dx, dWeight, dBias }), callSite);
+  await ops.linearBackward({ x: xm, dy: dym, weight, dx, dWeight, dBias });
   return { dx, dWeight, dBias };
 }
 
@@ -311,13 +286,12 @@ export async function addLowRank(
   factors: { A: Matrix; B: Matrix; scale?: number },
   options: { transposed?: boolean } = {},
 ): Promise<Matrix> {
-  const callSite = new Error();
   const t = checkMatrix(target, 'target');
   const A = checkMatrix(factors.A, 'factors.A');
   const B = checkMatrix(factors.B, 'factors.B', { cols: A.rows });
   const transposed = object(options, 'options').transposed === true;
   checkMatrix(t, 'target', transposed ? { rows: A.cols, cols: B.rows } : { rows: B.rows, cols: A.cols });
   const scale = float32Scale(factors.scale ?? 1, 'factors.scale');
-  await withCallerStack(native.addLowRank({ target: t, A, B, scale, transposed }), callSite);
+  await ops.addLowRank({ target: t, A, B, scale, transposed });
   return t;
 }

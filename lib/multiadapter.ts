@@ -11,10 +11,10 @@
  * Both take `device` (lib/cuda.ts); on the GPU, x, the components, the weight, the
  * factors and the mixing matrices may be DeviceMatrix operands kept there.
  */
-import { checkOperand, DeviceMatrix, deviceArgs, hostArgs, hostOperand, nativeOperand, onDevice, type Device, type Operand } from './cuda.js';
-import { EigenLoraxError, withCallerStack } from './errors.js';
+import { checkOperand, DeviceMatrix, deviceArgs, nativeOperand, onDevice, type Device, type Operand } from './cuda.js';
+import { EigenLoraxError } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
-import { native } from './native.js';
+import * as ops from './native/ops.js';
 import { finiteNumber, float32Scale, integer, invalid, object } from './validate.js';
 
 export interface EigenAdapterBank {
@@ -67,7 +67,6 @@ export async function eigenBankApply(
   rows: Int32Array,
   options: BaseLayer & { out?: Matrix } = {},
 ): Promise<Matrix> {
-  const callSite = new Error();
   const xm = checkOperand(x, 'x');
   const componentsA = checkOperand(bank.componentsA, 'bank.componentsA', { rows: xm.cols });
   const componentsB = checkOperand(bank.componentsB, 'bank.componentsB');
@@ -83,12 +82,7 @@ export async function eigenBankApply(
   const y = o.out ? checkMatrix(o.out, 'options.out', { rows: xm.rows, cols: dOut }) : matrix(xm.rows, dOut);
   const args = { x: xm, componentsA, componentsB, mixing, weight };
   const fixed = { count, rows: checkRows(rows, xm.rows), bias, y };
-  await withCallerStack(
-    onDevice(o.device, Object.values(args), (device) =>
-      device === 'cuda' ? native.cudaEigenBankApply({ ...deviceArgs(args), ...fixed }) : native.eigenBankApply({ ...hostArgs(args), ...fixed }),
-    ),
-    callSite,
-  );
+  await onDevice(o.device, Object.values(args), (device) => ops.eigenBankApply(device, { ...deviceArgs(args), ...fixed }));
   return y;
 }
 
@@ -99,7 +93,6 @@ export async function loraBankApply(
   rows: Int32Array,
   options: BaseLayer & { dOut?: number; out?: Matrix } = {},
 ): Promise<Matrix> {
-  const callSite = new Error();
   const xm = checkOperand(x, 'x');
   if (!Array.isArray(adapters)) throw invalid('an array of { A, B, scale }', 'adapters', adapters);
   const o = object(options, 'options') as BaseLayer & { dOut?: number; out?: Matrix };
@@ -114,23 +107,13 @@ export async function loraBankApply(
   const bias = o.bias === undefined ? null : checkVector(o.bias, 'options.bias', dOut);
   const y = o.out ? checkMatrix(o.out, 'options.out', { rows: xm.rows, cols: dOut }) : matrix(xm.rows, dOut);
   const fixed = { rows: checkRows(rows, xm.rows), bias, y };
-  await withCallerStack(
-    onDevice(o.device, [xm, weight, ...list.flatMap((p) => [p.A, p.B])], (device) =>
-      device === 'cuda'
-        ? native.cudaLoraBankApply({
-            x: nativeOperand(xm, 'x'),
-            adapters: list.map((p, i) => ({ A: nativeOperand(p.A, `adapters[${i}].A`), B: nativeOperand(p.B, `adapters[${i}].B`), scale: p.scale })),
-            weight: weight === null ? null : nativeOperand(weight, 'options.weight'),
-            ...fixed,
-          })
-        : native.loraBankApply({
-            x: hostOperand(xm, 'x'),
-            adapters: list.map((p, i) => ({ A: hostOperand(p.A, `adapters[${i}].A`), B: hostOperand(p.B, `adapters[${i}].B`), scale: p.scale })),
-            weight: weight === null ? null : hostOperand(weight, 'options.weight'),
-            ...fixed,
-          }),
-    ),
-    callSite,
+  await onDevice(o.device, [xm, weight, ...list.flatMap((p) => [p.A, p.B])], (device) =>
+    ops.loraBankApply(device, {
+      x: nativeOperand(xm, 'x'),
+      adapters: list.map((p, i) => ({ A: nativeOperand(p.A, `adapters[${i}].A`), B: nativeOperand(p.B, `adapters[${i}].B`), scale: p.scale })),
+      weight: weight === null ? null : nativeOperand(weight, 'options.weight'),
+      ...fixed,
+    }),
   );
   return y;
 }

@@ -1,6 +1,7 @@
 /**
- * The only module that loads the native addon, and its types. Everything else imports
- * the typed `native` object from here.
+ * The only module that loads the native addon, and its types. Library code calls the
+ * addon only through the typed wrappers of native/ops.ts (which keep the caller's stack);
+ * the raw `native` object is for them and for tests that probe the boundary itself.
  *
  * Which binary is loaded (EIGENLORAX_ADDON, the source build in build/Release, or a
  * prebuilt one from prebuilds/) is decided in native/loader.ts; CI points EIGENLORAX_ADDON
@@ -13,9 +14,13 @@ import type { Matrix } from './matrix.js';
 import { loadAddon, type BinaryKind, type LoadedAddon } from './native/loader.js';
 
 export type NativeDType = 'f32' | 'f16' | 'bf16' | 'f64';
-/** 0 auto, 1 project, 2 rebuild (ProductOrder in native/core/lowrank.h). */
-export type NativeOrder = 0 | 1 | 2;
+/** ProductOrder in native/core/lowrank.h. */
+export type NativeOrder = 'auto' | OrderName;
 export type OrderName = 'project' | 'rebuild';
+/** SvdMethod in native/core/linalg.h. */
+export type NativeSvdMethod = 'auto' | 'exact' | 'randomized';
+/** What a device matrix stores (cuda::DType in native/cuda/backend.h). */
+export type NativeDeviceDType = 'f32' | 'f16' | 'bf16';
 
 export interface NativeLoraArgs {
   A: Matrix;
@@ -51,10 +56,10 @@ export interface NativeFactorPair {
   scale: number;
 }
 
-/** 0: factors as published (scale ignored); 1: balanced SVD factors of dW (scale inside). */
-export type NativeStacking = 0 | 1;
-/** 0: every adapter scaled to ||dW||_F = 1 while the basis is built; 1: as they are. */
-export type NativeWeighting = 0 | 1;
+/** raw: factors as published (scale ignored); canonical: balanced SVD factors of dW (scale inside). */
+export type NativeStacking = 'raw' | 'canonical';
+/** equal: every adapter scaled to ||dW||_F = 1 while the basis is built; scale: as they are. */
+export type NativeWeighting = 'equal' | 'scale';
 
 /** A matrix in GPU memory, as the addon reads it (DeviceMatrix.operand). */
 export interface NativeDeviceOperand {
@@ -63,8 +68,10 @@ export interface NativeDeviceOperand {
   handle: unknown;
 }
 
-/** A host matrix or a device matrix: what the cuda* calls accept for their inputs. */
+/** A host matrix or a device matrix: what the operations accept for their inputs on 'cuda'. */
 export type NativeOperand = Matrix | NativeDeviceOperand;
+/** Which backend runs an operation: native/core, or the CUDA plugin (default 'cpu'). */
+export type NativeDevice = 'cpu' | 'cuda';
 
 export interface NativeCudaDevice {
   index: number;
@@ -95,7 +102,13 @@ export interface NativeCudaStatus {
   devices: NativeCudaDevice[];
 }
 
-type CudaArgs<T> = { [K in keyof T]: T[K] extends Matrix ? NativeOperand : T[K] extends Matrix | null ? NativeOperand | null : T[K] };
+/**
+ * The arguments of an operation that runs on either backend: `device` (default 'cpu'), and
+ * on 'cuda' any matrix input may be a device matrix. Outputs stay host matrices.
+ */
+type OnDevice<In, Out> = {
+  [K in keyof In]: In[K] extends Matrix ? NativeOperand : In[K] extends Matrix | null ? NativeOperand | null : In[K];
+} & Out & { device?: NativeDevice };
 
 /** An opaque out-of-core module build (createModuleStream). */
 export type NativeModuleStream = { readonly __moduleStream: unique symbol };
@@ -106,31 +119,20 @@ export interface NativeAddon {
   setThreads(threads: number): void;
   getThreads(): number;
   buildInfo(): NativeBuildInfo;
-  rsvd(args: {
-    matrix: Matrix;
-    rank: number;
-    oversample: number;
-    powerIters: number;
-    seed: number;
-    method: 0 | 1 | 2;
-    U: Matrix;
-    S: Float32Array;
-    V: Matrix;
-  }): Promise<{ exact: boolean; sketchSize: number }>;
+  rsvd(
+    args: OnDevice<
+      { matrix: Matrix; rank: number; oversample: number; powerIters: number; seed: number; method: NativeSvdMethod },
+      { U: Matrix; S: Float32Array; V: Matrix }
+    >,
+  ): Promise<{ exact: boolean; sketchSize: number }>;
   orthonormalize(args: { matrix: Matrix; out: Matrix }): Promise<void>;
   completeBasis(args: { basis: Matrix; seed: number; out: Matrix }): Promise<void>;
-  loraForward(args: NativeLoraArgs & { x: Matrix; y: Matrix }): Promise<void>;
-  loraBackward(args: NativeLoraArgs & { x: Matrix; dy: Matrix; dx: Matrix | null; dA: Matrix; dB: Matrix }): Promise<void>;
-  eigenLoraForward(args: NativeEigenLoraArgs & { x: Matrix; y: Matrix; order: NativeOrder }): Promise<OrderName>;
+  loraForward(args: OnDevice<NativeLoraArgs & { x: Matrix }, { y: Matrix }>): Promise<void>;
+  loraBackward(args: OnDevice<NativeLoraArgs & { x: Matrix; dy: Matrix }, { dx: Matrix | null; dA: Matrix; dB: Matrix }>): Promise<void>;
+  /** Resolves to the order taken; the GPU takes 'project' only ('auto' there is 'project'). */
+  eigenLoraForward(args: OnDevice<NativeEigenLoraArgs & { x: Matrix }, { y: Matrix; order: NativeOrder }>): Promise<OrderName>;
   eigenLoraBackward(
-    args: NativeEigenLoraArgs & {
-      x: Matrix;
-      dy: Matrix;
-      dx: Matrix | null;
-      dAlpha: Matrix;
-      dBeta: Matrix;
-      order: NativeOrder;
-    },
+    args: OnDevice<NativeEigenLoraArgs & { x: Matrix; dy: Matrix }, { dx: Matrix | null; dAlpha: Matrix; dBeta: Matrix; order: NativeOrder }>,
   ): Promise<OrderName>;
   /** y = x W^T + b. */
   linearForward(args: { x: Matrix; weight: Matrix; bias: Float32Array | null; y: Matrix }): Promise<void>;
@@ -150,60 +152,33 @@ export interface NativeAddon {
    * row-major, adapter after adapter); rows[b] = -1 for no adapter.
    */
   eigenBankApply(args: {
-    x: Matrix;
-    componentsA: Matrix;
-    componentsB: Matrix;
-    mixing: Float32Array;
-    count: number;
-    rows: Int32Array;
-    weight: Matrix | null;
-    bias: Float32Array | null;
-    y: Matrix;
-  }): Promise<void>;
-  /** y = x W^T + b + per row b: s_i (x_b A_i^T) B_i^T with i = rows[b] (-1: none); segmented by adapter. */
-  loraBankApply(args: {
-    x: Matrix;
-    adapters: NativeFactorPair[];
-    rows: Int32Array;
-    weight: Matrix | null;
-    bias: Float32Array | null;
-    y: Matrix;
-  }): Promise<void>;
-  // The CUDA backend (native/cuda via native/addon/cuda_jobs.cpp): the same arguments as
-  // the CPU calls, where inputs may also be device matrices; outputs stay on the host.
-  cudaProbe(): Promise<NativeCudaStatus>;
-  cudaUpload(args: { rows: number; cols: number; dtype: 0 | 1 | 2; data: Float32Array | Uint16Array }): Promise<unknown>;
-  cudaDownload(args: { matrix: NativeDeviceOperand; out: Float32Array }): Promise<void>;
-  cudaDispose(args: { handle: unknown }): void;
-  cudaRsvd(args: CudaArgs<Parameters<NativeAddon['rsvd']>[0]> & { U: Matrix; V: Matrix }): Promise<{ exact: boolean; sketchSize: number }>;
-  cudaLoraForward(args: CudaArgs<NativeLoraArgs & { x: Matrix }> & { y: Matrix }): Promise<void>;
-  cudaLoraBackward(
-    args: CudaArgs<NativeLoraArgs & { x: Matrix; dy: Matrix }> & { dx: Matrix | null; dA: Matrix; dB: Matrix },
-  ): Promise<void>;
-  cudaEigenLoraForward(args: CudaArgs<NativeEigenLoraArgs & { x: Matrix }> & { y: Matrix }): Promise<OrderName>;
-  cudaEigenLoraBackward(
-    args: CudaArgs<NativeEigenLoraArgs & { x: Matrix; dy: Matrix }> & { dx: Matrix | null; dAlpha: Matrix; dBeta: Matrix },
-  ): Promise<OrderName>;
-  cudaEigenBankApply(args: {
     x: NativeOperand;
     componentsA: NativeOperand;
     componentsB: NativeOperand;
-    /** Flat (as the CPU call), or a device matrix of (count K_A) x K_B. */
+    /** Flat, adapter after adapter, or (on 'cuda') a device matrix of (count K_A) x K_B. */
     mixing: Float32Array | NativeDeviceOperand;
     count: number;
     rows: Int32Array;
     weight: NativeOperand | null;
     bias: Float32Array | null;
     y: Matrix;
+    device?: NativeDevice;
   }): Promise<void>;
-  cudaLoraBankApply(args: {
+  /** y = x W^T + b + per row b: s_i (x_b A_i^T) B_i^T with i = rows[b] (-1: none); segmented by adapter. */
+  loraBankApply(args: {
     x: NativeOperand;
     adapters: Array<{ A: NativeOperand; B: NativeOperand; scale: number }>;
     rows: Int32Array;
     weight: NativeOperand | null;
     bias: Float32Array | null;
     y: Matrix;
+    device?: NativeDevice;
   }): Promise<void>;
+  // CUDA's own calls (native/addon/cuda_jobs.cpp): the probe and device memory.
+  cudaProbe(): Promise<NativeCudaStatus>;
+  cudaUpload(args: { rows: number; cols: number; dtype: NativeDeviceDType; data: Float32Array | Uint16Array }): Promise<unknown>;
+  cudaDownload(args: { matrix: NativeDeviceOperand; out: Float32Array }): Promise<void>;
+  cudaDispose(args: { handle: unknown }): void;
   chooseOrder(args: {
     rows: number;
     dIn: number;
@@ -304,6 +279,17 @@ export interface NativeAddon {
     A: Matrix; // out, r x d_in
     B: Matrix; // out, d_out x r
   }): Promise<void>;
+
+  // Training (native/addon/train_jobs.cpp): synchronous, in place on the caller's arrays
+  // (the arguments are all read before any pointer is taken, so no JavaScript runs while
+  // the native loop holds them); cheap per-element work, so no thread hop.
+  /** Groups of [param, grad, exp_avg, exp_avg_sq]. */
+  trainAdamStep(tensors: readonly Float32Array[], stepSize: number, invBc2Sqrt: number, keep: number, l2: number, beta1: number, beta2: number, eps: number): void;
+  /** Groups of [param, grad, momentum_buffer or null]. */
+  trainSgdStep(tensors: readonly (Float32Array | null)[], lr: number, momentum: number, oneMinusDamp: number, weightDecay: number, nesterov: boolean, first: boolean): void;
+  trainReluForward(x: Float32Array, y: Float32Array): void;
+  trainReluBackward(y: Float32Array, dy: Float32Array, dx: Float32Array): void;
+  trainAllFinite(arrays: readonly Float32Array[]): boolean;
 }
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');

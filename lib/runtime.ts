@@ -1,5 +1,6 @@
 /** Build facts and the per-environment thread count of the native kernels. */
-import { native, addonPath, addonKind } from './native.js';
+import * as ops from './native/ops.js';
+import { addonPath, addonKind } from './native/ops.js';
 import { integer } from './validate.js';
 
 export interface BuildInfo {
@@ -20,7 +21,7 @@ export interface BuildInfo {
 }
 
 export function buildInfo(): BuildInfo {
-  return { ...native.buildInfo(), addonPath, binary: addonPath, binaryKind: addonKind };
+  return { ...ops.buildInfo(), addonPath, binary: addonPath, binaryKind: addonKind };
 }
 
 /**
@@ -28,9 +29,9 @@ export function buildInfo(): BuildInfo {
  * thread each have their own setting). Default: the number of processors.
  */
 export function setThreads(threads: number): void {
-  native.setThreads(integer(threads, 'threads', 1, 1024));
+  ops.setThreads(integer(threads, 'threads', 1, 1024));
 }
 
 export function getThreads(): number {
-  return native.getThreads();
+  return ops.getThreads();
 }

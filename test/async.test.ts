@@ -227,7 +227,7 @@ function startWithoutInputReference(seed: number, powerIters: number) {
   const U = matrix(1500, k);
   const V = matrix(1000, k);
   const S = new Float32Array(k);
-  const promise = native.rsvd({ matrix: known.A, rank: k, oversample: 10, powerIters, seed, method: 2, U, S, V });
+  const promise = native.rsvd({ matrix: known.A, rank: k, oversample: 10, powerIters, seed, method: 'randomized', U, S, V });
   return { promise, input: new WeakRef(known.A.data), S, U, V, s: known.s };
 }
 

@@ -67,7 +67,7 @@ test('a zero-length array claiming 65536 x 65536 is a shape mismatch, not a deta
   const e = await t.throwsAsync(rsvd(m, { rank: 1 }), { instanceOf: EigenLoraxError });
   t.is(e?.code, 'ERR_SHAPE_MISMATCH');
   const n = await t.throwsAsync(async () =>
-    native.rsvd({ matrix: m, rank: 1, oversample: 0, powerIters: 0, seed: 0, method: 0, U: matrix(1, 1), S: new Float32Array(1), V: matrix(1, 1) }),
+    native.rsvd({ matrix: m, rank: 1, oversample: 0, powerIters: 0, seed: 0, method: 'auto', U: matrix(1, 1), S: new Float32Array(1), V: matrix(1, 1) }),
   );
   t.is((n as EigenLoraxError).code, 'ERR_SHAPE_MISMATCH');
 });

@@ -146,7 +146,7 @@ test('an error raised while running leaves the outputs unwritten', async (t) => 
   const U = matrix(100, 2, new Float32Array(200).fill(7));
   const S = new Float32Array(2).fill(7);
   const V = matrix(80, 2, new Float32Array(160).fill(7));
-  const args = { matrix: withValue(100, 80, 4321, NaN), rank: 2, oversample: 10, powerIters: 2, seed: 0, method: 2 as const, U, S, V };
+  const args = { matrix: withValue(100, 80, 4321, NaN), rank: 2, oversample: 10, powerIters: 2, seed: 0, method: 'randomized' as const, U, S, V };
   await t.throwsAsync(async () => await native.rsvd(args), { instanceOf: EigenLoraxError, code: 'ERR_NON_FINITE' });
   t.true([...U.data, ...S, ...V.data].every((x) => x === 7), 'an output was written before the error');
 });
@@ -161,7 +161,7 @@ function rsvdArgs(changes: Record<string, unknown> = {}) {
     oversample: 2,
     powerIters: 1,
     seed: 0,
-    method: 0,
+    method: 'auto',
     U: matrix(8, 3),
     S: new Float32Array(3),
     V: matrix(6, 3),
@@ -216,15 +216,16 @@ const nativeRsvdCases: Array<[string, Record<string, unknown>, ErrorCode]> = [
   ['rank 7 > min(8, 6)', { rank: 7, U: matrix(8, 7), S: new Float32Array(7), V: matrix(6, 7) }, 'ERR_INVALID_ARGUMENT'],
   ['rank 2.5', { rank: 2.5 }, 'ERR_INVALID_ARGUMENT'],
   ['method 3', { method: 3 }, 'ERR_INVALID_ARGUMENT'],
-  ["method 'exact' (a string)", { method: 'exact' }, 'ERR_INVALID_ARGUMENT'],
+  ['method 2 (enums cross the boundary as strings)', { method: 2 }, 'ERR_INVALID_ARGUMENT'],
+  ["method 'fast'", { method: 'fast' }, 'ERR_INVALID_ARGUMENT'],
   ['seed -1', { seed: -1 }, 'ERR_INVALID_ARGUMENT'],
   ['seed 2^53', { seed: 2 ** 53 }, 'ERR_INVALID_ARGUMENT'],
   ['powerIters 1001', { powerIters: 1001 }, 'ERR_INVALID_ARGUMENT'],
   ['powerIters 1.5', { powerIters: 1.5 }, 'ERR_INVALID_ARGUMENT'],
   ['oversample -1', { oversample: -1 }, 'ERR_INVALID_ARGUMENT'],
   ['oversample a string', { oversample: '2' }, 'ERR_INVALID_ARGUMENT'],
-  ['NaN in the matrix (randomized)', { matrix: withValue(8, 6, 11, NaN), method: 2 }, 'ERR_NON_FINITE'],
-  ['Infinity in the matrix (exact)', { matrix: withValue(8, 6, 47, Infinity), method: 1 }, 'ERR_NON_FINITE'],
+  ['NaN in the matrix (randomized)', { matrix: withValue(8, 6, 11, NaN), method: 'randomized' }, 'ERR_NON_FINITE'],
+  ['Infinity in the matrix (exact)', { matrix: withValue(8, 6, 47, Infinity), method: 'exact' }, 'ERR_NON_FINITE'],
 ];
 
 function rsvdArgsMatrixView(a: Matrix, from: number, length: number): Float32Array {

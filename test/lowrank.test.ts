@@ -654,9 +654,9 @@ test('the native layer re-checks shapes before touching memory', async (t) => {
     weight: null,
     bias: null,
   };
-  await t.throwsAsync(async () => native.eigenLoraForward({ ...eigen, componentsA: matrix(s.dIn + 1, 4), x, y, order: 1 }), shape(/componentsA/));
-  await t.throwsAsync(async () => native.eigenLoraForward({ ...eigen, alpha: matrix(5, s.r), x, y, order: 2 }), shape(/alpha/));
-  await t.throwsAsync(async () => native.eigenLoraForward({ ...eigen, beta: matrix(3, s.r + 1), x, y, order: 1 }), shape(/beta/));
+  await t.throwsAsync(async () => native.eigenLoraForward({ ...eigen, componentsA: matrix(s.dIn + 1, 4), x, y, order: 'project' }), shape(/componentsA/));
+  await t.throwsAsync(async () => native.eigenLoraForward({ ...eigen, alpha: matrix(5, s.r), x, y, order: 'rebuild' }), shape(/alpha/));
+  await t.throwsAsync(async () => native.eigenLoraForward({ ...eigen, beta: matrix(3, s.r + 1), x, y, order: 'project' }), shape(/beta/));
   t.true(y.data.every(Number.isNaN), `seed ${seed}: y written before refusing`);
 });
 

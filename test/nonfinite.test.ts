@@ -104,7 +104,7 @@ test('a scale that is Infinity in float32 (1e39) is refused, through the library
   const pairs = await t.throwsAsync(async () =>
     native.buildModuleSubspace({
       adapters: [{ A, B, scale: 1e39 }],
-      stacking: 0, weighting: 0, center: false, oversample: 0, powerIters: 0, seed: 0,
+      stacking: 'raw', weighting: 'equal', center: false, oversample: 0, powerIters: 0, seed: 0,
       componentsA: matrix(16, 1), componentsB: matrix(8, 1), singularA: new Float32Array(1), singularB: new Float32Array(1), meanA: null, meanB: null,
     } as unknown as Parameters<typeof native.buildModuleSubspace>[0]),
   );

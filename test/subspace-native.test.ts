@@ -5,7 +5,7 @@
  */
 import test from 'ava';
 import { EigenLoraxError, matrix, type Matrix } from '../lib/index.js';
-import { native, type NativeFactorPair } from '../lib/native.js';
+import { native, type NativeFactorPair, type NativeStacking, type NativeWeighting } from '../lib/native.js';
 import { freshSeed, randomMatrix } from './helpers/random.js';
 import {
   frobenius,
@@ -37,7 +37,7 @@ function deltaW(p: { A: Matrix; B: Matrix }, scale: number): Mat64 {
   return w;
 }
 
-async function build(list: NativeFactorPair[], stacking: 0 | 1, weighting: 0 | 1, k: number, center = false) {
+async function build(list: NativeFactorPair[], stacking: NativeStacking, weighting: NativeWeighting, k: number, center = false) {
   const componentsA = matrix(dIn, k);
   const componentsB = matrix(dOut, k);
   const singularA = new Float32Array(k);
@@ -62,7 +62,7 @@ async function build(list: NativeFactorPair[], stacking: 0 | 1, weighting: 0 | 1
   return { componentsA, componentsB, singularA, singularB, meanA, meanB, info };
 }
 
-async function project(list: NativeFactorPair[], stacking: 0 | 1, basis: Awaited<ReturnType<typeof build>>) {
+async function project(list: NativeFactorPair[], stacking: NativeStacking, basis: Awaited<ReturnType<typeof build>>) {
   const kA = basis.componentsA.cols;
   const kB = basis.componentsB.cols;
   const alphas = list.map((p) => matrix(kA, p.A.rows));
@@ -101,20 +101,18 @@ async function project(list: NativeFactorPair[], stacking: 0 | 1, basis: Awaited
   return { alphas, betas, norms, errors, reconstructions };
 }
 
-for (const [stacking, name] of [
-  [0, 'raw'],
-  [1, 'canonical'],
-] as const) {
+for (const stacking of ['raw', 'canonical'] as const) {
+  const name = stacking;
   for (const center of [false, true]) {
     test(`projectModule (${name}${center ? ', centred' : ''}): norms and errors equal the dense f64 ones`, async (t) => {
       const seed = freshSeed();
       const list = adapters(seed, 6);
-      const basis = await build(list, stacking, 0, 6, center);
+      const basis = await build(list, stacking, 'equal', 6, center);
       const { norms, errors, reconstructions } = await project(list, stacking, basis);
       list.forEach((p, i) => {
         const dW = deltaW(p, p.scale);
         // Raw reconstructions carry the adapter's scale outside; canonical ones inside.
-        const dWHat = deltaW(reconstructions[i]!, stacking === 0 ? p.scale : 1);
+        const dWHat = deltaW(reconstructions[i]!, stacking === 'raw' ? p.scale : 1);
         const want = frobeniusDistance(dW, dWHat);
         t.true(Math.abs(norms[i]! - frobenius(dW)) <= 1e-5 * frobenius(dW), `seed ${seed}, adapter ${i}: norm`);
         t.true(Math.abs(errors[i]! - want) <= 1e-4 * frobenius(dW), `seed ${seed}, adapter ${i}: ${errors[i]} vs ${want}`);
@@ -127,7 +125,7 @@ test('buildModuleSubspace (raw): components are the top singular vectors of the 
   const seed = freshSeed();
   const list = adapters(seed, 5);
   const k = 6;
-  const { componentsA, componentsB, singularA, singularB, info } = await build(list, 0, 0, k);
+  const { componentsA, componentsB, singularA, singularB, info } = await build(list, 'raw', 'equal', k);
   // Stack A rows (sum r x d_in) and B columns (as rows: sum r x d_out) by hand.
   const total = list.reduce((n, p) => n + p.A.rows, 0);
   const stackA = zeros(total, dIn);
@@ -179,16 +177,16 @@ test('canonical stacking removes the gauge freedom: (B G, G^-1 A) gives the same
     return { A: matrix(3, dIn, Float32Array.from(A.data)), B: matrix(dOut, 3, Float32Array.from(B.data)), scale: p.scale };
   });
   const k = 5;
-  const first = await build(list, 1, 0, k);
-  const second = await build(regauged, 1, 0, k);
+  const first = await build(list, 'canonical', 'equal', k);
+  const second = await build(regauged, 'canonical', 'equal', k);
   t.true(subspaceAgreement(toF64(first.componentsA), toF64(second.componentsA)) > 0.999, `seed ${seed}: A side`);
   t.true(subspaceAgreement(toF64(first.componentsB), toF64(second.componentsB)) > 0.999, `seed ${seed}: B side`);
-  const e1 = (await project(list, 1, first)).errors;
-  const e2 = (await project(regauged, 1, first)).errors;
+  const e1 = (await project(list, 'canonical', first)).errors;
+  const e2 = (await project(regauged, 'canonical', first)).errors;
   e1.forEach((e, i) => t.true(Math.abs(e - e2[i]!) <= 1e-3 * (1 + e), `seed ${seed}: adapter ${i} error ${e} vs ${e2[i]}`));
   // Raw stacking sees the two gauges as different factors.
-  const raw1 = await build(list, 0, 0, k);
-  const raw2 = await build(regauged, 0, 0, k);
+  const raw1 = await build(list, 'raw', 'equal', k);
+  const raw2 = await build(regauged, 'raw', 'equal', k);
   t.true(subspaceAgreement(toF64(raw1.componentsA), toF64(raw2.componentsA)) < 0.99, `seed ${seed}: raw differs`);
 });
 
@@ -200,12 +198,12 @@ test('centring writes the means and reconstruction adds them back', async (t) =>
     const A = matrix(p.A.rows, dIn, Float32Array.from(p.A.data, (v, i) => v + offset.data[i % dIn]!));
     return { ...p, A };
   });
-  const basis = await build(list, 0, 0, 16, true);
+  const basis = await build(list, 'raw', 'equal', 16, true);
   let mean = 0;
   for (const p of list) for (let i = 0; i < p.A.data.length; i++) mean += p.A.data[i]!;
   t.true(Math.abs(basis.meanA!.reduce((s, v) => s + v, 0) - mean / (16)) < 1e-3, `seed ${seed}: mean A`);
   // With as many components as stacked rows minus one, centred raw reconstruction is exact.
-  const { reconstructions } = await project(list, 0, await build(list, 0, 0, 15, true));
+  const { reconstructions } = await project(list, 'raw', await build(list, 'raw', 'equal', 15, true));
   list.forEach((p, i) => {
     t.true(frobeniusDistance(toF64(reconstructions[i]!.A), toF64(p.A)) < 1e-4 * frobenius(toF64(p.A)), `seed ${seed}: A_${i}`);
   });
@@ -222,7 +220,7 @@ test('bad arguments are typed errors, checked before any work', async (t) => {
     meanA: null,
     meanB: null,
   });
-  const base = { stacking: 1, weighting: 0, center: false, oversample: 10, powerIters: 2, seed: 0 } as const;
+  const base = { stacking: 'canonical', weighting: 'equal', center: false, oversample: 10, powerIters: 2, seed: 0 } as const;
   const mismatch = [...list, { A: matrix(2, dIn + 1), B: matrix(dOut, 2), scale: 1 }];
   await t.throwsAsync(async () => native.buildModuleSubspace({ ...base, ...out(), adapters: mismatch }), {
     instanceOf: EigenLoraxError,
@@ -249,11 +247,11 @@ test('bad arguments are typed errors, checked before any work', async (t) => {
     instanceOf: EigenLoraxError,
     code: 'ERR_NON_FINITE',
   });
-  const basis = await build(list, 1, 0, k);
+  const basis = await build(list, 'canonical', 'equal', k);
   await t.throwsAsync(
     async () => native.projectModule({
       adapters: list,
-      stacking: 1,
+      stacking: 'canonical',
       componentsA: basis.componentsA,
       componentsB: basis.componentsB,
       meanA: null,

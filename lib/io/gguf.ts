@@ -16,8 +16,8 @@
 import { stat, type FileHandle } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { EigenLoraxError, withCallerStack } from '../errors.js';
-import { native } from '../native.js';
+import { EigenLoraxError } from '../errors.js';
+import * as ops from '../native/ops.js';
 import { invalid, knownKeys, object } from '../validate.js';
 import { fileError, ioError, openRegularFile, readFully } from './files.js';
 import { formatError, parseHeader, type ParsedHeader } from './gguf-header.js';
@@ -162,8 +162,7 @@ export class GgufReader {
       dequantize(type, bytes, data);
     } else if (count > 0) {
       // Native, vectorised, off the event loop, straight into the result.
-      const callSite = new Error();
-      await withCallerStack(native.convert({ src: bytes, from: type === 'F16' ? 'f16' : type === 'BF16' ? 'bf16' : 'f64', dst: data, to: 'f32' }), callSite);
+      await ops.convert({ src: bytes, from: type === 'F16' ? 'f16' : type === 'BF16' ? 'bf16' : 'f64', dst: data, to: 'f32' });
     }
     return { dtype: type, shape, data };
   }

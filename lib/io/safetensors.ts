@@ -38,8 +38,7 @@
 import { readdir, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { dtypeBytes, type DType } from '../dtype.js';
-import { withCallerStack } from '../errors.js';
-import { native } from '../native.js';
+import * as ops from '../native/ops.js';
 import { describe, invalid, knownKeys, object } from '../validate.js';
 import { fileError, ioError, readFully, readRegularFile } from './files.js';
 import { assertLittleEndian, dtypeRank, floatDtypes, isSafetensorsFloatDtype, SAFETENSORS_MAX_HEADER_BYTES, safetensorsDtypeBytes, safetensorsDtypes, type SafetensorsDType, type SafetensorsFloatDType } from './safetensors-format.js';
@@ -213,9 +212,8 @@ export class SafetensorsReader {
     const convert = (k: number, bytes: Uint8Array): Promise<void> => {
       const first = k * chunkElements;
       const dst = out.subarray(first, first + bytes.byteLength / elementBytes);
-      return withCallerStack(native.convert({ src: bytes, from, dst, to: 'f32' }), callSite);
+      return ops.convert({ src: bytes, from, dst, to: 'f32' });
     };
-    const callSite = new Error();
     try {
       let current = await read(0);
       for (let k = 0; k < chunks; k++) {

@@ -15,10 +15,10 @@
 import { constants as fsConstants } from 'node:fs';
 import { copyFile, mkdir, open, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { EigenLoraxError, withCallerStack } from '../errors.js';
+import { EigenLoraxError } from '../errors.js';
 import { fileError, ioError, temporaryPathFor, writeFully } from '../io/files.js';
 import { baseExtension, openBase, toBaseNames, type BaseReader } from './gguf.js';
-import { native } from '../native.js';
+import * as ops from '../native/ops.js';
 import { finiteNumber, invalid, knownKeys, object } from '../validate.js';
 import { checkSpec, resolveAdapter, type ResolvedAdapter } from './adapters.js';
 import { planMerge, type PlannedTensor } from './plan.js';
@@ -122,7 +122,6 @@ class TensorBuffers {
 /** f32 values back to the stored dtype (native, round to nearest even), into a reused buffer. */
 async function encode(values: Float32Array, dtype: string, buffers: TensorBuffers): Promise<ArrayBufferView> {
   if (dtype === 'F32') return values;
-  const callSite = new Error();
   let dst: Uint16Array | Float64Array;
   let to: 'bf16' | 'f16' | 'f64';
   if (dtype === 'BF16' || dtype === 'F16') {
@@ -134,7 +133,7 @@ async function encode(values: Float32Array, dtype: string, buffers: TensorBuffer
   } else {
     throw new EigenLoraxError(`internal: cannot encode ${dtype}`, 'ERR_INTERNAL');
   }
-  if (values.length > 0) await withCallerStack(native.convert({ src: values, from: 'f32', dst, to }), callSite);
+  if (values.length > 0) await ops.convert({ src: values, from: 'f32', dst, to });
   return dst;
 }
 

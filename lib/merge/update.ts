@@ -5,9 +5,8 @@
  * by their coefficients), so no JavaScript pass over the weight. The sign of `c` flips for
  * an unmerge, which negates the product exactly.
  */
-import { withCallerStack } from '../errors.js';
 import type { Matrix } from '../matrix.js';
-import { native } from '../native.js';
+import * as ops from '../native/ops.js';
 
 /** One adapter module's update on a stored weight: `coefficient * B A` (or its transpose). */
 export interface UpdateTerm {
@@ -57,8 +56,7 @@ export async function addLowRankUpdates(
     if (group.length === 0) continue;
     const { A, B } = stacked(group);
     flops += rows * cols * A.rows;
-    const callSite = new Error();
-    await withCallerStack(native.addLowRank({ target: { rows, cols, data: target }, A, B, scale: 1, transposed }), callSite);
+    await ops.addLowRank({ target: { rows, cols, data: target }, A, B, scale: 1, transposed });
   }
   return flops;
 }

@@ -3,7 +3,7 @@ import type { LoraAdapter } from '../adapters/types.js';
 import { EigenLoraxError } from '../errors.js';
 import { checkMatrix, type Matrix } from '../matrix.js';
 import { loraBankApply } from '../multiadapter.js';
-import type { NativeFactorPair } from '../native.js';
+import type { NativeFactorPair } from '../native/ops.js';
 import { finiteNumber, invalid, knownKeys, object } from '../validate.js';
 import { AdapterRegistry, checkName, type BankApplyOptions, type RowAdapters } from './registry.js';
 

@@ -1,15 +1,16 @@
 /**
  * buildSubspace: the principal components of many adapters, module by module (DESIGN §1).
  */
-import { EigenLoraxError, withCallerStack } from '../errors.js';
+import { EigenLoraxError } from '../errors.js';
 import { completeBasis } from '../linalg.js';
 import { matrix, type Matrix } from '../matrix.js';
-import { native, type NativeFactorPair } from '../native.js';
+import * as ops from '../native/ops.js';
+import type { NativeFactorPair } from '../native/ops.js';
 import { naturalCompare } from '../adapters/common.js';
 import type { OpenAdapterOptions } from '../adapters/types.js';
 import { version } from '../version.js';
 import { integer, invalid, knownKeys, object, oneOf } from '../validate.js';
-import { adapterCoefficients, meanRelativeError, moduleCoefficients, projectPairs, stackingCode } from './coefficients.js';
+import { adapterCoefficients, meanRelativeError, moduleCoefficients, projectPairs } from './coefficients.js';
 import { SUBSPACE_FORMAT_VERSION, subspaceId } from './identity.js';
 import { BusyClock, besides, chooseK, explainedBy, leftColumns } from './build-parts.js';
 import { defaultMemoryBudget, inMemoryModuleBytes, parseSize, streamChunkAdapters } from './budget.js';
@@ -429,12 +430,11 @@ async function buildModule(
   const chunk = streamChunkAdapters(budget, Math.max(...plan.holders.map((h) => h.info.rank)), dIn, dOut);
   const pairs = streamed ? null : await clocks.read.time(() => readPairs(plan, 0, plan.holders.length));
   if (streamed) report.streamedModules!.push(name);
-  const callSite = new Error();
   const args = {
     dIn,
     dOut,
-    stacking: stackingCode(settings.stacking),
-    weighting: (settings.weighting === 'scale' ? 1 : 0) as 0 | 1,
+    stacking: settings.stacking,
+    weighting: settings.weighting ?? 'equal',
     center: settings.center,
     oversample: settings.oversample,
     powerIters: settings.powerIters,
@@ -446,9 +446,8 @@ async function buildModule(
     meanA,
     meanB,
   };
-  const build = () => (pairs === null ? streamModuleComponents(plan, args, chunk, clocks) : native.buildModuleSubspace({ ...args, adapters: pairs }));
-  // The addon checks arguments synchronously: called inside the async body so a throw becomes a rejection.
-  const timed = pairs === null ? build() : clock.time(async () => withCallerStack(build(), callSite));
+  const build = () => (pairs === null ? streamModuleComponents(plan, args, chunk, clocks) : ops.buildModuleSubspace({ ...args, adapters: pairs }));
+  const timed = pairs === null ? build() : clock.time(build);
   const { energyA, energyB } = await timed.catch((error: unknown) => {
     throw inModule(error, plan);
   });

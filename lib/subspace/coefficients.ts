@@ -2,13 +2,12 @@
  * Projection of adapters on one module's components (native), and the bookkeeping of
  * coefficients: whole-adapter errors, mean relative errors over modules and adapters.
  */
-import { EigenLoraxError, withCallerStack } from '../errors.js';
+import { EigenLoraxError } from '../errors.js';
 import { matrix, type Matrix } from '../matrix.js';
-import { native, type NativeFactorPair } from '../native.js';
+import * as ops from '../native/ops.js';
+import type { NativeFactorPair } from '../native/ops.js';
 import type { ModuleInfo } from './inputs.js';
 import type { AdapterCoefficients, ModuleCoefficients, Stacking, SubspaceModule, SubspaceSource } from './types.js';
-
-export const stackingCode = (s: Stacking): 0 | 1 => (s === 'raw' ? 0 : 1);
 
 /** Loadings, norms and errors of `pairs` on `module` (one native call). */
 export async function projectPairs(
@@ -16,26 +15,12 @@ export async function projectPairs(
   stacking: Stacking,
   pairs: NativeFactorPair[],
 ): Promise<{ alphas: Matrix[]; betas: Matrix[]; norms: Float64Array; errors: Float64Array }> {
-  const callSite = new Error();
   const alphas = pairs.map((p) => matrix(module.kA, p.A.rows));
   const betas = pairs.map((p) => matrix(module.kB, p.A.rows));
   const norms = new Float64Array(pairs.length);
   const errors = new Float64Array(pairs.length);
-  await withCallerStack(
-    native.projectModule({
-      adapters: pairs,
-      stacking: stackingCode(stacking),
-      componentsA: module.componentsA,
-      componentsB: module.componentsB,
-      meanA: module.meanA,
-      meanB: module.meanB,
-      alphas,
-      betas,
-      norms,
-      errors,
-    }),
-    callSite,
-  );
+  const { componentsA, componentsB, meanA, meanB } = module;
+  await ops.projectModule({ adapters: pairs, stacking, componentsA, componentsB, meanA, meanB, alphas, betas, norms, errors });
   return { alphas, betas, norms, errors };
 }
 

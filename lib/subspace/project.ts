@@ -2,9 +2,9 @@
  * Projecting an adapter on a subspace, and back: reconstruction as an adapter, export to
  * a PEFT / diffusers / kohya file.
  */
-import { EigenLoraxError, withCallerStack } from '../errors.js';
+import { EigenLoraxError } from '../errors.js';
 import { checkMatrix, checkVector, matrix } from '../matrix.js';
-import { native } from '../native.js';
+import * as ops from '../native/ops.js';
 import { f32LoraModule } from '../adapters/module.js';
 import { saveAdapter } from '../adapters/save.js';
 import type { AdapterFormat, GgufAdapterOptions, LoraAdapter, LoraModule, OpenAdapterOptions, SavedAdapter } from '../adapters/types.js';
@@ -189,20 +189,16 @@ export async function reconstructAdapter(subspace: Subspace, coefficients: Adapt
     const B = matrix(m.dOut, r);
     if (m.meanA !== null) checkVector(m.meanA, `subspace module ${name} meanA`, m.dIn);
     if (m.meanB !== null) checkVector(m.meanB, `subspace module ${name} meanB`, m.dOut);
-    const callSite = new Error();
-    await withCallerStack(
-      native.reconstructFactors({
-        componentsA: m.componentsA,
-        componentsB: m.componentsB,
-        meanA: m.meanA,
-        meanB: m.meanB,
-        alpha: mc.alpha,
-        beta: mc.beta,
-        A,
-        B,
-      }),
-      callSite,
-    );
+    await ops.reconstructFactors({
+      componentsA: m.componentsA,
+      componentsB: m.componentsB,
+      meanA: m.meanA,
+      meanB: m.meanB,
+      alpha: mc.alpha,
+      beta: mc.beta,
+      A,
+      B,
+    });
     const canonical = c.stacking === 'canonical';
     const alpha = canonical ? r : mc.adapterAlpha;
     const rslora = canonical ? false : mc.rslora;

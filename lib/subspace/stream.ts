@@ -5,9 +5,9 @@
  * and projected chunk by chunk. Memory: d x (K + p) per side plus two chunks, whatever the
  * number of adapters.
  */
-import { withCallerStack } from '../errors.js';
 import type { Matrix } from '../matrix.js';
-import { native, type NativeFactorPair } from '../native.js';
+import * as ops from '../native/ops.js';
+import type { NativeFactorPair, NativeStacking, NativeWeighting } from '../native/ops.js';
 import { projectPairs } from './coefficients.js';
 import { runPool, type InputAdapter, type ModuleInfo } from './inputs.js';
 import type { SubspaceModule, Stacking } from './types.js';
@@ -64,8 +64,8 @@ export async function forEachChunk(
 export interface StreamBuildArgs {
   dIn: number;
   dOut: number;
-  stacking: 0 | 1;
-  weighting: 0 | 1;
+  stacking: NativeStacking;
+  weighting: NativeWeighting;
   center: boolean;
   oversample: number;
   powerIters: number;
@@ -80,7 +80,7 @@ export interface StreamBuildArgs {
 
 /**
  * The components of one module, out of core: the same result as
- * native.buildModuleSubspace within float32 rounding. Errors name adapters by their
+ * the in-memory buildModuleSubspace within float32 rounding. Errors name adapters by their
  * index among the holders, as the in-memory build does.
  */
 export async function streamModuleComponents(
@@ -89,9 +89,8 @@ export async function streamModuleComponents(
   chunk: number,
   clocks: { read: Clock; native: Clock },
 ): Promise<{ energyA: number; energyB: number; norms: Float64Array }> {
-  const callSite = new Error();
   const totalRank = plan.holders.reduce((n, h) => n + h.info.rank, 0);
-  const { stream, passes } = native.createModuleStream({
+  const { stream, passes } = ops.createModuleStream({
     dIn: args.dIn,
     dOut: args.dOut,
     totalRank,
@@ -107,23 +106,20 @@ export async function streamModuleComponents(
   });
   for (let pass = 0; pass < passes; pass++) {
     await forEachChunk(plan, chunk, clocks.read, (adapters) =>
-      clocks.native.time(() => withCallerStack(native.moduleStreamAdd({ stream, adapters }), callSite)),
+      clocks.native.time(() => ops.moduleStreamAdd({ stream, adapters })),
     );
-    await clocks.native.time(() => withCallerStack(native.moduleStreamEndPass({ stream }), callSite));
+    await clocks.native.time(() => ops.moduleStreamEndPass({ stream }));
   }
   return clocks.native.time(() =>
-    withCallerStack(
-      native.moduleStreamFinish({
-        stream,
-        componentsA: args.componentsA,
-        componentsB: args.componentsB,
-        singularA: args.singularA,
-        singularB: args.singularB,
-        meanA: args.meanA,
-        meanB: args.meanB,
-      }),
-      callSite,
-    ),
+    ops.moduleStreamFinish({
+      stream,
+      componentsA: args.componentsA,
+      componentsB: args.componentsB,
+      singularA: args.singularA,
+      singularB: args.singularB,
+      meanA: args.meanA,
+      meanB: args.meanB,
+    }),
   );
 }
 

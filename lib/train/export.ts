@@ -8,12 +8,12 @@ import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
 import { saveAdapter } from '../adapters/save.js';
 import type { LoraAdapter, LoraModule, SavedAdapter, SaveAdapterOptions } from '../adapters/types.js';
-import { EigenLoraxError, withCallerStack } from '../errors.js';
+import { EigenLoraxError } from '../errors.js';
 import { ioError } from '../io/files.js';
 import { verifyDigest } from '../io/digest.js';
 import { openSafetensors, writeSafetensors, type SafetensorsEntry } from '../io/safetensors.js';
 import { matrix, type Matrix } from '../matrix.js';
-import { native } from '../native.js';
+import * as ops from '../native/ops.js';
 import { invalid, knownKeys, object } from '../validate.js';
 import { EigenLoRA, LoRA } from './layers.js';
 import type { Sequential } from './model.js';
@@ -23,22 +23,18 @@ export const TRAINED_COEFFICIENTS_FORMAT = 'eigenlorax-trained-coefficients';
 
 /** alpha^T V_A^T (r x in) and U_B beta (out x r): an EigenLoRA layer's update as LoRA factors. */
 export async function eigenLoraFactors(layer: EigenLoRA): Promise<{ A: Matrix; B: Matrix }> {
-  const callSite = new Error();
   const A = matrix(layer.rank, layer.inFeatures);
   const B = matrix(layer.outFeatures, layer.rank);
-  await withCallerStack(
-    native.reconstructFactors({
-      componentsA: layer.componentsA,
-      componentsB: layer.componentsB,
-      meanA: null,
-      meanB: null,
-      alpha: layer.alpha,
-      beta: layer.beta,
-      A,
-      B,
-    }),
-    callSite,
-  );
+  await ops.reconstructFactors({
+    componentsA: layer.componentsA,
+    componentsB: layer.componentsB,
+    meanA: null,
+    meanB: null,
+    alpha: layer.alpha,
+    beta: layer.beta,
+    A,
+    B,
+  });
   return { A, B };
 }
 

@@ -6,20 +6,7 @@
  * f32 storage. The large products (everything of cost n x d_in x d_out) go through the
  * native low-rank kernels.
  */
-import { native } from '../native.js';
-
-/** The addon's training entry points (native/addon/train_jobs.cpp); bad arguments throw EigenLoraxError. */
-interface TrainKernels {
-  /** Groups of [param, grad, exp_avg, exp_avg_sq]. */
-  trainAdamStep(tensors: readonly Float32Array[], stepSize: number, invBc2Sqrt: number, keep: number, l2: number, beta1: number, beta2: number, eps: number): void;
-  /** Groups of [param, grad, momentum_buffer or null]. */
-  trainSgdStep(tensors: readonly (Float32Array | null)[], lr: number, momentum: number, oneMinusDamp: number, weightDecay: number, nesterov: boolean, first: boolean): void;
-  trainReluForward(x: Float32Array, y: Float32Array): void;
-  trainReluBackward(y: Float32Array, dy: Float32Array, dx: Float32Array): void;
-  trainAllFinite(arrays: readonly Float32Array[]): boolean;
-}
-
-const kernels = native as unknown as TrainKernels;
+import * as kernels from '../native/ops.js';
 
 /** y = max(x, 0), keeping NaN (x and y may be the same array). */
 export function reluForward(x: Float32Array, y: Float32Array): void {

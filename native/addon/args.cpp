@@ -387,4 +387,18 @@ std::string readString(Napi::Env env, const Napi::Object& args, const char* name
   return v.As<Napi::String>().Utf8Value();
 }
 
+int readChoice(Napi::Env env, const Napi::Object& args, const char* name, std::initializer_list<const char*> names) {
+  const Napi::Value v = args.Get(name);
+  std::string expected;
+  for (const char* n : names) expected += (expected.empty() ? "one of '" : ", '") + std::string(n) + "'";
+  if (!v.IsString()) badArgument(env, name, expected, v);
+  const std::string s = v.As<Napi::String>().Utf8Value();
+  int index = 0;
+  for (const char* n : names) {
+    if (s == n) return index;
+    ++index;
+  }
+  badArgument(env, name, expected, v);
+}
+
 }  // namespace eigenlorax::addon

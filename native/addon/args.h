@@ -4,6 +4,7 @@
 #pragma once
 #include <napi.h>
 
+#include <initializer_list>
 #include <memory>
 #include <string>
 #include <vector>
@@ -148,5 +149,8 @@ inline float readScale(Napi::Env env, const Napi::Object& args, const char* name
 // A safe non-negative integer in [min, max].
 int64_t readInteger(Napi::Env env, const Napi::Object& args, const char* name, int64_t min, int64_t max);
 std::string readString(Napi::Env env, const Napi::Object& args, const char* name);
+// Enums cross the boundary as strings: one of `names`, read as its index (so `names` lists
+// the C++ enum's values in order).
+int readChoice(Napi::Env env, const Napi::Object& args, const char* name, std::initializer_list<const char*> names);
 
 }  // namespace eigenlorax::addon

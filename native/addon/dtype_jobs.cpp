@@ -6,13 +6,7 @@ namespace eigenlorax::addon {
 namespace {
 
 DType readDType(Napi::Env env, const Napi::Object& args, const char* name) {
-  const std::string s = readString(env, args, name);
-  if (s == "f32") return DType::F32;
-  if (s == "f16") return DType::F16;
-  if (s == "bf16") return DType::BF16;
-  if (s == "f64") return DType::F64;
-  throwError(env, code::kInvalidArgument, std::string("Expected one of f32, f16, bf16, f64 for ") + name +
-                                              " but received " + s);
+  return static_cast<DType>(readChoice(env, args, name, {"f32", "f16", "bf16", "f64"}));
 }
 
 class ConvertJob : public Job {

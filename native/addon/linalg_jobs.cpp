@@ -1,31 +1,34 @@
-// rsvd, orthonormalize and completeBasis behind the async boundary.
+// rsvd (either backend), orthonormalize and completeBasis behind the async boundary.
 #include "../core/linalg.h"
-#include "job.h"
+#include "device.h"
 #include "op_args.h"
 
 namespace eigenlorax::addon {
 namespace {
 
-class RsvdJob : public Job {
+class RsvdJob : public DeviceJob {
  public:
-  using Job::Job;
+  using DeviceJob::DeviceJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
-    a_ = readMatrix(env, args, "matrix", keep, overlaps);
+    a_ = operand(env, args, "matrix", overlaps);
     options_ = readRsvdOptions(env, args);
     out_ = readRsvdOutputs(env, args, options_.rank, keep, overlaps);
     overlaps.check(env);
-    checkNow(env, [&] { checkRsvdArguments(a_, options_, out_.u, out_.v); });
+    checkNow(env, [&] { checkRsvdArguments(a_.shape(), options_, out_.u, out_.v); });
   }
 
  protected:
-  void run() override { info_ = rsvd(a_, options_, out_.u, out_.s, out_.v); }
+  void run() override {
+    runOn([&] { info_ = rsvd(a_.host, options_, out_.u, out_.s, out_.v); },
+          [&](cuda::Plugin& p) { return p.rsvd(a_, options_, out_.u, out_.s, out_.v, info_); });
+  }
   Napi::Value result(Napi::Env env) override { return rsvdResult(env, info_); }
 
  private:
-  ConstMatView a_;
+  cuda::Operand a_;
   RsvdOptions options_;
   RsvdOutputs out_;
   RsvdInfo info_;

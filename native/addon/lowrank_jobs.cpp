@@ -1,39 +1,13 @@
-// LoRA and EigenLoRA forward/backward behind the async boundary.
+// LoRA and EigenLoRA forward/backward (either backend), plain linear layers and in-place
+// merges (CPU) behind the async boundary.
 #include "../core/lowrank.h"
-#include "job.h"
+#include "device.h"
 
 namespace eigenlorax::addon {
 namespace {
 
 const char* orderName(ProductOrder order) {
   return order == ProductOrder::Rebuild ? "rebuild" : "project";
-}
-
-ProductOrder readOrder(Napi::Env env, const Napi::Object& args) {
-  return static_cast<ProductOrder>(readInteger(env, args, "order", 0, 2));
-}
-
-LoraLayer readLora(Napi::Env env, const Napi::Object& args, Keep& keep, Overlaps& overlaps) {
-  LoraLayer layer;
-  layer.a = readMatrix(env, args, "A", keep, overlaps);
-  layer.b = readMatrix(env, args, "B", keep, overlaps);
-  layer.scale = readScale(env, args, "scale");
-  layer.weight = readOptionalMatrix(env, args, "weight", keep, overlaps);
-  layer.bias = readVector(env, args, "bias", static_cast<size_t>(layer.b.rows), true, false, keep, overlaps);
-  return layer;
-}
-
-EigenLoraLayer readEigenLora(Napi::Env env, const Napi::Object& args, Keep& keep, Overlaps& overlaps) {
-  EigenLoraLayer layer;
-  layer.componentsA = readMatrix(env, args, "componentsA", keep, overlaps);
-  layer.alpha = readMatrix(env, args, "alpha", keep, overlaps);
-  layer.beta = readMatrix(env, args, "beta", keep, overlaps);
-  layer.componentsB = readMatrix(env, args, "componentsB", keep, overlaps);
-  layer.scale = readScale(env, args, "scale");
-  layer.weight = readOptionalMatrix(env, args, "weight", keep, overlaps);
-  layer.bias =
-      readVector(env, args, "bias", static_cast<size_t>(layer.componentsB.rows), true, false, keep, overlaps);
-  return layer;
 }
 
 double baseWork(Index rows, ConstMatView weight) {
@@ -44,132 +18,185 @@ double loraWork(Index rows, const LoraLayer& l) {
   return static_cast<double>(rows) * l.a.rows * (l.a.cols + l.b.rows) + baseWork(rows, l.weight);
 }
 
-class LoraForwardJob : public Job {
+// The layers' operands: host matrices, or device matrices on 'cuda'.
+class LayerJob : public DeviceJob {
  public:
-  using Job::Job;
+  using DeviceJob::DeviceJob;
+
+ protected:
+  cuda::LoraOperands readLora(Napi::Env env, const Napi::Object& args, Overlaps& overlaps) {
+    cuda::LoraOperands l;
+    l.a = operand(env, args, "A", overlaps);
+    l.b = operand(env, args, "B", overlaps);
+    l.scale = readScale(env, args, "scale");
+    l.weight = optionalOperand(env, args, "weight", overlaps);
+    l.bias = readVector(env, args, "bias", static_cast<size_t>(l.b.rows()), true, false, keep, overlaps);
+    return l;
+  }
+  cuda::EigenLoraOperands readEigenLora(Napi::Env env, const Napi::Object& args, Overlaps& overlaps) {
+    cuda::EigenLoraOperands l;
+    l.componentsA = operand(env, args, "componentsA", overlaps);
+    l.alpha = operand(env, args, "alpha", overlaps);
+    l.beta = operand(env, args, "beta", overlaps);
+    l.componentsB = operand(env, args, "componentsB", overlaps);
+    l.scale = readScale(env, args, "scale");
+    l.weight = optionalOperand(env, args, "weight", overlaps);
+    l.bias = readVector(env, args, "bias", static_cast<size_t>(l.componentsB.rows()), true, false, keep, overlaps);
+    return l;
+  }
+  // The EigenLoRA order: the CPU takes any; the GPU computes the 'project' order only.
+  ProductOrder readOrder(Napi::Env env, const Napi::Object& args) {
+    if (device_ == Device::Cuda && args.Get("order").IsUndefined()) return ProductOrder::Project;
+    const auto order = static_cast<ProductOrder>(readChoice(env, args, "order", {"auto", "project", "rebuild"}));
+    if (device_ == Device::Cuda && order == ProductOrder::Rebuild) {
+      throwError(env, code::kInvalidArgument, "order: 'rebuild' is not available on the GPU (use 'auto' or 'project')");
+    }
+    return device_ == Device::Cuda ? ProductOrder::Project : order;
+  }
+};
+
+class LoraForwardJob : public LayerJob {
+ public:
+  using LayerJob::LayerJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
-    x_ = readMatrix(env, args, "x", keep, overlaps);
-    layer_ = readLora(env, args, keep, overlaps);
+    x_ = operand(env, args, "x", overlaps);
+    layer_ = readLora(env, args, overlaps);
     y_ = readOutMatrix(env, args, "y", keep, overlaps);
     overlaps.check(env);
-    checkNow(env, [&] { checkLora(x_, layer_, "y", y_.rows, y_.cols); });
+    checkNow(env, [&] { checkLoraForward(x_.shape(), cuda::coreLayer(layer_), y_.view()); });
   }
 
  protected:
-  void run() override { loraForward(x_, layer_, y_); }
-  double work() const override { return loraWork(x_.rows, layer_); }
+  void run() override {
+    runOn([&] { loraForward(x_.host, cuda::coreLayer(layer_), y_); },
+          [&](cuda::Plugin& p) { return p.loraForward(x_, layer_, y_); });
+  }
+  double hostWork() const override { return loraWork(x_.rows(), cuda::coreLayer(layer_)); }
 
  private:
-  ConstMatView x_;
-  LoraLayer layer_;
+  cuda::Operand x_;
+  cuda::LoraOperands layer_;
   MatView y_;
 };
 
-class LoraBackwardJob : public Job {
+// A backward pass: x, dy, the layer (`readLayer`), then dx (optional) and the two
+// gradients named `first` and `second`.
+class BackwardJob : public LayerJob {
  public:
-  using Job::Job;
+  using LayerJob::LayerJob;
+
+ protected:
+  template <typename ReadLayer>
+  Napi::Object readBackward(const Napi::CallbackInfo& info, Overlaps& overlaps, ReadLayer readLayer, const char* first,
+                            const char* second) {
+    Napi::Env env = info.Env();
+    const Napi::Object args = begin(info);
+    x_ = operand(env, args, "x", overlaps);
+    dy_ = operand(env, args, "dy", overlaps);
+    readLayer(env, args);
+    dx_ = readOptionalOutMatrix(env, args, "dx", keep, overlaps);
+    first_ = readOutMatrix(env, args, first, keep, overlaps);
+    second_ = readOutMatrix(env, args, second, keep, overlaps);
+    return args;
+  }
+
+  cuda::Operand x_, dy_;
+  MatView dx_, first_, second_;
+};
+
+class LoraBackwardJob : public BackwardJob {
+ public:
+  using BackwardJob::BackwardJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const Napi::Object args = requireObject(env, info[0], "arguments");
     Overlaps overlaps;
-    x_ = readMatrix(env, args, "x", keep, overlaps);
-    dy_ = readMatrix(env, args, "dy", keep, overlaps);
-    layer_ = readLora(env, args, keep, overlaps);
-    dx_ = readOptionalOutMatrix(env, args, "dx", keep, overlaps);
-    dA_ = readOutMatrix(env, args, "dA", keep, overlaps);
-    dB_ = readOutMatrix(env, args, "dB", keep, overlaps);
+    readBackward(info, overlaps, [&](Napi::Env e, const Napi::Object& a) { layer_ = readLora(e, a, overlaps); }, "dA", "dB");
     overlaps.check(env);
     checkNow(env, [&] {
-      checkLora(x_, layer_, "dy", dy_.rows, dy_.cols);
-      requireShape("dA", dA_.rows, dA_.cols, layer_.a.rows, layer_.a.cols);
-      requireShape("dB", dB_.rows, dB_.cols, layer_.b.rows, layer_.b.cols);
-      if (!dx_.empty()) requireShape("dx", dx_.rows, dx_.cols, x_.rows, x_.cols);
+      checkLoraBackward(x_.shape(), dy_.shape(), cuda::coreLayer(layer_), dx_.view(), first_.view(), second_.view());
     });
   }
 
  protected:
-  void run() override { loraBackward(x_, dy_, layer_, dx_, dA_, dB_); }
-  double work() const override { return 2 * loraWork(x_.rows, layer_); }
+  void run() override {
+    runOn([&] { loraBackward(x_.host, dy_.host, cuda::coreLayer(layer_), dx_, first_, second_); },
+          [&](cuda::Plugin& p) { return p.loraBackward(x_, dy_, layer_, dx_, first_, second_); });
+  }
+  double hostWork() const override { return 2 * loraWork(x_.rows(), cuda::coreLayer(layer_)); }
 
  private:
-  ConstMatView x_, dy_;
-  LoraLayer layer_;
-  MatView dx_, dA_, dB_;
+  cuda::LoraOperands layer_;
 };
 
-class EigenLoraForwardJob : public Job {
+class EigenLoraForwardJob : public LayerJob {
  public:
-  using Job::Job;
+  using LayerJob::LayerJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const Napi::Object args = requireObject(env, info[0], "arguments");
+    const Napi::Object args = begin(info);
     Overlaps overlaps;
-    x_ = readMatrix(env, args, "x", keep, overlaps);
-    layer_ = readEigenLora(env, args, keep, overlaps);
+    x_ = operand(env, args, "x", overlaps);
+    layer_ = readEigenLora(env, args, overlaps);
     y_ = readOutMatrix(env, args, "y", keep, overlaps);
     order_ = readOrder(env, args);
     overlaps.check(env);
-    checkNow(env, [&] {
-      checkEigenLora(x_, layer_);
-      requireShape("y", y_.rows, y_.cols, x_.rows, layer_.componentsB.rows);
-    });
+    checkNow(env, [&] { checkEigenLoraForward(x_.shape(), cuda::coreLayer(layer_), y_.view()); });
   }
 
  protected:
-  void run() override { order_ = eigenLoraForward(x_, layer_, y_, order_); }
-  double work() const override {
-    const ProductOrder o = order_ == ProductOrder::Auto ? chooseOrder(x_.rows, layer_, false, false) : order_;
-    return eigenLoraCost(x_.rows, layer_, o, false, false) + baseWork(x_.rows, layer_.weight);
+  void run() override {
+    runOn([&] { order_ = eigenLoraForward(x_.host, cuda::coreLayer(layer_), y_, order_); },
+          [&](cuda::Plugin& p) { return p.eigenLoraForward(x_, layer_, y_); });
+  }
+  double hostWork() const override {
+    const EigenLoraLayer l = cuda::coreLayer(layer_);
+    const ProductOrder o = order_ == ProductOrder::Auto ? chooseOrder(x_.rows(), l, false, false) : order_;
+    return eigenLoraCost(x_.rows(), l, o, false, false) + baseWork(x_.rows(), l.weight);
   }
   Napi::Value result(Napi::Env env) override { return Napi::String::New(env, orderName(order_)); }
 
  private:
-  ConstMatView x_;
-  EigenLoraLayer layer_;
+  cuda::Operand x_;
+  cuda::EigenLoraOperands layer_;
   MatView y_;
   ProductOrder order_ = ProductOrder::Auto;
 };
 
-class EigenLoraBackwardJob : public Job {
+class EigenLoraBackwardJob : public BackwardJob {
  public:
-  using Job::Job;
+  using BackwardJob::BackwardJob;
   void prepare(const Napi::CallbackInfo& info) {
     Napi::Env env = info.Env();
-    const Napi::Object args = requireObject(env, info[0], "arguments");
     Overlaps overlaps;
-    x_ = readMatrix(env, args, "x", keep, overlaps);
-    dy_ = readMatrix(env, args, "dy", keep, overlaps);
-    layer_ = readEigenLora(env, args, keep, overlaps);
-    dx_ = readOptionalOutMatrix(env, args, "dx", keep, overlaps);
-    dAlpha_ = readOutMatrix(env, args, "dAlpha", keep, overlaps);
-    dBeta_ = readOutMatrix(env, args, "dBeta", keep, overlaps);
+    const Napi::Object args = readBackward(
+        info, overlaps, [&](Napi::Env e, const Napi::Object& a) { layer_ = readEigenLora(e, a, overlaps); }, "dAlpha",
+        "dBeta");
     order_ = readOrder(env, args);
     overlaps.check(env);
     checkNow(env, [&] {
-      checkEigenLora(x_, layer_);
-      requireShape("dy", dy_.rows, dy_.cols, x_.rows, layer_.componentsB.rows);
-      requireShape("dAlpha", dAlpha_.rows, dAlpha_.cols, layer_.alpha.rows, layer_.alpha.cols);
-      requireShape("dBeta", dBeta_.rows, dBeta_.cols, layer_.beta.rows, layer_.beta.cols);
-      if (!dx_.empty()) requireShape("dx", dx_.rows, dx_.cols, x_.rows, x_.cols);
+      checkEigenLoraBackward(x_.shape(), dy_.shape(), cuda::coreLayer(layer_), dx_.view(), first_.view(),
+                             second_.view());
     });
   }
 
  protected:
-  void run() override { order_ = eigenLoraBackward(x_, dy_, layer_, dx_, dAlpha_, dBeta_, order_); }
-  double work() const override {
+  void run() override {
+    runOn([&] { order_ = eigenLoraBackward(x_.host, dy_.host, cuda::coreLayer(layer_), dx_, first_, second_, order_); },
+          [&](cuda::Plugin& p) { return p.eigenLoraBackward(x_, dy_, layer_, dx_, first_, second_); });
+  }
+  double hostWork() const override {
+    const EigenLoraLayer l = cuda::coreLayer(layer_);
     const bool inputGrad = !dx_.empty();
-    const ProductOrder o = order_ == ProductOrder::Auto ? chooseOrder(x_.rows, layer_, true, inputGrad) : order_;
-    return eigenLoraCost(x_.rows, layer_, o, true, inputGrad) + (inputGrad ? baseWork(x_.rows, layer_.weight) : 0.0);
+    const ProductOrder o = order_ == ProductOrder::Auto ? chooseOrder(x_.rows(), l, true, inputGrad) : order_;
+    return eigenLoraCost(x_.rows(), l, o, true, inputGrad) + (inputGrad ? baseWork(x_.rows(), l.weight) : 0.0);
   }
   Napi::Value result(Napi::Env env) override { return Napi::String::New(env, orderName(order_)); }
 
  private:
-  ConstMatView x_, dy_;
-  EigenLoraLayer layer_;
-  MatView dx_, dAlpha_, dBeta_;
+  cuda::EigenLoraOperands layer_;
   ProductOrder order_ = ProductOrder::Auto;
 };
 
@@ -185,10 +212,7 @@ class LinearForwardJob : public Job {
     bias_ = readVector(env, args, "bias", static_cast<size_t>(weight_.rows), true, false, keep, overlaps);
     y_ = readOutMatrix(env, args, "y", keep, overlaps);
     overlaps.check(env);
-    checkNow(env, [&] {
-      requireShape("weight", weight_.rows, weight_.cols, weight_.rows, x_.cols);
-      requireShape("y", y_.rows, y_.cols, x_.rows, weight_.rows);
-    });
+    checkNow(env, [&] { checkLinearForward(x_, weight_, y_.view()); });
   }
 
  protected:
@@ -215,15 +239,7 @@ class LinearBackwardJob : public Job {
     dWeight_ = readOptionalOutMatrix(env, args, "dWeight", keep, overlaps);
     dBias_ = const_cast<float*>(readVector(env, args, "dBias", static_cast<size_t>(dy_.cols), true, true, keep, overlaps));
     overlaps.check(env);
-    checkNow(env, [&] {
-      requireShape("dy", dy_.rows, dy_.cols, x_.rows, dy_.cols);
-      if (!dx_.empty()) {
-        if (weight_.empty()) throw CoreError(code::kInvalidArgument, "weight: needed to compute dx");
-        requireShape("weight", weight_.rows, weight_.cols, dy_.cols, x_.cols);
-        requireShape("dx", dx_.rows, dx_.cols, x_.rows, x_.cols);
-      }
-      if (!dWeight_.empty()) requireShape("dWeight", dWeight_.rows, dWeight_.cols, dy_.cols, x_.cols);
-    });
+    checkNow(env, [&] { checkLinearBackward(x_, dy_, weight_, dx_.view(), dWeight_.view()); });
   }
 
  protected:
@@ -252,11 +268,7 @@ class AddLowRankJob : public Job {
     scale_ = readScale(env, args, "scale");
     transposed_ = args.Get("transposed").ToBoolean();
     overlaps.check(env);
-    checkNow(env, [&] {
-      requireShape("B", b_.rows, b_.cols, b_.rows, a_.rows);
-      if (transposed_) requireShape("target", target_.rows, target_.cols, a_.cols, b_.rows);
-      else requireShape("target", target_.rows, target_.cols, b_.rows, a_.cols);
-    });
+    checkNow(env, [&] { checkAddLowRank(target_.view(), b_, a_, transposed_); });
   }
 
  protected:

@@ -1,8 +1,9 @@
-// Arguments that the CPU jobs and the CUDA jobs (cuda_jobs.cpp) read alike.
+// Arguments that several jobs read alike.
 #pragma once
 #include <string>
 
 #include "../core/linalg.h"
+#include "../core/subspace.h"
 #include "args.h"
 
 namespace eigenlorax::addon {
@@ -16,7 +17,7 @@ inline RsvdOptions readRsvdOptions(Napi::Env env, const Napi::Object& args) {
   o.oversample = readInteger(env, args, "oversample", 0, kMaxSafeInteger);
   o.powerIters = static_cast<int>(readInteger(env, args, "powerIters", 0, 1000));
   o.seed = static_cast<uint64_t>(readInteger(env, args, "seed", 0, kMaxSafeInteger));
-  o.method = static_cast<SvdMethod>(readInteger(env, args, "method", 0, 2));
+  o.method = static_cast<SvdMethod>(readChoice(env, args, "method", {"auto", "exact", "randomized"}));
   return o;
 }
 
@@ -40,6 +41,13 @@ inline Napi::Value rsvdResult(Napi::Env env, const RsvdInfo& info) {
   out.Set("exact", Napi::Boolean::New(env, info.exact));
   out.Set("sketchSize", Napi::Number::New(env, static_cast<double>(info.sketchSize)));
   return out;
+}
+
+inline Stacking readStacking(Napi::Env env, const Napi::Object& args) {
+  return static_cast<Stacking>(readChoice(env, args, "stacking", {"raw", "canonical"}));
+}
+inline Weighting readWeighting(Napi::Env env, const Napi::Object& args) {
+  return static_cast<Weighting>(readChoice(env, args, "weighting", {"equal", "scale"}));
 }
 
 // `adapters`: [{ A, B, scale }, ...]; calls read(A, B, scale, "adapters[i]") for each.

@@ -1,6 +1,7 @@
 // Per-module EigenLoRAx kernels behind the async boundary.
 #include "../core/subspace.h"
 #include "job.h"
+#include "op_args.h"
 
 namespace eigenlorax::addon {
 
@@ -81,8 +82,8 @@ class BuildModuleJob : public Job {
     const Napi::Object args = requireObject(env, info[0], "arguments");
     Overlaps overlaps;
     adapters_ = readSubspaceAdapters(env, args, keep, overlaps);
-    options_.stacking = static_cast<Stacking>(readInteger(env, args, "stacking", 0, 1));
-    options_.weighting = static_cast<Weighting>(readInteger(env, args, "weighting", 0, 1));
+    options_.stacking = readStacking(env, args);
+    options_.weighting = readWeighting(env, args);
     options_.center = args.Get("center").ToBoolean();
     options_.oversample = readInteger(env, args, "oversample", 0, kMaxSafe);
     options_.powerIters = static_cast<int>(readInteger(env, args, "powerIters", 0, 1000));
@@ -111,7 +112,7 @@ class ProjectModuleJob : public Job {
     const Napi::Object args = requireObject(env, info[0], "arguments");
     Overlaps overlaps;
     adapters_ = readSubspaceAdapters(env, args, keep, overlaps);
-    stacking_ = static_cast<Stacking>(readInteger(env, args, "stacking", 0, 1));
+    stacking_ = readStacking(env, args);
     basis_ = readBasis(env, args, keep, overlaps);
     alphas_ = readOutMatrices(env, args, "alphas", keep, overlaps);
     betas_ = readOutMatrices(env, args, "betas", keep, overlaps);

@@ -7,6 +7,7 @@
 
 #include "../core/subspace_stream.h"
 #include "job.h"
+#include "op_args.h"
 
 namespace eigenlorax::addon {
 
@@ -39,8 +40,8 @@ Napi::Value createModuleStream(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const Napi::Object args = requireObject(env, info[0], "arguments");
   ModuleSubspaceOptions o;
-  o.stacking = static_cast<Stacking>(readInteger(env, args, "stacking", 0, 1));
-  o.weighting = static_cast<Weighting>(readInteger(env, args, "weighting", 0, 1));
+  o.stacking = readStacking(env, args);
+  o.weighting = readWeighting(env, args);
   o.center = args.Get("center").ToBoolean();
   o.oversample = readInteger(env, args, "oversample", 0, kMaxSafe);
   o.powerIters = static_cast<int>(readInteger(env, args, "powerIters", 0, 1000));

@@ -53,8 +53,6 @@ void checkBase(ConstMatView weight, Index dOut, Index dIn) {
   if (!weight.empty()) requireShape("weight", weight.rows, weight.cols, dOut, dIn);
 }
 
-}  // namespace
-
 void checkLora(ConstMatView x, const LoraLayer& layer, const char* outName, Index outRows, Index outCols) {
   const Index n = x.rows, dIn = x.cols, r = layer.a.rows, dOut = layer.b.rows;
   requirePositive("x rows", n);
@@ -64,7 +62,7 @@ void checkLora(ConstMatView x, const LoraLayer& layer, const char* outName, Inde
   requireShape("A", layer.a.rows, layer.a.cols, r, dIn);
   requireShape("B", layer.b.rows, layer.b.cols, dOut, r);
   checkBase(layer.weight, dOut, dIn);
-  if (outName != nullptr) requireShape(outName, outRows, outCols, n, dOut);
+  requireShape(outName, outRows, outCols, n, dOut);
 }
 
 void checkEigenLora(ConstMatView x, const EigenLoraLayer& l) {
@@ -82,8 +80,65 @@ void checkEigenLora(ConstMatView x, const EigenLoraLayer& l) {
   checkBase(l.weight, dOut, dIn);
 }
 
+}  // namespace
+
+void checkLoraForward(ConstMatView x, const LoraLayer& layer, ConstMatView y) {
+  checkLora(x, layer, "y", y.rows, y.cols);
+}
+
+void checkLoraBackward(ConstMatView x, ConstMatView dy, const LoraLayer& layer, ConstMatView dx, ConstMatView dA,
+                       ConstMatView dB) {
+  checkLora(x, layer, "dy", dy.rows, dy.cols);
+  requireShape("dA", dA.rows, dA.cols, layer.a.rows, x.cols);
+  requireShape("dB", dB.rows, dB.cols, layer.b.rows, layer.a.rows);
+  if (!dx.empty()) requireShape("dx", dx.rows, dx.cols, x.rows, x.cols);
+}
+
+void checkEigenLoraForward(ConstMatView x, const EigenLoraLayer& layer, ConstMatView y) {
+  checkEigenLora(x, layer);
+  requireShape("y", y.rows, y.cols, x.rows, layer.componentsB.rows);
+}
+
+void checkEigenLoraBackward(ConstMatView x, ConstMatView dy, const EigenLoraLayer& l, ConstMatView dx,
+                            ConstMatView dAlpha, ConstMatView dBeta) {
+  checkEigenLora(x, l);
+  requireShape("dy", dy.rows, dy.cols, x.rows, l.componentsB.rows);
+  requireShape("dAlpha", dAlpha.rows, dAlpha.cols, l.alpha.rows, l.alpha.cols);
+  requireShape("dBeta", dBeta.rows, dBeta.cols, l.beta.rows, l.beta.cols);
+  if (!dx.empty()) requireShape("dx", dx.rows, dx.cols, x.rows, x.cols);
+}
+
+void checkLinearForward(ConstMatView x, ConstMatView weight, ConstMatView y) {
+  requirePositive("x rows", x.rows);
+  requirePositive("x cols (d_in)", x.cols);
+  requireShape("weight", weight.rows, weight.cols, weight.rows, x.cols);
+  requirePositive("weight rows (d_out)", weight.rows);
+  requireShape("y", y.rows, y.cols, x.rows, weight.rows);
+}
+
+void checkLinearBackward(ConstMatView x, ConstMatView dy, ConstMatView weight, ConstMatView dx, ConstMatView dWeight) {
+  requirePositive("x rows", x.rows);
+  requirePositive("x cols (d_in)", x.cols);
+  requirePositive("dy cols (d_out)", dy.cols);
+  requireShape("dy", dy.rows, dy.cols, x.rows, dy.cols);
+  if (!dx.empty()) {
+    if (weight.empty()) throw CoreError(code::kInvalidArgument, "weight: needed to compute dx");
+    requireShape("weight", weight.rows, weight.cols, dy.cols, x.cols);
+    requireShape("dx", dx.rows, dx.cols, x.rows, x.cols);
+  }
+  if (!dWeight.empty()) requireShape("dWeight", dWeight.rows, dWeight.cols, dy.cols, x.cols);
+}
+
+void checkAddLowRank(ConstMatView target, ConstMatView b, ConstMatView a, bool transposed) {
+  const Index r = a.rows, dIn = a.cols, dOut = b.rows;
+  requirePositive("A rows (rank)", r);
+  requireShape("B", b.rows, b.cols, dOut, r);
+  if (transposed) requireShape("target", target.rows, target.cols, dIn, dOut);
+  else requireShape("target", target.rows, target.cols, dOut, dIn);
+}
+
 void loraForward(ConstMatView xv, const LoraLayer& layer, MatView yv) {
-  checkLora(xv, layer, "y", yv.rows, yv.cols);
+  checkLoraForward(xv, layer, yv.view());
   const ConstMapF x = xv.map();
   MapF y = yv.map();
   baseForward(x, layer.weight, layer.bias, y);
@@ -93,11 +148,7 @@ void loraForward(ConstMatView xv, const LoraLayer& layer, MatView yv) {
 
 void loraBackward(ConstMatView xv, ConstMatView dyv, const LoraLayer& layer, MatView dxv, MatView dAv,
                   MatView dBv) {
-  checkLora(xv, layer, "dy", dyv.rows, dyv.cols);
-  const Index n = xv.rows, dIn = xv.cols, r = layer.a.rows, dOut = layer.b.rows;
-  requireShape("dA", dAv.rows, dAv.cols, r, dIn);
-  requireShape("dB", dBv.rows, dBv.cols, dOut, r);
-  if (!dxv.empty()) requireShape("dx", dxv.rows, dxv.cols, n, dIn);
+  checkLoraBackward(xv, dyv, layer, dxv.view(), dAv.view(), dBv.view());
 
   const ConstMapF x = xv.map(), dy = dyv.map(), a = layer.a.map(), b = layer.b.map();
   const RowMatF h = x * a.transpose();                 // n x r
@@ -112,11 +163,7 @@ void loraBackward(ConstMatView xv, ConstMatView dyv, const LoraLayer& layer, Mat
 }
 
 void linearForward(ConstMatView xv, ConstMatView weight, const float* bias, MatView yv) {
-  requirePositive("x rows", xv.rows);
-  requirePositive("x cols (d_in)", xv.cols);
-  requireShape("weight", weight.rows, weight.cols, weight.rows, xv.cols);
-  requirePositive("weight rows (d_out)", weight.rows);
-  requireShape("y", yv.rows, yv.cols, xv.rows, weight.rows);
+  checkLinearForward(xv, weight, yv.view());
   const ConstMapF x = xv.map();
   MapF y = yv.map();
   baseForward(x, weight, bias, y);
@@ -124,17 +171,8 @@ void linearForward(ConstMatView xv, ConstMatView weight, const float* bias, MatV
 
 void linearBackward(ConstMatView xv, ConstMatView dyv, ConstMatView weight, MatView dxv, MatView dWv,
                     float* dBias) {
-  requirePositive("x rows", xv.rows);
-  requirePositive("x cols (d_in)", xv.cols);
-  requirePositive("dy cols (d_out)", dyv.cols);
-  requireShape("dy", dyv.rows, dyv.cols, xv.rows, dyv.cols);
-  const Index dIn = xv.cols, dOut = dyv.cols;
-  if (!dxv.empty()) {
-    if (weight.empty()) throw CoreError(code::kInvalidArgument, "weight: needed to compute dx");
-    requireShape("weight", weight.rows, weight.cols, dOut, dIn);
-    requireShape("dx", dxv.rows, dxv.cols, xv.rows, dIn);
-  }
-  if (!dWv.empty()) requireShape("dWeight", dWv.rows, dWv.cols, dOut, dIn);
+  checkLinearBackward(xv, dyv, weight, dxv.view(), dWv.view());
+  const Index dOut = dyv.cols;
   const ConstMapF x = xv.map(), dy = dyv.map();
   if (!dxv.empty()) {
     MapF dx = dxv.map();
@@ -152,11 +190,7 @@ void linearBackward(ConstMatView xv, ConstMatView dyv, ConstMatView weight, MatV
 }
 
 void addLowRank(MatView targetV, ConstMatView bv, ConstMatView av, float scale, bool transposed) {
-  const Index r = av.rows, dIn = av.cols, dOut = bv.rows;
-  requirePositive("A rows (rank)", r);
-  requireShape("B", bv.rows, bv.cols, dOut, r);
-  if (transposed) requireShape("target", targetV.rows, targetV.cols, dIn, dOut);
-  else requireShape("target", targetV.rows, targetV.cols, dOut, dIn);
+  checkAddLowRank(targetV.view(), bv, av, transposed);
   MapF target = targetV.map();
   const ConstMapF a = av.map(), b = bv.map();
   if (transposed) target.noalias() += scale * (a.transpose() * b.transpose());
@@ -185,8 +219,7 @@ ProductOrder chooseOrder(Index rows, const EigenLoraLayer& l, bool backward, boo
 }
 
 ProductOrder eigenLoraForward(ConstMatView xv, const EigenLoraLayer& l, MatView yv, ProductOrder order) {
-  checkEigenLora(xv, l);
-  requireShape("y", yv.rows, yv.cols, xv.rows, l.componentsB.rows);
+  checkEigenLoraForward(xv, l, yv.view());
   if (order == ProductOrder::Auto) order = chooseOrder(xv.rows, l, false, false);
 
   const ConstMapF x = xv.map(), vA = l.componentsA.map(), alpha = l.alpha.map(), beta = l.beta.map(),
@@ -208,12 +241,8 @@ ProductOrder eigenLoraForward(ConstMatView xv, const EigenLoraLayer& l, MatView 
 
 ProductOrder eigenLoraBackward(ConstMatView xv, ConstMatView dyv, const EigenLoraLayer& l, MatView dxv,
                                MatView dAlphaV, MatView dBetaV, ProductOrder order) {
-  checkEigenLora(xv, l);
-  const Index n = xv.rows, dIn = xv.cols, dOut = l.componentsB.rows;
-  requireShape("dy", dyv.rows, dyv.cols, n, dOut);
-  requireShape("dAlpha", dAlphaV.rows, dAlphaV.cols, l.alpha.rows, l.alpha.cols);
-  requireShape("dBeta", dBetaV.rows, dBetaV.cols, l.beta.rows, l.beta.cols);
-  if (!dxv.empty()) requireShape("dx", dxv.rows, dxv.cols, n, dIn);
+  checkEigenLoraBackward(xv, dyv, l, dxv.view(), dAlphaV.view(), dBetaV.view());
+  const Index n = xv.rows;
   if (order == ProductOrder::Auto) order = chooseOrder(n, l, true, !dxv.empty());
 
   const ConstMapF x = xv.map(), dy = dyv.map(), vA = l.componentsA.map(), alpha = l.alpha.map(),

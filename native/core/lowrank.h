@@ -37,9 +37,18 @@ enum class ProductOrder { Auto = 0, Project = 1, Rebuild = 2 };
 double eigenLoraCost(Index rows, const EigenLoraLayer& layer, ProductOrder order, bool backward, bool needInputGrad);
 ProductOrder chooseOrder(Index rows, const EigenLoraLayer& layer, bool backward, bool needInputGrad);
 
-// Shape checks, named per argument; call before any memory is read.
-void checkLora(ConstMatView x, const LoraLayer& layer, const char* outName, Index outRows, Index outCols);
-void checkEigenLora(ConstMatView x, const EigenLoraLayer& layer);
+// One shape check per operation, naming the argument at fault: each operation below runs
+// its own, and the addon (before queuing) and the CUDA backend call the same ones. Only
+// shapes and emptiness are read, never memory. An empty dx means "not wanted".
+void checkLoraForward(ConstMatView x, const LoraLayer& layer, ConstMatView y);
+void checkLoraBackward(ConstMatView x, ConstMatView dy, const LoraLayer& layer, ConstMatView dx, ConstMatView dA,
+                       ConstMatView dB);
+void checkEigenLoraForward(ConstMatView x, const EigenLoraLayer& layer, ConstMatView y);
+void checkEigenLoraBackward(ConstMatView x, ConstMatView dy, const EigenLoraLayer& layer, ConstMatView dx,
+                            ConstMatView dAlpha, ConstMatView dBeta);
+void checkLinearForward(ConstMatView x, ConstMatView weight, ConstMatView y);
+void checkLinearBackward(ConstMatView x, ConstMatView dy, ConstMatView weight, ConstMatView dx, ConstMatView dWeight);
+void checkAddLowRank(ConstMatView target, ConstMatView b, ConstMatView a, bool transposed);
 
 // y: n x d_out.
 void loraForward(ConstMatView x, const LoraLayer& layer, MatView y);

@@ -8,29 +8,6 @@
 namespace eigenlorax::cuda {
 namespace {
 
-// The same checks as the CPU backend, on the operands' shapes.
-LoraLayer shapeOf(const LoraOperands& l) {
-  LoraLayer s;
-  s.a = l.a.shape();
-  s.b = l.b.shape();
-  s.scale = l.scale;
-  s.weight = l.weight.shape();
-  s.bias = l.bias;
-  return s;
-}
-
-EigenLoraLayer shapeOf(const EigenLoraOperands& l) {
-  EigenLoraLayer s;
-  s.componentsA = l.componentsA.shape();
-  s.alpha = l.alpha.shape();
-  s.beta = l.beta.shape();
-  s.componentsB = l.componentsB.shape();
-  s.scale = l.scale;
-  s.weight = l.weight.shape();
-  s.bias = l.bias;
-  return s;
-}
-
 const float* biasOnDevice(const float* bias, int64_t dOut, Workspace& ws) {
   return bias == nullptr ? nullptr : uploadArray(bias, dOut, ws);
 }
@@ -62,7 +39,7 @@ RsvdInfo rsvd(Operand a, const RsvdOptions& o, MatView u, float* s, MatView v) {
 }
 
 void loraForward(Operand x, const LoraOperands& l, MatView y) {
-  checkLora(x.shape(), shapeOf(l), "y", y.rows, y.cols);
+  checkLoraForward(x.shape(), coreLayer(l), y.view());
   const int64_t n = x.rows(), dIn = x.cols(), r = l.a.rows(), dOut = l.b.rows();
   Workspace ws;
   float* out = ws.take<float>(n * dOut);
@@ -72,11 +49,8 @@ void loraForward(Operand x, const LoraOperands& l, MatView y) {
 }
 
 void loraBackward(Operand x, Operand dy, const LoraOperands& l, MatView dx, MatView dA, MatView dB) {
-  checkLora(x.shape(), shapeOf(l), "dy", dy.rows(), dy.cols());
+  checkLoraBackward(x.shape(), dy.shape(), coreLayer(l), dx.view(), dA.view(), dB.view());
   const int64_t n = x.rows(), dIn = x.cols(), r = l.a.rows(), dOut = l.b.rows();
-  requireShape("dA", dA.rows, dA.cols, r, dIn);
-  requireShape("dB", dB.rows, dB.cols, dOut, r);
-  if (!dx.empty()) requireShape("dx", dx.rows, dx.cols, n, dIn);
   Workspace ws;
   const float* xd = deviceF32(x, ws, "x");
   const float* dyd = deviceF32(dy, ws, "dy");
@@ -101,10 +75,9 @@ void loraBackward(Operand x, Operand dy, const LoraOperands& l, MatView dx, MatV
 }
 
 ProductOrder eigenLoraForward(Operand x, const EigenLoraOperands& l, MatView y) {
-  checkEigenLora(x.shape(), shapeOf(l));
+  checkEigenLoraForward(x.shape(), coreLayer(l), y.view());
   const int64_t n = x.rows(), dIn = x.cols(), kA = l.componentsA.cols(), kB = l.componentsB.cols();
   const int64_t r = l.alpha.cols(), dOut = l.componentsB.rows();
-  requireShape("y", y.rows, y.cols, n, dOut);
   Workspace ws;
   float* out = ws.take<float>(n * dOut);
   dev::eigenLoraForward(deviceF32(x, ws, "x"), n, dIn, dOut, deviceF32(l.componentsA, ws, "componentsA"), kA,
@@ -117,13 +90,9 @@ ProductOrder eigenLoraForward(Operand x, const EigenLoraOperands& l, MatView y) 
 
 ProductOrder eigenLoraBackward(Operand x, Operand dy, const EigenLoraOperands& l, MatView dx, MatView dAlpha,
                                MatView dBeta) {
-  checkEigenLora(x.shape(), shapeOf(l));
+  checkEigenLoraBackward(x.shape(), dy.shape(), coreLayer(l), dx.view(), dAlpha.view(), dBeta.view());
   const int64_t n = x.rows(), dIn = x.cols(), kA = l.componentsA.cols(), kB = l.componentsB.cols();
   const int64_t r = l.alpha.cols(), dOut = l.componentsB.rows();
-  requireShape("dy", dy.rows(), dy.cols(), n, dOut);
-  requireShape("dAlpha", dAlpha.rows, dAlpha.cols, kA, r);
-  requireShape("dBeta", dBeta.rows, dBeta.cols, kB, r);
-  if (!dx.empty()) requireShape("dx", dx.rows, dx.cols, n, dIn);
   Workspace ws;
   const float* xd = deviceF32(x, ws, "x");
   const float* dyd = deviceF32(dy, ws, "dy");
@@ -159,13 +128,7 @@ ProductOrder eigenLoraBackward(Operand x, Operand dy, const EigenLoraOperands& l
 void eigenBankApply(Operand x, const EigenBankOperands& bank, const int32_t* rowAdapter, Operand weight,
                     const float* bias, MatView y) {
   const int64_t kA = bank.componentsA.cols(), kB = bank.componentsB.cols();
-  EigenAdapterBank shape;
-  shape.componentsA = bank.componentsA.shape();
-  shape.componentsB = bank.componentsB.shape();
-  shape.count = bank.count;
-  shape.mixing = reinterpret_cast<const float*>(&bank);  // checked for presence only
-  requireShape("mixing", bank.mixing.rows(), bank.mixing.cols(), bank.count * kA, kB);
-  checkEigenBankApply(x.shape(), shape, rowAdapter, weight.shape(), y);
+  checkEigenBankApply(x.shape(), coreBank(bank), rowAdapter, weight.shape(), y);
   if (kA > 12288) {
     throw CoreError(eigenlorax::code::kInvalidArgument,
                     "componentsA: at most 12288 columns on the GPU but received " + std::to_string(kA));
@@ -182,11 +145,7 @@ void eigenBankApply(Operand x, const EigenBankOperands& bank, const int32_t* row
 
 void loraBankApply(Operand x, const LoraBankOperands& bank, const int32_t* rowAdapter, Operand weight,
                    const float* bias, MatView y) {
-  LoraBank shape;
-  for (const Operand& a : bank.a) shape.a.push_back(a.shape());
-  for (const Operand& b : bank.b) shape.b.push_back(b.shape());
-  shape.scales = bank.scales;
-  checkLoraBankApply(x.shape(), shape, rowAdapter, weight.shape(), y);
+  checkLoraBankApply(x.shape(), coreBank(bank), rowAdapter, weight.shape(), y);
   const int64_t n = x.rows(), dIn = x.cols(), dOut = y.cols;
   const size_t count = bank.a.size();
   Workspace ws;

@@ -18,6 +18,7 @@
 #include "../core/linalg.h"
 #include "../core/lowrank.h"
 #include "../core/matrix.h"
+#include "../core/multiadapter.h"
 
 namespace eigenlorax::cuda {
 
@@ -129,6 +130,28 @@ struct LoraBankOperands {
   std::vector<float> scales;
 };
 // y = x W^T + b + each row's adapter; rowAdapter (host, n entries) in [-1, count).
+// The operands as the core's types: for the core's shape checks, which read only shapes
+// and emptiness (a device operand stands in by a non-null pointer, Operand::shape), and,
+// when every operand is on the host, for the CPU backend itself.
+inline LoraLayer coreLayer(const LoraOperands& l) {
+  return {l.a.shape(), l.b.shape(), l.scale, l.weight.shape(), l.bias};
+}
+inline EigenLoraLayer coreLayer(const EigenLoraOperands& l) {
+  return {l.componentsA.shape(), l.alpha.shape(), l.beta.shape(), l.componentsB.shape(), l.scale, l.weight.shape(), l.bias};
+}
+// Checks the mixing matrix's shape ((count K_A) x K_B) on the way.
+inline EigenAdapterBank coreBank(const EigenBankOperands& b) {
+  requireShape("mixing", b.mixing.rows(), b.mixing.cols(), b.count * b.componentsA.cols(), b.componentsB.cols());
+  return {b.componentsA.shape(), b.componentsB.shape(), b.mixing.shape().data, b.count};
+}
+inline LoraBank coreBank(const LoraBankOperands& b) {
+  LoraBank out;
+  for (const Operand& a : b.a) out.a.push_back(a.shape());
+  for (const Operand& m : b.b) out.b.push_back(m.shape());
+  out.scales = b.scales;
+  return out;
+}
+
 void eigenBankApply(Operand x, const EigenBankOperands& bank, const int32_t* rowAdapter, Operand weight,
                     const float* bias, MatView y);
 void loraBankApply(Operand x, const LoraBankOperands& bank, const int32_t* rowAdapter, Operand weight,

@@ -131,7 +131,7 @@ const scenarios: Record<string, () => Promise<Outcome>> = {
     const V = matrix(n, 60);
     const S = new Float32Array(60);
     const p = native
-      .rsvd({ matrix: a, rank: 60, oversample: 10, powerIters: 4, seed: 0, method: 0, U, S, V })
+      .rsvd({ matrix: a, rank: 60, oversample: 10, powerIters: 4, seed: 0, method: 'auto', U, S, V })
       .then(() => () => true);
     transferAndCollect(U.data.buffer as ArrayBuffer);
     return settle(p);
