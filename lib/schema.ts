@@ -108,6 +108,7 @@ interface Node {
   properties?: Record<string, Node>;
   required?: string[];
   additionalProperties?: boolean | Node;
+  patternProperties?: Record<string, Node>;
   items?: Node;
   minItems?: number;
   maxItems?: number;
@@ -147,6 +148,15 @@ function firstMismatch(schema: Node, value: unknown, path: string): Found | unde
       }
       const found = firstMismatch(child, value[key], join(path, key));
       if (found !== undefined) return found;
+    }
+    // A record (`Type.Record(Type.String(), X)`): every other key's value against X.
+    const rest = Object.values(schema.patternProperties ?? {})[0] ?? (typeof schema.additionalProperties === 'object' ? schema.additionalProperties : undefined);
+    if (rest !== undefined) {
+      for (const [key, v] of Object.entries(value)) {
+        if (key in properties) continue;
+        const found = firstMismatch(rest, v, join(path, key));
+        if (found !== undefined) return found;
+      }
     }
     if (schema.additionalProperties === false) {
       const known = Object.keys(properties);
@@ -213,5 +223,9 @@ export function describe(s: Node): string {
 /** A sha256 in hex, as written in the files. */
 export const Sha256Hex = Type.String({ pattern: '^[0-9a-f]{64}$', description: '64 lower-case hex digits' });
 /** A non-negative safe integer (counts, sizes). */
-export const Count = (minimum = 0, maximum = Number.MAX_SAFE_INTEGER) => Type.Integer({ minimum, maximum });
+export function Count(minimum = 0, maximum = Number.MAX_SAFE_INTEGER) {
+  const open = maximum === Number.MAX_SAFE_INTEGER;
+  const description = open && minimum === 1 ? 'a positive integer' : open && minimum === 0 ? 'a non-negative integer' : undefined;
+  return Type.Integer({ minimum, maximum, ...(description === undefined ? {} : { description }) });
+}
 export const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);

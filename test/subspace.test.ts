@@ -656,7 +656,7 @@ test('loadSubspace refuses corrupted sidecars with ERR_SUBSPACE_FORMAT naming th
     ['wrong version', JSON.stringify({ ...json(), formatVersion: 2 }), /field "formatVersion": expected version 1 .*, received 2/],
     ['wrong format', JSON.stringify({ ...json(), format: 'other' }), /field "format"/],
     ['missing settings', JSON.stringify({ ...json(), settings: undefined }), /field "settings": expected an object, received nothing/],
-    ['missing field', JSON.stringify({ ...json(), modules: json().modules.map((m: Record<string, unknown>) => ({ ...m, kA: undefined })) }), /field "modules\[0\]\.kA": expected an integer .*, received nothing/],
+    ['missing field', JSON.stringify({ ...json(), modules: json().modules.map((m: Record<string, unknown>) => ({ ...m, kA: undefined })) }), /field "modules\[0\]\.kA": expected a positive integer, received nothing/],
     ['wrong type', JSON.stringify({ ...json(), settings: { ...json().settings, center: 'yes' } }), /field "settings\.center": expected true or false, received "yes"/],
     ['bad sha256', JSON.stringify({ ...json(), sources: json().sources.map((s: Record<string, unknown>) => ({ ...s, files: [{ path: '/x', bytes: 1, sha256: 'abc' }] })) }), /sources\[0\]\.files\[0\]\.sha256/],
     ['unknown adapter', JSON.stringify({ ...json(), modules: json().modules.map((m: Record<string, unknown>) => ({ ...m, adapters: ['nobody', 'b', 'c', 'd'] })) }), /modules\[0\]\.adapters\[0\]/],
