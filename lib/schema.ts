@@ -128,15 +128,19 @@ interface Found {
 }
 
 const join = (path: string, key: string | number) => (typeof key === 'number' ? `${path}[${key}]` : path === '' ? key : `${path}.${key}`);
+const kindOf = (v: unknown) => (Array.isArray(v) ? 'array' : isRecord(v) ? 'object' : typeof v === 'number' ? 'number' : typeof v === 'string' ? 'string' : undefined);
 const isRecord = (v: unknown): v is Record<string, unknown> => typeof v === 'object' && v !== null && !Array.isArray(v) && !ArrayBuffer.isView(v);
 
 function firstMismatch(schema: Node, value: unknown, path: string): Found | undefined {
   if (Value.Check(schema as TSchema, value)) return undefined;
   if (schema.anyOf !== undefined) {
-    // Descend into the one branch of the value's kind (an object into the object branch).
-    const kind = Array.isArray(value) ? 'array' : isRecord(value) ? 'object' : undefined;
-    const branches = schema.anyOf.filter((b) => kind !== undefined && b.type === kind);
-    if (branches.length === 1 && schema.description === undefined) return firstMismatch(branches[0]!, value, path);
+    // Descend into the one branch of the value's kind (an object into the object branch;
+    // an array into the array branch of arrays or of scalars, as its first item is).
+    const kind = kindOf(value);
+    let branches = schema.anyOf.filter((b) => kind !== undefined && b.type === kind);
+    if (branches.length > 1 && Array.isArray(value) && (value as unknown[]).length > 0) branches = branches.filter((b) => (b.items?.type === 'array') === Array.isArray((value as unknown[])[0]));
+    if (branches.length > 1 && isRecord(value)) return firstTagged(branches, value, path);
+    if (branches.length === 1) return firstMismatch(branches[0]!, value, path);
     return { path, expected: describe(schema), received: value };
   }
   if (schema.type === 'object' && isRecord(value)) {
@@ -172,11 +176,22 @@ function firstMismatch(schema: Node, value: unknown, path: string): Found | unde
         if (found !== undefined) return found;
       }
     }
-    if (schema.description === undefined && (list.length < (schema.minItems ?? 0) || list.length > (schema.maxItems ?? Infinity))) {
+    if (list.length < (schema.minItems ?? 0) || list.length > (schema.maxItems ?? Infinity)) {
       return { path, expected: describe(schema), received: said(`${list.length} item${list.length === 1 ? '' : 's'}`) };
     }
   }
   return { path, expected: describe(schema), received: value };
+}
+
+/** A union of objects told apart by a literal field (`kind`): the branch it names, or that field. */
+function firstTagged(branches: Node[], value: Record<string, unknown>, path: string): Found | undefined {
+  const tags = (b: Node) => Object.entries(b.properties ?? {}).filter(([, p]) => p.const !== undefined);
+  const named = branches.filter((b) => tags(b).every(([k, p]) => value[k] === p.const));
+  if (named.length === 1) return firstMismatch(named[0]!, value, path);
+  const key = tags(branches[0]!)[0]?.[0];
+  if (key === undefined) return { path, expected: branches.map(describe).join(' or '), received: value };
+  const choices = [...new Set(branches.map((b) => JSON.stringify(b.properties?.[key]?.const)))];
+  return { path: join(path, key), expected: `one of ${choices.join(', ')}`, received: key in value ? value[key] : NOTHING };
 }
 
 function range(s: Node): string {
