@@ -41,7 +41,7 @@ export const said = (text: string) => new Said(text);
 /** What a missing field or option is received as. */
 export const NOTHING = said('nothing');
 
-/** A short, one-line rendering of a received value. */
+/** A short, one-line rendering of a received value (never a walk of large data). */
 export function show(value: unknown): string {
   if (value instanceof Said) return value.text;
   if (value === undefined) return 'nothing';
@@ -49,17 +49,27 @@ export function show(value: unknown): string {
   if (typeof value === 'bigint') return `${value}n`;
   if (typeof value === 'function') return 'a function';
   if (typeof value === 'symbol') return value.toString();
-  if (ArrayBuffer.isView(value)) return `${value.constructor.name}(${(value as unknown as { length?: number }).length ?? value.byteLength})`;
-  if (value instanceof Map) return `a Map of ${value.size}`;
   if (Array.isArray(value) && value.length > 8) return `an array of length ${value.length}`;
+  if (typeof value === 'object' && value !== null && !Array.isArray(value)) {
+    const proto = Object.getPrototypeOf(value) as object | null;
+    if (proto !== Object.prototype && proto !== null) return shortObject(value);
+  }
   let text: string | undefined;
   try {
-    text = JSON.stringify(value);
+    // Large arrays and class instances inside are named, not walked.
+    text = JSON.stringify(value, (_key, v: unknown) => (Array.isArray(v) && v.length > 8 ? `[${v.length} items]` : typeof v === 'object' && v !== null && !Array.isArray(v) && Object.getPrototypeOf(v) !== Object.prototype && Object.getPrototypeOf(v) !== null ? shortObject(v) : v));
   } catch {
     text = undefined;
   }
   if (text === undefined) return typeof value;
   return text.length > 60 ? `${text.slice(0, 57)}...` : text;
+}
+
+function shortObject(value: object): string {
+  if (ArrayBuffer.isView(value)) return `${value.constructor.name}(${(value as unknown as { length?: number }).length ?? value.byteLength})`;
+  if (value instanceof Map || value instanceof Set) return `a ${value.constructor.name} of ${value.size}`;
+  const name = (value as { constructor?: { name?: string } }).constructor?.name;
+  return name ? `a ${name}` : 'an object';
 }
 
 /** The one error: `<where>: expected <what>, received <what>`. */
