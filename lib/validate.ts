@@ -1,21 +1,16 @@
 /**
- * Option checks with one message shape: "Expected X for Y but received Z". Everything
- * public validates here before the native layer sees it (which checks again).
+ * Option checks in the one message shape of lib/schema.ts: "<name>: expected X, received
+ * Z". Everything public validates here (or with a schema) before the native layer sees
+ * it (which checks again).
  */
 import { EigenLoraxError } from './errors.js';
+import { said, show } from './schema.js';
 
-export function describe(value: unknown): string {
-  if (value === null) return 'null';
-  if (value === undefined) return 'undefined';
-  if (typeof value === 'number') return Number.isNaN(value) ? 'NaN' : String(value);
-  if (typeof value === 'string') return JSON.stringify(value.length > 40 ? `${value.slice(0, 40)}...` : value);
-  if (ArrayBuffer.isView(value)) return `${value.constructor.name}(${(value as unknown as { length?: number }).length ?? value.byteLength})`;
-  if (Array.isArray(value)) return `an array of length ${value.length}`;
-  return typeof value === 'object' ? 'an object' : typeof value;
-}
+/** A received value, in words (lib/schema.ts's rendering). */
+export const describe = show;
 
 export function invalid(expected: string, name: string, received: unknown): EigenLoraxError {
-  return new EigenLoraxError(`Expected ${expected} for ${name} but received ${describe(received)}`, 'ERR_INVALID_ARGUMENT');
+  return new EigenLoraxError(`${name}: expected ${expected}, received ${describe(received)}`, 'ERR_INVALID_ARGUMENT');
 }
 
 export function integer(value: unknown, name: string, min: number, max = Number.MAX_SAFE_INTEGER): number {
@@ -54,6 +49,6 @@ export function object(value: unknown, name: string): Record<string, unknown> {
 /** Fails on option names that are not known: a typo should not be silently ignored. */
 export function knownKeys(options: Record<string, unknown>, name: string, keys: readonly string[]): void {
   for (const key of Object.keys(options)) {
-    if (!keys.includes(key)) throw invalid(`one of the options ${keys.join(', ')}`, `${name}.${key}`, key);
+    if (!keys.includes(key)) throw invalid(`one of the known options (${keys.join(', ')})`, `${name}.${key}`, said(`an unknown option ${JSON.stringify(key)}`));
   }
 }

@@ -21,6 +21,7 @@ import { createHash } from 'node:crypto';
 import { EigenLoraxError } from '../errors.js';
 import { ioError, readRegularFile } from '../io/files.js';
 import type { SafetensorsReader } from '../io/safetensors.js';
+import { Count, filePlace, mismatch, NOTHING, Nullable, parse, said, Type, type Place, type Static, type TSchema } from '../schema.js';
 import { describeFactors, fieldError, keyError, scaleOf, show } from './common.js';
 import { compilePatterns, matchPattern, type CompiledPatterns } from './patterns.js';
 import type { AdapterPlan } from './plan.js';
@@ -45,6 +46,55 @@ export interface LoraSettings {
 
 const modifiedBaseInits = /^(pissa|olora|corda|loftq)/i;
 
+/** A PEFT config field that may be absent or null (PEFT writes null for unset fields). */
+const Unset = <T extends TSchema>(schema: T) => Type.Optional(Nullable(schema));
+
+/**
+ * The fields of a PEFT `LoraConfig` that eigenlorax reads (others are kept, not checked).
+ * `r` and `lora_alpha` default to 8 when absent, as in PEFT.
+ */
+export const LoraConfigSchema = Type.Object({
+  peft_type: Unset(Type.String()),
+  r: Type.Optional(Count(1)),
+  lora_alpha: Type.Optional(Type.Number()),
+  use_rslora: Unset(Type.Boolean()),
+  fan_in_fan_out: Unset(Type.Boolean()),
+  use_dora: Unset(Type.Boolean()),
+  lora_bias: Unset(Type.Boolean()),
+  use_qalora: Unset(Type.Boolean()),
+  target_parameters: Unset(Type.Array(Type.Unknown(), { description: 'a list of parameter names or null' })),
+  init_lora_weights: Unset(Type.Union([Type.Boolean(), Type.String()], { description: 'true, false or a method name' })),
+  bias: Unset(Type.Union([Type.Literal('none'), Type.Literal('all'), Type.Literal('lora_only')])),
+  base_model_name_or_path: Unset(Type.String()),
+  target_modules: Unset(Type.Union([Type.String(), Type.Array(Type.String())], { description: 'a string, a list of strings or null' })),
+  modules_to_save: Unset(Type.Array(Type.String())),
+  rank_pattern: Unset(Type.Record(Type.String(), Count(1))),
+  alpha_pattern: Unset(Type.Record(Type.String(), Type.Number())),
+});
+
+export type LoraConfig = Static<typeof LoraConfigSchema>;
+
+/** The config named in messages: `where, field "<prefix><name>"`. */
+function configPlace(where: string, fieldPrefix: string): Place {
+  return { code: 'ERR_ADAPTER_CONFIG', at: (p) => (p === '' ? where : `${where}, field ${JSON.stringify(`${fieldPrefix}${p}`)}`) };
+}
+
+/** Features of a config that eigenlorax refuses rather than misreads (ERR_ADAPTER_UNSUPPORTED). */
+function refuseUnsupported(config: LoraConfig, unsupported: (name: string, why: string) => EigenLoraxError): void {
+  if (config.use_dora === true) throw unsupported('use_dora', 'DoRA adapters (use_dora: true) are not supported');
+  if (config.lora_bias === true) throw unsupported('lora_bias', 'LoRA biases (lora_bias: true) are not supported');
+  if (config.use_qalora === true) throw unsupported('use_qalora', 'QA-LoRA adapters (use_qalora: true) are not supported');
+  if ((config.target_parameters ?? []).length > 0) throw unsupported('target_parameters', 'LoRA on parameters (target_parameters) is not supported');
+  const init = config.init_lora_weights;
+  if (typeof init === 'string' && modifiedBaseInits.test(init)) {
+    throw unsupported(
+      'init_lora_weights',
+      `an adapter initialised with ${show(init)} is relative to a modified base model and is not supported ` +
+        '(convert it to plain LoRA with PEFT first: path_initial_model_for_weight_conversion)',
+    );
+  }
+}
+
 /**
  * Checks a LoraConfig dict. `where` names it in messages (the config file, or the weights
  * file and metadata key); `fieldPrefix` is prepended to field names (diffusers' packed
@@ -55,100 +105,30 @@ export function parseLoraSettings(
   where: string,
   { requirePeftType, fieldPrefix = '' }: { requirePeftType: boolean; fieldPrefix?: string },
 ): LoraSettings {
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
-    throw new EigenLoraxError(`${where}: the LoRA config must be a JSON object, not ${show(raw)}`, 'ERR_ADAPTER_CONFIG');
-  }
-  const config = raw as Record<string, unknown>;
-  const f = (name: string) => `${fieldPrefix}${name}`;
-  const bad = (name: string, expected: string) =>
-    fieldError('ERR_ADAPTER_CONFIG', where, f(name), `expected ${expected} but found ${show(config[name])}`);
-  const unsupported = (name: string, why: string) => fieldError('ERR_ADAPTER_UNSUPPORTED', where, f(name), why);
-  const has = (name: string) => config[name] !== undefined && config[name] !== null;
-  const bool = (name: string): boolean => {
-    if (!has(name)) return false;
-    if (typeof config[name] !== 'boolean') throw bad(name, 'true or false');
-    return config[name] as boolean;
-  };
-
-  const peftType = config.peft_type;
+  const place = configPlace(where, fieldPrefix);
+  const unsupported = (name: string, why: string) => fieldError('ERR_ADAPTER_UNSUPPORTED', where, `${fieldPrefix}${name}`, why);
+  // The type first: another PEFT method is named as such, whatever its other fields.
+  const peftType = parse(PeftTypeSchema, raw, place).peft_type;
   if (peftType === undefined || peftType === null) {
-    if (requirePeftType) throw bad('peft_type', '"LORA"');
-  } else if (typeof peftType !== 'string') {
-    throw bad('peft_type', '"LORA"');
+    if (requirePeftType) throw mismatch(place, 'peft_type', '"LORA"', NOTHING);
   } else if (peftType !== 'LORA') {
     throw unsupported('peft_type', `peft_type ${show(peftType)} is not supported; only LORA adapters are read`);
   }
-
-  let r = 8;
-  if (config.r !== undefined) {
-    if (!Number.isSafeInteger(config.r) || (config.r as number) < 1) throw bad('r', 'a positive integer');
-    r = config.r as number;
-  }
-  let loraAlpha = 8;
-  if (config.lora_alpha !== undefined) {
-    if (typeof config.lora_alpha !== 'number' || !Number.isFinite(config.lora_alpha)) throw bad('lora_alpha', 'a finite number');
-    loraAlpha = config.lora_alpha;
-  }
-  const useRslora = bool('use_rslora');
-  const fanInFanOut = bool('fan_in_fan_out');
-  if (bool('use_dora')) throw unsupported('use_dora', 'DoRA adapters (use_dora: true) are not supported');
-  if (bool('lora_bias')) throw unsupported('lora_bias', 'LoRA biases (lora_bias: true) are not supported');
-  if (bool('use_qalora')) throw unsupported('use_qalora', 'QA-LoRA adapters (use_qalora: true) are not supported');
-  if (has('target_parameters')) {
-    if (!Array.isArray(config.target_parameters)) throw bad('target_parameters', 'a list of parameter names or null');
-    if (config.target_parameters.length > 0) {
-      throw unsupported('target_parameters', 'LoRA on parameters (target_parameters) is not supported');
-    }
-  }
-  if (has('init_lora_weights')) {
-    const init = config.init_lora_weights;
-    if (typeof init !== 'boolean' && typeof init !== 'string') throw bad('init_lora_weights', 'true, false or a method name');
-    if (typeof init === 'string' && modifiedBaseInits.test(init)) {
-      throw unsupported(
-        'init_lora_weights',
-        `an adapter initialised with ${show(init)} is relative to a modified base model and is not supported ` +
-          '(convert it to plain LoRA with PEFT first: path_initial_model_for_weight_conversion)',
-      );
-    }
-  }
-  if (has('bias') && !['none', 'all', 'lora_only'].includes(config.bias as string)) throw bad('bias', '"none", "all" or "lora_only"');
-  if (has('base_model_name_or_path') && typeof config.base_model_name_or_path !== 'string') {
-    throw bad('base_model_name_or_path', 'a string or null');
-  }
-  if (has('target_modules')) {
-    const t = config.target_modules;
-    if (typeof t !== 'string' && !(Array.isArray(t) && t.every((x) => typeof x === 'string'))) {
-      throw bad('target_modules', 'a string, a list of strings or null');
-    }
-  }
-  if (has('modules_to_save')) {
-    const m = config.modules_to_save;
-    if (!(Array.isArray(m) && m.every((x) => typeof x === 'string'))) throw bad('modules_to_save', 'a list of strings or null');
-  }
-
-  const pattern = (name: string, integer: boolean): CompiledPatterns<number> => {
-    const value = config[name];
-    if (value === undefined || value === null) return { entries: [] };
-    if (typeof value !== 'object' || Array.isArray(value)) throw bad(name, 'an object mapping module patterns to numbers');
-    for (const [key, v] of Object.entries(value)) {
-      const ok = integer ? Number.isSafeInteger(v) && (v as number) >= 1 : typeof v === 'number' && Number.isFinite(v);
-      if (!ok) {
-        throw fieldError('ERR_ADAPTER_CONFIG', where, `${f(name)}.${key}`, `expected ${integer ? 'a positive integer' : 'a finite number'} but found ${show(v)}`);
-      }
-    }
-    return compilePatterns(value as Record<string, number>, where, f(name));
-  };
-
+  const config = parse(LoraConfigSchema, raw, place);
+  refuseUnsupported(config, unsupported);
+  const patterns = (name: 'rank_pattern' | 'alpha_pattern') => compilePatterns(config[name] ?? {}, where, `${fieldPrefix}${name}`);
   return {
-    r,
-    loraAlpha,
-    useRslora,
-    fanInFanOut,
-    rankPattern: pattern('rank_pattern', true),
-    alphaPattern: pattern('alpha_pattern', false),
-    baseModel: has('base_model_name_or_path') ? (config.base_model_name_or_path as string) : null,
+    r: config.r ?? 8,
+    loraAlpha: config.lora_alpha ?? 8,
+    useRslora: config.use_rslora === true,
+    fanInFanOut: config.fan_in_fan_out === true,
+    rankPattern: patterns('rank_pattern'),
+    alphaPattern: patterns('alpha_pattern'),
+    baseModel: config.base_model_name_or_path ?? null,
   };
 }
+
+const PeftTypeSchema = Type.Object({ peft_type: Unset(Type.String({ description: '"LORA"' })) });
 
 /** The rank and alpha the settings give a module (PEFT's resolution). */
 export function resolveRankAlpha(settings: LoraSettings, moduleName: string): { rank: number; alpha: number; rankFrom: string; alphaFrom: string } {
@@ -181,17 +161,17 @@ export async function readPeftConfig(file: string): Promise<PeftConfigFile> {
   } catch (cause) {
     throw ioError(cause, file, 'read the adapter config');
   }
+  const place = filePlace(file, 'ERR_ADAPTER_CONFIG');
   let parsed: unknown;
   try {
     parsed = JSON.parse(text);
   } catch (cause) {
-    throw new EigenLoraxError(`${file}: the adapter config is not valid JSON (${(cause as Error).message})`, 'ERR_ADAPTER_CONFIG');
+    throw mismatch(place, '', 'the adapter config in JSON', said(`text that is not valid JSON (${(cause as Error).message})`));
   }
-  if (typeof parsed !== 'object' || parsed === null || Array.isArray(parsed)) {
-    throw new EigenLoraxError(`${file}: the adapter config must be a JSON object, not ${show(parsed)}`, 'ERR_ADAPTER_CONFIG');
-  }
-  return { file, config: parsed as Record<string, unknown>, sha256 };
+  return { file, config: parse(JsonObject, parsed, place), sha256 };
 }
+
+const JsonObject = Type.Record(Type.String(), Type.Unknown(), { description: 'a JSON object' });
 
 type Role = 'A' | 'B' | 'embA' | 'embB';
 

@@ -19,10 +19,11 @@ import { ioError, readRegularFile, writeFileAtomic } from '../io/files.js';
 import { matrix } from '../matrix.js';
 import { loadCoefficients, loadSubspace, saveCoefficients, saveSubspace } from '../subspace/files.js';
 import type { AdapterCoefficients, Subspace } from '../subspace/types.js';
-import { GELU, Linear, ReLU, type GeluApproximation, type Layer } from '../train/layers.js';
+import { GELU, Linear, ReLU, type Layer } from '../train/layers.js';
 import { Sequential } from '../train/model.js';
 import { invalid, knownKeys, object } from '../validate.js';
 import { version } from '../version.js';
+import { Count, filePlace, mismatch, parse, said, Type, type Place, type Static } from '../schema.js';
 import { checkAdapterName, ServedModel } from './model.js';
 
 export const SERVED_MODEL_FORMAT = 'eigenlorax-served-model';
@@ -32,10 +33,24 @@ export const SERVED_BASE_FILE = 'base.safetensors';
 export const SERVED_SUBSPACE_FOLDER = 'subspace';
 export const SERVED_ADAPTERS_FOLDER = 'adapters';
 
-type LayerRecord =
-  | { kind: 'linear'; name: string; inFeatures: number; outFeatures: number; bias: boolean }
-  | { kind: 'relu' }
-  | { kind: 'gelu'; approximate: GeluApproximation };
+const LayerRecordSchema = Type.Union([
+  Type.Object({ kind: Type.Literal('linear'), name: Type.String({ minLength: 1 }), inFeatures: Count(1), outFeatures: Count(1), bias: Type.Boolean() }),
+  Type.Object({ kind: Type.Literal('relu') }),
+  Type.Object({ kind: Type.Literal('gelu'), approximate: Type.Union([Type.Literal('none'), Type.Literal('tanh')]) }),
+]);
+type LayerRecord = Static<typeof LayerRecordSchema>;
+
+/** model.json, version 1. */
+export const ServedModelRecordSchema = Type.Object({
+  format: Type.Literal(SERVED_MODEL_FORMAT),
+  formatVersion: Count(),
+  library: Type.Optional(Type.Object({ name: Type.String(), version: Type.String() })),
+  inFeatures: Count(1),
+  outFeatures: Count(1),
+  layers: Type.Array(LayerRecordSchema, { minItems: 1, description: 'a non-empty array of layers' }),
+  subspaceId: Type.String({ description: 'the subspace id' }),
+});
+export type ServedModelRecord = Static<typeof ServedModelRecordSchema>;
 
 export interface WriteServeFolderOptions {
   /** The base model: Linear, ReLU and GELU layers. */
@@ -94,35 +109,46 @@ export async function writeServeFolder(folder: string, options: WriteServeFolder
   return { folder: root, files };
 }
 
-function formatError(file: string, field: string, message: string): EigenLoraxError {
-  return new EigenLoraxError(`${file}${field === '' ? '' : `, field ${JSON.stringify(field)}`}: ${message}`, 'ERR_MODEL_FORMAT');
+function layerOf(l: LayerRecord): Layer {
+  if (l.kind === 'relu') return new ReLU();
+  if (l.kind === 'gelu') return new GELU('', { approximate: l.approximate });
+  // Zeros of the recorded shapes; the base weights file fills them (and must match them).
+  return new Linear(l.name, { weight: matrix(l.outFeatures, l.inFeatures), bias: l.bias ? new Float32Array(l.outFeatures) : null });
 }
 
-function positiveInteger(file: string, o: Record<string, unknown>, key: string, field: string): number {
-  const v = o[key];
-  if (typeof v !== 'number' || !Number.isSafeInteger(v) || v < 1) throw formatError(file, field, `expected a positive integer but found ${JSON.stringify(v) ?? 'nothing'}`);
-  return v;
+async function readRecord(file: string): Promise<ServedModelRecord> {
+  const doing = 'read the served model (write one with `eigenlorax demo` or writeServeFolder)';
+  let text: string;
+  try {
+    text = (await readRegularFile(file, doing)).toString('utf8');
+  } catch (cause) {
+    throw ioError(cause, file, doing);
+  }
+  const place = filePlace(file, 'ERR_MODEL_FORMAT');
+  let raw: unknown;
+  try {
+    raw = JSON.parse(text);
+  } catch (cause) {
+    throw mismatch(place, '', 'the served model in JSON', said(`text that is not JSON (${(cause as Error).message})`));
+  }
+  const record = parse(ServedModelRecordSchema, raw, place);
+  if (record.formatVersion !== SERVED_MODEL_FORMAT_VERSION) throw mismatch(place, 'formatVersion', `version ${SERVED_MODEL_FORMAT_VERSION} (the one this eigenlorax reads)`, record.formatVersion);
+  return record;
 }
 
-function parseLayers(file: string, raw: unknown): Layer[] {
-  if (!Array.isArray(raw) || raw.length === 0) throw formatError(file, 'layers', 'expected a non-empty array');
-  return raw.map((entry: unknown, i): Layer => {
-    const at = `layers[${i}]`;
-    if (typeof entry !== 'object' || entry === null || Array.isArray(entry)) throw formatError(file, at, 'expected an object');
-    const l = entry as Record<string, unknown>;
-    if (l.kind === 'relu') return new ReLU();
-    if (l.kind === 'gelu') {
-      if (l.approximate !== 'none' && l.approximate !== 'tanh') throw formatError(file, `${at}.approximate`, "expected 'none' or 'tanh'");
-      return new GELU('', { approximate: l.approximate });
-    }
-    if (l.kind !== 'linear') throw formatError(file, `${at}.kind`, `expected 'linear', 'relu' or 'gelu' but found ${JSON.stringify(l.kind) ?? 'nothing'}`);
-    if (typeof l.name !== 'string' || l.name.length === 0) throw formatError(file, `${at}.name`, 'expected a layer name');
-    if (typeof l.bias !== 'boolean') throw formatError(file, `${at}.bias`, 'expected true or false');
-    const dIn = positiveInteger(file, l, 'inFeatures', `${at}.inFeatures`);
-    const dOut = positiveInteger(file, l, 'outFeatures', `${at}.outFeatures`);
-    // Zeros of the recorded shapes; the base weights file fills them (and must match them).
-    return new Linear(l.name, { weight: matrix(dOut, dIn), bias: l.bias ? new Float32Array(dOut) : null });
-  });
+/** The base model model.json describes (zeros until its weights are loaded). */
+function baseOf(record: ServedModelRecord, place: Place): Sequential {
+  let base: Sequential;
+  try {
+    base = new Sequential(record.layers.map(layerOf));
+  } catch (error) {
+    if (error instanceof EigenLoraxError) throw mismatch(place, 'layers', 'layers that make a model', said(error.message));
+    throw error;
+  }
+  if (base.inFeatures !== record.inFeatures || base.outFeatures !== record.outFeatures) {
+    throw mismatch(place, 'inFeatures', `the widths the layers give (${base.inFeatures} in, ${base.outFeatures} out)`, said(`${record.inFeatures} in, ${record.outFeatures} out`));
+  }
+  return base;
 }
 
 /**
@@ -136,39 +162,13 @@ export async function loadServedModel(folder: string, options: { capacity?: numb
   if (typeof folder !== 'string' || folder.length === 0) throw invalid('a folder path', 'folder', folder);
   const root = path.resolve(folder);
   const file = path.join(root, SERVED_MODEL_FILE);
-  let text: string;
-  try {
-    text = (await readRegularFile(file, 'read the served model (write one with `eigenlorax demo` or writeServeFolder)')).toString('utf8');
-  } catch (cause) {
-    throw ioError(cause, file, 'read the served model (write one with `eigenlorax demo` or writeServeFolder)');
-  }
-  let raw: unknown;
-  try {
-    raw = JSON.parse(text);
-  } catch (cause) {
-    throw formatError(file, '', `not JSON (${(cause as Error).message})`);
-  }
-  if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw formatError(file, '', 'expected a JSON object');
-  const o = raw as Record<string, unknown>;
-  if (o.format !== SERVED_MODEL_FORMAT) throw formatError(file, 'format', `expected ${JSON.stringify(SERVED_MODEL_FORMAT)}`);
-  if (o.formatVersion !== SERVED_MODEL_FORMAT_VERSION) {
-    throw formatError(file, 'formatVersion', `version ${JSON.stringify(o.formatVersion)} is not supported (this eigenlorax reads version ${SERVED_MODEL_FORMAT_VERSION})`);
-  }
-  if (typeof o.subspaceId !== 'string') throw formatError(file, 'subspaceId', 'expected the subspace id');
-  let base: Sequential;
-  try {
-    base = new Sequential(parseLayers(file, o.layers));
-  } catch (error) {
-    if (error instanceof EigenLoraxError && error.code !== 'ERR_MODEL_FORMAT') throw formatError(file, 'layers', error.message);
-    throw error;
-  }
-  if (base.inFeatures !== positiveInteger(file, o, 'inFeatures', 'inFeatures') || base.outFeatures !== positiveInteger(file, o, 'outFeatures', 'outFeatures')) {
-    throw formatError(file, 'inFeatures', `the layers take ${base.inFeatures} and give ${base.outFeatures} features, not ${String(o.inFeatures)} and ${String(o.outFeatures)}`);
-  }
+  const place = filePlace(file, 'ERR_MODEL_FORMAT');
+  const record = await readRecord(file);
+  const base = baseOf(record, place);
   await base.load(path.join(root, SERVED_BASE_FILE));
   const subspace = await loadSubspace(path.join(root, SERVED_SUBSPACE_FOLDER));
-  if (subspace.id !== o.subspaceId) {
-    throw formatError(file, 'subspaceId', `${o.subspaceId.slice(0, 12)}, but ${SERVED_SUBSPACE_FOLDER}/ holds subspace ${subspace.id.slice(0, 12)}`);
+  if (subspace.id !== record.subspaceId) {
+    throw mismatch(place, 'subspaceId', `the id of the subspace in ${SERVED_SUBSPACE_FOLDER}/, ${subspace.id.slice(0, 12)}`, said(record.subspaceId.slice(0, 12)));
   }
   const model = new ServedModel(base, subspace, options);
   const adapterDir = path.join(root, SERVED_ADAPTERS_FOLDER);
@@ -185,7 +185,7 @@ export async function loadServedModel(folder: string, options: { capacity?: numb
     try {
       checkAdapterName(name, 'the adapter name');
     } catch (error) {
-      throw formatError(where, '', (error as Error).message);
+      throw new EigenLoraxError(`${where}: ${(error as Error).message}`, 'ERR_MODEL_FORMAT');
     }
     await model.register(name, await loadCoefficients(where, subspace));
   }

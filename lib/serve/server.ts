@@ -23,13 +23,14 @@
  */
 import type { FastifyError, FastifyInstance } from 'fastify';
 import { createRequire } from 'node:module';
-import { EigenLoraxError, type ErrorCode } from '../errors.js';
+import { EigenLoraxError } from '../errors.js';
 import { matrix } from '../matrix.js';
-import { finiteNumber, integer, invalid, knownKeys, object } from '../validate.js';
+import { argumentPlace, Count, parse, Type } from '../schema.js';
+import { integer, invalid, object } from '../validate.js';
 import { MicroBatcher, type Settled } from './batcher.js';
-import { coefficientsFromBytes } from './folder.js';
 import { bearerMatches, checkToken, insecureHostError, isLoopback, SERVE_TOKEN_ENV, UploadLimiter } from './guard.js';
-import { checkAdapterName, type ServedModel } from './model.js';
+import type { ServedModel } from './model.js';
+import { adapterRoutes, predictRoute, unknownAdapter, validatorCompiler, type PredictJob } from './routes.js';
 
 export const DEFAULT_HOST = '127.0.0.1';
 export const DEFAULT_PORT = 8080;
@@ -111,82 +112,44 @@ const STATUS: Readonly<Record<string, number>> = {
   ERR_CLOSED: 503,
 };
 
-/** An EigenLoraxError with the HTTP status it should get when STATUS's is not the one. */
-function httpError(message: string, code: ErrorCode, statusCode: number): EigenLoraxError {
-  return Object.assign(new EigenLoraxError(message, code), { statusCode });
-}
+const ServerOptionsSchema = Type.Object(
+  {
+    model: Type.Unknown(),
+    maxBatchRows: Type.Optional(Count(1)),
+    batchWindowMs: Type.Optional(Type.Number()),
+    maxRowsPerRequest: Type.Optional(Count(1)),
+    bodyLimit: Type.Optional(Count(1)),
+    logger: Type.Optional(Type.Boolean()),
+    token: Type.Optional(Type.Unknown()),
+    requestTimeoutMs: Type.Optional(Count(1)),
+    maxUploadsPerClient: Type.Optional(Count(1)),
+  },
+  { additionalProperties: false },
+);
 
-function unknownAdapter(name: string): EigenLoraxError {
-  return new EigenLoraxError(`adapter: no adapter named ${JSON.stringify(name)} is registered`, 'ERR_UNKNOWN_ADAPTER');
-}
-
-interface PredictJob {
-  adapter: string | null;
-  rows: number;
-  /** rows x inFeatures, row-major. */
-  inputs: Float32Array;
-}
-
-/** Reads and checks a predict body; every failure names its field. */
-function parsePredict(body: unknown, inFeatures: number, maxRows: number): PredictJob {
-  if (typeof body !== 'object' || body === null || Array.isArray(body)) throw invalid('a JSON object { "adapter", "inputs" }', 'the request body', body);
-  const b = body as Record<string, unknown>;
-  for (const key of Object.keys(b)) if (key !== 'adapter' && key !== 'inputs') throw invalid('only the fields adapter and inputs', `the field ${JSON.stringify(key)}`, b[key]);
-  const adapter = b.adapter === undefined || b.adapter === null ? null : checkAdapterName(b.adapter, 'adapter');
-  const raw = b.inputs;
-  const shape = `an array of ${inFeatures} numbers, or an array of 1 to ${maxRows} such arrays`;
-  if (!Array.isArray(raw) || raw.length === 0) throw invalid(shape, 'inputs', raw);
-  const single = !Array.isArray(raw[0]);
-  const rows = single ? 1 : raw.length;
-  if (rows > maxRows) throw invalid(`at most ${maxRows} rows (the server's maxRowsPerRequest)`, 'inputs', raw);
-  const inputs = new Float32Array(rows * inFeatures);
-  for (let r = 0; r < rows; r++) {
-    const row: unknown = single ? raw : raw[r];
-    const field = single ? 'inputs' : `inputs[${r}]`;
-    if (!Array.isArray(row) || row.length !== inFeatures) throw invalid(`an array of ${inFeatures} numbers`, field, row);
-    const offset = r * inFeatures;
-    for (let i = 0; i < inFeatures; i++) {
-      const v: unknown = row[i];
-      if (typeof v !== 'number') throw invalid('a number', `${field}[${i}]`, v);
-      inputs[offset + i] = v;
-      // Checked after rounding: 1e39 is finite as JSON but not as float32.
-      if (!Number.isFinite(inputs[offset + i])) throw new EigenLoraxError(`${field}[${i}]: ${v} is not a finite float32 number`, 'ERR_NON_FINITE');
-    }
-  }
-  return { adapter, rows, inputs };
-}
-
-function parseReplace(query: unknown): boolean {
-  const q = (query ?? {}) as Record<string, unknown>;
-  for (const key of Object.keys(q)) if (key !== 'replace') throw invalid('only the query parameter replace', `the query parameter ${JSON.stringify(key)}`, q[key]);
-  const v = q.replace;
-  if (v === undefined || v === 'false' || v === '0') return false;
-  if (v === 'true' || v === '1' || v === '') return true;
-  throw invalid('true, false, 1 or 0', 'the query parameter replace', v);
-}
-
-/**
- * A fastify instance serving `model` (not listening yet: call `listen`, or use
- * {@link startServer}; `inject` works without). Closing it (`app.close()`) stops new
- * connections, answers every request already accepted (their batches run at once), and
- * then resolves.
- */
-export function createServer(options: ServerOptions): FastifyInstance {
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['model', 'maxBatchRows', 'batchWindowMs', 'maxRowsPerRequest', 'bodyLimit', 'logger', 'token', 'requestTimeoutMs', 'maxUploadsPerClient']);
+/** The options with their defaults, checked (the token by guard.ts). */
+function serverSettings(options: unknown) {
+  const o = parse(ServerOptionsSchema, options, argumentPlace('options'));
   const model = o.model as ServedModel;
   if (typeof model !== 'object' || model === null || typeof model.tryForward !== 'function') throw invalid('a ServedModel', 'options.model', model);
-  const maxBatchRows = integer(o.maxBatchRows ?? DEFAULT_MAX_BATCH_ROWS, 'options.maxBatchRows', 1);
-  const batchWindowMs = finiteNumber(o.batchWindowMs ?? DEFAULT_BATCH_WINDOW_MS, 'options.batchWindowMs');
-  const maxRowsPerRequest = integer(o.maxRowsPerRequest ?? DEFAULT_MAX_ROWS_PER_REQUEST, 'options.maxRowsPerRequest', 1);
-  const bodyLimit = integer(o.bodyLimit ?? DEFAULT_BODY_LIMIT, 'options.bodyLimit', 1);
-  if (o.logger !== undefined && typeof o.logger !== 'boolean') throw invalid('true or false', 'options.logger', o.logger);
-  const token = o.token === undefined ? null : checkToken(o.token, 'options.token');
-  const requestTimeoutMs = integer(o.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS, 'options.requestTimeoutMs', 1);
-  const uploads = new UploadLimiter(integer(o.maxUploadsPerClient ?? DEFAULT_MAX_UPLOADS_PER_CLIENT, 'options.maxUploadsPerClient', 1));
-  const { inFeatures, outFeatures } = model;
+  return {
+    model,
+    maxBatchRows: o.maxBatchRows ?? DEFAULT_MAX_BATCH_ROWS,
+    batchWindowMs: o.batchWindowMs ?? DEFAULT_BATCH_WINDOW_MS,
+    maxRowsPerRequest: o.maxRowsPerRequest ?? DEFAULT_MAX_ROWS_PER_REQUEST,
+    bodyLimit: o.bodyLimit ?? DEFAULT_BODY_LIMIT,
+    logger: o.logger === true,
+    token: o.token === undefined ? null : checkToken(o.token, 'options.token'),
+    requestTimeoutMs: o.requestTimeoutMs ?? DEFAULT_REQUEST_TIMEOUT_MS,
+    maxUploadsPerClient: o.maxUploadsPerClient ?? DEFAULT_MAX_UPLOADS_PER_CLIENT,
+  };
+}
+type Settings = ReturnType<typeof serverSettings>;
 
-  const batcher = new MicroBatcher<PredictJob, Float32Array>({
+/** The batcher: one forward pass over the rows of every waiting request, across adapters. */
+function predictBatcher(model: ServedModel, { maxBatchRows, batchWindowMs }: Settings): MicroBatcher<PredictJob, Float32Array> {
+  const { inFeatures, outFeatures } = model;
+  return new MicroBatcher<PredictJob, Float32Array>({
     maxBatchRows,
     batchWindowMs,
     async run(jobs) {
@@ -211,27 +174,30 @@ export function createServer(options: ServerOptions): FastifyInstance {
       });
     },
   });
+}
 
+/** fastify with the limits, the body parsers and the schema.ts validator. */
+function createApp(settings: Settings): FastifyInstance {
   const app = loadFastify()({
-    bodyLimit,
-    logger: o.logger === true,
+    bodyLimit: settings.bodyLimit,
+    logger: settings.logger,
     routerOptions: { maxParamLength: MAX_PARAM_LENGTH },
-    requestTimeout: requestTimeoutMs,
-    connectionTimeout: requestTimeoutMs,
+    requestTimeout: settings.requestTimeoutMs,
+    connectionTimeout: settings.requestTimeoutMs,
     // A URL fastify cannot decode (a bad percent-escape) gets our error shape too.
     frameworkErrors: (error, _request, reply) => {
       void (reply as unknown as { code(n: number): { send(b: unknown): void } }).code(400).send({ error: { code: 'ERR_MALFORMED_REQUEST', message: `the request URL cannot be read: ${error.message}` } });
     },
   });
+  app.setValidatorCompiler(validatorCompiler);
   // README: a predict body is JSON; text/plain is a 415, not a string that fails later.
   app.removeContentTypeParser('text/plain');
-  const started = performance.now();
-  const byStatus: Record<string, number> = {};
-  let requests = 0;
-  let predictions = 0;
-
   app.addContentTypeParser('application/octet-stream', { parseAs: 'buffer' }, (_request, body, done) => done(null, body));
-  // Before the body is read: the token for changes to the adapters, then a slot for uploads.
+  return app;
+}
+
+/** Before the body is read: the token for changes to the adapters, then a slot for uploads. */
+function guardChanges(app: FastifyInstance, token: string | null, uploads: UploadLimiter): void {
   app.addHook('onRequest', async (request, reply) => {
     const changes = (request.method === 'PUT' || request.method === 'DELETE') && request.url.startsWith('/v1/adapters/');
     if (!changes) return;
@@ -246,14 +212,14 @@ export function createServer(options: ServerOptions): FastifyInstance {
     }
     reply.raw.once('close', release);
   });
-  app.addHook('onResponse', async (_request, reply) => {
-    requests++;
-    const key = String(reply.statusCode);
-    byStatus[key] = (byStatus[key] ?? 0) + 1;
-  });
-  // Closing: the batches waiting run at once, and every response from now on says
-  // `Connection: close`, so keep-alive clients let go (else close would wait for their
-  // sockets to time out).
+}
+
+/**
+ * Closing: the batches waiting run at once, and every response from now on says
+ * `Connection: close`, so keep-alive clients let go (else close would wait for their
+ * sockets to time out).
+ */
+function closeGracefully(app: FastifyInstance, batcher: MicroBatcher<PredictJob, Float32Array>): void {
   let closing = false;
   app.addHook('preClose', async () => {
     closing = true;
@@ -262,7 +228,10 @@ export function createServer(options: ServerOptions): FastifyInstance {
   app.addHook('onSend', async (_request, reply) => {
     if (closing) void reply.header('connection', 'close');
   });
+}
 
+/** Every error as `{"error": {"code", "message"}}` with its status; unknown routes as 404. */
+function answerErrors(app: FastifyInstance, bodyLimit: number): void {
   app.setErrorHandler((error: FastifyError | EigenLoraxError, request, reply) => {
     let status: number;
     let code: string;
@@ -286,79 +255,34 @@ export function createServer(options: ServerOptions): FastifyInstance {
   app.setNotFoundHandler((request, reply) => {
     void reply.code(404).send({ error: { code: 'ERR_NOT_FOUND', message: `no route ${request.method} ${request.url.split('?')[0]}` } });
   });
+}
 
-  app.post('/v1/predict', async (request) => {
-    const job = parsePredict(request.body, inFeatures, maxRowsPerRequest);
-    if (job.adapter !== null && !model.has(job.adapter)) throw unknownAdapter(job.adapter);
-    predictions++;
-    const out = await batcher.submit(job, job.rows);
-    const logits: number[][] = [];
-    const labels: number[] = [];
-    for (let r = 0; r < job.rows; r++) {
-      const row = Array.from(out.subarray(r * outFeatures, (r + 1) * outFeatures));
-      let best = 0;
-      for (let c = 1; c < row.length; c++) if (row[c]! > row[best]!) best = c;
-      logits.push(row);
-      labels.push(best);
-    }
-    return { adapter: job.adapter, logits, labels };
+/** GET /v1/model, /v1/stats (counted by status in onResponse) and /healthz. */
+function infoRoutes(app: FastifyInstance, model: ServedModel, batcher: MicroBatcher<PredictJob, Float32Array>, settings: Settings & { token: string | null }, predictions: () => number): void {
+  const started = performance.now();
+  const byStatus: Record<string, number> = {};
+  let requests = 0;
+  app.addHook('onResponse', async (_request, reply) => {
+    requests++;
+    const key = String(reply.statusCode);
+    byStatus[key] = (byStatus[key] ?? 0) + 1;
   });
-
-  app.get('/v1/adapters', async () => {
-    const adapters = model.adapters();
-    return { count: adapters.length, adapters };
-  });
-
-  app.get<{ Params: { name: string } }>('/v1/adapters/:name', async (request) => {
-    const name = checkAdapterName(request.params.name, 'the adapter name in the URL');
-    const adapter = model.adapter(name);
-    if (adapter === undefined) throw unknownAdapter(name);
-    return { adapter };
-  });
-
-  app.put<{ Params: { name: string } }>('/v1/adapters/:name', async (request, reply) => {
-    const name = checkAdapterName(request.params.name, 'the adapter name in the URL');
-    const replace = parseReplace(request.query);
-    const body = request.body;
-    if (!Buffer.isBuffer(body)) {
-      const type = request.headers['content-type'] ?? '';
-      if (type.startsWith('application/octet-stream')) throw invalid('the bytes of a coefficients file', 'the request body', 'nothing');
-      throw httpError(
-        `the request body must be a coefficients file (as saveCoefficients writes) sent as application/octet-stream, not ${JSON.stringify(type)}`,
-        'ERR_MALFORMED_REQUEST',
-        415,
-      );
-    }
-    if (!replace && model.has(name)) throw new EigenLoraxError(`An adapter named ${JSON.stringify(name)} is already registered (PUT with ?replace=true to replace it)`, 'ERR_ADAPTER_EXISTS');
-    const coefficients = await coefficientsFromBytes(body, model.subspace, 'the request body');
-    const replaced = model.has(name);
-    const adapter = await model.register(name, coefficients, { replace });
-    void reply.code(replaced ? 200 : 201);
-    return { adapter, replaced };
-  });
-
-  app.delete<{ Params: { name: string } }>('/v1/adapters/:name', async (request) => {
-    const name = checkAdapterName(request.params.name, 'the adapter name in the URL');
-    if (!(await model.remove(name))) throw unknownAdapter(name);
-    return { adapter: name, removed: true };
-  });
-
   app.get('/v1/model', async () => ({
-    inFeatures,
-    outFeatures,
+    inFeatures: model.inFeatures,
+    outFeatures: model.outFeatures,
     layers: model.layers.map((l) => (l.kind === 'linear' ? { kind: l.kind, name: l.name, inFeatures: l.weight.cols, outFeatures: l.weight.rows, bias: l.bias !== null } : l)),
     subspace: {
       id: model.subspace.id,
       modules: [...model.subspace.modules.values()].map((m) => ({ name: m.name, dIn: m.dIn, dOut: m.dOut, kA: m.kA, kB: m.kB })),
     },
   }));
-
+  const { maxBatchRows, batchWindowMs, maxRowsPerRequest, bodyLimit, requestTimeoutMs, maxUploadsPerClient, token } = settings;
   app.get('/v1/stats', async () => {
     const b = batcher.stats();
     return {
       uptimeSeconds: (performance.now() - started) / 1000,
       adapters: model.adapterCount,
-      requests: { total: requests, predict: predictions, byStatus: { ...byStatus } },
+      requests: { total: requests, predict: predictions(), byStatus: { ...byStatus } },
       batches: {
         count: b.batches,
         requests: b.items,
@@ -370,12 +294,30 @@ export function createServer(options: ServerOptions): FastifyInstance {
         queuedRows: b.queuedRows,
         running: b.running,
       },
-      settings: { maxBatchRows, batchWindowMs, maxRowsPerRequest, bodyLimit, requestTimeoutMs, maxUploadsPerClient: uploads.max, token: token !== null },
+      settings: { maxBatchRows, batchWindowMs, maxRowsPerRequest, bodyLimit, requestTimeoutMs, maxUploadsPerClient, token: token !== null },
     };
   });
-
   app.get('/healthz', async () => ({ status: 'ok', adapters: model.adapterCount }));
+}
 
+/**
+ * A fastify instance serving `model` (not listening yet: call `listen`, or use
+ * {@link startServer}; `inject` works without). Closing it (`app.close()`) stops new
+ * connections, answers every request already accepted (their batches run at once), and
+ * then resolves.
+ */
+export function createServer(options: ServerOptions): FastifyInstance {
+  const settings = serverSettings(options);
+  const { model } = settings;
+  const batcher = predictBatcher(model, settings);
+  const app = createApp(settings);
+  guardChanges(app, settings.token, new UploadLimiter(settings.maxUploadsPerClient));
+  closeGracefully(app, batcher);
+  answerErrors(app, settings.bodyLimit);
+  let predictions = 0;
+  predictRoute(app, model, batcher, settings.maxRowsPerRequest, () => predictions++);
+  adapterRoutes(app, model);
+  infoRoutes(app, model, batcher, settings, () => predictions);
   return app;
 }
 

@@ -4,7 +4,8 @@
  * a sidecar paired with another build's tensors, is noticed.
  */
 import { createHash } from 'node:crypto';
-import type { Subspace, SubspaceSettings, SubspaceSource } from './types.js';
+import type { SubspaceSidecar } from './sidecar.js';
+import type { Subspace } from './types.js';
 
 export const SUBSPACE_FORMAT = 'eigenlorax-subspace';
 /** Version of the subspace file format (and of the in-memory model). */
@@ -27,38 +28,7 @@ export function subspaceKeys(module: string) {
   };
 }
 
-export interface SidecarModule {
-  name: string;
-  dIn: number;
-  dOut: number;
-  layout: string;
-  convKernel: number[] | null;
-  fanInFanOut: boolean;
-  kA: number;
-  kB: number;
-  augmentA: number;
-  augmentB: number;
-  energyA: number;
-  energyB: number;
-  explainedA: number;
-  explainedB: number;
-  centered: boolean;
-  adapters: string[];
-  ranks: number[];
-}
-
-/** The JSON sidecar, version 1. */
-export interface SubspaceSidecar {
-  format: typeof SUBSPACE_FORMAT;
-  formatVersion: number;
-  library: { name: 'eigenlorax'; version: string };
-  id: string;
-  tensors: string;
-  settings: SubspaceSettings;
-  baseModel: string | null;
-  sources: SubspaceSource[];
-  modules: SidecarModule[];
-}
+export type { SidecarModule, SubspaceSidecar } from './sidecar.js';
 
 /** The sidecar of `subspace` (fields in a fixed order). */
 export function sidecarOf(subspace: Subspace): SubspaceSidecar {

@@ -18,7 +18,9 @@ import { fileError, ioError } from '../io/files.js';
 import { verifyDigest } from '../io/digest.js';
 import { openSafetensors, writeSafetensors, type SafetensorsEntry } from '../io/safetensors.js';
 import { Random } from '../random.js';
+import { filePlace, mismatch, said } from '../schema.js';
 import { invalid } from '../validate.js';
+import { parseLoopState } from './checkpoint-schema.js';
 import type { NamedTensor, Parameter } from './layer.js';
 import type { LrSchedule, Optimizer, OptimizerKind, ScheduleState } from './optim.js';
 
@@ -130,10 +132,6 @@ export async function writeCheckpoint(
   });
 }
 
-function isRecord(v: unknown): v is Record<string, unknown> {
-  return typeof v === 'object' && v !== null && !Array.isArray(v);
-}
-
 /**
  * Reads a checkpoint written by the training loop. ERR_CHECKPOINT_FORMAT when the file
  * is not one (or of another format version), ERR_NOT_FOUND when it does not exist.
@@ -150,26 +148,14 @@ export async function loadCheckpoint(file: string): Promise<Checkpoint> {
     if (meta.format_version !== String(CHECKPOINT_FORMAT_VERSION)) {
       throw bad(`checkpoint format version ${JSON.stringify(meta.format_version ?? null)} is not supported (this library reads ${CHECKPOINT_FORMAT_VERSION})`);
     }
-    let state: LoopState;
+    const place = filePlace(`${where}, __metadata__[${JSON.stringify(CHECKPOINT_METADATA_KEY)}]`, 'ERR_CHECKPOINT_FORMAT');
+    let raw: unknown;
     try {
-      state = JSON.parse(meta[CHECKPOINT_METADATA_KEY] ?? '') as LoopState;
+      raw = JSON.parse(meta[CHECKPOINT_METADATA_KEY] ?? '');
     } catch {
-      throw bad(`metadata ${JSON.stringify(CHECKPOINT_METADATA_KEY)} is missing or not JSON`);
+      throw mismatch(place, '', 'the loop state in JSON', said(meta[CHECKPOINT_METADATA_KEY] === undefined ? 'nothing' : 'text that is not JSON'));
     }
-    if (
-      !isRecord(state) ||
-      !Number.isSafeInteger(state.step) ||
-      !Number.isSafeInteger(state.epoch) ||
-      !Number.isSafeInteger(state.batch) ||
-      !Array.isArray(state.rng) ||
-      !isRecord(state.optimizer) ||
-      !isRecord(state.schedule) ||
-      !isRecord(state.fingerprint) ||
-      !Array.isArray(state.evals) ||
-      !Array.isArray(state.epochs)
-    ) {
-      throw bad(`metadata ${JSON.stringify(CHECKPOINT_METADATA_KEY)} lacks fields of the loop state`);
-    }
+    const state = parseLoopState(raw, place);
     const parameters = new Map<string, { shape: number[]; data: Float32Array }>();
     const optimizer = new Map<string, Float32Array>();
     const best = new Map<string, Float32Array>();
@@ -181,7 +167,7 @@ export async function loadCheckpoint(file: string): Promise<Checkpoint> {
       else if (key.startsWith('best.')) best.set(key.slice(5), data);
       else throw bad('unexpected tensor (expected model.*, optimizer.* or best.*)', key);
     }
-    for (const name of Object.keys(state.fingerprint.parameters ?? {})) {
+    for (const name of Object.keys(state.fingerprint.parameters)) {
       if (!parameters.has(name)) throw bad(`the parameter ${JSON.stringify(name)} of the loop state has no tensor model.${name}`);
     }
     return { file: where, state, parameters, optimizer, best };

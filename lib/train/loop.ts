@@ -21,6 +21,7 @@ import { exists } from '../io/files.js';
 import { finiteNumber, integer, invalid, knownKeys, object, oneOf } from '../validate.js';
 import { checkDataset, type Dataset } from '../data/dataset.js';
 import { freshState, frozenDigest, resumeState, type EpochRecord, type EvalRecord, type RunFingerprint } from './checkpoint.js';
+import { checkTrainOptions } from './options.js';
 import type { Parameter } from './layers.js';
 import { resolveLoss, type Loss, type LossName } from './losses.js';
 import type { Sequential } from './model.js';
@@ -192,28 +193,6 @@ export interface Resolved {
   signal: AbortSignal | null;
 }
 
-const optionNames = [
-  'loss',
-  'optimizer',
-  'schedule',
-  'epochs',
-  'maxSteps',
-  'batchSize',
-  'dropLast',
-  'shuffle',
-  'seed',
-  'clipGradNorm',
-  'evalEvery',
-  'evalBatchSize',
-  'monitor',
-  'earlyStopping',
-  'checkpoint',
-  'resume',
-  'progress',
-  'onEvent',
-  'signal',
-];
-
 function bool(value: unknown, name: string, fallback: boolean): boolean {
   if (value === undefined) return fallback;
   if (typeof value !== 'boolean') throw invalid('true or false', name, value);
@@ -227,8 +206,7 @@ function positive(value: unknown, name: string): number {
 }
 
 function resolveOptions(options: TrainOptions): Resolved {
-  const o = object(options, 'options');
-  knownKeys(o, 'options', optionNames);
+  const o = checkTrainOptions(options);
   const monitor = oneOf(o.monitor ?? 'loss', 'options.monitor', ['loss', 'accuracy'] as const);
   let scheduleSpec = o.schedule as ScheduleSpec | LrSchedule | undefined;
   if (typeof scheduleSpec === 'object' && scheduleSpec !== null && (scheduleSpec as { type?: string }).type === 'plateau' && !('mode' in scheduleSpec)) {
@@ -237,7 +215,6 @@ function resolveOptions(options: TrainOptions): Resolved {
   let early: Resolved['early'] = null;
   if (o.earlyStopping !== undefined) {
     const e = object(o.earlyStopping, 'options.earlyStopping');
-    knownKeys(e, 'options.earlyStopping', ['patience', 'minDelta', 'restoreBest']);
     early = {
       patience: integer(e.patience, 'options.earlyStopping.patience', 1),
       minDelta: finiteNumber(e.minDelta ?? 0, 'options.earlyStopping.minDelta'),
@@ -247,7 +224,6 @@ function resolveOptions(options: TrainOptions): Resolved {
   let checkpoint: Resolved['checkpoint'] = null;
   if (o.checkpoint !== undefined) {
     const c = object(o.checkpoint, 'options.checkpoint');
-    knownKeys(c, 'options.checkpoint', ['path', 'everySteps', 'everyEpochs']);
     if (typeof c.path !== 'string' || c.path.length === 0) throw invalid('a file path', 'options.checkpoint.path', c.path);
     checkpoint = {
       path: path.resolve(c.path),
