@@ -14,8 +14,12 @@
  *    on --layers layers (default 2; 32 is the real model, 8.1 GB at N = 256: pass it on a
  *    machine with the disk), d = --dim, r = --rank, bf16, planted shared structure plus
  *    noise, seeded) in a scratch folder; then: time to read the files (warm: just written),
- *    build (in memory), build out of core (--memory-budget, default 64MB), a 4-way sharded
- *    build + gather (sequential here: total work), each with time per module, the ratio to
+ *    the GEMM rate in this run (one float32 product of the rsvd's shape through the addon),
+ *    build (in memory) and analyzeAdapters (same K, --held-out, default auto) interleaved
+ *    --repeats times (default 3, medians): build GFLOP/s against the GEMM rate, analyze as
+ *    a multiple of build; build out of core (--memory-budget, default 64MB; skipped with
+ *    --skip-out-of-core), a 4-way sharded build + gather (sequential here: total work),
+ *    each with time per module, the ratio to
  *    reading, and this process's peak RSS after it (VmHWM: a high-water mark, so later
  *    rows show the largest so far). Byte-identity of the gathered folder is checked.
  * Never passes or fails on time. Scratch files are removed unless --keep.
@@ -23,7 +27,7 @@
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
-import { buildSubspace, gatherShards, matrix, rsvd, saveAdapter, writeBuildFolder, type LoraAdapter } from '../lib/index.js';
+import { analyzeAdapters, buildSubspace, gatherShards, matrix, rsvd, saveAdapter, writeBuildFolder, type LoraAdapter } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { fillGaussian, machineLines, peakRss, sig, table, type Cell } from './common.js';
 
@@ -36,15 +40,23 @@ interface Options {
   moduleAdapters: number;
   moduleOnly: boolean;
   memoryBudget: string;
+  skipOutOfCore: boolean;
+  heldOut: 'auto' | 'leave-one-out' | number;
   keep: boolean;
+  repeats: number;
 }
 
 function parse(argv: string[]): Options {
-  const o: Options = { adapters: [64, 256, 1024], layers: 2, dim: 4096, rank: 16, components: 32, moduleAdapters: 256, moduleOnly: false, memoryBudget: '64MB', keep: false };
+  const o: Options = { adapters: [64, 256, 1024], layers: 2, dim: 4096, rank: 16, components: 32, moduleAdapters: 256, moduleOnly: false, memoryBudget: '64MB', keep: false, repeats: 3, skipOutOfCore: false, heldOut: 'auto' };
   for (let i = 0; i < argv.length; i++) {
     const flag = argv[i]!;
     if (flag === '--module-only') o.moduleOnly = true;
     else if (flag === '--keep') o.keep = true;
+    else if (flag === '--skip-out-of-core') o.skipOutOfCore = true;
+    else if (flag === '--held-out') {
+      const v = argv[++i] ?? '';
+      o.heldOut = v === 'loo' ? 'leave-one-out' : v === 'auto' ? 'auto' : Number(v);
+    }
     else if (flag === '--adapters') o.adapters = (argv[++i] ?? '').split(',').map(Number);
     else if (flag === '--memory-budget') o.memoryBudget = argv[++i] ?? '';
     else {
@@ -55,10 +67,27 @@ function parse(argv: string[]): Options {
       else if (flag === '--rank') o.rank = v;
       else if (flag === '--components') o.components = v;
       else if (flag === '--module-adapters') o.moduleAdapters = v;
+      else if (flag === '--repeats') o.repeats = v;
       else throw new Error(`unknown option ${flag}`);
     }
   }
   return o;
+}
+
+/** GFLOP/s of one float32 product of the rsvd's shape (rows x d times d x l), best of three, through the addon's GEMM. */
+async function gemmRate(rows: number, d: number, l: number): Promise<{ gflops: number; seconds: number }> {
+  const x = matrix(rows, d);
+  fillGaussian(x.data, 21);
+  const w = matrix(l, d);
+  fillGaussian(w.data, 22);
+  const y = matrix(rows, l);
+  let best = Infinity;
+  for (let rep = 0; rep < 3; rep++) {
+    const t0 = performance.now();
+    await native.linearForward({ x, weight: w, bias: null, y });
+    best = Math.min(best, (performance.now() - t0) / 1000);
+  }
+  return { gflops: (2 * rows * d * l) / 1e9 / best, seconds: best };
 }
 
 const cpuSeconds = () => {
@@ -194,11 +223,32 @@ async function zooMeasurement(o: Options, n: number): Promise<Cell[][]> {
     const row = (what: string, t: { wall: number }, extra = '') =>
       rows.push([String(n), what, sig(t.wall), sig(t.wall / modules), sig(t.wall / read.wall), `${sig(peakRss() / 1e6)} MB`, extra]);
     row('read files (warm)', read);
-    const whole = await timed(() => buildSubspace(paths, opts));
-    row('build', whole);
+    // The GEMM rate in this run: the rsvd's product shape (N r x d times d x (K + p)), float32, all threads.
+    const gemm = await gemmRate(n * o.rank, o.dim, o.components + 10);
+    // Build and analyze interleaved, three times each (median): the machine may be shared.
+    const builds: Array<{ wall: number; cpu: number; value: Awaited<ReturnType<typeof buildSubspace>> }> = [];
+    const analyses: Array<{ wall: number; cpu: number }> = [];
+    let analysis: Awaited<ReturnType<typeof analyzeAdapters>> | null = null;
+    for (let rep = 0; rep < o.repeats; rep++) {
+      builds.push(await timed(() => buildSubspace(paths, opts)));
+      const a = await timed(() => analyzeAdapters(paths, { components: o.components, heldOut: o.heldOut }));
+      analysis = a.value;
+      analyses.push(a);
+    }
+    const middle = <T extends { wall: number }>(list: T[]) => [...list].sort((x, y) => x.wall - y.wall)[list.length >> 1]!;
+    const whole = middle(builds);
+    // rsvd arithmetic of the build: per module and side (2q + 2) products of 2 (N r) d (K + p) flops.
+    const buildFlops = modules * 2 * (2 * 2 + 2) * 2 * n * o.rank * o.dim * (o.components + 10);
+    const rate = buildFlops / 1e9 / whole.wall;
+    row('build', whole, `rsvd ${sig(rate)} GFLOP/s = ${sig((100 * rate) / gemm.gflops)}% of GEMM ${sig(gemm.gflops)} GFLOP/s`);
+    const analyzed = middle(analyses);
+    const folds = analysis!.perAdapter.length > 20 && o.heldOut === 'auto' ? 5 : o.heldOut === 'auto' ? n : o.heldOut;
+    row(`analyze (held out: ${folds === n || folds === 'leave-one-out' ? 'leave-one-out' : `${String(folds)}-fold`})`, analyzed, `${sig(analyzed.wall / whole.wall)} x build (medians of ${o.repeats}); held-out error ${sig(analysis!.heldOutError)}`);
     await writeBuildFolder(whole.value, path.join(dir, 'whole'));
-    const streamed = await timed(() => buildSubspace(paths, { ...opts, memoryBudget: o.memoryBudget }));
-    row(`build, budget ${o.memoryBudget}`, streamed, `${streamed.value.report!.streamedModules!.length} modules streamed`);
+    if (!o.skipOutOfCore) {
+      const streamed = await timed(() => buildSubspace(paths, { ...opts, memoryBudget: o.memoryBudget }));
+      row(`build, budget ${o.memoryBudget}`, streamed, `${streamed.value.report!.streamedModules!.length} modules streamed`);
+    }
     const sharded = await timed(async () => {
       const folders: string[] = [];
       for (let i = 0; i < 4; i++) {
@@ -220,10 +270,9 @@ async function main(): Promise<void> {
   process.stdout.write(`# bench/scale\n${machineLines().join('\n')}\n`);
   await moduleMeasurement(o);
   if (o.moduleOnly) return;
-  const rows: Cell[][] = [];
-  for (const n of o.adapters) rows.push(...(await zooMeasurement(o, n)));
   process.stdout.write(`\n## Zoo: q/k/v/o_proj on ${o.layers} layers (${o.layers * 4} modules), d = ${o.dim}, r = ${o.rank}, bf16, K = ${o.components}\n`);
-  process.stdout.write(table(['N', 'what', 'wall s', 's / module', 'x reading', 'peak RSS so far', 'note'], rows));
+  // One table per N, printed as soon as it is measured (a large N takes a while).
+  for (const n of o.adapters) process.stdout.write(`\n${table(['N', 'what', 'wall s', 's / module', 'x reading', 'peak RSS so far', 'note'], await zooMeasurement(o, n))}`);
 }
 
 await main();
