@@ -1,7 +1,7 @@
 /** LoRA adapters in and out: PEFT, diffusers and kohya files, one in-memory model. */
 export { openAdapter, loadAdapter, OpenedAdapter, type AdapterModuleHandle, type AdapterExtraHandle } from './open.js';
 export { saveAdapter } from './save.js';
-export { convertAdapterNames, looksLikeSdxl } from './sd-convert.js';
+export { convertAdapterNames } from './sd-convert.js';
 export { convertAdapter, type ConvertAdapterOptions } from './convert.js';
 export {
   ggufLoraArchitectures,
