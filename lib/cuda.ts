@@ -113,7 +113,7 @@ export function checkOperand(value: unknown, name: string, shape?: { rows?: numb
   if (value.disposed) throw new EigenLoraxError(`${name}: the device matrix was disposed of`, 'ERR_INVALID_ARGUMENT');
   if ((shape?.rows !== undefined && shape.rows !== value.rows) || (shape?.cols !== undefined && shape.cols !== value.cols)) {
     throw new EigenLoraxError(
-      `${name}: expected shape ${shape.rows ?? '*'} x ${shape.cols ?? '*'} but received ${value.rows} x ${value.cols}`,
+      `${name}: expected shape ${shape.rows ?? '*'} x ${shape.cols ?? '*'}, received ${value.rows} x ${value.cols}`,
       'ERR_SHAPE_MISMATCH',
     );
   }

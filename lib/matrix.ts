@@ -41,7 +41,7 @@ export function checkMatrix(value: unknown, name: string, shape?: { rows?: numbe
   }
   if (shape && ((shape.rows !== undefined && shape.rows !== m.rows) || (shape.cols !== undefined && shape.cols !== m.cols))) {
     throw new EigenLoraxError(
-      `${name}: expected shape ${shape.rows ?? '*'} x ${shape.cols ?? '*'} but received ${m.rows} x ${m.cols}`,
+      `${name}: expected shape ${shape.rows ?? '*'} x ${shape.cols ?? '*'}, received ${m.rows} x ${m.cols}`,
       'ERR_SHAPE_MISMATCH',
     );
   }
@@ -65,7 +65,7 @@ function isDetached(array: Float32Array): boolean {
 export function checkVector(value: unknown, name: string, length: number): Float32Array {
   if (!(value instanceof Float32Array)) throw invalid('a Float32Array', name, value);
   if (value.length !== length) {
-    throw new EigenLoraxError(`${name}: expected ${length} elements but received ${describe(value)}`, 'ERR_SHAPE_MISMATCH');
+    throw new EigenLoraxError(`${name}: expected ${length} elements, received ${describe(value)}`, 'ERR_SHAPE_MISMATCH');
   }
   return value;
 }

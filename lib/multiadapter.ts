@@ -56,7 +56,7 @@ export function mixingMatrix(alpha: Matrix, beta: Matrix, scale = 1, out?: Float
 
 function checkRows(rows: unknown, n: number): Int32Array {
   if (!(rows instanceof Int32Array)) throw invalid('an Int32Array of adapter indices', 'rows', rows);
-  if (rows.length !== n) throw new EigenLoraxError(`rows: expected ${n} entries (one per row of x) but received ${rows.length}`, 'ERR_SHAPE_MISMATCH');
+  if (rows.length !== n) throw new EigenLoraxError(`rows: expected ${n} entries (one per row of x), received ${rows.length}`, 'ERR_SHAPE_MISMATCH');
   return rows;
 }
 

@@ -50,7 +50,7 @@ export class Random {
       !state.every((v) => Number.isSafeInteger(v) && v >= 0 && v <= 0xffffffff) ||
       state.every((v) => v === 0)
     ) {
-      throw new EigenLoraxError(`random state: expected four 32-bit words, not all zero, but received ${JSON.stringify(state)}`, 'ERR_INVALID_ARGUMENT');
+      throw new EigenLoraxError(`random state: expected four 32-bit words, not all zero,, received ${JSON.stringify(state)}`, 'ERR_INVALID_ARGUMENT');
     }
     this.#s.set(state);
   }

@@ -52,7 +52,7 @@ function linearModule(template: LoraModule, name: string, A: Matrix, B: Matrix, 
 
 /** B with its two row halves swapped (an involution). */
 function swapHalves(B: Matrix, where: string): Matrix {
-  if (B.rows % 2 !== 0) throw unsupported(`${where}: expected an even number of output rows to swap shift and scale but received ${B.rows}`);
+  if (B.rows % 2 !== 0) throw unsupported(`${where}: expected an even number of output rows to swap shift and scale, received ${B.rows}`);
   const half = (B.rows / 2) * B.cols;
   const data = new Float32Array(B.data.length);
   data.set(B.data.subarray(half), 0);
@@ -83,7 +83,7 @@ function nonZeroColumns(B: Matrix, first: number, count: number): number[] {
 /** A kohya Flux module as its diffusers modules (split by rows when fused). */
 function splitFused(m: LoraModule, target: FluxTarget): LoraModule[] {
   const where = `module ${JSON.stringify(m.name)}`;
-  if (m.layout !== 'linear') throw unsupported(`${where}: expected a linear LoRA for a Flux transformer layer but received a ${m.layout} one`);
+  if (m.layout !== 'linear') throw unsupported(`${where}: expected a linear LoRA for a Flux transformer layer, received a ${m.layout} one`);
   const A = checkMatrix(m.A, `${where}.A`);
   let B = checkMatrix(m.B, `${where}.B`, { cols: A.rows });
   if (target.swapHalves) B = swapHalves(B, where);
@@ -92,10 +92,10 @@ function splitFused(m: LoraModule, target: FluxTarget): LoraModule[] {
   let dims: number[];
   if (target.split === 'none') dims = [out];
   else if (target.split === 'thirds') {
-    if (out % 3 !== 0) throw unsupported(`${where}: expected a fused q/k/v output width divisible by 3 but received ${out}`);
+    if (out % 3 !== 0) throw unsupported(`${where}: expected a fused q/k/v output width divisible by 3, received ${out}`);
     dims = [out / 3, out / 3, out / 3];
   } else {
-    if (out <= 3 * h) throw unsupported(`${where}: expected a fused q/k/v/mlp output wider than 3 x ${h} but received ${out}`);
+    if (out <= 3 * h) throw unsupported(`${where}: expected a fused q/k/v/mlp output wider than 3 x ${h}, received ${out}`);
     dims = [h, h, h, out - 3 * h];
   }
   const starts = dims.map((_, i) => dims.slice(0, i).reduce((a, b) => a + b, 0));
@@ -135,7 +135,7 @@ function fuse(name: string, parts: Array<LoraModule | undefined>, split: FluxTar
   for (const p of present) {
     if (p.layout !== 'linear' || p.fanInFanOut) throw unsupported(`module ${JSON.stringify(p.name)}: expected a linear LoRA for a Flux transformer layer`);
     if (p.inFeatures !== first.inFeatures) {
-      throw new EigenLoraxError(`module ${JSON.stringify(p.name)}: expected ${first.inFeatures} input features like ${JSON.stringify(first.name)} to fuse into ${name} but received ${p.inFeatures}`, 'ERR_SHAPE_MISMATCH');
+      throw new EigenLoraxError(`module ${JSON.stringify(p.name)}: expected ${first.inFeatures} input features like ${JSON.stringify(first.name)} to fuse into ${name}, received ${p.inFeatures}`, 'ERR_SHAPE_MISMATCH');
     }
     checkMatrix(p.A, `module ${JSON.stringify(p.name)}.A`);
     checkMatrix(p.B, `module ${JSON.stringify(p.name)}.B`, { cols: p.A.rows });

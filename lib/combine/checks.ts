@@ -16,7 +16,7 @@ export function isCoefficients(value: unknown): value is AdapterCoefficients {
 export function checkWeights(weights: unknown, count: number): number[] {
   if (!Array.isArray(weights)) throw invalid('an array of numbers, one per adapter', 'options.weights', weights);
   if (weights.length !== count) {
-    throw new EigenLoraxError(`options.weights: expected ${count} weights (one per adapter) but received ${weights.length}`, 'ERR_INVALID_ARGUMENT');
+    throw new EigenLoraxError(`options.weights: expected ${count} weights (one per adapter), received ${weights.length}`, 'ERR_INVALID_ARGUMENT');
   }
   return weights.map((w, i) => finiteNumber(w, `options.weights[${i}]`));
 }

@@ -254,20 +254,20 @@ function plan(file: string, entries: unknown, options: WriteGgufOptions): { head
     names.add(name);
     const shape = e.shape;
     if (!Array.isArray(shape) || shape.length < 1 || shape.length > GGUF_MAX_DIMS || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)) {
-      throw bad(`expected shape to be 1 to ${GGUF_MAX_DIMS} non-negative integers but received ${describe(shape)}`);
+      throw bad(`expected shape to be 1 to ${GGUF_MAX_DIMS} non-negative integers, received ${describe(shape)}`);
     }
     const isRaw = 'bytes' in e;
     if (isRaw === 'data' in e) throw bad('a tensor needs exactly one of data (f32 values) or bytes (stored bytes)');
     let dtype: GgmlType;
     if (isRaw) {
-      if (!isGgmlType(e.dtype)) throw bad(`expected dtype to be a ggml type (${Object.keys(ggmlTypeCodes).join(', ')}) but received ${describe(e.dtype)}`);
+      if (!isGgmlType(e.dtype)) throw bad(`expected dtype to be a ggml type (${Object.keys(ggmlTypeCodes).join(', ')}), received ${describe(e.dtype)}`);
       dtype = e.dtype;
-      if (!ArrayBuffer.isView(e.bytes) && typeof e.bytes !== 'function') throw bad(`expected bytes to be a typed array or a function returning one but received ${describe(e.bytes)}`);
+      if (!ArrayBuffer.isView(e.bytes) && typeof e.bytes !== 'function') throw bad(`expected bytes to be a typed array or a function returning one, received ${describe(e.bytes)}`);
     } else {
       const d = e.dtype ?? 'F32';
-      if (d !== 'F32' && d !== 'F16' && d !== 'BF16') throw bad(`expected dtype F32, F16 or BF16 for f32 data but received ${describe(d)}`);
+      if (d !== 'F32' && d !== 'F16' && d !== 'BF16') throw bad(`expected dtype F32, F16 or BF16 for f32 data, received ${describe(d)}`);
       dtype = d;
-      if (!(e.data instanceof Float32Array) && typeof e.data !== 'function') throw bad(`expected data to be a Float32Array or a function returning one but received ${describe(e.data)}`);
+      if (!(e.data instanceof Float32Array) && typeof e.data !== 'function') throw bad(`expected data to be a Float32Array or a function returning one, received ${describe(e.data)}`);
     }
     const dims = shape as number[];
     const count = dims.reduce((n, d) => n * d, 1);

@@ -101,7 +101,7 @@ function plan(file: string, entries: unknown, options: WriteSafetensorsOptions):
     seen.add(name);
     const shape = entry.shape;
     if (!Array.isArray(shape) || !shape.every((d) => Number.isSafeInteger(d) && (d as number) >= 0)) {
-      throw argError(`expected shape to be an array of non-negative integers but received ${describe(shape)}`);
+      throw argError(`expected shape to be an array of non-negative integers, received ${describe(shape)}`);
     }
     const isRaw = 'bytes' in entry;
     if (isRaw === 'data' in entry) throw argError('an entry needs exactly one of data (f32 values) or bytes (stored bytes)');
@@ -110,7 +110,7 @@ function plan(file: string, entries: unknown, options: WriteSafetensorsOptions):
       dtype = oneOf(entry.dtype, `entries[${i}].dtype (tensor ${JSON.stringify(name)} of ${file})`, safetensorsDtypes);
       const bytes = entry.bytes;
       if (!ArrayBuffer.isView(bytes) && typeof bytes !== 'function') {
-        throw argError(`expected bytes to be a typed array or a function returning one but received ${describe(bytes)}`);
+        throw argError(`expected bytes to be a typed array or a function returning one, received ${describe(bytes)}`);
       }
     } else {
       dtype =
@@ -119,7 +119,7 @@ function plan(file: string, entries: unknown, options: WriteSafetensorsOptions):
           : oneOf(entry.dtype, `entries[${i}].dtype (tensor ${JSON.stringify(name)} of ${file})`, ['F32', 'F16', 'BF16', 'F64'] as const);
       const data = entry.data;
       if (!(data instanceof Float32Array) && typeof data !== 'function') {
-        throw argError(`expected data to be a Float32Array or a function returning one but received ${describe(data)}`);
+        throw argError(`expected data to be a Float32Array or a function returning one, received ${describe(data)}`);
       }
     }
     let count = 1;

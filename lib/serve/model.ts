@@ -257,7 +257,7 @@ export class ServedModel {
     const input = checkMatrix(x, 'x', { cols: this.inFeatures });
     if (!Array.isArray(adapters)) throw invalid('an array of adapter names (or null)', 'adapters', adapters);
     if (adapters.length !== input.rows) {
-      throw new EigenLoraxError(`adapters: expected ${input.rows} entries (one per row of x) but received ${adapters.length}`, 'ERR_SHAPE_MISMATCH');
+      throw new EigenLoraxError(`adapters: expected ${input.rows} entries (one per row of x), received ${adapters.length}`, 'ERR_SHAPE_MISMATCH');
     }
     return this.#gate.shared(async () => {
       const slots = new Int32Array(input.rows);

@@ -103,7 +103,7 @@ export class Slots {
   /** Each row's slot (-1: none), every named or indexed adapter checked to be registered. */
   resolve(rows: unknown, n: number): Int32Array {
     if (rows instanceof Int32Array) {
-      if (rows.length !== n) throw new EigenLoraxError(`rows: expected ${n} entries (one per row of x) but received ${rows.length}`, 'ERR_SHAPE_MISMATCH');
+      if (rows.length !== n) throw new EigenLoraxError(`rows: expected ${n} entries (one per row of x), received ${rows.length}`, 'ERR_SHAPE_MISMATCH');
       for (let b = 0; b < n; b++) {
         const slot = rows[b]!;
         if (slot === -1) continue;
@@ -114,7 +114,7 @@ export class Slots {
       return rows;
     }
     if (!Array.isArray(rows)) throw invalid('an array of adapter names (or null) or an Int32Array of slots', 'rows', rows);
-    if (rows.length !== n) throw new EigenLoraxError(`rows: expected ${n} entries (one per row of x) but received ${rows.length}`, 'ERR_SHAPE_MISMATCH');
+    if (rows.length !== n) throw new EigenLoraxError(`rows: expected ${n} entries (one per row of x), received ${rows.length}`, 'ERR_SHAPE_MISMATCH');
     const out = new Int32Array(n);
     for (let b = 0; b < n; b++) {
       const name: unknown = rows[b];

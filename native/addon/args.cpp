@@ -38,8 +38,7 @@ std::string describe(const Napi::Value& v) {
 
 [[noreturn]] void badArgument(Napi::Env env, const std::string& name, const std::string& expected,
                               const Napi::Value& received) {
-  throwError(env, code::kInvalidArgument, "Expected " + expected + " for " + name + " but received " +
-                                              describe(received));
+  throwError(env, code::kInvalidArgument, name + ": expected " + expected + ", received " + describe(received));
 }
 
 namespace {
@@ -294,7 +293,7 @@ const int32_t* readInt32(Napi::Env env, const Napi::Object& args, const char* na
   }
   if (ta.ElementLength() != length) {
     throwError(env, code::kShapeMismatch, std::string(name) + ": expected " + std::to_string(length) +
-                                              " elements but received " + std::to_string(ta.ElementLength()));
+                                              " elements, received " + std::to_string(ta.ElementLength()));
   }
   return static_cast<const int32_t*>(track(env, ta, name, false, keep, overlaps));
 }
@@ -317,7 +316,7 @@ double* readFloat64Out(Napi::Env env, const Napi::Object& args, const char* name
   }
   if (ta.ElementLength() != length) {
     throwError(env, code::kShapeMismatch, std::string(name) + ": expected " + std::to_string(length) +
-                                              " elements but received " + std::to_string(ta.ElementLength()));
+                                              " elements, received " + std::to_string(ta.ElementLength()));
   }
   return static_cast<double*>(track(env, ta, name, true, keep, overlaps));
 }
@@ -343,7 +342,7 @@ const float* readVector(Napi::Env env, const Napi::Object& args, const char* nam
   const Napi::TypedArray ta = requireTypedArray(env, v, name, true);
   if (ta.ElementLength() != length) {
     throwError(env, code::kShapeMismatch, std::string(name) + ": expected " + std::to_string(length) +
-                                              " elements but received " + std::to_string(ta.ElementLength()));
+                                              " elements, received " + std::to_string(ta.ElementLength()));
   }
   return static_cast<const float*>(track(env, ta, name, writable, keep, overlaps));
 }

@@ -69,7 +69,7 @@ class UploadJob : public DeviceJob {
     if (data.bytes != want) {
       throwError(env, code::kShapeMismatch,
                  "data: expected " + std::to_string(want) + " bytes (" + shapeString(rows_, cols_) + " " +
-                     cuda::dtypeName(dtype_) + ") but received " + std::to_string(data.bytes));
+                     cuda::dtypeName(dtype_) + "), received " + std::to_string(data.bytes));
     }
     data_ = data.data;
   }

@@ -33,7 +33,7 @@ class ConvertJob : public Job {
     if (dst_.bytes != count_ * outSize) {
       throwError(env, code::kShapeMismatch, "dst: expected " + std::to_string(count_ * outSize) + " bytes for " +
                                                 std::to_string(count_) + " " + dtypeName(to_) +
-                                                " elements but received " + std::to_string(dst_.bytes));
+                                                " elements, received " + std::to_string(dst_.bytes));
     }
     if (to_ == DType::F32 && reinterpret_cast<uintptr_t>(dst_.data) % alignof(float) != 0) {
       throwError(env, code::kInvalidArgument, "dst: f32 output must be 4-byte aligned");

@@ -36,7 +36,7 @@ std::vector<Napi::Value> readFloat32List(Napi::Env env, const Napi::Value& value
   const uint32_t n = list.Length();
   if (n % group != 0) {
     throwError(env, code::kInvalidArgument,
-               std::string(name) + ": expected groups of " + std::to_string(group) + " arrays but received " +
+               std::string(name) + ": expected groups of " + std::to_string(group) + " arrays, received " +
                    std::to_string(n));
   }
   std::vector<Napi::Value> out;

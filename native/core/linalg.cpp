@@ -104,19 +104,19 @@ void fixSigns(U& u, V& v) {
 void checkRsvdArguments(ConstMatView a, const RsvdOptions& o, MatView u, MatView v) {
   const Index m = a.rows, n = a.cols, k = o.rank;
   if (m <= 0 || n <= 0) {
-    throw CoreError(code::kInvalidArgument, "matrix: expected a non-empty matrix but received " + shapeString(m, n));
+    throw CoreError(code::kInvalidArgument, "matrix: expected a non-empty matrix, received " + shapeString(m, n));
   }
   if (k < 1 || k > std::min(m, n)) {
     throw CoreError(code::kInvalidArgument, "rank: expected an integer in [1, min(rows, cols) = " +
-                                                std::to_string(std::min(m, n)) + "] but received " +
+                                                std::to_string(std::min(m, n)) + "], received " +
                                                 std::to_string(k));
   }
   if (o.oversample < 0) {
-    throw CoreError(code::kInvalidArgument, "oversample: expected a non-negative integer but received " +
+    throw CoreError(code::kInvalidArgument, "oversample: expected a non-negative integer, received " +
                                                 std::to_string(o.oversample));
   }
   if (o.powerIters < 0) {
-    throw CoreError(code::kInvalidArgument, "powerIters: expected a non-negative integer but received " +
+    throw CoreError(code::kInvalidArgument, "powerIters: expected a non-negative integer, received " +
                                                 std::to_string(o.powerIters));
   }
   requireShape("U", u.rows, u.cols, m, k);
@@ -228,7 +228,7 @@ RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatVie
 
 void orthonormalize(ConstMatView in, MatView out) {
   if (in.rows <= 0 || in.cols <= 0 || in.rows < in.cols) {
-    throw CoreError(code::kInvalidArgument, "matrix: expected rows >= cols >= 1 but received " +
+    throw CoreError(code::kInvalidArgument, "matrix: expected rows >= cols >= 1, received " +
                                                 shapeString(in.rows, in.cols));
   }
   requireShape("out", out.rows, out.cols, in.rows, in.cols);
@@ -244,7 +244,7 @@ void completeBasis(ConstMatView basis, uint64_t seed, MatView out) {
   if (out.rows != m) requireShape("out", out.rows, out.cols, m, extra);
   if (extra < 1 || k + extra > m) {
     throw CoreError(code::kInvalidArgument, "extra: expected an integer in [1, rows - cols = " +
-                                                std::to_string(m - k) + "] but received " +
+                                                std::to_string(m - k) + "], received " +
                                                 std::to_string(extra));
   }
   ColMatD b = basis.map().cast<double>();

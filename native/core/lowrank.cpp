@@ -46,7 +46,7 @@ void baseBackward(const ConstMapF& dy, ConstMatView weight, MapF& dx) {
 }
 
 void requirePositive(const char* name, Index value) {
-  if (value < 1) throw CoreError(code::kInvalidArgument, std::string(name) + ": expected at least 1 but received " + std::to_string(value));
+  if (value < 1) throw CoreError(code::kInvalidArgument, std::string(name) + ": expected at least 1, received " + std::to_string(value));
 }
 
 void checkBase(ConstMatView weight, Index dOut, Index dIn) {

@@ -42,7 +42,7 @@ inline std::string shapeString(Index rows, Index cols) {
 inline void requireShape(const char* name, Index rows, Index cols, Index wantRows, Index wantCols) {
   if (rows != wantRows || cols != wantCols) {
     throw CoreError(code::kShapeMismatch, std::string(name) + ": expected shape " +
-                                              shapeString(wantRows, wantCols) + " but received " +
+                                              shapeString(wantRows, wantCols) + ", received " +
                                               shapeString(rows, cols));
   }
 }

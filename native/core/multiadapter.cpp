@@ -35,7 +35,7 @@ void checkRows(const int32_t* rowAdapter, Index rows, Index count) {
   for (Index b = 0; b < rows; ++b) {
     if (rowAdapter[b] < -1 || rowAdapter[b] >= count) {
       throw CoreError(code::kInvalidArgument, "rows[" + std::to_string(b) + "]: expected an adapter index in [-1, " +
-                                                  std::to_string(count) + ") but received " +
+                                                  std::to_string(count) + "), received " +
                                                   std::to_string(rowAdapter[b]));
     }
   }

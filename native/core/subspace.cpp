@@ -60,7 +60,7 @@ void checkComponents(const char* name, ConstMatView m, Index d, Index limit) {
   if (m.rows != d) requireShape(name, m.rows, m.cols, d, m.cols);
   if (m.cols < 1 || m.cols > limit) {
     throw CoreError(code::kInvalidArgument, std::string(name) + ": expected between 1 and " + std::to_string(limit) +
-                                                " components but received " + std::to_string(m.cols));
+                                                " components, received " + std::to_string(m.cols));
   }
 }
 

@@ -157,7 +157,7 @@ ModuleStream::ModuleStream(Index dIn, Index dOut, Index totalRank, Index adapter
     const Index limit = std::min(d, totalRank);
     if (k < 1 || k > limit) {
       throw CoreError(code::kInvalidArgument, std::string(name) + ": expected between 1 and " + std::to_string(limit) +
-                                                  " components but received " + std::to_string(k));
+                                                  " components, received " + std::to_string(k));
     }
     if (streamNeedsExactPath(d, totalRank, k, o.oversample)) {
       throw CoreError(code::kInvalidArgument, std::string(name) +

@@ -131,7 +131,7 @@ void eigenBankApply(Operand x, const EigenBankOperands& bank, const int32_t* row
   checkEigenBankApply(x.shape(), coreBank(bank), rowAdapter, weight.shape(), y);
   if (kA > 12288) {
     throw CoreError(eigenlorax::code::kInvalidArgument,
-                    "componentsA: at most 12288 columns on the GPU but received " + std::to_string(kA));
+                    "componentsA: at most 12288 columns on the GPU, received " + std::to_string(kA));
   }
   const int64_t n = x.rows(), dIn = x.cols(), dOut = bank.componentsB.rows();
   Workspace ws;

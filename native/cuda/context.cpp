@@ -209,7 +209,7 @@ uint64_t workspaceBytes() {
 DeviceMatrix allocate(int64_t rows, int64_t cols, DType dtype) {
   if (rows <= 0 || cols <= 0) {
     throw CoreError(eigenlorax::code::kInvalidArgument,
-                    "device matrix: expected positive rows and cols but received " + shapeString(rows, cols));
+                    "device matrix: expected positive rows and cols, received " + shapeString(rows, cols));
   }
   context();
   DeviceMatrix m;
