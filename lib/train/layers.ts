@@ -188,6 +188,83 @@ function baseOf(value: unknown, what: string): { weight: Matrix; bias: Float32Ar
   return checkWeights(value, what);
 }
 
+/** What `AdaptedLinear`'s constructor takes: the checked name, options object and frozen base. */
+interface AdaptedInit {
+  name: string;
+  /** How the options are named in messages (`LoRA q options`). */
+  where: string;
+  options: Record<string, unknown>;
+  weight: Matrix;
+  bias: Float32Array | null;
+}
+
+function adaptedInit(name: string, label: string, options: unknown, keys: readonly string[]): AdaptedInit {
+  const checked = checkName(name, label);
+  const where = `${label} ${name} options`;
+  const o = object(options, where);
+  knownKeys(o, where, keys);
+  return { name: checked, where, options: o, ...baseOf(o.base, `${where}.base`) };
+}
+
+/**
+ * A frozen base linear layer plus a trainable low-rank adapter (LoRA, EigenLoRA): the base,
+ * the batch buffers and the forward/backward bookkeeping; subclasses supply the kernels and
+ * their trainable tensors.
+ */
+abstract class AdaptedLinear implements Layer {
+  abstract readonly kind: 'lora' | 'eigenlora';
+  readonly name: string;
+  readonly weight: Matrix;
+  readonly bias: Float32Array | null;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+  readonly #pool = new BufferPool();
+  #x: Matrix | null = null;
+
+  protected constructor(init: AdaptedInit) {
+    this.name = init.name;
+    this.weight = init.weight;
+    this.bias = init.bias;
+    this.inFeatures = init.weight.cols;
+    this.outFeatures = init.weight.rows;
+  }
+
+  /** y = the layer's output for x, written into `y`. */
+  protected abstract runForward(x: Matrix, y: Matrix): Promise<void>;
+  /** The adapter's gradients into its own buffers, and dx into `dx` when not null. */
+  protected abstract runBackward(x: Matrix, dy: Matrix, dx: Matrix | null): Promise<void>;
+  abstract parameters(): Parameter[];
+  /** Frozen tensors of the adapter beyond the base (EigenLoRA's components). */
+  protected frozenTensors(): NamedTensor[] {
+    return [];
+  }
+
+  async forward(x: Matrix): Promise<Matrix> {
+    checkInput(x, this.inFeatures, this.name);
+    const y = this.#pool.get('y', x.rows, this.outFeatures);
+    await this.runForward(x, y);
+    this.#x = x;
+    return y;
+  }
+
+  async backward(dy: Matrix, options: BackwardOptions = {}): Promise<Matrix | null> {
+    const x = this.#x;
+    if (x === null) throw noForward(this.name);
+    checkDy(dy, x, this.outFeatures, this.name);
+    const dx = options.inputGrad !== false ? this.#pool.get('dx', x.rows, this.inFeatures) : null;
+    await this.runBackward(x, dy, dx);
+    return dx;
+  }
+
+  tensors(): NamedTensor[] {
+    return [
+      ...baseTensors(this.name, this.weight, this.bias, false),
+      ...this.frozenTensors(),
+      ...this.parameters().map((p) => ({ name: p.name, shape: p.shape, data: p.data, trainable: true })),
+    ];
+  }
+}
+
 // ---------------------------------------------------------------------------------------
 // LoRA
 
@@ -208,11 +285,8 @@ export interface LoRAOptions {
 }
 
 /** y = x W^T + b + s (x A^T) B^T with W, b frozen and A (r x in), B (out x r) trainable. */
-export class LoRA implements Layer {
+export class LoRA extends AdaptedLinear {
   readonly kind = 'lora' as const;
-  readonly name: string;
-  readonly weight: Matrix;
-  readonly bias: Float32Array | null;
   readonly A: Matrix;
   readonly B: Matrix;
   readonly rank: number;
@@ -220,23 +294,13 @@ export class LoRA implements Layer {
   readonly alpha: number;
   readonly rslora: boolean;
   readonly scale: number;
-  readonly inFeatures: number;
-  readonly outFeatures: number;
   readonly #gradA: Matrix;
   readonly #gradB: Matrix;
-  readonly #pool = new BufferPool();
-  #x: Matrix | null = null;
 
   constructor(name: string, options: LoRAOptions) {
-    this.name = checkName(name, 'LoRA');
-    const where = `LoRA ${name} options`;
-    const o = object(options, where);
-    knownKeys(o, where, ['base', 'rank', 'alpha', 'rslora', 'seed', 'A', 'B']);
-    const base = baseOf(o.base, `${where}.base`);
-    this.weight = base.weight;
-    this.bias = base.bias;
-    this.inFeatures = base.weight.cols;
-    this.outFeatures = base.weight.rows;
+    const init = adaptedInit(name, 'LoRA', options, ['base', 'rank', 'alpha', 'rslora', 'seed', 'A', 'B']);
+    super(init);
+    const { where, options: o } = init;
     this.rank = integer(o.rank, `${where}.rank`, 1);
     this.alpha = finiteNumber(o.alpha ?? this.rank, `${where}.alpha`);
     if (o.rslora !== undefined && typeof o.rslora !== 'boolean') throw invalid('true or false', `${where}.rslora`, o.rslora);
@@ -261,38 +325,21 @@ export class LoRA implements Layer {
     return this.bias === null ? l : { ...l, bias: this.bias };
   }
 
-  async forward(x: Matrix): Promise<Matrix> {
-    checkInput(x, this.inFeatures, this.name);
-    const y = this.#pool.get('y', x.rows, this.outFeatures);
+  protected async runForward(x: Matrix, y: Matrix): Promise<void> {
     await loraForward(x, this.#layer(), { out: y });
-    this.#x = x;
-    return y;
   }
 
-  async backward(dy: Matrix, options: BackwardOptions = {}): Promise<Matrix | null> {
-    const x = this.#x;
-    if (x === null) throw noForward(this.name);
-    checkDy(dy, x, this.outFeatures, this.name);
-    const inputGrad = options.inputGrad !== false;
-    const dx = inputGrad ? this.#pool.get('dx', x.rows, this.inFeatures) : null;
+  protected async runBackward(x: Matrix, dy: Matrix, dx: Matrix | null): Promise<void> {
     await loraBackward(x, dy, this.#layer(), {
-      inputGrad,
+      inputGrad: dx !== null,
       out: { ...(dx === null ? {} : { dx }), dA: this.#gradA, dB: this.#gradB },
     });
-    return dx;
   }
 
   parameters(): Parameter[] {
     return [
       { name: `${this.name}.lora_A.weight`, shape: [this.rank, this.inFeatures], data: this.A.data, grad: this.#gradA.data },
       { name: `${this.name}.lora_B.weight`, shape: [this.outFeatures, this.rank], data: this.B.data, grad: this.#gradB.data },
-    ];
-  }
-
-  tensors(): NamedTensor[] {
-    return [
-      ...baseTensors(this.name, this.weight, this.bias, false),
-      ...this.parameters().map((p) => ({ name: p.name, shape: p.shape, data: p.data, trainable: true })),
     ];
   }
 }
@@ -332,11 +379,8 @@ export interface EigenLoRAOptions {
  * y = x W^T + b + s ((x V_A) alpha) beta^T U_B^T with W, b, V_A, U_B frozen and
  * alpha (K_A x r), beta (K_B x r) trainable.
  */
-export class EigenLoRA implements Layer {
+export class EigenLoRA extends AdaptedLinear {
   readonly kind = 'eigenlora' as const;
-  readonly name: string;
-  readonly weight: Matrix;
-  readonly bias: Float32Array | null;
   readonly componentsA: Matrix;
   readonly componentsB: Matrix;
   readonly alpha: Matrix;
@@ -344,23 +388,13 @@ export class EigenLoRA implements Layer {
   readonly rank: number;
   readonly scale: number;
   readonly order: ProductOrder;
-  readonly inFeatures: number;
-  readonly outFeatures: number;
   readonly #gradAlpha: Matrix;
   readonly #gradBeta: Matrix;
-  readonly #pool = new BufferPool();
-  #x: Matrix | null = null;
 
   constructor(name: string, options: EigenLoRAOptions) {
-    this.name = checkName(name, 'EigenLoRA');
-    const where = `EigenLoRA ${name} options`;
-    const o = object(options, where);
-    knownKeys(o, where, ['base', 'componentsA', 'componentsB', 'rank', 'scale', 'init', 'loadings', 'seed', 'order']);
-    const base = baseOf(o.base, `${where}.base`);
-    this.weight = base.weight;
-    this.bias = base.bias;
-    this.inFeatures = base.weight.cols;
-    this.outFeatures = base.weight.rows;
+    const start = adaptedInit(name, 'EigenLoRA', options, ['base', 'componentsA', 'componentsB', 'rank', 'scale', 'init', 'loadings', 'seed', 'order']);
+    super(start);
+    const { where, options: o } = start;
     this.componentsA = checkMatrix(o.componentsA, `${where}.componentsA`, { rows: this.inFeatures });
     this.componentsB = checkMatrix(o.componentsB, `${where}.componentsB`, { rows: this.outFeatures });
     const kA = this.componentsA.cols;
@@ -401,26 +435,16 @@ export class EigenLoRA implements Layer {
     return this.bias === null ? l : { ...l, bias: this.bias };
   }
 
-  async forward(x: Matrix): Promise<Matrix> {
-    checkInput(x, this.inFeatures, this.name);
-    const y = this.#pool.get('y', x.rows, this.outFeatures);
+  protected async runForward(x: Matrix, y: Matrix): Promise<void> {
     await eigenLoraForward(x, this.#layer(), { out: y, order: this.order });
-    this.#x = x;
-    return y;
   }
 
-  async backward(dy: Matrix, options: BackwardOptions = {}): Promise<Matrix | null> {
-    const x = this.#x;
-    if (x === null) throw noForward(this.name);
-    checkDy(dy, x, this.outFeatures, this.name);
-    const inputGrad = options.inputGrad !== false;
-    const dx = inputGrad ? this.#pool.get('dx', x.rows, this.inFeatures) : null;
+  protected async runBackward(x: Matrix, dy: Matrix, dx: Matrix | null): Promise<void> {
     await eigenLoraBackward(x, dy, this.#layer(), {
-      inputGrad,
+      inputGrad: dx !== null,
       order: this.order,
       out: { ...(dx === null ? {} : { dx }), dAlpha: this.#gradAlpha, dBeta: this.#gradBeta },
     });
-    return dx;
   }
 
   parameters(): Parameter[] {
@@ -430,14 +454,12 @@ export class EigenLoRA implements Layer {
     ];
   }
 
-  tensors(): NamedTensor[] {
+  protected override frozenTensors(): NamedTensor[] {
     const a = this.componentsA;
     const b = this.componentsB;
     return [
-      ...baseTensors(this.name, this.weight, this.bias, false),
       { name: `${this.name}.eigenlora_A.components`, shape: [a.rows, a.cols], data: a.data, trainable: false },
       { name: `${this.name}.eigenlora_B.components`, shape: [b.rows, b.cols], data: b.data, trainable: false },
-      ...this.parameters().map((p) => ({ name: p.name, shape: p.shape, data: p.data, trainable: true })),
     ];
   }
 }
