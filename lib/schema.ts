@@ -19,13 +19,15 @@ export { Type, type Static, type TSchema };
 /** Where a value sits: the error code to raise and how a path inside it is named. */
 export interface Place {
   readonly code: ErrorCode;
+  /** What a key of an object is called in messages: 'option' for options, 'name' in files. */
+  readonly key?: string;
   /** The name of the value at `path` (`a.b[0]`; '' for the value itself). */
   at(path: string): string;
 }
 
 /** An options object (or another argument) named `name`: `options.a.b[0]`. */
 export function argumentPlace(name: string, code: ErrorCode = 'ERR_INVALID_ARGUMENT'): Place {
-  return { code, at: (p) => (p === '' ? name : p.startsWith('[') ? `${name}${p}` : `${name}.${p}`) };
+  return { code, key: 'option', at: (p) => (p === '' ? name : p.startsWith('[') ? `${name}${p}` : `${name}.${p}`) };
 }
 
 /** A JSON document in `file` (optionally inside a container, e.g. a metadata key): `file, field "a.b"`. */
@@ -100,6 +102,10 @@ export function parse<T extends TSchema>(schema: T, value: unknown, place: Place
   if (validatorOf(schema).Check(value)) return value as Static<T>;
   const m = firstMismatch(schema as Node, value, '');
   if (m === undefined) throw mismatch(place, '', describe(schema as Node), value);
+  if (m.stray !== undefined) {
+    const key = place.key ?? 'name';
+    throw mismatch(place, m.path, `one of the known ${key}s (${m.stray.join(', ')})`, said(`an unknown ${key} ${JSON.stringify(m.received)}`));
+  }
   throw mismatch(place, m.path, m.expected, m.received);
 }
 
@@ -135,6 +141,8 @@ interface Found {
   path: string;
   expected: string;
   received: unknown;
+  /** For a key the object does not declare: the declared keys (`received` is the key). */
+  stray?: string[];
 }
 
 const join = (path: string, key: string | number) => (typeof key === 'number' ? `${path}[${key}]` : path === '' ? key : `${path}.${key}`);
@@ -147,7 +155,7 @@ function firstMismatch(schema: Node, value: unknown, path: string): Found | unde
     // Descend into the one branch of the value's kind (an object into the object branch;
     // an array into the array branch of arrays or of scalars, as its first item is).
     const kind = kindOf(value);
-    let branches = schema.anyOf.filter((b) => kind !== undefined && b.type === kind);
+    let branches = schema.anyOf.filter((b) => kind !== undefined && (b.type === kind || (kind === 'number' && b.type === 'integer')));
     if (branches.length > 1 && Array.isArray(value) && (value as unknown[]).length > 0) branches = branches.filter((b) => (b.items?.type === 'array') === Array.isArray((value as unknown[])[0]));
     if (branches.length > 1 && isRecord(value)) return firstTagged(branches, value, path);
     if (branches.length === 1) return firstMismatch(branches[0]!, value, path);
@@ -175,7 +183,7 @@ function firstMismatch(schema: Node, value: unknown, path: string): Found | unde
     if (schema.additionalProperties === false) {
       const known = Object.keys(properties);
       const stray = Object.keys(value).find((k) => !known.includes(k));
-      if (stray !== undefined) return { path: join(path, stray), expected: `one of the known names (${known.join(', ')})`, received: said(`an unknown name ${JSON.stringify(stray)}`) };
+      if (stray !== undefined) return { path: join(path, stray), expected: '', received: stray, stray: known };
     }
   }
   if (schema.type === 'array' && Array.isArray(value)) {
@@ -254,3 +262,32 @@ export function Count(minimum = 0, maximum = Number.MAX_SAFE_INTEGER) {
   return Type.Integer({ minimum, maximum, ...(description === undefined ? {} : { description }) });
 }
 export const Nullable = <T extends TSchema>(schema: T) => Type.Union([schema, Type.Null()]);
+
+// ---------------------------------------------------------------------------------------
+// Options objects
+
+/**
+ * An options object: its option names are exactly `properties` (a typo is refused). The
+ * public interface beside it keeps the documentation; {@link sameOptionNames} keeps the two
+ * in step at compile time.
+ */
+export function Options<P extends Record<string, TSchema>>(properties: P) {
+  return Type.Object(properties, { additionalProperties: false });
+}
+/** A path option: a non-empty string. */
+export const PathOption = Type.String({ minLength: 1, description: 'a path (non-empty string)' });
+/** One of the given strings. */
+export function OneOf<const T extends readonly string[]>(choices: T) {
+  return Type.Enum(choices as unknown as T[number][], { description: `one of ${choices.map((c) => `'${c}'`).join(', ')}` });
+}
+/** A function (a callback option); its own arguments are the caller's business. */
+export const FunctionOption = Type.Refine(Type.Unknown({ description: 'a function' }), (v) => typeof v === 'function');
+/** `bytes`: a number or a size string (the caller parses it). */
+export const Sized = Type.Union([Type.Number(), Type.String()], { description: "a number of bytes or a size such as '512MB'" });
+
+/**
+ * Compile-time: `true` only when schema `S` declares exactly the option names of the
+ * interface `I`, so that the documented interface and the checking schema cannot drift.
+ * Use as `const _check: SameOptionNames<typeof XSchema, XOptions> = true`.
+ */
+export type SameOptionNames<S extends TSchema, I> = [Exclude<keyof Static<S>, keyof I>, Exclude<keyof I, keyof Static<S>>] extends [never, never] ? true : false;

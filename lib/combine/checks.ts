@@ -2,6 +2,7 @@
 import { EigenLoraxError } from '../errors.js';
 import { checkMatrix } from '../matrix.js';
 import type { AdapterCoefficients, Subspace } from '../subspace/types.js';
+import { OneOf, Type } from '../schema.js';
 import { finiteNumber, invalid } from '../validate.js';
 
 export function isCoefficients(value: unknown): value is AdapterCoefficients {
@@ -13,12 +14,16 @@ export function isCoefficients(value: unknown): value is AdapterCoefficients {
   );
 }
 
-export function checkWeights(weights: unknown, count: number): number[] {
-  if (!Array.isArray(weights)) throw invalid('an array of numbers, one per adapter', 'options.weights', weights);
+/** The `weights` option of both combiners: finite numbers (one per adapter, counted by checkWeightCount). */
+export const WeightsOption = Type.Array(Type.Number(), { description: 'an array of numbers, one per adapter' });
+/** The `modules` option of both combiners. */
+export const ModulePolicyOption = OneOf(['same', 'union'] as const);
+
+export function checkWeightCount(weights: readonly number[], count: number): number[] {
   if (weights.length !== count) {
     throw new EigenLoraxError(`options.weights: expected ${count} weights (one per adapter), received ${weights.length}`, 'ERR_INVALID_ARGUMENT');
   }
-  return weights.map((w, i) => finiteNumber(w, `options.weights[${i}]`));
+  return [...weights];
 }
 
 export function checkCoefficientsOn(subspace: Subspace, c: AdapterCoefficients, i: number): void {

@@ -7,8 +7,9 @@ import { rsvd } from '../linalg.js';
 import { matrix } from '../matrix.js';
 import { checkSubspace } from '../subspace/project.js';
 import type { AdapterCoefficients, ModuleCoefficients, Subspace, SubspaceModule } from '../subspace/types.js';
-import { integer, invalid, knownKeys, object, oneOf } from '../validate.js';
-import { checkCoefficientsOn, checkWeights, isCoefficients, moduleUnion } from './checks.js';
+import { argumentPlace, Count, OneOf, Options, parse, Type, type SameOptionNames } from '../schema.js';
+import { invalid } from '../validate.js';
+import { checkCoefficientsOn, checkWeightCount, isCoefficients, ModulePolicyOption, moduleUnion, WeightsOption } from './checks.js';
 import { numericalRank, SMALL_SVD_LIMIT, smallSvd } from './small.js';
 
 export interface CombineCoefficientsOptions {
@@ -24,6 +25,16 @@ export interface CombineCoefficientsOptions {
   /** The name of the combined adapter in its record (default 'combined'). */
   name?: string;
 }
+
+const CombineCoefficientsOptionsSchema = Options({
+  weights: WeightsOption,
+  rank: Type.Optional(Count(1)),
+  factors: Type.Optional(OneOf(['balanced', 'singular'] as const)),
+  modules: Type.Optional(ModulePolicyOption),
+  name: Type.Optional(Type.String()),
+});
+const combineCoefficientsOptionNames: SameOptionNames<typeof CombineCoefficientsOptionsSchema, CombineCoefficientsOptions> = true;
+void combineCoefficientsOptionNames;
 
 /** sum_i w_i s_i beta_i alpha_i^T (K_B x K_A) in f64. */
 function combinedCore(m: SubspaceModule, parts: ReadonlyArray<{ mc: ModuleCoefficients; weight: number }>): Float64Array {
@@ -76,13 +87,12 @@ export async function combineCoefficients(
 ): Promise<AdapterCoefficients> {
   const s = checkSubspace(subspace);
   if (!Array.isArray(coefficients) || coefficients.length === 0) throw invalid('a non-empty array of coefficients', 'coefficients', coefficients);
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['weights', 'rank', 'factors', 'modules', 'name']);
-  const weights = checkWeights(o.weights, coefficients.length);
-  const factors = oneOf(o.factors ?? 'balanced', 'options.factors', ['balanced', 'singular'] as const);
-  const policy = oneOf(o.modules ?? 'same', 'options.modules', ['same', 'union'] as const);
-  const rank = o.rank === undefined ? null : integer(o.rank, 'options.rank', 1);
-  const name = o.name === undefined ? 'combined' : String(o.name);
+  const o = parse(CombineCoefficientsOptionsSchema, options, argumentPlace('options'));
+  const weights = checkWeightCount(o.weights, coefficients.length);
+  const factors = o.factors ?? 'balanced';
+  const policy = o.modules ?? 'same';
+  const rank = o.rank ?? null;
+  const name = o.name ?? 'combined';
   coefficients.forEach((c, i) => {
     if (!isCoefficients(c)) throw invalid('adapter coefficients (from buildSubspace, projectAdapter or loadCoefficients)', `coefficients[${i}]`, c);
     checkCoefficientsOn(s, c, i);

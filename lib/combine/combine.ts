@@ -16,8 +16,9 @@ import type { MergeAdapterInput } from '../merge/types.js';
 import { moduleSeed } from '../subspace/inputs.js';
 import { checkSubspace, reconstructAdapter } from '../subspace/project.js';
 import type { AdapterCoefficients, ModuleCoefficients, Subspace } from '../subspace/types.js';
-import { finiteNumber, integer, invalid, knownKeys, object, oneOf } from '../validate.js';
-import { checkCoefficientsOn, checkWeights, isCoefficients, moduleUnion } from './checks.js';
+import { argumentPlace, Count, OneOf, Options, parse, Type, type SameOptionNames } from '../schema.js';
+import { invalid } from '../validate.js';
+import { checkCoefficientsOn, checkWeightCount, isCoefficients, ModulePolicyOption, moduleUnion, WeightsOption } from './checks.js';
 import { combineCoefficients } from './coefficients.js';
 import { DEFAULT_MAX_DENSE_ELEMENTS, denseCombination, type DenseMethod, type MajoritySignMethod } from './dense.js';
 import { concatenate, groupModules, outputModule, peftLinear, refactor, resolveInput, stackedSvd, type ModuleGroup, type Resolved } from './factors.js';
@@ -104,42 +105,49 @@ interface Settings {
   powerIters: number | undefined;
 }
 
-function checkOptions(o: Record<string, unknown>, count: number): Settings {
-  knownKeys(o, 'options', [
-    'method',
-    'weights',
-    'rank',
-    'density',
-    'majoritySignMethod',
-    'seed',
-    'subspace',
-    'modules',
-    'format',
-    'maxDenseElements',
-    'oversample',
-    'powerIters',
-  ]);
-  const named = oneOf(o.method, 'options.method', methodNames);
+/** The names, types and ranges of CombineAdaptersOptions; the rules between them are in checkOptions. */
+const CombineOptionsSchema = Options({
+  method: OneOf(methodNames),
+  weights: WeightsOption,
+  rank: Type.Optional(Count(1)),
+  density: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'a density in (0, 1]' })),
+  majoritySignMethod: Type.Optional(OneOf(['total', 'frequency'] as const)),
+  seed: Type.Optional(Count(0)),
+  // Checked by checkSubspace (a Subspace from buildSubspace or loadSubspace).
+  subspace: Type.Optional(Type.Unknown()),
+  modules: Type.Optional(ModulePolicyOption),
+  format: Type.Optional(OneOf(adapterFormats)),
+  maxDenseElements: Type.Optional(Count(1)),
+  oversample: Type.Optional(Count(0)),
+  powerIters: Type.Optional(Count(0, 1000)),
+});
+const combineOptionNames: SameOptionNames<typeof CombineOptionsSchema, CombineAdaptersOptions> = true;
+void combineOptionNames;
+
+function checkOptions(options: unknown, count: number): Settings & { subspace: unknown } {
+  const o = parse(CombineOptionsSchema, options, argumentPlace('options'));
+  const named = o.method;
   const method: CombineMethod = (named.endsWith('_svd') ? named.slice(0, -4) : named) as CombineMethod;
-  const weights = checkWeights(o.weights, count);
-  const rank = o.rank === undefined ? null : integer(o.rank, 'options.rank', 1);
+  const weights = checkWeightCount(o.weights, count);
   const dense = denseMethods.includes(method);
-  let density = 1;
-  if (dense) {
-    if (o.density === undefined) throw invalid(`a density in (0, 1] for method '${named}'`, 'options.density', o.density);
-    density = finiteNumber(o.density, 'options.density');
-    if (!(density > 0 && density <= 1)) throw invalid('a density in (0, 1]', 'options.density', density);
-  } else if (o.density !== undefined) {
-    throw invalid(`no density: method '${named}' does not prune`, 'options.density', o.density);
-  }
-  const majoritySignMethod = oneOf(o.majoritySignMethod ?? 'total', 'options.majoritySignMethod', ['total', 'frequency'] as const);
-  const seed = integer(o.seed ?? 0, 'options.seed', 0);
-  const policy = oneOf(o.modules ?? 'same', 'options.modules', ['same', 'union'] as const);
-  const format = o.format === undefined ? null : oneOf(o.format, 'options.format', adapterFormats);
-  const maxDenseElements = integer(o.maxDenseElements ?? DEFAULT_MAX_DENSE_ELEMENTS, 'options.maxDenseElements', 1);
-  const oversample = o.oversample === undefined ? undefined : integer(o.oversample, 'options.oversample', 0);
-  const powerIters = o.powerIters === undefined ? undefined : integer(o.powerIters, 'options.powerIters', 0, 1000);
-  return { named, method, dense, weights, rank, density, majoritySignMethod, seed, policy, format, maxDenseElements, oversample, powerIters };
+  if (dense && o.density === undefined) throw invalid(`a density in (0, 1] for method '${named}'`, 'options.density', o.density);
+  if (!dense && o.density !== undefined) throw invalid(`no density: method '${named}' does not prune`, 'options.density', o.density);
+  return {
+    named,
+    method,
+    dense,
+    weights,
+    rank: o.rank ?? null,
+    density: o.density ?? 1,
+    majoritySignMethod: o.majoritySignMethod ?? 'total',
+    seed: o.seed ?? 0,
+    policy: o.modules ?? 'same',
+    format: o.format ?? null,
+    maxDenseElements: o.maxDenseElements ?? DEFAULT_MAX_DENSE_ELEMENTS,
+    oversample: o.oversample,
+    powerIters: o.powerIters,
+    subspace: o.subspace,
+  };
 }
 
 /** Which inputs are coefficients, and the subspace they are checked against (null when none is). */
@@ -347,9 +355,8 @@ async function combineModule(
  */
 export async function combineAdapters(adapters: readonly CombineInput[], options: CombineAdaptersOptions): Promise<LoraAdapter> {
   if (!Array.isArray(adapters) || adapters.length === 0) throw invalid('a non-empty array of adapters', 'adapters', adapters);
-  const o = object(options, 'options');
-  const settings = checkOptions(o, adapters.length);
-  const { isCoefficientInput, allCoefficients, subspace } = checkCoefficientInputs(adapters, o.subspace, settings.method);
+  const settings = checkOptions(options, adapters.length);
+  const { isCoefficientInput, allCoefficients, subspace } = checkCoefficientInputs(adapters, settings.subspace, settings.method);
 
   if (allCoefficients && (settings.method === 'linear' || settings.method === 'svd')) {
     const exact = await combineOnSubspace(subspace!, adapters as readonly AdapterCoefficients[], settings);

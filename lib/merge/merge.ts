@@ -19,7 +19,7 @@ import { EigenLoraxError } from '../errors.js';
 import { fileError, ioError, temporaryPathFor, writeFully } from '../io/files.js';
 import { baseExtension, openBase, toBaseNames, type BaseReader } from './gguf.js';
 import * as ops from '../native/ops.js';
-import { finiteNumber, invalid, knownKeys, object } from '../validate.js';
+import { argumentPlace, Options, parse, PathOption, Type, type SameOptionNames } from '../schema.js';
 import { checkSpec, resolveAdapter, type ResolvedAdapter } from './adapters.js';
 import { planMerge, type PlannedTensor } from './plan.js';
 import type { MergedTensor, MergeIntoBaseOptions, MergeReport } from './types.js';
@@ -216,17 +216,22 @@ async function syncFolder(folder: string): Promise<void> {
   }
 }
 
+/** The names, types and ranges of MergeIntoBaseOptions; each adapter entry is checked by checkSpec. */
+const MergeOptionsSchema = Options({
+  base: PathOption,
+  adapters: Type.Array(Type.Unknown(), { minItems: 1, description: 'a non-empty array of adapters' }),
+  output: PathOption,
+  scale: Type.Optional(Type.Number()),
+  unmerge: Type.Optional(Type.Boolean()),
+  dtype: Type.Optional(Type.Literal('keep', { description: "'keep' (other output dtypes are not supported yet)" })),
+});
+const mergeOptionNames: SameOptionNames<typeof MergeOptionsSchema, MergeIntoBaseOptions> = true;
+void mergeOptionNames;
+
 function checkOptions(options: unknown) {
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['base', 'adapters', 'output', 'scale', 'unmerge', 'dtype']);
-  if (typeof o.base !== 'string' || o.base.length === 0) throw invalid('a path (non-empty string)', 'options.base', o.base);
-  if (typeof o.output !== 'string' || o.output.length === 0) throw invalid('a path (non-empty string)', 'options.output', o.output);
-  if (!Array.isArray(o.adapters) || o.adapters.length === 0) throw invalid('a non-empty array of adapters', 'options.adapters', o.adapters);
-  const specs = (o.adapters as unknown[]).map((a, i) => checkSpec(a, i));
-  const scale = o.scale === undefined ? 1 : finiteNumber(o.scale, 'options.scale');
-  if (o.unmerge !== undefined && typeof o.unmerge !== 'boolean') throw invalid('true or false', 'options.unmerge', o.unmerge);
-  if (o.dtype !== undefined && o.dtype !== 'keep') throw invalid("'keep' (other output dtypes are not supported yet)", 'options.dtype', o.dtype);
-  return { base: o.base, output: o.output, specs, scale, unmerge: o.unmerge === true };
+  const o = parse(MergeOptionsSchema, options, argumentPlace('options'));
+  const specs = o.adapters.map((a, i) => checkSpec(a, i));
+  return { base: o.base, output: o.output, specs, scale: o.scale ?? 1, unmerge: o.unmerge === true };
 }
 
 /**

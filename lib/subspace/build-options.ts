@@ -4,7 +4,8 @@
  * ERR_INVALID_ARGUMENT naming the option. build.ts runs the build from it.
  */
 import type { OpenAdapterOptions } from '../adapters/types.js';
-import { integer, invalid, knownKeys, object, oneOf } from '../validate.js';
+import { argumentPlace, Count, FunctionOption, OneOf, Options, parse, Sized, Type, type SameOptionNames } from '../schema.js';
+import { invalid } from '../validate.js';
 import { parseSize } from './budget.js';
 import { DEFAULT_MAX_OPEN_FILES } from './inputs.js';
 import { resolveShard, type ShardSpec } from './shard-plan.js';
@@ -99,51 +100,52 @@ export interface ResolvedBuild {
 
 const MAX_SEED = 2 ** 52;
 
-function perSide(value: unknown, name: string, min: number): PerSide<number> {
-  if (typeof value === 'number') {
-    const v = integer(value, name, min);
-    return { A: v, B: v };
-  }
-  const o = object(value, name);
-  knownKeys(o, name, ['A', 'B']);
-  return { A: integer(o.A, `${name}.A`, min), B: integer(o.B, `${name}.B`, min) };
+/** K or P per side: one number for both sides, or `{ A, B }`. */
+function PerSideCount(minimum: number) {
+  const count = Count(minimum);
+  return Type.Union([count, Options({ A: count, B: count })], { description: `an integer >= ${minimum} or { A, B } of such integers` });
 }
+
+/** The names, types and ranges of BuildSubspaceOptions; the rules between options are in resolveBuildOptions. */
+export const BuildOptionsSchema = Options({
+  stacking: Type.Optional(OneOf(['canonical', 'raw'] as const)),
+  weighting: Type.Optional(OneOf(['equal', 'scale'] as const)),
+  center: Type.Optional(Type.Boolean()),
+  components: Type.Optional(PerSideCount(1)),
+  variance: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'a fraction in (0, 1]' })),
+  maxComponents: Type.Optional(PerSideCount(1)),
+  augment: Type.Optional(PerSideCount(0)),
+  oversample: Type.Optional(Count(0)),
+  powerIters: Type.Optional(Count(0, 1000)),
+  seed: Type.Optional(Count(0, MAX_SEED)),
+  modules: Type.Optional(Type.Union([Type.Array(Type.String()), FunctionOption], { description: 'an array of module names or a function (name) => boolean' })),
+  names: Type.Optional(Type.Array(Type.String())),
+  concurrency: Type.Optional(Count(1, 64)),
+  hashSources: Type.Optional(Type.Boolean()),
+  // Checked where the adapters are opened (adapters/open.ts).
+  open: Type.Optional(Type.Object({})),
+  maxOpenFiles: Type.Optional(Count(1)),
+  onProgress: Type.Optional(FunctionOption),
+  memoryBudget: Type.Optional(Sized),
+  // Checked by resolveShard (an object or 'index/count').
+  shard: Type.Optional(Type.Unknown()),
+});
+const buildOptionNames: SameOptionNames<typeof BuildOptionsSchema, BuildSubspaceOptions> = true;
+void buildOptionNames;
+
+const bothSides = (v: number | PerSide<number>): PerSide<number> => (typeof v === 'number' ? { A: v, B: v } : v);
 
 /** @internal Checks build options (throws ERR_INVALID_ARGUMENT naming the option). */
 export function resolveBuildOptions(options: unknown): ResolvedBuild {
-  const o = object(options, 'options');
-  knownKeys(o, 'options', [
-    'stacking',
-    'weighting',
-    'center',
-    'components',
-    'variance',
-    'maxComponents',
-    'augment',
-    'oversample',
-    'powerIters',
-    'seed',
-    'modules',
-    'names',
-    'concurrency',
-    'hashSources',
-    'open',
-    'maxOpenFiles',
-    'onProgress',
-    'memoryBudget',
-    'shard',
-  ]);
-  const stacking = oneOf(o.stacking ?? 'canonical', 'options.stacking', ['canonical', 'raw'] as const);
+  const o = parse(BuildOptionsSchema, options, argumentPlace('options'));
+  const stacking = o.stacking ?? 'canonical';
   let weighting: Weighting | null = null;
   if (stacking === 'raw') {
     if (o.weighting !== undefined) {
       throw invalid("no weighting with stacking 'raw' (weighting applies to canonical factors only)", 'options.weighting', o.weighting);
     }
   } else {
-    weighting = oneOf(o.weighting ?? 'equal', 'options.weighting', ['equal', 'scale'] as const);
-  }
-  for (const flag of ['center', 'hashSources'] as const) {
-    if (o[flag] !== undefined && typeof o[flag] !== 'boolean') throw invalid('true or false', `options.${flag}`, o[flag]);
+    weighting = o.weighting ?? 'equal';
   }
   if (o.components !== undefined && o.variance !== undefined) {
     throw invalid('either components or variance, not both', 'options.variance', o.variance);
@@ -152,29 +154,19 @@ export function resolveBuildOptions(options: unknown): ResolvedBuild {
   let variance: number | null = null;
   let maxComponents: PerSide<number> | null = null;
   if (o.variance !== undefined) {
-    const v = o.variance;
-    if (typeof v !== 'number' || !(v > 0 && v <= 1)) throw invalid('a fraction in (0, 1]', 'options.variance', v);
-    variance = v;
-    maxComponents = perSide(o.maxComponents ?? DEFAULT_MAX_COMPONENTS, 'options.maxComponents', 1);
+    variance = o.variance;
+    maxComponents = bothSides(o.maxComponents ?? DEFAULT_MAX_COMPONENTS);
   } else {
     if (o.maxComponents !== undefined) throw invalid('maxComponents only with variance', 'options.maxComponents', o.maxComponents);
-    components = perSide(o.components ?? DEFAULT_COMPONENTS, 'options.components', 1);
+    components = bothSides(o.components ?? DEFAULT_COMPONENTS);
   }
-  const augment = perSide(o.augment ?? 0, 'options.augment', 0);
-  const oversample = integer(o.oversample ?? 10, 'options.oversample', 0);
-  const powerIters = integer(o.powerIters ?? 2, 'options.powerIters', 0, 1000);
-  const seed = integer(o.seed ?? 0, 'options.seed', 0, MAX_SEED);
   let filter: ((name: string) => boolean) | null = null;
-  if (o.modules !== undefined) {
-    if (typeof o.modules === 'function') filter = o.modules as (name: string) => boolean;
-    else if (Array.isArray(o.modules) && o.modules.every((m) => typeof m === 'string')) {
-      const wanted = new Set(o.modules as string[]);
-      filter = (name) => wanted.has(name);
-      (filter as { names?: string[] }).names = [...wanted];
-    } else throw invalid('an array of module names or a function (name) => boolean', 'options.modules', o.modules);
+  if (typeof o.modules === 'function') filter = o.modules as (name: string) => boolean;
+  else if (Array.isArray(o.modules)) {
+    const wanted = new Set(o.modules as string[]);
+    filter = (name) => wanted.has(name);
+    (filter as { names?: string[] }).names = [...wanted];
   }
-  if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw invalid('a function', 'options.onProgress', o.onProgress);
-  const open = o.open === undefined ? {} : (object(o.open, 'options.open') as OpenAdapterOptions);
   return {
     settings: {
       stacking,
@@ -183,17 +175,17 @@ export function resolveBuildOptions(options: unknown): ResolvedBuild {
       components,
       variance,
       maxComponents,
-      augment,
-      oversample,
-      powerIters,
-      seed,
+      augment: bothSides(o.augment ?? 0),
+      oversample: o.oversample ?? 10,
+      powerIters: o.powerIters ?? 2,
+      seed: o.seed ?? 0,
     },
     filter,
-    names: (o.names as readonly string[] | undefined) ?? null,
-    concurrency: integer(o.concurrency ?? 2, 'options.concurrency', 1, 64),
+    names: o.names ?? null,
+    concurrency: o.concurrency ?? 2,
     hashSources: o.hashSources !== false,
-    open,
-    maxOpenFiles: integer(o.maxOpenFiles ?? DEFAULT_MAX_OPEN_FILES, 'options.maxOpenFiles', 1),
+    open: (o.open ?? {}) as OpenAdapterOptions,
+    maxOpenFiles: o.maxOpenFiles ?? DEFAULT_MAX_OPEN_FILES,
     onProgress: (o.onProgress as ((p: BuildProgress) => void) | undefined) ?? null,
     memoryBudget: o.memoryBudget === undefined ? null : parseSize(o.memoryBudget, 'options.memoryBudget'),
     shard: o.shard === undefined ? null : resolveShard(o.shard),

@@ -9,7 +9,8 @@ import { f32LoraModule } from '../adapters/module.js';
 import { saveAdapter } from '../adapters/save.js';
 import type { AdapterFormat, GgufAdapterOptions, LoraAdapter, LoraModule, OpenAdapterOptions, SavedAdapter } from '../adapters/types.js';
 import { adapterFormats } from '../adapters/types.js';
-import { integer, invalid, knownKeys, object, oneOf } from '../validate.js';
+import { argumentPlace, Count, OneOf, Options, parse, Type, type SameOptionNames } from '../schema.js';
+import { invalid, object } from '../validate.js';
 import { adapterCoefficients, moduleCoefficients, projectPairs } from './coefficients.js';
 import { describeSources, openInputs, runPool, type AdapterInput, type InputAdapter } from './inputs.js';
 import type { AdapterCoefficients, ModuleCoefficients, Subspace, SubspaceModule } from './types.js';
@@ -99,6 +100,17 @@ export async function projectInput(
   return adapterCoefficients(subspace.id, subspace.settings.stacking, source!, ordered, skipped);
 }
 
+const ProjectOptionsSchema = Options({
+  missing: Type.Optional(OneOf(['error', 'skip'] as const)),
+  name: Type.Optional(Type.String({ minLength: 1 })),
+  hashSources: Type.Optional(Type.Boolean()),
+  concurrency: Type.Optional(Count(1, 64)),
+  // Checked where the adapter is opened (adapters/open.ts).
+  open: Type.Optional(Type.Object({})),
+});
+const projectOptionNames: SameOptionNames<typeof ProjectOptionsSchema, ProjectAdapterOptions> = true;
+void projectOptionNames;
+
 /**
  * The coefficients of `adapter` (a path, an opened or a loaded adapter; in the set the
  * subspace was built from or new) on `subspace`: per module `alpha` (`K_A x r`), `beta`
@@ -111,18 +123,13 @@ export async function projectInput(
  */
 export async function projectAdapter(subspace: Subspace, adapter: AdapterInput, options: ProjectAdapterOptions = {}): Promise<AdapterCoefficients> {
   const s = checkSubspace(subspace);
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['missing', 'name', 'hashSources', 'concurrency', 'open']);
-  const missing = oneOf(o.missing ?? 'error', 'options.missing', ['error', 'skip'] as const);
-  if (o.hashSources !== undefined && typeof o.hashSources !== 'boolean') throw invalid('true or false', 'options.hashSources', o.hashSources);
-  if (o.name !== undefined && (typeof o.name !== 'string' || o.name.length === 0)) throw invalid('a non-empty string', 'options.name', o.name);
-  const concurrency = integer(o.concurrency ?? 2, 'options.concurrency', 1, 64);
+  const o = parse(ProjectOptionsSchema, options, argumentPlace('options'));
   const inputs = await openInputs([adapter], 'adapter', {
-    ...(typeof o.name === 'string' ? { names: [o.name] } : {}),
-    open: (o.open as OpenAdapterOptions | undefined) ?? {},
+    ...(o.name !== undefined ? { names: [o.name] } : {}),
+    open: (o.open ?? {}) as OpenAdapterOptions,
   });
   try {
-    return await projectInput(s, inputs.adapters[0]!, { missing, hashSources: o.hashSources !== false, concurrency });
+    return await projectInput(s, inputs.adapters[0]!, { missing: o.missing ?? 'error', hashSources: o.hashSources !== false, concurrency: o.concurrency ?? 2 });
   } finally {
     await inputs.close();
   }
@@ -178,9 +185,8 @@ function checkCoefficients(subspace: Subspace, coefficients: unknown): AdapterCo
 export async function reconstructAdapter(subspace: Subspace, coefficients: AdapterCoefficients, options: { format?: AdapterFormat } = {}): Promise<LoraAdapter> {
   const s = checkSubspace(subspace);
   const c = checkCoefficients(s, coefficients);
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['format']);
-  const format = o.format === undefined ? (c.adapter?.format ?? 'peft') : oneOf(o.format, 'options.format', adapterFormats);
+  const o = parse(Options({ format: Type.Optional(FormatOption) }), options, argumentPlace('options'));
+  const format = o.format ?? c.adapter?.format ?? 'peft';
   const modules = new Map<string, LoraModule>();
   for (const [name, mc] of c.modules) {
     const m = s.modules.get(name)!;
@@ -224,6 +230,16 @@ export interface ExportAdapterOptions {
   gguf?: GgufAdapterOptions;
 }
 
+const FormatOption = OneOf(adapterFormats);
+const ExportOptionsSchema = Options({
+  format: Type.Optional(FormatOption),
+  dtype: Type.Optional(OneOf(['F32', 'F16', 'BF16'] as const)),
+  // Checked by saveAdapter's GGUF writer.
+  gguf: Type.Optional(Type.Object({})),
+});
+const exportOptionNames: SameOptionNames<typeof ExportOptionsSchema, ExportAdapterOptions> = true;
+void exportOptionNames;
+
 /**
  * {@link reconstructAdapter}, then {@link saveAdapter} to `destination` (a folder for
  * PEFT, a `.safetensors` file for kohya, either for diffusers). Atomic as saveAdapter is.
@@ -234,13 +250,11 @@ export async function exportAdapter(
   destination: string,
   options: ExportAdapterOptions = {},
 ): Promise<SavedAdapter> {
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['format', 'dtype', 'gguf']);
-  const format = o.format === undefined ? undefined : oneOf(o.format, 'options.format', adapterFormats);
-  const adapter = await reconstructAdapter(subspace, coefficients, format === undefined ? {} : { format });
+  const o = parse(ExportOptionsSchema, options, argumentPlace('options'));
+  const adapter = await reconstructAdapter(subspace, coefficients, o.format === undefined ? {} : { format: o.format });
   return saveAdapter(adapter, destination, {
     format: adapter.format,
-    ...(o.dtype === undefined ? {} : { dtype: oneOf(o.dtype, 'options.dtype', ['F32', 'F16', 'BF16'] as const) }),
+    ...(o.dtype === undefined ? {} : { dtype: o.dtype }),
     ...(o.gguf === undefined ? {} : { gguf: o.gguf as GgufAdapterOptions }),
   });
 }
