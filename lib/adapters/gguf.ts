@@ -29,7 +29,7 @@ import { openGguf, plainValue, type GgufReader } from '../io/gguf.js';
 import { isGgufFloatType, type GgufValue } from '../io/gguf-format.js';
 import type { GgufEntry } from '../io/gguf-write.js';
 import type { SafetensorsFloatDType } from '../io/safetensors.js';
-import { invalid, knownKeys, object } from '../validate.js';
+import { argumentPlace, Count, Options, parse, Type, type SameOptionNames } from '../schema.js';
 import { naturalCompare } from './common.js';
 import {
   familyOfGgufArchitecture,
@@ -178,16 +178,18 @@ interface ModelInfo {
 }
 
 /** Checks `options.gguf`. */
+/** The `gguf` options of saveAdapter, exportAdapter and extractLora. */
+export const GgufAdapterOptionsSchema = Options({
+  architecture: Type.Optional(Type.String({ minLength: 1, description: 'an architecture name' })),
+  headCount: Type.Optional(Count(1)),
+  headCountKv: Type.Optional(Count(1)),
+  base: Type.Optional(Type.String({ minLength: 1, description: 'the path of a GGUF model' })),
+});
+const ggufOptionNames: SameOptionNames<typeof GgufAdapterOptionsSchema, GgufAdapterOptions> = true;
+void ggufOptionNames;
+
 export function checkGgufOptions(value: unknown, name = 'options.gguf'): GgufAdapterOptions | undefined {
-  if (value === undefined) return undefined;
-  const o = object(value, name);
-  knownKeys(o, name, ['architecture', 'headCount', 'headCountKv', 'base']);
-  if (o.architecture !== undefined && (typeof o.architecture !== 'string' || o.architecture.length === 0)) throw invalid('an architecture name', `${name}.architecture`, o.architecture);
-  for (const k of ['headCount', 'headCountKv'] as const) {
-    if (o[k] !== undefined && (!Number.isSafeInteger(o[k]) || (o[k] as number) < 1)) throw invalid('a positive integer', `${name}.${k}`, o[k]);
-  }
-  if (o.base !== undefined && (typeof o.base !== 'string' || o.base.length === 0)) throw invalid('the path of a GGUF model', `${name}.base`, o.base);
-  return o as GgufAdapterOptions;
+  return value === undefined ? undefined : parse(GgufAdapterOptionsSchema, value, argumentPlace(name));
 }
 
 /** Architecture and head counts from the options, a GGUF base model, or the adapter's own GGUF metadata. */

@@ -14,13 +14,14 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { compilePatterns, matchPattern } from '../adapters/patterns.js';
 import { diffusersComponents } from '../adapters/diffusers.js';
 import { kohyaNameOf } from '../adapters/names.js';
-import { checkGgufOptions } from '../adapters/gguf.js';
+import { GgufAdapterOptionsSchema } from '../adapters/gguf.js';
 import { saveAdapter } from '../adapters/save.js';
 import { adapterFormats, type LoraAdapter, type LoraLayout, type LoraModule } from '../adapters/types.js';
 import { EigenLoraxError } from '../errors.js';
 import { isSafetensorsFloatDtype, openSafetensors, type SafetensorsReader, type SafetensorsTensorInfo } from '../io/safetensors.js';
 import { rsvd } from '../linalg.js';
-import { finiteNumber, integer, invalid, knownKeys, object, oneOf } from '../validate.js';
+import { argumentPlace, Count, FunctionOption, OneOf, Options, parse, PathOption, Type, type SameOptionNames } from '../schema.js';
+import { invalid } from '../validate.js';
 import type { ExtractedModule, ExtractLoraOptions, ExtractReport } from './types.js';
 
 const DEFAULT_MAX_RANK = 128;
@@ -48,57 +49,60 @@ interface Resolved {
   onProgress: ExtractLoraOptions['onProgress'];
 }
 
+/** The names, types and ranges of ExtractLoraOptions; the rules between them are in checkOptions. */
+const ExtractOptionsSchema = Options({
+  base: PathOption,
+  tuned: PathOption,
+  out: PathOption,
+  rank: Type.Optional(Count(1)),
+  threshold: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1, description: 'a number in (0, 1]' })),
+  modules: Type.Optional(
+    Type.Union([Type.Array(Type.String({ minLength: 1 }), { minItems: 1 }), FunctionOption], {
+      description: 'a non-empty array of module patterns or a function (name) => boolean',
+    }),
+  ),
+  format: Type.Optional(OneOf(adapterFormats)),
+  dtype: Type.Optional(OneOf(['F32', 'F16', 'BF16'] as const)),
+  namePrefix: Type.Optional(Type.String()),
+  fanInFanOut: Type.Optional(Type.Boolean()),
+  baseModel: Type.Optional(Type.Union([Type.String(), Type.Null()], { description: 'a string or null' })),
+  oversample: Type.Optional(Count(0)),
+  powerIters: Type.Optional(Count(0, 1000)),
+  seed: Type.Optional(Count(0)),
+  onProgress: Type.Optional(FunctionOption),
+  gguf: Type.Optional(GgufAdapterOptionsSchema),
+});
+const extractOptionNames: SameOptionNames<typeof ExtractOptionsSchema, ExtractLoraOptions> = true;
+void extractOptionNames;
+
 function checkOptions(options: unknown): Resolved {
-  const o = object(options, 'options');
-  knownKeys(o, 'options', [
-    'base', 'tuned', 'out', 'rank', 'threshold', 'modules', 'format', 'dtype', 'namePrefix',
-    'fanInFanOut', 'baseModel', 'oversample', 'powerIters', 'seed', 'onProgress', 'gguf',
-  ]);
-  for (const k of ['base', 'tuned', 'out'] as const) {
-    if (typeof o[k] !== 'string' || (o[k] as string).length === 0) throw invalid('a path (non-empty string)', `options.${k}`, o[k]);
-  }
-  const rank = o.rank === undefined ? null : integer(o.rank, 'options.rank', 1);
-  let threshold: number | null = null;
-  if (o.threshold !== undefined) {
-    threshold = finiteNumber(o.threshold, 'options.threshold');
-    if (!(threshold > 0 && threshold <= 1)) throw invalid('a number in (0, 1]', 'options.threshold', o.threshold);
-  }
+  const o = parse(ExtractOptionsSchema, options, argumentPlace('options'));
+  const rank = o.rank ?? null;
+  const threshold = o.threshold ?? null;
   if (rank === null && threshold === null) throw invalid('a rank or a threshold (or both: the threshold, capped at the rank)', 'options.rank', undefined);
   let filter: Resolved['filter'] = null;
   let patterns: Resolved['patterns'] = null;
-  if (o.modules !== undefined) {
-    if (typeof o.modules === 'function') filter = o.modules as (name: string) => boolean;
-    else if (Array.isArray(o.modules) && o.modules.length > 0 && o.modules.every((m) => typeof m === 'string' && m.length > 0)) {
-      const compiled = compilePatterns(Object.fromEntries((o.modules as string[]).map((p) => [p, true])), 'options.modules', 'pattern');
-      patterns = compiled.entries.map((e) => ({ pattern: e.key, matches: (name: string) => matchPattern({ entries: [e] }, name) !== undefined }));
-      filter = (name) => matchPattern(compiled, name) !== undefined;
-    } else throw invalid('a non-empty array of module patterns or a function (name) => boolean', 'options.modules', o.modules);
+  if (typeof o.modules === 'function') filter = o.modules as (name: string) => boolean;
+  else if (Array.isArray(o.modules)) {
+    const compiled = compilePatterns(Object.fromEntries((o.modules as string[]).map((p) => [p, true])), 'options.modules', 'pattern');
+    patterns = compiled.entries.map((e) => ({ pattern: e.key, matches: (name: string) => matchPattern({ entries: [e] }, name) !== undefined }));
+    filter = (name) => matchPattern(compiled, name) !== undefined;
   }
-  const format = o.format === undefined ? 'peft' : oneOf(o.format, 'options.format', adapterFormats);
-  const dtype = o.dtype === undefined ? undefined : oneOf(o.dtype, 'options.dtype', ['F32', 'F16', 'BF16'] as const);
-  if (o.namePrefix !== undefined && typeof o.namePrefix !== 'string') throw invalid('a string', 'options.namePrefix', o.namePrefix);
-  if (o.fanInFanOut !== undefined && typeof o.fanInFanOut !== 'boolean') throw invalid('true or false', 'options.fanInFanOut', o.fanInFanOut);
-  if (o.baseModel !== undefined && o.baseModel !== null && typeof o.baseModel !== 'string') throw invalid('a string or null', 'options.baseModel', o.baseModel);
-  if (o.onProgress !== undefined && typeof o.onProgress !== 'function') throw invalid('a function', 'options.onProgress', o.onProgress);
   return {
-    base: o.base as string,
-    tuned: o.tuned as string,
-    out: o.out as string,
+    base: o.base,
+    tuned: o.tuned,
+    out: o.out,
     rank,
     threshold,
     filter,
     patterns,
-    format,
-    dtype,
-    namePrefix: (o.namePrefix as string | undefined) ?? '',
+    format: o.format ?? 'peft',
+    dtype: o.dtype,
+    namePrefix: o.namePrefix ?? '',
     fanInFanOut: o.fanInFanOut === true,
-    baseModel: o.baseModel as string | null | undefined,
-    gguf: checkGgufOptions(o.gguf),
-    rsvd: {
-      oversample: integer(o.oversample ?? 10, 'options.oversample', 0),
-      powerIters: integer(o.powerIters ?? 2, 'options.powerIters', 0, 1000),
-      seed: integer(o.seed ?? 0, 'options.seed', 0),
-    },
+    baseModel: o.baseModel,
+    gguf: o.gguf,
+    rsvd: { oversample: o.oversample ?? 10, powerIters: o.powerIters ?? 2, seed: o.seed ?? 0 },
     onProgress: o.onProgress as ExtractLoraOptions['onProgress'],
   };
 }

@@ -6,6 +6,7 @@ import { EigenLoraxError } from '../errors.js';
 import { checkMatrix, checkVector, matrix } from '../matrix.js';
 import * as ops from '../native/ops.js';
 import { f32LoraModule } from '../adapters/module.js';
+import { GgufAdapterOptionsSchema } from '../adapters/gguf.js';
 import { saveAdapter } from '../adapters/save.js';
 import type { AdapterFormat, GgufAdapterOptions, LoraAdapter, LoraModule, OpenAdapterOptions, SavedAdapter } from '../adapters/types.js';
 import { adapterFormats } from '../adapters/types.js';
@@ -234,8 +235,7 @@ const FormatOption = OneOf(adapterFormats);
 const ExportOptionsSchema = Options({
   format: Type.Optional(FormatOption),
   dtype: Type.Optional(OneOf(['F32', 'F16', 'BF16'] as const)),
-  // Checked by saveAdapter's GGUF writer.
-  gguf: Type.Optional(Type.Object({})),
+  gguf: Type.Optional(GgufAdapterOptionsSchema),
 });
 const exportOptionNames: SameOptionNames<typeof ExportOptionsSchema, ExportAdapterOptions> = true;
 void exportOptionNames;
