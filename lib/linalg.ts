@@ -4,7 +4,8 @@
 import { checkOperand, onDevice, nativeOperand, type Device, type Operand } from './cuda.js';
 import { checkMatrix, matrix, type Matrix } from './matrix.js';
 import * as ops from './native/ops.js';
-import { integer, knownKeys, object, oneOf } from './validate.js';
+import { argumentPlace, Count, OneOf, Options, parse, Type, type SameOptionNames } from './schema.js';
+import { integer } from './validate.js';
 
 export interface RsvdOptions {
   /** k: singular triplets to return, 1 <= k <= min(rows, cols). */
@@ -35,7 +36,18 @@ export interface SvdResult {
   exact: boolean;
 }
 
-const methods = ['auto', 'exact', 'randomized'] as const;
+const RsvdOptionsSchema = Options({
+  rank: Count(1),
+  oversample: Type.Optional(Count(0)),
+  powerIters: Type.Optional(Count(0, 1000)),
+  seed: Type.Optional(Count(0)),
+  method: Type.Optional(OneOf(['auto', 'exact', 'randomized'] as const)),
+  // Checked by onDevice (lib/cuda.ts).
+  device: Type.Optional(Type.Unknown()),
+});
+const rsvdOptionNames: SameOptionNames<typeof RsvdOptionsSchema, RsvdOptions> = true;
+void rsvdOptionNames;
+const SeedOptions = Options({ seed: Type.Optional(Count(0)) });
 
 /**
  * Truncated SVD by the randomized range finder of Halko, Martinsson and Tropp (2011).
@@ -43,18 +55,14 @@ const methods = ['auto', 'exact', 'randomized'] as const;
  */
 export async function rsvd(input: Operand, options: RsvdOptions): Promise<SvdResult> {
   const m = checkOperand(input, 'matrix');
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['rank', 'oversample', 'powerIters', 'seed', 'method', 'device']);
+  const o = parse(RsvdOptionsSchema, options, argumentPlace('options'));
   const rank = integer(o.rank, 'options.rank', 1, Math.min(m.rows, m.cols));
-  const oversample = integer(o.oversample ?? 10, 'options.oversample', 0);
-  const powerIters = integer(o.powerIters ?? 2, 'options.powerIters', 0, 1000);
-  const seed = integer(o.seed ?? 0, 'options.seed', 0);
-  const method = oneOf(o.method ?? 'auto', 'options.method', methods);
+  const { oversample = 10, powerIters = 2, seed = 0, method = 'auto' } = o;
   const U = matrix(m.rows, rank);
   const V = matrix(m.cols, rank);
   const S = new Float32Array(rank);
   const args = { rank, oversample, powerIters, seed, method, U, S, V };
-  const info = await onDevice(o.device, [m], (device) => ops.rsvd(device, { ...args, matrix: nativeOperand(m, 'matrix') }));
+  const info = await onDevice(o.device as Device | undefined, [m], (device) => ops.rsvd(device, { ...args, matrix: nativeOperand(m, 'matrix') }));
   return { U, S, V, exact: info.exact };
 }
 
@@ -72,10 +80,8 @@ export async function orthonormalize(input: Matrix): Promise<Matrix> {
  */
 export async function completeBasis(basis: Matrix, extra: number, options: { seed?: number } = {}): Promise<Matrix> {
   const b = checkMatrix(basis, 'basis');
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['seed']);
+  const seed = parse(SeedOptions, options, argumentPlace('options')).seed ?? 0;
   const count = integer(extra, 'extra', 1, b.rows - b.cols);
-  const seed = integer(o.seed ?? 0, 'options.seed', 0);
   const out = matrix(b.rows, count);
   await ops.completeBasis({ basis: b, seed, out });
   return out;
