@@ -17,7 +17,7 @@ import { EigenLoraxError } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
 import * as ops from './native/ops.js';
 import type { NativeOrder, OrderName } from './native/ops.js';
-import { finiteNumber, float32Scale, knownKeys, object, oneOf } from './validate.js';
+import { float32Scale, knownKeys, object, oneOf } from './validate.js';
 
 /** M: Matrix (host), or Operand where DeviceMatrix inputs are allowed (every call here). */
 export interface LoraLayer<M extends Operand = Matrix> {

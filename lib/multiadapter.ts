@@ -15,7 +15,7 @@ import { checkOperand, DeviceMatrix, deviceArgs, nativeOperand, onDevice, type D
 import { EigenLoraxError } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
 import * as ops from './native/ops.js';
-import { finiteNumber, float32Scale, integer, invalid, object } from './validate.js';
+import { float32Scale, integer, invalid, object } from './validate.js';
 
 export interface EigenAdapterBank {
   /** V_A: d_in x K_A. */

@@ -1,9 +1,10 @@
 /** {@link convertAdapter}: any adapter file eigenlorax reads, written in any format it writes. */
-import { invalid, knownKeys, object, oneOf } from '../validate.js';
-import { checkGgufOptions } from './gguf.js';
+import { argumentPlace, parse } from '../schema.js';
+import { invalid } from '../validate.js';
+import { ConvertAdapterOptionsSchema } from './options.js';
 import { openAdapter } from './open.js';
 import { saveAdapter } from './save.js';
-import { adapterFormats, type AdapterFormat, type SaveAdapterOptions, type SavedAdapter } from './types.js';
+import type { AdapterFormat, SaveAdapterOptions, SavedAdapter } from './types.js';
 
 export interface ConvertAdapterOptions extends SaveAdapterOptions {
   /** Read the input as this format instead of detecting it. */
@@ -21,15 +22,10 @@ export interface ConvertAdapterOptions extends SaveAdapterOptions {
  */
 export async function convertAdapter(input: string, output: string, options: ConvertAdapterOptions): Promise<SavedAdapter> {
   if (typeof input !== 'string' || input.length === 0) throw invalid('a path (non-empty string)', 'input', input);
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['from', 'format', 'dtype', 'extras', 'allowNonFinite', 'gguf']);
-  const from = o.from === undefined ? undefined : oneOf(o.from, 'options.from', adapterFormats);
-  checkGgufOptions(o.gguf);
-  const { from: _from, ...save } = options;
-  void _from;
+  const { from, ...save } = parse(ConvertAdapterOptionsSchema, options, argumentPlace('options'));
   const opened = await openAdapter(input, {
     ...(from === undefined ? {} : { format: from }),
-    ...(options.allowNonFinite === undefined ? {} : { allowNonFinite: options.allowNonFinite }),
+    ...(save.allowNonFinite === undefined ? {} : { allowNonFinite: save.allowNonFinite }),
   });
   try {
     return await saveAdapter(opened, output, save);

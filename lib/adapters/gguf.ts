@@ -29,7 +29,8 @@ import { openGguf, plainValue, type GgufReader } from '../io/gguf.js';
 import { isGgufFloatType, type GgufValue } from '../io/gguf-format.js';
 import type { GgufEntry } from '../io/gguf-write.js';
 import type { SafetensorsFloatDType } from '../io/safetensors.js';
-import { argumentPlace, Count, Options, parse, Type, type SameOptionNames } from '../schema.js';
+import { argumentPlace, parse } from '../schema.js';
+import { GgufAdapterOptionsSchema } from './options.js';
 import { naturalCompare } from './common.js';
 import {
   familyOfGgufArchitecture,
@@ -178,16 +179,6 @@ interface ModelInfo {
 }
 
 /** Checks `options.gguf`. */
-/** The `gguf` options of saveAdapter, exportAdapter and extractLora. */
-export const GgufAdapterOptionsSchema = Options({
-  architecture: Type.Optional(Type.String({ minLength: 1, description: 'an architecture name' })),
-  headCount: Type.Optional(Count(1)),
-  headCountKv: Type.Optional(Count(1)),
-  base: Type.Optional(Type.String({ minLength: 1, description: 'the path of a GGUF model' })),
-});
-const ggufOptionNames: SameOptionNames<typeof GgufAdapterOptionsSchema, GgufAdapterOptions> = true;
-void ggufOptionNames;
-
 export function checkGgufOptions(value: unknown, name = 'options.gguf'): GgufAdapterOptions | undefined {
   return value === undefined ? undefined : parse(GgufAdapterOptionsSchema, value, argumentPlace(name));
 }

@@ -9,7 +9,9 @@ import { EigenLoraxError } from '../errors.js';
 import { exists, fileError, ioError, recoverInterruptedSwap } from '../io/files.js';
 import { openSafetensors, type RawTensor, type SafetensorsDType, type SafetensorsReader } from '../io/safetensors.js';
 import type { Matrix } from '../matrix.js';
-import { invalid, knownKeys, object, oneOf } from '../validate.js';
+import { argumentPlace, parse } from '../schema.js';
+import { invalid } from '../validate.js';
+import { OpenAdapterOptionsSchema } from './options.js';
 import { firstNonFinite, naturalCompare, nonFiniteError } from './common.js';
 import { DIFFUSERS_WEIGHTS_NAME, parseDiffusersKey, planDiffusers } from './diffusers.js';
 import { isKohyaKey, planKohya } from './kohya.js';
@@ -20,7 +22,6 @@ import type { AdapterPlan, AdapterTensorReader } from './plan.js';
 import { openGgufAdapter } from './gguf.js';
 import { isGgufFile } from '../io/gguf.js';
 import {
-  adapterFormats,
   type AdapterFormat,
   type AdapterSource,
   type LoadAdapterOptions,
@@ -303,13 +304,8 @@ function detectFromKeys(reader: SafetensorsReader, weightsFile: string, configFi
 }
 
 function checkOptions(options: unknown, name: string): Required<Pick<OpenAdapterOptions, 'allowNonFinite'>> & Pick<OpenAdapterOptions, 'format'> {
-  const opts = object(options, name);
-  knownKeys(opts, name, ['format', 'allowNonFinite']);
-  const format = opts.format === undefined ? undefined : oneOf(opts.format, `${name}.format`, adapterFormats);
-  if (opts.allowNonFinite !== undefined && typeof opts.allowNonFinite !== 'boolean') {
-    throw invalid('true or false', `${name}.allowNonFinite`, opts.allowNonFinite);
-  }
-  return { format, allowNonFinite: opts.allowNonFinite === true };
+  const o = parse(OpenAdapterOptionsSchema, options, argumentPlace(name));
+  return { format: o.format, allowNonFinite: o.allowNonFinite === true };
 }
 
 /**

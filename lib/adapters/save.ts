@@ -14,9 +14,11 @@ import {
   type SafetensorsFloatDType,
   type SafetensorsRawEntry,
 } from '../io/safetensors.js';
-import { invalid, knownKeys, object, oneOf } from '../validate.js';
+import { argumentPlace, parse } from '../schema.js';
+import { invalid } from '../validate.js';
+import { SaveAdapterOptionsSchema } from './options.js';
 import { encodeScalar, naturalCompare, product } from './common.js';
-import { checkGgufOptions, ggufToHfSource, saveGgufAdapter } from './gguf.js';
+import { ggufToHfSource, saveGgufAdapter } from './gguf.js';
 import { DIFFUSERS_METADATA_KEY, DIFFUSERS_WEIGHTS_NAME, diffusersComponents } from './diffusers.js';
 import { kohyaNameOf } from './names.js';
 import { OpenedAdapter, PEFT_CONFIG_DIGEST_KEY } from './open.js';
@@ -25,7 +27,6 @@ import { namesForFormat } from './sd-convert.js';
 import { compilePatterns, escapePattern, matchPattern } from './patterns.js';
 import { PEFT_CONFIG_NAME, PEFT_PREFIX, PEFT_WEIGHTS_NAME, parseLoraSettings, resolveRankAlpha } from './peft.js';
 import {
-  adapterFormats,
   type AdapterFormat,
   type LoraAdapter,
   type LoraModuleInfo,
@@ -361,15 +362,8 @@ interface Resolved {
 }
 
 function checkSaveOptions(options: unknown): Resolved {
-  const opts = object(options, 'options');
-  knownKeys(opts, 'options', ['format', 'dtype', 'extras', 'allowNonFinite', 'gguf']);
-  const format = oneOf(opts.format, 'options.format', adapterFormats);
-  const dtype = opts.dtype === undefined ? undefined : oneOf(opts.dtype, 'options.dtype', ['F32', 'F16', 'BF16'] as const);
-  const extras = opts.extras === undefined ? 'keep' : oneOf(opts.extras, 'options.extras', ['keep', 'drop'] as const);
-  if (opts.allowNonFinite !== undefined && typeof opts.allowNonFinite !== 'boolean') {
-    throw invalid('true or false', 'options.allowNonFinite', opts.allowNonFinite);
-  }
-  return { format, dtype, extras, allowNonFinite: opts.allowNonFinite === true, gguf: checkGgufOptions(opts.gguf) };
+  const o = parse(SaveAdapterOptionsSchema, options, argumentPlace('options'));
+  return { format: o.format, dtype: o.dtype, extras: o.extras ?? 'keep', allowNonFinite: o.allowNonFinite === true, gguf: o.gguf };
 }
 
 /** Creates `folder` (and parents); returns the first folder created, to remove on failure. */

@@ -3,7 +3,7 @@ import { EigenLoraxError } from '../errors.js';
 import { checkMatrix } from '../matrix.js';
 import type { AdapterCoefficients, Subspace } from '../subspace/types.js';
 import { OneOf, Type } from '../schema.js';
-import { finiteNumber, invalid } from '../validate.js';
+import { finiteNumber } from '../validate.js';
 
 export function isCoefficients(value: unknown): value is AdapterCoefficients {
   return (

@@ -14,7 +14,7 @@ import { setImmediate as yieldToLoop } from 'node:timers/promises';
 import { compilePatterns, matchPattern } from '../adapters/patterns.js';
 import { diffusersComponents } from '../adapters/diffusers.js';
 import { kohyaNameOf } from '../adapters/names.js';
-import { GgufAdapterOptionsSchema } from '../adapters/gguf.js';
+import { GgufAdapterOptionsSchema } from '../adapters/options.js';
 import { saveAdapter } from '../adapters/save.js';
 import { adapterFormats, type LoraAdapter, type LoraLayout, type LoraModule } from '../adapters/types.js';
 import { EigenLoraxError } from '../errors.js';

@@ -5,7 +5,6 @@ import { EigenLoraxError } from '../errors.js';
 import { completeBasis } from '../linalg.js';
 import { matrix, type Matrix } from '../matrix.js';
 import * as ops from '../native/ops.js';
-import type { NativeFactorPair } from '../native/ops.js';
 import { naturalCompare } from '../adapters/common.js';
 import { version } from '../version.js';
 import { invalid } from '../validate.js';
@@ -20,13 +19,11 @@ import { readPairs, streamModuleComponents, streamProjections } from './stream.j
 import { assignShards } from './shard-plan.js';
 import { describeSources, moduleSeed, openInputs, runPool, type AdapterInput, type InputAdapter, type ModuleInfo } from './inputs.js';
 import {
-  type AdapterCoefficients,
   type ModuleCoefficients,
   type Subspace,
   type SubspaceBuildReport,
   type SubspaceModule,
   type SubspaceSettings,
-  type SubspaceSource,
 } from './types.js';
 
 /** A module to build: its name, shape, and which adapters have it. */

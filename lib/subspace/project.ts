@@ -6,7 +6,7 @@ import { EigenLoraxError } from '../errors.js';
 import { checkMatrix, checkVector, matrix } from '../matrix.js';
 import * as ops from '../native/ops.js';
 import { f32LoraModule } from '../adapters/module.js';
-import { GgufAdapterOptionsSchema } from '../adapters/gguf.js';
+import { GgufAdapterOptionsSchema } from '../adapters/options.js';
 import { saveAdapter } from '../adapters/save.js';
 import type { AdapterFormat, GgufAdapterOptions, LoraAdapter, LoraModule, OpenAdapterOptions, SavedAdapter } from '../adapters/types.js';
 import { adapterFormats } from '../adapters/types.js';
