@@ -282,6 +282,10 @@ export function OneOf<const T extends readonly string[]>(choices: T) {
 }
 /** A function (a callback option); its own arguments are the caller's business. */
 export const FunctionOption = Type.Refine(Type.Unknown({ description: 'a function' }), (v) => typeof v === 'function');
+/** An instance of `type` (an AbortSignal, a ProgressBar). */
+export function InstanceOf(type: abstract new (...args: never[]) => unknown, description: string) {
+  return Type.Refine(Type.Unknown({ description }), (v) => v instanceof type);
+}
 /** `bytes`: a number or a size string (the caller parses it). */
 export const Sized = Type.Union([Type.Number(), Type.String()], { description: "a number of bytes or a size such as '512MB'" });
 

@@ -22,7 +22,8 @@ import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
 import { fileError, ioError, writeFileAtomic } from '../io/files.js';
 import { matrix } from '../matrix.js';
-import { integer, invalid, knownKeys, object } from '../validate.js';
+import { argumentPlace, Count, Options, parse, Type, type SameOptionNames } from '../schema.js';
+import { integer } from '../validate.js';
 import { Random } from '../random.js';
 import type { Dataset } from './dataset.js';
 
@@ -66,6 +67,18 @@ export interface FashionMnistOptions {
 }
 
 /** A skipped JSON entry. */
+const Folder = Type.String({ minLength: 1, description: 'a folder path' });
+const cacheProperties = { cacheDir: Type.Optional(Folder), packageDir: Type.Optional(Folder), rebuild: Type.Optional(Type.Boolean()) };
+const FashionMnistOptionsSchema = Options({
+  ...cacheProperties,
+  // Bounded by the cache's image count where it is read.
+  testSize: Type.Optional(Count(1)),
+  trainSize: Type.Optional(Count(1)),
+  seed: Type.Optional(Count(0, 0xffffffff)),
+});
+const fashionMnistOptionNames: SameOptionNames<typeof FashionMnistOptionsSchema, FashionMnistOptions> = true;
+void fashionMnistOptionNames;
+
 export interface SkippedEntry {
   label: number;
   index: number;
@@ -281,11 +294,9 @@ function decodeCache(file: string, bytes: Uint8Array): { header: CacheHeader; la
 export async function loadFashionMnistCache(
   options: Pick<FashionMnistOptions, 'cacheDir' | 'packageDir' | 'rebuild'> = {},
 ): Promise<{ info: FashionMnistCacheInfo; labels: Uint8Array; pixels: Uint8Array }> {
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['cacheDir', 'packageDir', 'rebuild']);
-  const dir = fashionMnistCacheDir(o as { cacheDir?: string });
+  const o = parse(Options(cacheProperties), options, argumentPlace('options'));
+  const dir = fashionMnistCacheDir(o);
   const file = path.join(dir, FASHION_MNIST_CACHE_NAME);
-  if (o.packageDir !== undefined && typeof o.packageDir !== 'string') throw invalid('a folder path', 'options.packageDir', o.packageDir);
   let bytes: Uint8Array | null = null;
   if (o.rebuild !== true) {
     try {
@@ -296,7 +307,7 @@ export async function loadFashionMnistCache(
   }
   let built = false;
   if (bytes === null) {
-    const pkg = await findPackage(o.packageDir as string | undefined);
+    const pkg = await findPackage(o.packageDir);
     const { labels, pixels, perClass, skipped } = await convertPackage(pkg.dir);
     const header: CacheHeader = {
       format: CACHE_FORMAT,
@@ -370,14 +381,12 @@ function toDataset(indices: Uint32Array, labels: Uint8Array, pixels: Uint8Array)
  * Uint8Array 0-9. See the module comment for the cache, the validation and the split.
  */
 export async function loadFashionMnist(options: FashionMnistOptions = {}): Promise<FashionMnist> {
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['cacheDir', 'packageDir', 'testSize', 'trainSize', 'seed', 'rebuild']);
-  if (o.cacheDir !== undefined && (typeof o.cacheDir !== 'string' || o.cacheDir.length === 0)) throw invalid('a folder path', 'options.cacheDir', o.cacheDir);
-  const seed = integer(o.seed ?? 0, 'options.seed', 0, 0xffffffff);
+  const o = parse(FashionMnistOptionsSchema, options, argumentPlace('options'));
+  const seed = o.seed ?? 0;
   const { info, labels, pixels } = await loadFashionMnistCache({
-    ...(o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir as string }),
-    ...(o.packageDir === undefined ? {} : { packageDir: o.packageDir as string }),
-    ...(o.rebuild === undefined ? {} : { rebuild: o.rebuild === true }),
+    ...(o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir }),
+    ...(o.packageDir === undefined ? {} : { packageDir: o.packageDir }),
+    ...(o.rebuild === undefined ? {} : { rebuild: o.rebuild }),
   });
   const testSize = integer(o.testSize ?? 10_000, 'options.testSize', 1, info.images - 1);
   const counts = testCounts(info.perClass, testSize);

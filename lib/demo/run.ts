@@ -35,7 +35,8 @@ import { saveModelAdapter } from '../train/export.js';
 import { GELU, Linear, LoRA, ReLU, type Layer } from '../train/layers.js';
 import { trainModel } from '../train/loop.js';
 import { Sequential } from '../train/model.js';
-import { integer, invalid, knownKeys, object } from '../validate.js';
+import { argumentPlace, Count, FunctionOption, InstanceOf, Options, parse, Type, type SameOptionNames } from '../schema.js';
+import { invalid, object } from '../validate.js';
 import { version } from '../version.js';
 import { FULL_SETTINGS, QUICK_SETTINGS, type DemoSettings, type DemoTask, type HeldOutTask } from './settings.js';
 import { writeDemoFiles } from './report.js';
@@ -93,21 +94,31 @@ function modelFromAdapter(base: Sequential, adapter: LoraAdapter): Sequential {
   });
 }
 
+const Folder = Type.String({ minLength: 1, description: 'a folder path' });
+const DemoOptionsSchema = Options({
+  out: Type.Optional(Folder),
+  cacheDir: Type.Optional(Folder),
+  seed: Type.Optional(Count(0, 2 ** 24)),
+  quick: Type.Optional(Type.Boolean()),
+  // Checked by checkSettings.
+  settings: Type.Optional(Type.Unknown()),
+  packageDir: Type.Optional(Folder),
+  onLog: Type.Optional(FunctionOption),
+  progress: Type.Optional(InstanceOf(ProgressBar, 'a ProgressBar')),
+  signal: Type.Optional(InstanceOf(AbortSignal, 'an AbortSignal')),
+});
+const demoOptionNames: SameOptionNames<typeof DemoOptionsSchema, DemoOptions> = true;
+void demoOptionNames;
+
 /** The options checked, with the defaults filled in. */
 function checkOptions(options: DemoOptions): Run {
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['out', 'cacheDir', 'seed', 'quick', 'settings', 'packageDir', 'onLog', 'progress', 'signal']);
-  if (o.out !== undefined && (typeof o.out !== 'string' || o.out.length === 0)) throw invalid('a folder path', 'options.out', o.out);
-  if (o.cacheDir !== undefined && (typeof o.cacheDir !== 'string' || o.cacheDir.length === 0)) throw invalid('a folder path', 'options.cacheDir', o.cacheDir);
-  if (o.onLog !== undefined && typeof o.onLog !== 'function') throw invalid('a function', 'options.onLog', o.onLog);
-  if (o.signal !== undefined && !(o.signal instanceof AbortSignal)) throw invalid('an AbortSignal', 'options.signal', o.signal);
-  if (o.progress !== undefined && !(o.progress instanceof ProgressBar)) throw invalid('a ProgressBar', 'options.progress', o.progress);
+  const o = parse(DemoOptionsSchema, options, argumentPlace('options'));
   const progress = (o.progress as ProgressBar | undefined) ?? false;
-  const seed = integer(o.seed ?? 0, 'options.seed', 0, 2 ** 24);
+  const seed = o.seed ?? 0;
   const quick = o.quick === true;
   const settings = checkSettings((o.settings as DemoSettings | undefined) ?? (quick ? QUICK_SETTINGS : FULL_SETTINGS));
-  const out = path.resolve((o.out as string | undefined) ?? DEFAULT_DEMO_OUT);
-  const cacheDir = fashionMnistCacheDir(o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir as string });
+  const out = path.resolve(o.out ?? DEFAULT_DEMO_OUT);
+  const cacheDir = fashionMnistCacheDir(o.cacheDir === undefined ? {} : { cacheDir: o.cacheDir });
   const log = (o.onLog as ((line: string) => void) | undefined) ?? (() => undefined);
   const signal = (o.signal as AbortSignal | undefined) ?? null;
   return {
@@ -117,7 +128,7 @@ function checkOptions(options: DemoOptions): Run {
     out,
     cacheDir,
     demoCache: path.join(cacheDir, 'demo'),
-    packageDir: o.packageDir as string | undefined,
+    packageDir: o.packageDir,
     log,
     signal,
     progress,

@@ -21,9 +21,9 @@ import { loadCoefficients, loadSubspace, saveCoefficients, saveSubspace } from '
 import type { AdapterCoefficients, Subspace } from '../subspace/types.js';
 import { GELU, Linear, ReLU, type Layer } from '../train/layers.js';
 import { Sequential } from '../train/model.js';
-import { invalid, knownKeys, object } from '../validate.js';
+import { invalid } from '../validate.js';
 import { version } from '../version.js';
-import { Count, filePlace, mismatch, parse, said, Type, type Place, type Static } from '../schema.js';
+import { argumentPlace, Count, filePlace, mismatch, Options, parse, said, Type, type Place, type Static } from '../schema.js';
 import { checkAdapterName, ServedModel } from './model.js';
 
 export const SERVED_MODEL_FORMAT = 'eigenlorax-served-model';
@@ -68,8 +68,8 @@ export interface WriteServeFolderOptions {
  */
 export async function writeServeFolder(folder: string, options: WriteServeFolderOptions): Promise<{ folder: string; files: string[] }> {
   if (typeof folder !== 'string' || folder.length === 0) throw invalid('a folder path', 'folder', folder);
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['model', 'subspace', 'adapters']);
+  // model and subspace are checked by ServedModel, each adapter by register.
+  const o = parse(Options({ model: Type.Unknown(), subspace: Type.Unknown(), adapters: Type.Optional(Type.Unknown()) }), options, argumentPlace('options'));
   const model = o.model as Sequential;
   const check = new ServedModel(model, o.subspace as Subspace);
   const adapters = [...((o.adapters as Iterable<readonly [string, AdapterCoefficients]> | undefined) ?? [])];

@@ -3,7 +3,8 @@
  * coefficient sets, and trainable parameters of a new task, LoRA against EigenLoRA.
  */
 import { EigenLoraxError } from '../errors.js';
-import { integer, invalid, knownKeys, object, oneOf } from '../validate.js';
+import { argumentPlace, Count, OneOf, Options, parse, Type, type SameOptionNames } from '../schema.js';
+import { invalid } from '../validate.js';
 import { checkSubspace } from './project.js';
 import type { Subspace } from './types.js';
 
@@ -48,6 +49,14 @@ export interface SubspaceSavings {
   trainable: { lora: number; eigenlora: number; ratio: number };
 }
 
+const SavingsOptionsSchema = Options({
+  adapters: Type.Optional(Count(0)),
+  rank: Type.Optional(Count(1)),
+  dtype: Type.Optional(OneOf(['F32', 'F16', 'BF16'] as const)),
+});
+const savingsOptionNames: SameOptionNames<typeof SavingsOptionsSchema, SavingsOptions> = true;
+void savingsOptionNames;
+
 /**
  * Parameters and bytes: N LoRA adapters against the basis plus N coefficient sets, and the
  * trainable parameters of a new task (LoRA against EigenLoRA), all over the subspace's
@@ -55,19 +64,18 @@ export interface SubspaceSavings {
  */
 export function subspaceSavings(subspace: Subspace, options: SavingsOptions = {}): SubspaceSavings {
   const s = checkSubspace(subspace);
-  const o = object(options, 'options');
-  knownKeys(o, 'options', ['adapters', 'rank', 'dtype']);
-  const dtype = oneOf(o.dtype ?? 'F32', 'options.dtype', ['F32', 'F16', 'BF16'] as const);
+  const o = parse(SavingsOptionsSchema, options, argumentPlace('options'));
+  const dtype = o.dtype ?? 'F32';
   const bytesPerParameter = dtype === 'F32' ? 4 : 2;
   const counts = new Map<number, number>();
   for (const m of s.modules.values()) for (const r of m.ranks) counts.set(r, (counts.get(r) ?? 0) + 1);
   let common = 0;
   let best = -1;
   for (const [r, c] of counts) if (c > best || (c === best && r < common)) [common, best] = [r, c];
-  const rank = o.rank === undefined ? common : integer(o.rank, 'options.rank', 1);
+  const rank = o.rank ?? common;
   if (rank < 1) throw new EigenLoraxError('subspaceSavings: no ranks recorded in the subspace; pass options.rank', 'ERR_INVALID_ARGUMENT');
   const perSourceRanks = o.adapters === undefined;
-  const n = perSourceRanks ? s.sources.length : integer(o.adapters, 'options.adapters', 0);
+  const n = o.adapters ?? s.sources.length;
   if (perSourceRanks && s.sources.length === 0) throw invalid('a number of adapters (the subspace has no sources)', 'options.adapters', o.adapters);
 
   let lora = 0;
