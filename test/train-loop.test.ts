@@ -235,9 +235,11 @@ test('the event loop stays responsive while training; a timeout signal stops it'
   t.is(result.stoppedBy, 'aborted');
   t.true(result.stepsThisRun > 0);
   t.true(elapsed < 5000, `stopped after ${elapsed} ms`);
-  // A blocked loop would tick at most once, after training. The bound is loose: on a busy
-  // 2-core machine (other test files run in parallel) a 1 ms interval fires far less often.
-  t.true(ticks >= 5, `${ticks} timer ticks in ${elapsed} ms`);
+  // A blocked loop would tick at most once, after training, however many steps ran. Each
+  // step awaits native jobs, so the timer gets a turn between steps; on a starved machine
+  // fewer steps run, so the bound follows the steps rather than the clock.
+  const wanted = Math.min(5, result.stepsThisRun - 1);
+  t.true(ticks >= wanted, `${ticks} timer ticks in ${elapsed} ms over ${result.stepsThisRun} steps`);
 });
 
 test('checkpoints that do not fit are refused: other batch size, other frozen base, other optimiser, missing file', async (t) => {
