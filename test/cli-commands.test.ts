@@ -1,10 +1,13 @@
 /**
  * The command line as a whole: every command's own --help with examples, the exit-code
  * policy (2 for usage mistakes of every kind, 1 for failures), the flag parsers' messages,
- * and `eigenlorax combine` end to end against combineAdapters on the same inputs.
+ * `eigenlorax combine` end to end against combineAdapters on the same inputs, and the
+ * completion script run in bash.
  */
 import test from 'ava';
+import { spawnSync } from 'node:child_process';
 import { existsSync } from 'node:fs';
+import { writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import {
   buildSubspace,
@@ -31,7 +34,7 @@ async function inBatches<T, R>(items: readonly T[], run: (item: T) => Promise<R>
   return results;
 }
 
-const COMMANDS = ['info', 'devices', 'inspect', 'merge', 'build', 'gather', 'queue', 'worker', 'project', 'export', 'analyze', 'combine', 'extract', 'convert', 'demo', 'serve'];
+const COMMANDS = ['info', 'devices', 'inspect', 'merge', 'build', 'gather', 'queue', 'worker', 'project', 'export', 'analyze', 'combine', 'extract', 'convert', 'demo', 'serve', 'completion'];
 
 test('every command has its own --help (usage line, flags, examples); help <command> prints the same', async (t) => {
   t.deepEqual(
@@ -221,4 +224,44 @@ test('combine --subspace: linear on coefficients files is the exact weighted sum
   const mismatch = await eigenlorax(['combine', files[0]!, files[1]!, '--method', 'linear', '-o', path.join(dir, 'no')]);
   t.is(mismatch.code, 1, 'coefficients files without --subspace are not adapters');
   t.regex(mismatch.stderr, /\(ERR_[A-Z_]+\)\n$/);
+});
+
+test('completion bash|zsh: the script completes commands, nested commands, flags, and file names after a flag that takes a value (run in bash)', async (t) => {
+  const bash = spawnSync('bash', ['--version']);
+  if (bash.status !== 0) {
+    t.log('skipped: bash is not installed');
+    t.pass();
+    return;
+  }
+  const dir = await tempDir(t);
+  const bashScript = await eigenlorax(['completion', 'bash']);
+  t.is(bashScript.code, 0, bashScript.stderr);
+  const zsh = await eigenlorax(['completion', 'zsh']);
+  t.is(zsh.code, 0, zsh.stderr);
+  t.regex(zsh.stdout, /bashcompinit/);
+  t.is((await eigenlorax(['completion', 'fish'])).code, 2);
+  const script = path.join(dir, 'eigenlorax.bash');
+  await writeFile(script, bashScript.stdout);
+  await writeFile(path.join(dir, 'adapters.txt'), '');
+  // COMPREPLY for the words typed so far (the last one is being completed).
+  const complete = (...words: string[]) => {
+    const quoted = words.map((w) => `'${w}'`).join(' ');
+    const r = spawnSync('bash', ['-c', `source '${script}'; cd '${dir}'; COMP_WORDS=(eigenlorax ${quoted}); COMP_CWORD=${words.length}; _eigenlorax; printf '%s\\n' "\${COMPREPLY[@]}"`], { encoding: 'utf8' });
+    t.is(r.status, 0, r.stderr);
+    return r.stdout.split('\n').filter((l) => l !== '');
+  };
+  t.deepEqual(complete('bu'), ['build']);
+  t.deepEqual(complete('co').sort(), ['combine', 'completion', 'convert']);
+  t.deepEqual(complete('queue', 'b'), ['build']);
+  t.deepEqual(complete('queue', 'build', '--re'), ['--redis']);
+  t.deepEqual(complete('build', '--comp'), ['--components']);
+  t.deepEqual(complete('build', '--components', 'ad'), ['adapters.txt'], 'a value: files, not flags');
+  t.deepEqual(complete('merge', '-o', 'ad'), ['adapters.txt']);
+  t.deepEqual(complete('build', 'ad'), ['adapters.txt']);
+  t.deepEqual(complete('serve', '--tok'), ['--token']);
+  // Every command's visible flags are offered, so the script follows the program.
+  for (const command of createProgram().commands.filter((c) => c.name() !== 'help' && c.commands.length === 0)) {
+    const offered = complete(command.name(), '--');
+    for (const option of command.options) if (!option.hidden && option.long) t.true(offered.includes(option.long), `${command.name()} ${option.long}`);
+  }
 });

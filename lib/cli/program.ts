@@ -14,6 +14,7 @@ import { version } from '../version.js';
 import { analyzeCommand } from './analyze.js';
 import { buildCommand } from './build.js';
 import { combineCommand } from './combine.js';
+import { completionCommand } from './completion.js';
 import { demoCommand } from './demo.js';
 import { devicesCommand, infoCommand } from './info.js';
 import { convertCommand } from './convert.js';
@@ -46,6 +47,7 @@ const COMMANDS: ReadonlyArray<() => Command> = [
   convertCommand,
   demoCommand,
   serveCommand,
+  completionCommand,
 ];
 
 const SUMMARY_INDENT = ' '.repeat(6);
