@@ -142,6 +142,24 @@ test('fused passes equal the per-layer path bit for bit at sizes that run queued
   }
 });
 
+test('a Linear layer made trainable (or frozen) between steps: the fused backward follows', async (t) => {
+  const seed = freshSeed();
+  const [a, b] = [Linear.create('a', 6, 5, { seed, trainable: false }), Linear.create('b', 5, 3, { seed: seed + 1 })];
+  const layers = [a, new ReLU(), b];
+  const model = new Sequential(layers);
+  const x = randomMatrix(4, 6, seed + 2);
+  const dy = randomMatrix(4, 3, seed + 3);
+  for (const trainable of [false, true, false]) {
+    a.trainable = trainable;
+    await model.forward(x);
+    await model.backward(dy);
+    const fused = grads(model);
+    t.is(fused.length, trainable ? 4 : 2);
+    await perLayer(layers, x, dy);
+    t.deepEqual(fused, grads(model), `seed ${seed}`);
+  }
+});
+
 test('models the job cannot run take the per-layer path (GELU, a ReLU first, two ReLUs)', async (t) => {
   const seed = freshSeed();
   for (const layers of [

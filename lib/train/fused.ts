@@ -11,14 +11,16 @@
  * per-layer path.
  */
 import { EigenLoraxError } from '../errors.js';
-import { checkMatrix, type Matrix } from '../matrix.js';
+import { checkMatrix, matrix, type Matrix } from '../matrix.js';
 import { trainModelBackward, trainModelForward, type NativeModelLayer } from '../native/ops.js';
 import { ReLU } from './activations.js';
-import { BufferPool } from './buffers.js';
 import { noForward, type Layer } from './layer.js';
 import { EigenLoRA, Linear, LoRA } from './layers.js';
 
 type WeightLayer = Linear | LoRA | EigenLoRA;
+
+/** Batch sizes whose activations are kept (a loop uses one or two: the batch and the last, smaller one). */
+const MAX_BATCH_SIZES = 8;
 
 interface Stage {
   layer: WeightLayer;
@@ -68,11 +70,17 @@ function describe(s: Stage, grads: boolean): NativeModelLayer {
 
 export class FusedPasses {
   readonly #stages: readonly Stage[];
-  readonly #pool = new BufferPool();
+  /** The layers as the forward job reads them: fixed, since a layer's tensors are never replaced (only written in place). */
+  readonly #forwardLayers: readonly NativeModelLayer[];
+  /** The same with the gradient arrays, and which Linear layers were trainable when made (Linear.trainable may change). */
+  #backwardLayers: { layers: readonly NativeModelLayer[]; trainable: boolean[]; any: boolean } | null = null;
+  /** The activations of each batch size. */
+  readonly #outputs = new Map<number, Matrix[]>();
   #last: { x: Matrix; outputs: Matrix[] } | null = null;
 
   private constructor(stages: Stage[]) {
     this.#stages = stages;
+    this.#forwardLayers = stages.map((s) => describe(s, false));
   }
 
   /** The fused passes of `layers`, or null when a layer is of another kind (or a ReLU does not follow a layer with weights). */
@@ -96,10 +104,28 @@ export class FusedPasses {
 
   /** The model's output for `x` (checked by the caller), in a buffer overwritten by the next forward of the same batch size. */
   async forward(x: Matrix): Promise<Matrix> {
-    const outputs = this.#stages.map((s, i) => this.#pool.get(`y${i}`, x.rows, s.layer.outFeatures));
-    await trainModelForward({ x, layers: this.#stages.map((s) => describe(s, false)), outputs });
+    let outputs = this.#outputs.get(x.rows);
+    if (outputs === undefined) {
+      if (this.#outputs.size >= MAX_BATCH_SIZES) this.#outputs.clear();
+      outputs = this.#stages.map((s) => matrix(x.rows, s.layer.outFeatures));
+      this.#outputs.set(x.rows, outputs);
+    }
+    await trainModelForward({ x, layers: this.#forwardLayers, outputs });
     this.#last = { x, outputs };
     return outputs[outputs.length - 1] as Matrix;
+  }
+
+  /** The backward job's layers, remade only when a Linear layer was made trainable or frozen. */
+  #backward(): { layers: readonly NativeModelLayer[]; any: boolean } {
+    const cached = this.#backwardLayers;
+    if (cached !== null && this.#stages.every((s, i) => !(s.layer instanceof Linear) || s.layer.trainable === cached.trainable[i])) return cached;
+    const made = {
+      layers: this.#stages.map((s) => describe(s, true)),
+      trainable: this.#stages.map((s) => !(s.layer instanceof Linear) || s.layer.trainable),
+      any: this.#stages.some((s) => s.layer.parameters().length > 0),
+    };
+    this.#backwardLayers = made;
+    return made;
   }
 
   /** Every trainable layer's gradient from dL/doutput of the last forward. */
@@ -111,8 +137,8 @@ export class FusedPasses {
     if (dy.rows !== out.rows || dy.cols !== out.cols) {
       throw new EigenLoraxError(`model: dy is ${dy.rows} x ${dy.cols} but the last forward's output was ${out.rows} x ${out.cols}`, 'ERR_SHAPE_MISMATCH');
     }
-    const layers = this.#stages.map((s) => describe(s, true));
-    if (!this.#stages.some((s) => s.layer.parameters().length > 0)) return;
+    const { layers, any } = this.#backward();
+    if (!any) return;
     await trainModelBackward({ x: last.x, layers, outputs: last.outputs, dy });
   }
 }
