@@ -109,7 +109,8 @@ for (const [name, build] of models) {
       await model.backward(dy);
       const fusedGrads = grads(model);
       t.true(fusedGrads.length > 0);
-      for (const g of fusedGrads) g.length > 0 && t.true(g.some((v) => v !== 0), `seed ${seed}: a zero gradient tests nothing`);
+      // (With one row a ReLU may zero a whole layer's gradient; not every tensor then.)
+      t.true(fusedGrads.some((g) => g.some((v) => v !== 0)), `seed ${seed}: zero gradients test nothing`);
       for (const p of model.parameters()) p.grad.fill(Number.NaN);
       const reference = await perLayer(layers, x, dy);
       t.deepEqual(fusedOut, reference.data, `seed ${seed}`);
