@@ -25,6 +25,7 @@
         "native/addon/multiadapter_jobs.cpp",
         "native/addon/cuda_jobs.cpp",
         "native/addon/train_jobs.cpp",
+        "native/addon/train_model_jobs.cpp",
         "native/addon/device.cpp"
       ],
       "include_dirs": [

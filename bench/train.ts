@@ -17,11 +17,12 @@
  * own count: samples over the loop's wall time, setup excluded); the median over rounds is
  * reported, and "step vs LoRA" is the median over rounds of the ratio to LoRA's step time
  * in the same round (paired, so slow phases of a shared machine cancel out). Instrumented rounds, interleaved with the plain ones, wrap the native entry
- * points (linearForward/Backward, loraForward/Backward, eigenLoraForward/Backward) and the
+ * points (the whole-model trainModelForward/Backward, and the per-layer linearForward/Backward,
+ * loraForward/Backward, eigenLoraForward/Backward that models the fused jobs cannot run use) and the
  * loss and optimiser with timers, to split a step into:
  *   - native: wall time from each native call to its promise's resolution (the kernel plus
  *     the hand-off to and from libuv's thread pool);
- *   - ReLU, loss and optimiser: the activations and AdamW (one synchronous native call each,
+ *   - ReLU, loss and optimiser: the ReLU layers (0 when fused into the layer jobs), AdamW (one synchronous native call,
  *     lib/train/kernels.ts) and the softmax cross-entropy (a JavaScript loop);
  *   - other: the rest (batch gathering, finiteness checks, events, awaits, argument checks).
  * "Outside kernels" is step time minus native time, plus the hand-off latency of the native
@@ -160,7 +161,16 @@ function quartiles(values: number[]): [number, number] {
 
 // ---- instrumentation
 
-const NATIVE_CALLS = ['linearForward', 'linearBackward', 'loraForward', 'loraBackward', 'eigenLoraForward', 'eigenLoraBackward'] as const;
+const NATIVE_CALLS = [
+  'trainModelForward',
+  'trainModelBackward',
+  'linearForward',
+  'linearBackward',
+  'loraForward',
+  'loraBackward',
+  'eigenLoraForward',
+  'eigenLoraBackward',
+] as const;
 
 interface Clock {
   on: boolean;

@@ -290,7 +290,19 @@ export interface NativeAddon {
   trainReluForward(x: Float32Array, y: Float32Array): void;
   trainReluBackward(y: Float32Array, dy: Float32Array, dx: Float32Array): void;
   trainAllFinite(arrays: readonly Float32Array[]): boolean;
+  // A sequential model's passes, one job each (native/addon/train_model_jobs.cpp).
+  /** Every layer (its ReLU in place on its output) into outputs[i]. */
+  trainModelForward(args: { x: Matrix; layers: readonly NativeModelLayer[]; outputs: readonly Matrix[] }): Promise<void>;
+  /** Every trainable layer's gradients from dy (dL/d outputs[last]), through the layers after the first trainable one. */
+  trainModelBackward(args: { x: Matrix; layers: readonly NativeModelLayer[]; outputs: readonly Matrix[]; dy: Matrix }): Promise<void>;
 }
+
+/** One layer of trainModelForward/Backward; biases (and dBias) as 1 x d_out matrices. Gradients: backward only. */
+export type NativeModelLayer = { relu: boolean; weight: Matrix | null; bias: Matrix | null } & (
+  | { kind: 'linear'; dWeight?: Matrix | null; dBias?: Matrix | null }
+  | { kind: 'lora'; A: Matrix; B: Matrix; scale: number; dA?: Matrix; dB?: Matrix }
+  | { kind: 'eigenlora'; componentsA: Matrix; alpha: Matrix; beta: Matrix; componentsB: Matrix; scale: number; order: NativeOrder; dAlpha?: Matrix; dBeta?: Matrix }
+);
 
 const packageRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 

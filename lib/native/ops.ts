@@ -14,6 +14,7 @@ export type {
   NativeDevice,
   NativeDeviceOperand,
   NativeFactorPair,
+  NativeModelLayer,
   NativeOrder,
   NativeStacking,
   NativeWeighting,
@@ -105,3 +106,5 @@ export const trainSgdStep: NativeAddon['trainSgdStep'] = (...args) => native.tra
 export const trainReluForward: NativeAddon['trainReluForward'] = (x, y) => native.trainReluForward(x, y);
 export const trainReluBackward: NativeAddon['trainReluBackward'] = (y, dy, dx) => native.trainReluBackward(y, dy, dx);
 export const trainAllFinite: NativeAddon['trainAllFinite'] = (arrays) => native.trainAllFinite(arrays);
+export const trainModelForward = (args: Args<'trainModelForward'>): Result<'trainModelForward'> => callNative(() => native.trainModelForward(args));
+export const trainModelBackward = (args: Args<'trainModelBackward'>): Result<'trainModelBackward'> => callNative(() => native.trainModelBackward(args));

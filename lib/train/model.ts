@@ -10,6 +10,7 @@ import { openSafetensors, writeSafetensors, type SafetensorsWriteDType } from '.
 import { checkMatrix, matrix, type Matrix } from '../matrix.js';
 import { integer, invalid, knownKeys, object } from '../validate.js';
 import { checkDataset, type Dataset } from '../data/dataset.js';
+import { FusedPasses } from './fused.js';
 import type { Layer, NamedTensor, Parameter } from './layers.js';
 import { isLabels, resolveLoss, type Labels, type Loss, type LossName, type Targets } from './losses.js';
 
@@ -59,6 +60,8 @@ export class Sequential {
   readonly inFeatures: number;
   /** Output width of the model. */
   readonly outFeatures: number;
+  /** One native job per pass when every layer allows it (fused.ts), else null. */
+  readonly #fused: FusedPasses | null;
 
   constructor(layers: readonly Layer[]) {
     if (!Array.isArray(layers) || layers.length === 0) throw invalid('a non-empty array of layers', 'layers', layers);
@@ -88,6 +91,7 @@ export class Sequential {
     this.layers = [...layers];
     this.inFeatures = first;
     this.outFeatures = width;
+    this.#fused = FusedPasses.of(this.layers);
   }
 
   /** A layer by name. */
@@ -97,12 +101,17 @@ export class Sequential {
     return found;
   }
 
-  /** The output for `x` (`n x in`), in a buffer of the last layer (overwritten by the next forward). */
+  /**
+   * The output for `x` (`n x in`), in a buffer overwritten by the next forward. A model of
+   * Linear, LoRA, EigenLoRA and ReLU layers runs as one native job (fused.ts) and keeps
+   * the activations itself: its layers' own backward() does not see this forward.
+   */
   async forward(x: Matrix): Promise<Matrix> {
     let h = checkMatrix(x, 'x');
     if (h.cols !== this.inFeatures) {
       throw new EigenLoraxError(`x has ${h.cols} features but the model takes ${this.inFeatures}`, 'ERR_SHAPE_MISMATCH');
     }
+    if (this.#fused !== null) return this.#fused.forward(h);
     for (const layer of this.layers) h = await layer.forward(h);
     return h;
   }
@@ -112,6 +121,7 @@ export class Sequential {
    * gradient. Input gradients are only computed where a trainable layer lies before.
    */
   async backward(dy: Matrix): Promise<void> {
+    if (this.#fused !== null) return this.#fused.backward(dy);
     const trainableBefore: boolean[] = [];
     let any = false;
     for (const layer of this.layers) {

@@ -174,7 +174,11 @@ Napi::Value trainAllFinite(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+// train_model_jobs.cpp: whole-model forward and backward jobs.
+void registerTrainModel(Napi::Env env, Napi::Object exports);
+
 void registerTrain(Napi::Env env, Napi::Object exports) {
+  registerTrainModel(env, exports);
   exports.Set("trainAdamStep", Napi::Function::New(env, trainAdamStep, "trainAdamStep"));
   exports.Set("trainSgdStep", Napi::Function::New(env, trainSgdStep, "trainSgdStep"));
   exports.Set("trainReluForward", Napi::Function::New(env, trainReluForward, "trainReluForward"));

@@ -1,0 +1,270 @@
+/**
+ * The fused passes of a Sequential model (lib/train/fused.ts, native/addon/train_model_jobs.cpp)
+ * against the per-layer path they replace: the same layer objects run one layer at a time
+ * (each layer's own forward/backward, the ReLU as its own layer) must give the same
+ * outputs and gradients bit for bit. Fresh seeded inputs (replay with
+ * EIGENLORAX_TEST_SEED=<seed>); every bad argument of the native jobs gets a typed error.
+ */
+import test from 'ava';
+import { EigenLoraxError, matrix, orthonormalize, type ErrorCode, type Matrix } from '../lib/index.js';
+import { native } from '../lib/native.js';
+import { EigenLoRA, GELU, Linear, LoRA, ReLU, Sequential, type Layer } from '../lib/train/index.js';
+import { freshSeed, randomMatrix } from './helpers/random.js';
+
+/** The per-layer forward and backward (Sequential's path for layers it cannot fuse). */
+async function perLayer(layers: readonly Layer[], x: Matrix, dy: Matrix | null): Promise<Matrix> {
+  let h = x;
+  for (const l of layers) h = await l.forward(h);
+  const out = matrix(h.rows, h.cols, h.data.slice());
+  if (dy === null) return out;
+  const trainableBefore: boolean[] = [];
+  let any = false;
+  for (const l of layers) {
+    trainableBefore.push(any);
+    if (l.parameters().length > 0) any = true;
+  }
+  let g: Matrix | null = dy;
+  for (let i = layers.length - 1; i >= 0; i--) {
+    const l = layers[i] as Layer;
+    const inputGrad = trainableBefore[i] as boolean;
+    if (!inputGrad && l.parameters().length === 0) break;
+    g = await l.backward(g as Matrix, { inputGrad });
+    if (!inputGrad) break;
+  }
+  return out;
+}
+
+function grads(model: Sequential): Float32Array[] {
+  return model.parameters().map((p) => p.grad.slice());
+}
+
+async function orthonormal(rows: number, cols: number, seed: number): Promise<Matrix> {
+  return orthonormalize(randomMatrix(rows, cols, seed));
+}
+
+type Build = (seed: number) => Promise<Layer[]>;
+
+const widths = [13, 9, 7, 4];
+
+function bases(seed: number, trainable = false): Linear[] {
+  return widths.slice(0, -1).map((w, i) => Linear.create(`fc${i + 1}`, w, widths[i + 1] as number, { seed: seed + i, trainable }));
+}
+
+function withRelu(layers: Layer[], last = false): Layer[] {
+  return layers.flatMap((l, i) => (i + 1 < layers.length || last ? [l, new ReLU()] : [l]));
+}
+
+const models: Array<[string, Build]> = [
+  ['trainable Linear MLP', async (s) => withRelu(bases(s, true))],
+  ['LoRA MLP (B non-zero)', async (s) => withRelu(bases(s).map((b, i) => new LoRA(b.name, { base: b, rank: 3, alpha: 5, A: randomMatrix(3, b.inFeatures, s + 10 + i), B: randomMatrix(b.outFeatures, 3, s + 20 + i) })))],
+  ...(['auto', 'project', 'rebuild'] as const).map(
+    (order): [string, Build] => [
+      `EigenLoRA MLP, order ${order}`,
+      async (s) => {
+        const layers: Layer[] = [];
+        for (const [i, b] of bases(s).entries()) {
+          const kA = Math.min(4, b.inFeatures);
+          const kB = Math.min(3, b.outFeatures);
+          layers.push(
+            new EigenLoRA(b.name, {
+              base: b,
+              componentsA: await orthonormal(b.inFeatures, kA, s + 30 + i),
+              componentsB: await orthonormal(b.outFeatures, kB, s + 40 + i),
+              rank: 2,
+              scale: 1.5,
+              init: 'uniform',
+              seed: s + i,
+              order,
+            }),
+          );
+        }
+        return withRelu(layers);
+      },
+    ],
+  ),
+  [
+    'frozen Linear between adapters, no bias, ReLU last',
+    async (s) => {
+      const [a, b, c] = bases(s);
+      const frozen = new Linear('mid', { weight: (b as Linear).weight });
+      const first = new LoRA('fc1', { base: a as Linear, rank: 2, A: randomMatrix(2, 13, s + 1), B: randomMatrix(9, 2, s + 2) });
+      const last = Linear.create('fc3', 7, 4, { seed: s + 3, bias: false });
+      void c;
+      return withRelu([first, frozen, last], true);
+    },
+  ],
+  ['frozen first layer, trainable last', async (s) => withRelu([...bases(s).slice(0, 2), Linear.create('out', 7, 4, { seed: s })])],
+];
+
+for (const [name, build] of models) {
+  for (const rows of [1, 3, 64]) {
+    test(`fused passes equal the per-layer path bit for bit: ${name}, ${rows} rows`, async (t) => {
+      const seed = freshSeed();
+      const layers = await build(seed);
+      const model = new Sequential(layers);
+      const x = randomMatrix(rows, widths[0] as number, seed + 100);
+      const dy = randomMatrix(rows, model.outFeatures, seed + 101);
+      const y = await model.forward(x);
+      const fusedOut = y.data.slice();
+      await model.backward(dy);
+      const fusedGrads = grads(model);
+      t.true(fusedGrads.length > 0);
+      // (With one row a ReLU may zero a whole layer's gradient; not every tensor then.)
+      t.true(fusedGrads.some((g) => g.some((v) => v !== 0)), `seed ${seed}: zero gradients test nothing`);
+      for (const p of model.parameters()) p.grad.fill(Number.NaN);
+      const reference = await perLayer(layers, x, dy);
+      t.deepEqual(fusedOut, reference.data, `seed ${seed}`);
+      t.deepEqual(fusedGrads, grads(model), `seed ${seed}`);
+    });
+  }
+}
+
+test('fused passes equal the per-layer path bit for bit at sizes that run queued and multi-threaded (LoRA, EigenLoRA)', async (t) => {
+  const seed = freshSeed();
+  const dims = [300, 200, 100, 10];
+  const base = dims.slice(0, -1).map((w, i) => Linear.create(`fc${i + 1}`, w, dims[i + 1] as number, { seed: seed + i }));
+  const lora = base.map((b, i) => new LoRA(b.name, { base: b, rank: 8, A: randomMatrix(8, b.inFeatures, seed + 10 + i), B: randomMatrix(b.outFeatures, 8, seed + 20 + i, 0.1) }));
+  const eigen: Layer[] = [];
+  for (const [i, b] of base.entries()) {
+    const componentsA = await orthonormal(b.inFeatures, Math.min(40, b.inFeatures), seed + 30 + i);
+    const componentsB = await orthonormal(b.outFeatures, Math.min(40, b.outFeatures), seed + 40 + i);
+    eigen.push(new EigenLoRA(b.name, { base: b, componentsA, componentsB, rank: 8, init: 'uniform', seed: seed + i }));
+  }
+  for (const layers of [withRelu(lora), withRelu(eigen)]) {
+    const model = new Sequential(layers);
+    const x = randomMatrix(128, 300, seed + 100);
+    const dy = randomMatrix(128, 10, seed + 101);
+    const y = (await model.forward(x)).data.slice();
+    await model.backward(dy);
+    const g = grads(model);
+    const reference = await perLayer(layers, x, dy);
+    t.deepEqual(y, reference.data, `seed ${seed}`);
+    t.deepEqual(g, grads(model), `seed ${seed}`);
+  }
+});
+
+test('a Linear layer made trainable (or frozen) between steps: the fused backward follows', async (t) => {
+  const seed = freshSeed();
+  const [a, b] = [Linear.create('a', 6, 5, { seed, trainable: false }), Linear.create('b', 5, 3, { seed: seed + 1 })];
+  const layers = [a, new ReLU(), b];
+  const model = new Sequential(layers);
+  const x = randomMatrix(4, 6, seed + 2);
+  const dy = randomMatrix(4, 3, seed + 3);
+  for (const trainable of [false, true, false]) {
+    a.trainable = trainable;
+    await model.forward(x);
+    await model.backward(dy);
+    const fused = grads(model);
+    t.is(fused.length, trainable ? 4 : 2);
+    await perLayer(layers, x, dy);
+    t.deepEqual(fused, grads(model), `seed ${seed}`);
+  }
+});
+
+test('models the job cannot run take the per-layer path (GELU, a ReLU first, two ReLUs)', async (t) => {
+  const seed = freshSeed();
+  for (const layers of [
+    [Linear.create('a', 5, 4, { seed }), new GELU(), Linear.create('b', 4, 2, { seed: seed + 1 })],
+    [new ReLU(), Linear.create('a', 5, 2, { seed })],
+    [Linear.create('a', 5, 4, { seed }), new ReLU(), new ReLU(), Linear.create('b', 4, 2, { seed: seed + 1 })],
+  ]) {
+    const model = new Sequential(layers);
+    const x = randomMatrix(3, 5, seed + 2);
+    const dy = randomMatrix(3, 2, seed + 3);
+    const y = (await model.forward(x)).data.slice();
+    await model.backward(dy);
+    const g = grads(model);
+    const reference = await perLayer(layers, x, dy);
+    t.deepEqual(y, reference.data);
+    t.deepEqual(g, grads(model));
+  }
+});
+
+test('fused backward: before any forward, and with dy of the wrong shape', async (t) => {
+  const model = new Sequential([Linear.create('a', 5, 4), new ReLU(), Linear.create('b', 4, 2)]);
+  const e = await t.throwsAsync(model.backward(matrix(3, 2)), { instanceOf: EigenLoraxError });
+  t.regex(e?.message ?? '', /before forward/);
+  await model.forward(randomMatrix(3, 5, freshSeed()));
+  const s = await t.throwsAsync(model.backward(matrix(3, 3)), { instanceOf: EigenLoraxError });
+  t.is(s?.code, 'ERR_SHAPE_MISMATCH');
+  t.regex(s?.message ?? '', /dy is 3 x 3/);
+});
+
+// ---- the native jobs' own checks
+
+function linearLayer(dIn: number, dOut: number, relu = false) {
+  return { kind: 'linear' as const, relu, weight: randomMatrix(dOut, dIn, 1), bias: randomMatrix(1, dOut, 2) };
+}
+
+async function nativeError(t: import('ava').ExecutionContext, call: () => Promise<unknown>, code: ErrorCode, message: RegExp): Promise<void> {
+  const e = (await t.throwsAsync(async () => call())) as EigenLoraxError;
+  t.true(e instanceof EigenLoraxError, String(e));
+  t.is(e.code, code, e.message);
+  t.regex(e.message, message);
+}
+
+test('trainModelForward refuses bad layers, shapes and outputs, naming them', async (t) => {
+  const x = randomMatrix(2, 5, 3);
+  const ok = () => ({ x, layers: [linearLayer(5, 4, true), linearLayer(4, 3)], outputs: [matrix(2, 4), matrix(2, 3)] });
+  await t.notThrowsAsync(native.trainModelForward(ok()));
+  const bad = (edit: (a: ReturnType<typeof ok>) => unknown) => () => {
+    const a = ok();
+    return native.trainModelForward(edit(a) as never);
+  };
+  await nativeError(t, bad((a) => ({ ...a, layers: [] })), 'ERR_INVALID_ARGUMENT', /layers: expected at least one layer/);
+  await nativeError(t, bad((a) => ({ ...a, outputs: [a.outputs[0]] })), 'ERR_SHAPE_MISMATCH', /outputs: expected one matrix per layer \(2\), received 1/);
+  await nativeError(t, bad((a) => ({ ...a, layers: [{ ...a.layers[0], kind: 'conv' }, a.layers[1]] })), 'ERR_INVALID_ARGUMENT', /layers\[0\]\.kind: expected one of 'linear'/);
+  await nativeError(t, bad((a) => ({ ...a, layers: [{ ...a.layers[0], relu: 1 }, a.layers[1]] })), 'ERR_INVALID_ARGUMENT', /layers\[0\]\.relu: expected true or false/);
+  await nativeError(t, bad((a) => ({ ...a, layers: [{ ...a.layers[0], weight: null }, a.layers[1]] })), 'ERR_INVALID_ARGUMENT', /layers\[0\]\.weight: expected a matrix/);
+  await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], linearLayer(3, 3)] })), 'ERR_SHAPE_MISMATCH', /layers\[1\]: takes 3 features but its input \(outputs\[0\]\) has 4/);
+  await nativeError(t, bad((a) => ({ ...a, outputs: [a.outputs[0], matrix(2, 4)] })), 'ERR_SHAPE_MISMATCH', /layers\[1\]: outputs\[1\]: expected shape 2 x 3/);
+  await nativeError(t, bad((a) => ({ ...a, layers: [{ ...a.layers[0], bias: matrix(1, 3) }, a.layers[1]] })), 'ERR_SHAPE_MISMATCH', /layers\[0\]\.bias: expected shape 1 x 4/);
+  await nativeError(t, bad((a) => ({ ...a, outputs: [a.outputs[0], a.outputs[0]] })), 'ERR_INVALID_ARGUMENT', /share memory/);
+  const lora = { kind: 'lora', relu: false, weight: randomMatrix(3, 4, 4), bias: null, A: matrix(2, 4), B: matrix(3, 3), scale: 1 };
+  await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], lora] })), 'ERR_SHAPE_MISMATCH', /layers\[1\]: B: expected shape 3 x 2/);
+  await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], { ...lora, B: matrix(3, 2), scale: 1e39 }] })), 'ERR_INVALID_ARGUMENT', /layers\[1\]\.scale/);
+  const eigen = { kind: 'eigenlora', relu: false, weight: null, bias: null, componentsA: matrix(4, 2), alpha: matrix(2, 1), beta: matrix(2, 1), componentsB: matrix(3, 2), scale: 1, order: 'sideways' };
+  await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], eigen] })), 'ERR_INVALID_ARGUMENT', /layers\[1\]\.order: expected one of 'auto', 'project', 'rebuild'/);
+  await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], { ...eigen, order: 'auto', alpha: matrix(3, 1) }] })), 'ERR_SHAPE_MISMATCH', /layers\[1\]: alpha: expected shape 2 x 1/);
+  const detached = randomMatrix(2, 5, 5);
+  structuredClone(detached.data.buffer, { transfer: [detached.data.buffer as ArrayBuffer] });
+  await nativeError(t, bad((a) => ({ ...a, x: detached })), 'ERR_DETACHED_BUFFER', /x\.data: the typed array's buffer is detached/);
+});
+
+test('trainModelBackward refuses missing gradients, a bad dy and gradients of the wrong shape', async (t) => {
+  const x = randomMatrix(2, 5, 3);
+  const outputs = [matrix(2, 4), matrix(2, 3)];
+  const layers = [linearLayer(5, 4, true), { ...linearLayer(4, 3), dWeight: matrix(3, 4), dBias: matrix(1, 3) }];
+  await native.trainModelForward({ x, layers, outputs });
+  const ok = () => ({ x, layers: layers.map((l) => ({ ...l })), outputs, dy: randomMatrix(2, 3, 6) });
+  await t.notThrowsAsync(native.trainModelBackward(ok()));
+  const bad = (edit: (a: ReturnType<typeof ok>) => unknown) => () => native.trainModelBackward(edit(ok()) as never);
+  await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], linearLayer(4, 3)] })), 'ERR_INVALID_ARGUMENT', /layers: expected at least one layer with gradients/);
+  await nativeError(t, bad((a) => ({ ...a, dy: matrix(2, 4) })), 'ERR_SHAPE_MISMATCH', /layers\[1\]: dy: expected shape 2 x 3/);
+  await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], { ...a.layers[1], dWeight: matrix(4, 3) }] })), 'ERR_SHAPE_MISMATCH', /layers\[1\]: dWeight: expected shape 3 x 4/);
+  await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], { ...a.layers[1], dBias: matrix(1, 4) }] })), 'ERR_SHAPE_MISMATCH', /layers\[1\]\.dBias: expected shape 1 x 3/);
+  await nativeError(t, bad((a) => ({ ...a, outputs: [matrix(2, 4)] })), 'ERR_SHAPE_MISMATCH', /outputs: expected one matrix per layer/);
+  const lora = { kind: 'lora', relu: false, weight: layers[1]?.weight, bias: null, A: matrix(2, 4), B: matrix(3, 2), scale: 1, dA: matrix(2, 4) };
+  await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], lora] })), 'ERR_INVALID_ARGUMENT', /layers\[1\]\.dB: expected a matrix/);
+});
+
+test('an output detached while the job runs is refused; an input detached meanwhile does not change the result', async (t) => {
+  // Large enough to be queued (not run inline), so JavaScript runs while it works.
+  const seed = freshSeed();
+  const x = randomMatrix(64, 300, seed);
+  const layers = [linearLayer(300, 200, true), linearLayer(200, 10)];
+  const expected = [matrix(64, 200), matrix(64, 10)];
+  await native.trainModelForward({ x, layers, outputs: expected });
+  const outputs = [matrix(64, 200), matrix(64, 10)];
+  const running = native.trainModelForward({ x, layers, outputs });
+  structuredClone(outputs[1]?.data.buffer, { transfer: [outputs[1]?.data.buffer as ArrayBuffer] });
+  const e = (await t.throwsAsync(running)) as EigenLoraxError;
+  t.is(e.code, 'ERR_DETACHED_BUFFER');
+  t.regex(e.message, /outputs\[1\]/);
+  const again = [matrix(64, 200), matrix(64, 10)];
+  const copy = matrix(64, 300, x.data.slice());
+  const second = native.trainModelForward({ x: copy, layers, outputs: again });
+  structuredClone(copy.data.buffer, { transfer: [copy.data.buffer as ArrayBuffer] });
+  await second;
+  t.deepEqual(again[1]?.data, expected[1]?.data);
+});
