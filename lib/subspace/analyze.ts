@@ -40,7 +40,7 @@ export { PARTLY_SHARED_HELD_OUT_ERROR, SHARED_HELD_OUT_ERROR, verdictOf };
 export const DEFAULT_CURVE_COMPONENTS = 64;
 
 export interface AnalyzeProgress {
-  /** 'spectrum': the build for the curves; 'in-sample': the build at K; 'held-out': the builds without each adapter. */
+  /** 'spectrum': the curves (per module); 'in-sample': the build at K; 'held-out': the bases without each fold (per fold and module). */
   phase: 'spectrum' | 'in-sample' | 'held-out';
   /** What was just finished: a module, or `<adapter>: <module>` in the held-out phase. */
   item: string;
@@ -151,6 +151,7 @@ export interface SubspaceAnalysis {
   method: { errors: string; overlap: string; curve: string };
   /** From the in-sample build: modules only some adapters have, K clamped, thresholds not reached. */
   notes: Pick<SubspaceBuildReport, 'partialModules' | 'clamped' | 'belowThreshold' | 'augmentClamped'>;
+  /** spectrumMs: the build for the curves (0 when the curves come from the held-out stacks, inside heldOutMs). */
   timings: { totalMs: number; spectrumMs: number; inSampleMs: number; heldOutMs: number };
 }
 
@@ -158,7 +159,8 @@ export const ANALYSIS_METHOD = {
   errors:
     'relative dW error ||dW - dW_hat||_F / ||dW||_F per adapter and module, averaged over the adapters of each module, then over modules; ' +
     'in-sample: the basis built from all the adapters; held-out: each adapter projected on the basis built from the others ' +
-    '(leave-one-out up to 20 adapters, else 5-fold cross-validation: the basis built from the other folds; options.heldOut)',
+    '(leave-one-out up to 20 adapters, else 5-fold cross-validation: the basis built from the other folds; options.heldOut; ' +
+    "above rsvd's exact threshold each fold's basis is a Nystrom approximation of the other folds' stack, within their span)",
   overlap:
     "mean squared cosine of the principal angles between the span of an adapter's factor (A side: span of A_i^T; B side: span of B_i) " +
     'and the K-dimensional basis built from the others, ||Q_i^T P||_F^2 / min(r_i, K); 1: inside it, 0: orthogonal; ' +
@@ -216,8 +218,10 @@ function band(curves: Array<{ curve: number[]; complete: boolean }>): CurveBand 
  * factor spans with the basis built from the others against its random reference, and a
  * plain verdict with advice. See the top of this file for the definitions.
  *
- * Cost: N + 2 builds (one for the curves, one at K, one without each adapter); paths are
- * opened once, factors read module by module. The result is plain JSON-serialisable data.
+ * Cost: one build (in-sample) and one more read and stack of each module, from which the
+ * curve and every fold's basis come (folds.ts); with `center`, or a module over the memory
+ * budget, a build for the curves and one per fold instead (heldout.ts). Paths are opened
+ * once, factors read module by module. The result is plain JSON-serialisable data.
  */
 export async function analyzeAdapters(adapters: readonly AdapterInput[], options: AnalyzeOptions = {}): Promise<SubspaceAnalysis> {
   const started = performance.now();
@@ -263,11 +267,11 @@ export async function analyzeAdapters(adapters: readonly AdapterInput[], options
       onProgress?.({ phase, item, done: ++counters[phase], total: phase === 'spectrum' ? moduleCount : heldOutTotal });
     const budget = resolved.memoryBudget ?? defaultMemoryBudget();
     const stackable = [...inSample.modules.values()].every((m) => inMemoryModuleBytes(m.ranks.reduce((a, b) => a + b, 0), m.dIn, m.dOut) <= budget);
-    const figures0 =
+    const heldOutFigures =
       !resolved.settings.center && stackable
         ? await heldOutByFolds(all, folds, inSample, resolved, curveResolved.settings.components!, progress)
         : await heldOutByBuilds(all, folds, curveResolved, resolved, progress);
-    const { spectrum, heldOut, overlaps, spectrumMs } = figures0;
+    const { spectrum, heldOut, overlaps, spectrumMs } = heldOutFigures;
     const heldOutMs = performance.now() - t0 - spectrumMs;
 
     // Assemble.

@@ -18,15 +18,45 @@ namespace {
 constexpr double kPseudoInverseCut = 1e-6;
 
 struct Stack {
-  RowMatF rows;                // R x d, adapter i's rows at offsets[i]
+  RowMatF rows;                // R x d, adapter i's rows at layout.at[i] (grouped by fold)
   std::vector<double> energy;  // per adapter, ||rows of i||_F^2
 };
 
+// Where each adapter's rows are in the stacks: grouped by fold (fold f's rows are
+// [foldStart[f], foldStart[f + 1])), so a fold's products with them are single GEMMs.
+struct Layout {
+  std::vector<Index> at, rank, foldStart;
+};
+
+Layout layoutOf(const std::vector<FactorPair>& adapters, const int32_t* folds, int32_t foldCount) {
+  Layout l;
+  l.at.assign(adapters.size(), 0);
+  l.rank.assign(adapters.size(), 0);
+  l.foldStart.assign(static_cast<size_t>(foldCount) + 1, 0);
+  for (size_t i = 0; i < adapters.size(); ++i) l.foldStart[folds[i] + 1] += adapters[i].a.rows;
+  for (int32_t f = 0; f < foldCount; ++f) l.foldStart[f + 1] += l.foldStart[f];
+  std::vector<Index> next(l.foldStart.begin(), l.foldStart.end() - 1);
+  for (size_t i = 0; i < adapters.size(); ++i) {
+    l.rank[i] = adapters[i].a.rows;
+    l.at[i] = next[folds[i]];
+    next[folds[i]] += l.rank[i];
+  }
+  return l;
+}
+
+// s x (R x c) as (x^T s^T)^T: the faster layout for a row-major stack (linalg.cpp's multiplyA).
+RowMatF timesStack(const RowMatF& s, const RowMatF& x) {
+  const ColMatF xc = x;
+  RowMatF out(s.rows(), x.cols());
+  Eigen::Map<ColMatF>(out.data(), x.cols(), s.rows()).noalias() = xc.transpose() * s.transpose();
+  return out;
+}
+
 // The side's rows of every adapter as buildModuleSubspace stacks them (same arithmetic, so
 // the same floats): w_i A'_i (side A) and w_i B'_i^T (side B).
-void formStacks(const std::vector<FactorPair>& adapters, const std::vector<Index>& offsets, const FoldBasesOptions& o,
+void formStacks(const std::vector<FactorPair>& adapters, const Layout& layout, const FoldBasesOptions& o,
                 Stack& a, Stack& b) {
-  const Index dIn = adapters[0].a.cols, dOut = adapters[0].b.rows, total = offsets.back();
+  const Index dIn = adapters[0].a.cols, dOut = adapters[0].b.rows, total = layout.foldStart.back();
   a.rows.resize(total, dIn);
   b.rows.resize(total, dOut);
   a.energy.assign(adapters.size(), 0.0);
@@ -44,8 +74,8 @@ void formStacks(const std::vector<FactorPair>& adapters, const std::vector<Index
       stackedFactors(p, o.stacking, w);
       const double weight = equal ? (w.norm > 0 ? 1.0 / std::sqrt(w.norm) : 0.0) : 1.0;
       const Index r = p.a.rows;
-      auto sa = Eigen::Map<ColMatF>(a.rows.data() + offsets[i] * dIn, dIn, r);
-      auto sb = Eigen::Map<ColMatF>(b.rows.data() + offsets[i] * dOut, dOut, r);
+      auto sa = Eigen::Map<ColMatF>(a.rows.data() + layout.at[i] * dIn, dIn, r);
+      auto sb = Eigen::Map<ColMatF>(b.rows.data() + layout.at[i] * dOut, dOut, r);
       sa = (weight * w.at).cast<float>();
       sb = (weight * w.b).cast<float>();
       a.energy[i] = sa.cast<double>().squaredNorm();
@@ -74,17 +104,17 @@ void rsvdBasis(ConstMatView rows, Index k, const FoldBasesOptions& o, uint64_t s
   out.exact = true;
 }
 
-// The rows of the adapters whose fold is not `fold`, in order.
-RowMatF othersRows(const RowMatF& s, const std::vector<Index>& offsets, const int32_t* folds, int32_t fold) {
+// The rows of the adapters whose fold is not `fold`, in the adapters' order (as a build of
+// them stacks them).
+RowMatF othersRows(const RowMatF& s, const Layout& layout, const int32_t* folds, int32_t fold) {
   Index rows = 0;
-  for (size_t i = 0; i + 1 < offsets.size(); ++i) rows += folds[i] == fold ? 0 : offsets[i + 1] - offsets[i];
+  for (size_t i = 0; i < layout.at.size(); ++i) rows += folds[i] == fold ? 0 : layout.rank[i];
   RowMatF out(rows, s.cols());
   Index at = 0;
-  for (size_t i = 0; i + 1 < offsets.size(); ++i) {
+  for (size_t i = 0; i < layout.at.size(); ++i) {
     if (folds[i] == fold) continue;
-    const Index r = offsets[i + 1] - offsets[i];
-    out.middleRows(at, r) = s.middleRows(offsets[i], r);
-    at += r;
+    out.middleRows(at, layout.rank[i]) = s.middleRows(layout.at[i], layout.rank[i]);
+    at += layout.rank[i];
   }
   return out;
 }
@@ -137,25 +167,26 @@ void nystromBasis(const ColMatD& y, const ColMatD& m, Index k, uint64_t seed, bo
   out.components.assign(basis.data(), basis.data() + basis.size());
 }
 
-void side(const Stack& stack, const std::vector<Index>& offsets, const int32_t* folds, const FoldBasesOptions& o,
+void side(const Stack& stack, const Layout& layout, const int32_t* folds, const FoldBasesOptions& o,
           ConstMatView warm, Index kWanted, Index curveWanted, uint64_t seed, SideBasis& curve,
           std::vector<SideBasis>& perFold, const std::vector<bool>& present) {
   const RowMatF& s = stack.rows;
   const Index total = s.rows(), d = s.cols();
-  const size_t n = offsets.size() - 1;
+  const size_t n = layout.at.size();
   double energy = 0;
   for (double e : stack.energy) energy += e;
   std::vector<Index> foldRank(static_cast<size_t>(o.foldCount), total);
   std::vector<double> foldEnergy(static_cast<size_t>(o.foldCount), energy);
   for (size_t i = 0; i < n; ++i) {
-    foldRank[folds[i]] -= offsets[i + 1] - offsets[i];
+    foldRank[folds[i]] -= layout.rank[i];
     foldEnergy[folds[i]] -= stack.energy[i];
   }
   // Exact where rsvd would be, by the same call; the rest through one shared sketch.
   const Index curveK = std::min({curveWanted, d, total});
   bool sketch = false;
   if (rsvdPrefersExact(total, d, curveK, o.oversample)) {
-    rsvdBasis({s.data(), total, d}, curveK, o, seed, false, curve);
+    const RowMatF rows = othersRows(s, layout, folds, -1);
+    rsvdBasis({rows.data(), total, d}, curveK, o, seed, false, curve);
   } else {
     sketch = true;
   }
@@ -169,7 +200,7 @@ void side(const Stack& stack, const std::vector<Index>& offsets, const int32_t* 
     out.energy = std::max(0.0, foldEnergy[f]);
     out.k = k;
     if (rsvdPrefersExact(foldRank[f], d, k, o.oversample)) {
-      const RowMatF rows = othersRows(s, offsets, folds, f);
+      const RowMatF rows = othersRows(s, layout, folds, f);
       rsvdBasis({rows.data(), rows.rows(), d}, k, o, seed, true, out);
     } else {
       sketch = true;
@@ -191,12 +222,12 @@ void side(const Stack& stack, const std::vector<Index>& offsets, const int32_t* 
   // The test matrix Omega = [Q0, orth(G Q0)] (a block Krylov space of depth 2 of the whole
   // stack): T = S Omega and Y = S^T T = G Omega in four passes over the stack.
   RowMatF t(total, 2 * l);
-  t.leftCols(l).noalias() = s * q0;
+  t.leftCols(l) = timesStack(s, q0);
   ColMatF yAll(d, 2 * l);
   yAll.leftCols(l).noalias() = s.transpose() * t.leftCols(l);
   RowMatF q1 = yAll.leftCols(l);
   orthonormalize({q1.data(), d, l}, {q1.data(), d, l});
-  t.rightCols(l).noalias() = s * q1;
+  t.rightCols(l) = timesStack(s, q1);
   yAll.rightCols(l).noalias() = s.transpose() * t.rightCols(l);
   const ColMatD mAll = (t.transpose() * t).cast<double>();  // Omega^T G Omega
 
@@ -207,7 +238,7 @@ void side(const Stack& stack, const std::vector<Index>& offsets, const int32_t* 
     orthonormalize({q2.data(), d, l}, {q2.data(), d, l});
     RowMatF t3(total, 3 * l);
     t3.leftCols(2 * l) = t;
-    t3.rightCols(l).noalias() = s * q2;
+    t3.rightCols(l) = timesStack(s, q2);
     ColMatF y3(d, 3 * l);
     y3.leftCols(2 * l) = yAll;
     y3.rightCols(l).noalias() = s.transpose() * t3.rightCols(l);
@@ -215,14 +246,10 @@ void side(const Stack& stack, const std::vector<Index>& offsets, const int32_t* 
   }
   for (int32_t f = 0; f < o.foldCount; ++f) {
     if (!present[f] || perFold[f].exact) continue;
-    ColMatF z = ColMatF::Zero(d, 2 * l);  // S_f^T T_f, and M_f's correction T_f^T T_f
-    ColMatF tf = ColMatF::Zero(2 * l, 2 * l);
-    for (size_t i = 0; i < n; ++i) {
-      if (folds[i] != f) continue;
-      const Index r = offsets[i + 1] - offsets[i];
-      z.noalias() += s.middleRows(offsets[i], r).transpose() * t.middleRows(offsets[i], r);
-      tf.noalias() += t.middleRows(offsets[i], r).transpose() * t.middleRows(offsets[i], r);
-    }
+    // S_f^T T_f and M_f's correction T_f^T T_f: fold f's rows are contiguous.
+    const Index from = layout.foldStart[f], rows = layout.foldStart[f + 1] - from;
+    const ColMatF z = s.middleRows(from, rows).transpose() * t.middleRows(from, rows);
+    const ColMatF tf = t.middleRows(from, rows).transpose() * t.middleRows(from, rows);
     const ColMatD y = (yAll - z).cast<double>();
     const ColMatD m = mAll - tf.cast<double>();
     const double e = perFold[f].energy;
@@ -260,18 +287,17 @@ void checkFoldBases(const std::vector<FactorPair>& adapters, const int32_t* fold
 FoldBases foldBases(const std::vector<FactorPair>& adapters, const int32_t* folds, const FoldBasesOptions& o,
                     ConstMatView warmA, ConstMatView warmB) {
   checkFoldBases(adapters, folds, o, warmA, warmB);
-  std::vector<Index> offsets(adapters.size() + 1, 0);
-  for (size_t i = 0; i < adapters.size(); ++i) offsets[i + 1] = offsets[i] + adapters[i].a.rows;
+  const Layout layout = layoutOf(adapters, folds, o.foldCount);
   FoldBases out;
   out.present.assign(static_cast<size_t>(o.foldCount), false);
   for (int32_t f = 0; f < o.foldCount; ++f) {
     for (size_t i = 0; i < adapters.size() && !out.present[f]; ++i) out.present[f] = folds[i] != f;
   }
   Stack a, b;
-  formStacks(adapters, offsets, o, a, b);
-  side(a, offsets, folds, o, warmA, o.componentsA, o.curveA, o.seed, out.curveA, out.foldA, out.present);
+  formStacks(adapters, layout, o, a, b);
+  side(a, layout, folds, o, warmA, o.componentsA, o.curveA, o.seed, out.curveA, out.foldA, out.present);
   a = Stack{};
-  side(b, offsets, folds, o, warmB, o.componentsB, o.curveB, o.seed + 1, out.curveB, out.foldB, out.present);
+  side(b, layout, folds, o, warmB, o.componentsB, o.curveB, o.seed + 1, out.curveB, out.foldB, out.present);
   return out;
 }
 
