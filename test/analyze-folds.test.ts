@@ -113,3 +113,17 @@ test('no leak: an adapter outside the others\' span keeps a held-out error near 
   t.true(Math.abs(outsider.heldOutError! - exact[0]!) < 0.01, `seed ${seed}: ${outsider.heldOutError} vs exact ${exact[0]}`);
   for (let i = 1; i < N; i++) t.true(a.perAdapter[i]!.heldOutError! < 0.2, `seed ${seed}: adapter ${i}: ${a.perAdapter[i]!.heldOutError}`);
 });
+
+test('the builds path (centring, or a module over the memory budget) and the stack path agree', async (t) => {
+  const seed = freshSeed();
+  const adapters = zoo(seed, 10, 0.3);
+  const options = { components: 6, seed: 5 };
+  const stacked = await analyzeAdapters(adapters, options);
+  const built = await analyzeAdapters(adapters, { ...options, memoryBudget: 1 });
+  t.true(stacked.timings.spectrumMs === 0 && built.timings.spectrumMs > 0, 'the builds path builds for the curves');
+  t.true(Math.abs(stacked.heldOutError - built.heldOutError) <= 1e-3 * built.heldOutError, `seed ${seed}: ${stacked.heldOutError} vs ${built.heldOutError}`);
+  for (const side of ['A', 'B'] as const) t.true(Math.abs(stacked.overlap[side] - built.overlap[side]) < 1e-3, `seed ${seed}: overlap ${side}`);
+  const centred = await analyzeAdapters(adapters, { ...options, center: true });
+  t.true(centred.timings.spectrumMs > 0, 'centring builds per fold');
+  t.true(centred.heldOutError > 0 && centred.heldOutError < 1, `seed ${seed}: ${centred.heldOutError}`);
+});
