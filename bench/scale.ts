@@ -243,7 +243,7 @@ async function zooMeasurement(o: Options, n: number): Promise<Cell[][]> {
     row('build', whole, `rsvd ${sig(rate)} GFLOP/s = ${sig((100 * rate) / gemm.gflops)}% of GEMM ${sig(gemm.gflops)} GFLOP/s`);
     const analyzed = middle(analyses);
     const folds = analysis!.perAdapter.length > 20 && o.heldOut === 'auto' ? 5 : o.heldOut === 'auto' ? n : o.heldOut;
-    row(`analyze (held out: ${folds === n || folds === 'leave-one-out' ? 'leave-one-out' : `${String(folds)}-fold`})`, analyzed, `${sig(analyzed.wall / whole.wall)} x build (medians of ${o.repeats}); held-out error ${sig(analysis!.heldOutError)}`);
+    row(`analyze (held out: ${folds === n || folds === 'leave-one-out' ? 'leave-one-out' : `${String(folds)}-fold`})`, analyzed, `${sig(analyzed.wall / whole.wall)} x build (medians of ${o.repeats}; process CPU ${sig(analyzed.cpu / whole.cpu)} x); held-out error ${sig(analysis!.heldOutError)}`);
     await writeBuildFolder(whole.value, path.join(dir, 'whole'));
     if (!o.skipOutOfCore) {
       const streamed = await timed(() => buildSubspace(paths, { ...opts, memoryBudget: o.memoryBudget }));

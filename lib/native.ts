@@ -60,6 +60,12 @@ export interface NativeFactorPair {
 export type NativeStacking = 'raw' | 'canonical';
 /** equal: every adapter scaled to ||dW||_F = 1 while the basis is built; scale: as they are. */
 export type NativeWeighting = 'equal' | 'scale';
+/** One side of one of foldBases' bases: singular values, energy, whether rsvd's exact path gave it. */
+export interface NativeSideBasis {
+  singular: Float32Array;
+  energy: number;
+  exact: boolean;
+}
 
 /** A matrix in GPU memory, as the addon reads it (DeviceMatrix.operand). */
 export interface NativeDeviceOperand {
@@ -267,6 +273,32 @@ export interface NativeAddon {
     meanA: Float32Array | null;
     meanB: Float32Array | null;
   }): Promise<{ energyA: number; energyB: number; norms: Float64Array }>;
+
+  /**
+   * analyze's bases of one module (native/core/folds.h): the stack of each side formed once;
+   * the whole stack's top `curveA`/`curveB` singular values and energy, and for each fold f
+   * (adapter i in fold folds[i]) the top components of the stack without fold f (null where
+   * no adapter outside f exists). Exact (rsvd, as a build) for small stacks, else a Nystrom
+   * approximation warm-started from warmA/warmB (the whole stack's basis).
+   */
+  foldBases(args: {
+    adapters: NativeFactorPair[];
+    folds: Int32Array;
+    foldCount: number;
+    stacking: NativeStacking;
+    weighting: NativeWeighting;
+    oversample: number;
+    powerIters: number;
+    seed: number;
+    componentsA: number;
+    componentsB: number;
+    curveA: number;
+    curveB: number;
+    warmA: Matrix | null;
+    warmB: Matrix | null;
+  }): Promise<{ curveA: NativeSideBasis; curveB: NativeSideBasis; folds: Array<{ A: NativeSideBasis & { components: Matrix }; B: NativeSideBasis & { components: Matrix } } | null> }>;
+  /** Per adapter: ||Q^T P||_F^2 / min(r, K) of span(A_i^T) against basisA and span(B_i) against basisB (1 when r or K >= d). */
+  factorOverlaps(args: { adapters: NativeFactorPair[]; basisA: Matrix; basisB: Matrix; overlapA: Float64Array; overlapB: Float64Array }): Promise<void>;
 
   /** A = alpha^T V_A^T (+ meanA per row), B = U_B beta (+ meanB per column). */
   reconstructFactors(args: {

@@ -219,7 +219,7 @@ test('gatherShards refuses shards that do not make one build, naming the shard a
   await t.throwsAsync(gatherShards([], out), { instanceOf: EigenLoraxError, code: 'ERR_INVALID_ARGUMENT' });
 });
 
-test('analyze: k-fold held-out error equals projecting each fold on a basis built from the other folds', async (t) => {
+test('analyze: k-fold held-out error is that of projecting each fold on a basis built from the other folds (within 0.1%)', async (t) => {
   const seed = freshSeed();
   const adapters = zoo(seed, 7, MODULES.slice(0, 2));
   const options = { components: 4, seed: 3 } as const;
@@ -231,7 +231,9 @@ test('analyze: k-fold held-out error equals projecting each fold on a basis buil
     for (let i = f; i < adapters.length; i += 3) held[i] = await projectAdapter(basis, adapters[i]!, { missing: 'skip', hashSources: false });
   }
   const direct = meanRelativeError(held);
-  t.true(Math.abs(a.heldOutError - direct) <= 1e-12 * direct, `seed ${seed}: ${a.heldOutError} vs ${direct}`);
+  // Above rsvd's exact threshold analyze approximates the fold bases (lib/subspace/folds.ts;
+  // test/analyze-folds.test.ts bounds them against exact SVDs): close to these builds, not equal.
+  t.true(Math.abs(a.heldOutError - direct) <= 1e-3 * direct, `seed ${seed}: ${a.heldOutError} vs ${direct}`);
   // 'auto' is leave-one-out up to 20 adapters.
   const auto = await analyzeAdapters(adapters.slice(0, 3), options);
   const loo = await analyzeAdapters(adapters.slice(0, 3), { ...options, heldOut: 'leave-one-out' });

@@ -92,6 +92,8 @@ export const buildModuleSubspace = (args: Args<'buildModuleSubspace'>): Result<'
 export const projectModule = (args: Args<'projectModule'>): Result<'projectModule'> => callNative(() => native.projectModule(args));
 export const reconstructFactors = (args: Args<'reconstructFactors'>): Result<'reconstructFactors'> =>
   callNative(() => native.reconstructFactors(args));
+export const foldBases = (args: Args<'foldBases'>): Result<'foldBases'> => callNative(() => native.foldBases(args));
+export const factorOverlaps = (args: Args<'factorOverlaps'>): Result<'factorOverlaps'> => callNative(() => native.factorOverlaps(args));
 export const createModuleStream = (args: Args<'createModuleStream'>): ReturnType<NativeAddon['createModuleStream']> =>
   native.createModuleStream(args);
 export const moduleStreamAdd = (args: Args<'moduleStreamAdd'>): Result<'moduleStreamAdd'> => callNative(() => native.moduleStreamAdd(args));

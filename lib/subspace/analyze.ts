@@ -23,15 +23,15 @@
  * Then a plain verdict (thresholds on the held-out error, with the overlap against its
  * random reference as the supporting figure) and advice.
  */
-import { matrix, type Matrix } from '../matrix.js';
-import { orthonormalize } from '../linalg.js';
 import { integer, invalid, object } from '../validate.js';
+import { defaultMemoryBudget, inMemoryModuleBytes } from './budget.js';
 import { buildFromInputs, resolveBuildOptions, type BuildSubspaceOptions, type ResolvedBuild } from './build.js';
 import { meanRelativeError, relativeErrorsByModule } from './coefficients.js';
+import { heldOutByFolds } from './folds.js';
+import { heldOutByBuilds, restrictTo } from './heldout.js';
 import { openInputs, type AdapterInput, type InputAdapter } from './inputs.js';
-import { projectInput } from './project.js';
 import { explainedVarianceCurve } from './spectrum.js';
-import type { AdapterCoefficients, PerSide, Subspace, SubspaceBuildReport, SubspaceSettings } from './types.js';
+import type { AdapterCoefficients, PerSide, SubspaceBuildReport, SubspaceSettings } from './types.js';
 import { PARTLY_SHARED_HELD_OUT_ERROR, SHARED_HELD_OUT_ERROR, verdictOf } from './verdict.js';
 
 export { PARTLY_SHARED_HELD_OUT_ERROR, SHARED_HELD_OUT_ERROR, verdictOf };
@@ -40,7 +40,7 @@ export { PARTLY_SHARED_HELD_OUT_ERROR, SHARED_HELD_OUT_ERROR, verdictOf };
 export const DEFAULT_CURVE_COMPONENTS = 64;
 
 export interface AnalyzeProgress {
-  /** 'spectrum': the build for the curves; 'in-sample': the build at K; 'held-out': the builds without each adapter. */
+  /** 'spectrum': the curves (per module); 'in-sample': the build at K; 'held-out': the bases without each fold (per fold and module). */
   phase: 'spectrum' | 'in-sample' | 'held-out';
   /** What was just finished: a module, or `<adapter>: <module>` in the held-out phase. */
   item: string;
@@ -151,6 +151,7 @@ export interface SubspaceAnalysis {
   method: { errors: string; overlap: string; curve: string };
   /** From the in-sample build: modules only some adapters have, K clamped, thresholds not reached. */
   notes: Pick<SubspaceBuildReport, 'partialModules' | 'clamped' | 'belowThreshold' | 'augmentClamped'>;
+  /** spectrumMs: the build for the curves (0 when the curves come from the held-out stacks, inside heldOutMs). */
   timings: { totalMs: number; spectrumMs: number; inSampleMs: number; heldOutMs: number };
 }
 
@@ -158,7 +159,8 @@ export const ANALYSIS_METHOD = {
   errors:
     'relative dW error ||dW - dW_hat||_F / ||dW||_F per adapter and module, averaged over the adapters of each module, then over modules; ' +
     'in-sample: the basis built from all the adapters; held-out: each adapter projected on the basis built from the others ' +
-    '(leave-one-out up to 20 adapters, else 5-fold cross-validation: the basis built from the other folds; options.heldOut)',
+    '(leave-one-out up to 20 adapters, else 5-fold cross-validation: the basis built from the other folds; options.heldOut; ' +
+    "above rsvd's exact threshold each fold's basis is a Nystrom approximation of the other folds' stack, within their span)",
   overlap:
     "mean squared cosine of the principal angles between the span of an adapter's factor (A side: span of A_i^T; B side: span of B_i) " +
     'and the K-dimensional basis built from the others, ||Q_i^T P||_F^2 / min(r_i, K); 1: inside it, 0: orthogonal; ' +
@@ -166,56 +168,8 @@ export const ANALYSIS_METHOD = {
   curve: 'explained variance against K: sum of the top K squared singular values of the stacked side over its squared Frobenius norm',
 } as const;
 
-/** A^T as a new row-major matrix. */
-function transposed(m: Matrix): Matrix {
-  const out = matrix(m.cols, m.rows);
-  for (let i = 0; i < m.rows; i++) for (let j = 0; j < m.cols; j++) out.data[j * m.rows + i] = m.data[i * m.cols + j]!;
-  return out;
-}
-
-/** ||Q^T P||_F^2 for Q (d x r) and P (d x k), row-major, accumulated in f64. */
-function projectedEnergy(q: Matrix, p: Matrix): number {
-  const r = q.cols;
-  const k = p.cols;
-  const c = new Float64Array(r * k);
-  for (let i = 0; i < q.rows; i++) {
-    const qRow = i * r;
-    const pRow = i * k;
-    for (let a = 0; a < r; a++) {
-      const v = q.data[qRow + a]!;
-      if (v === 0) continue;
-      const at = a * k;
-      for (let b = 0; b < k; b++) c[at + b]! += v * p.data[pRow + b]!;
-    }
-  }
-  let sum = 0;
-  for (const v of c) sum += v * v;
-  return sum;
-}
-
-/** Overlap of span(factor) (d x r, not orthonormal) with the orthonormal basis `basis` (d x K), and its random reference. */
-async function overlapWith(factor: Matrix, basis: Matrix): Promise<{ overlap: number; random: number }> {
-  const d = factor.rows;
-  const r = factor.cols;
-  const k = basis.cols;
-  if (r >= d || k >= d) return { overlap: 1, random: 1 };
-  const q = await orthonormalize(factor);
-  const overlap = Math.min(1, projectedEnergy(q, basis) / Math.min(r, k));
-  return { overlap, random: Math.max(r, k) / d };
-}
-
 function mean(values: readonly number[]): number {
   return values.length === 0 ? NaN : values.reduce((a, b) => a + b, 0) / values.length;
-}
-
-/** The build filter for a subset (as leaveOneOut does): a name list keeps only the names the subset has. */
-function restrictTo(filter: ResolvedBuild['filter'], subset: readonly InputAdapter[]): ResolvedBuild['filter'] {
-  if (filter === null) return null;
-  const names = (filter as { names?: string[] }).names;
-  if (names === undefined) return filter;
-  const restricted = (name: string) => filter(name);
-  (restricted as { names?: string[] }).names = names.filter((n) => subset.some((a) => a.modules.has(n)));
-  return restricted;
 }
 
 /** Above this many adapters, 'auto' holds out by k-fold cross-validation instead of leave-one-out. */
@@ -264,8 +218,10 @@ function band(curves: Array<{ curve: number[]; complete: boolean }>): CurveBand 
  * factor spans with the basis built from the others against its random reference, and a
  * plain verdict with advice. See the top of this file for the definitions.
  *
- * Cost: N + 2 builds (one for the curves, one at K, one without each adapter); paths are
- * opened once, factors read module by module. The result is plain JSON-serialisable data.
+ * Cost: one build (in-sample) and one more read and stack of each module, from which the
+ * curve and every fold's basis come (folds.ts); with `center`, or a module over the memory
+ * budget, a build for the curves and one per fold instead (heldout.ts). Paths are opened
+ * once, factors read module by module. The result is plain JSON-serialisable data.
  */
 export async function analyzeAdapters(adapters: readonly AdapterInput[], options: AnalyzeOptions = {}): Promise<SubspaceAnalysis> {
   const started = performance.now();
@@ -294,61 +250,29 @@ export async function analyzeAdapters(adapters: readonly AdapterInput[], options
       return (p: { module: string }) => onProgress?.({ phase, item: prefix + p.module, done: ++done, total });
     };
 
-    // 1. The curves.
-    let t0 = performance.now();
+    // The in-sample build at K; then the curves and the held-out bases: from one stack per
+    // module (folds.ts), or, when centring or a module is too large to stack in memory,
+    // from a build per fold (heldout.ts).
     const moduleCount = plannedModules(all, resolved.filter);
-    const spectrum = await buildFromInputs(all, { ...curveResolved, onProgress: report('spectrum', moduleCount) }, false);
-    const spectrumMs = performance.now() - t0;
-
-    // 2. In-sample, at K.
-    t0 = performance.now();
+    let t0 = performance.now();
     const inSample = await buildFromInputs(all, { ...resolved, onProgress: report('in-sample', moduleCount) }, false);
     const inSampleMs = performance.now() - t0;
-
-    // 3. Held out: build without each adapter, project it, and measure the overlap of its factors with that basis.
     t0 = performance.now();
     const folds = foldsOf(all.length, heldOutOption);
-    const othersOf = (f: number) => all.filter((_, j) => folds[j] !== f);
     const foldCount = Math.max(...folds) + 1;
+    const othersOf = (f: number) => all.filter((_, j) => folds[j] !== f);
     const heldOutTotal = Array.from({ length: foldCount }, (_, f) => plannedModules(othersOf(f), restrictTo(resolved.filter, othersOf(f)))).reduce((a, b) => a + b, 0);
-    let heldOutDone = 0;
-    const heldOut: Array<AdapterCoefficients | null> = all.map(() => null);
-    /** Per module and side: per-adapter overlaps and references. */
-    const overlaps = new Map<string, PerSide<Array<{ adapter: string; overlap: number; random: number }>>>();
-    for (let f = 0; f < foldCount; f++) {
-      const others = othersOf(f);
-      const filter = restrictTo(resolved.filter, others);
-      const shares = (left: InputAdapter) =>
-        [...left.modules.keys()].some((name) => others.some((a) => a.modules.has(name)) && (resolved.filter === null || resolved.filter(name)));
-      const lefts = all.map((a, i) => ({ a, i })).filter(({ i, a }) => folds[i] === f && shares(a));
-      if (lefts.length === 0 || others.length === 0) {
-        heldOutDone += plannedModules(others, filter);
-        continue;
-      }
-      const basis: Subspace = await buildFromInputs(
-        others,
-        {
-          ...resolved,
-          filter,
-          onProgress: (p) => onProgress?.({ phase: 'held-out', item: `fold ${f + 1}/${foldCount}: ${p.module}`, done: ++heldOutDone, total: heldOutTotal }),
-        },
-        false,
-      );
-      for (const { a: left, i } of lefts) {
-        heldOut[i] = await projectInput(basis, left, { missing: 'skip', hashSources: false, concurrency: resolved.concurrency });
-        for (const [name, m] of basis.modules) {
-          if (!left.modules.has(name)) continue;
-          const { A, B } = await left.read(name);
-          const a = await overlapWith(transposed(A), m.componentsA);
-          const b = await overlapWith(B, m.componentsB);
-          let entry = overlaps.get(name);
-          if (entry === undefined) overlaps.set(name, (entry = { A: [], B: [] }));
-          entry.A.push({ adapter: left.name, overlap: a.overlap, random: a.random });
-          entry.B.push({ adapter: left.name, overlap: b.overlap, random: b.random });
-        }
-      }
-    }
-    const heldOutMs = performance.now() - t0;
+    const counters = { spectrum: 0, 'held-out': 0 };
+    const progress = (phase: 'spectrum' | 'held-out', item: string) =>
+      onProgress?.({ phase, item, done: ++counters[phase], total: phase === 'spectrum' ? moduleCount : heldOutTotal });
+    const budget = resolved.memoryBudget ?? defaultMemoryBudget();
+    const stackable = [...inSample.modules.values()].every((m) => inMemoryModuleBytes(m.ranks.reduce((a, b) => a + b, 0), m.dIn, m.dOut) <= budget);
+    const heldOutFigures =
+      !resolved.settings.center && stackable
+        ? await heldOutByFolds(all, folds, inSample, resolved, curveResolved.settings.components!, progress)
+        : await heldOutByBuilds(all, folds, curveResolved, resolved, progress);
+    const { spectrum, heldOut, overlaps, spectrumMs } = heldOutFigures;
+    const heldOutMs = performance.now() - t0 - spectrumMs;
 
     // Assemble.
     const heldOutCoefficients = heldOut.filter((c): c is AdapterCoefficients => c !== null);
@@ -356,7 +280,7 @@ export async function analyzeAdapters(adapters: readonly AdapterInput[], options
     const heldOutByModule = relativeErrorsByModule(heldOutCoefficients);
     const modules: ModuleAnalysis[] = [];
     for (const [name, m] of inSample.modules) {
-      const s = spectrum.modules.get(name)!;
+      const s = spectrum.get(name)!;
       const curves = explainedVarianceCurve(s);
       const ov = overlaps.get(name);
       const totalRank = m.ranks.reduce((a, b) => a + b, 0);

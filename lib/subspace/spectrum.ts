@@ -7,7 +7,7 @@ import type { PerSide, SubspaceModule } from './types.js';
  * of principal components kept; augmentation directions are not counted). All 1 when the
  * energy is 0. Build with a large `components` (or `variance: 1`) to see the whole curve.
  */
-export function explainedVarianceCurve(module: SubspaceModule): PerSide<number[]> {
+export function explainedVarianceCurve(module: Pick<SubspaceModule, 'singularA' | 'singularB' | 'energyA' | 'energyB'>): PerSide<number[]> {
   const curve = (singular: Float32Array, energy: number) => {
     const out: number[] = [];
     let sum = 0;

@@ -13,6 +13,7 @@ void registerLinalg(Napi::Env env, Napi::Object exports);
 void registerLowrank(Napi::Env env, Napi::Object exports);
 void registerDtype(Napi::Env env, Napi::Object exports);
 void registerSubspace(Napi::Env env, Napi::Object exports);
+void registerFolds(Napi::Env env, Napi::Object exports);
 void registerMultiAdapter(Napi::Env env, Napi::Object exports);
 void registerCuda(Napi::Env env, Napi::Object exports);
 void registerTrain(Napi::Env env, Napi::Object exports);
@@ -69,6 +70,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerLowrank(env, exports);
   registerDtype(env, exports);
   registerSubspace(env, exports);
+  registerFolds(env, exports);
   registerMultiAdapter(env, exports);
   registerCuda(env, exports);
   registerTrain(env, exports);
