@@ -66,7 +66,7 @@ export async function rsvd(input: Operand, options: RsvdOptions): Promise<SvdRes
   return { U, S, V, exact: info.exact };
 }
 
-/** The Q factor of the Householder QR of `input` (rows >= cols), with diag(R) >= 0. */
+/** The Q factor of the thin QR of `input` (rows >= cols), with diag(R) >= 0 (CholeskyQR2 in float64 where well-conditioned, Householder otherwise). */
 export async function orthonormalize(input: Matrix): Promise<Matrix> {
   const m = checkMatrix(input, 'matrix');
   const out = matrix(m.rows, m.cols);

@@ -60,6 +60,37 @@ for (const [rows, cols] of [
   });
 }
 
+// Across conditioning: CholeskyQR2 (in f64) where cond(A) is below ~1e6, Householder past it
+// and for rank-deficient input. Either way Q is orthonormal, spans A, and Q^T A is upper
+// triangular with diag >= 0; on the CholeskyQR2 side Q is also the f64 Gram-Schmidt Q to
+// f32 rounding, whatever the condition number.
+for (const [label, spectrum, choleskyRange] of [
+  ['condition 1e3', ref.geometric(24, 10 ** (-3 / 23)), true],
+  ['condition 1e5', ref.geometric(24, 10 ** (-5 / 23)), true],
+  ['condition 1e9', ref.geometric(24, 10 ** (-9 / 23)), false],
+  ['rank 5 of 24 columns', Float64Array.from([...ref.geometric(5, 0.5), ...new Array(19).fill(0)]), false],
+] as const) {
+  test(`orthonormalize of a 300 x 24 matrix of ${label}: orthonormal Q spanning A, Q^T A upper triangular`, async (t) => {
+    const seed = freshSeed();
+    const what = `seed ${seed}, ${label}`;
+    const a = ref.withSpectrum(300, 24, spectrum, seed).A;
+    const q = await orthonormalize(a);
+    const defect = ref.orthonormalityDefect(q);
+    t.true(defect < 1e-5, `${what}: |Q^T Q - I| = ${defect}`);
+    const r = ref.matmulTN(q, a);
+    const residual = ref.frobeniusDistance(a, ref.matmul(q, r)) / ref.frobenius(a);
+    t.true(residual < 1e-6, `${what}: |A - Q Q^T A| / |A| = ${residual}`);
+    let below = 0;
+    for (let i = 0; i < 24; i++) for (let j = 0; j < i; j++) below = Math.max(below, Math.abs(r.data[i * 24 + j]!));
+    t.true(below < 1e-6 * spectrum[0]!, `${what}: largest entry below the diagonal of Q^T A = ${below}`);
+    for (let j = 0; j < 24; j++) t.true(r.data[j * 24 + j]! >= -1e-6 * spectrum[0]!, `${what}: R[${j}][${j}] = ${r.data[j * 24 + j]}`);
+    if (choleskyRange) {
+      const d = maxDiff(q, ref.gramSchmidt(a));
+      t.true(d < 2e-6, `${what}: Q differs from the f64 Gram-Schmidt Q by ${d}`);
+    }
+  });
+}
+
 test('orthonormalize ignores positive column scaling (Q of A D equals Q of A)', async (t) => {
   const seed = freshSeed();
   const a = randomMatrix(120, 20, seed);

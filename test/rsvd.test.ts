@@ -114,6 +114,33 @@ for (const method of ['randomized', 'exact'] as const) {
   });
 }
 
+// ---- steep spectra: the sketch is ill-conditioned (Householder between power steps) ------
+
+for (const decay of [0.5, 0.3] as const) {
+  test(`randomized rsvd of a 300 x 160 matrix with s_i = ${decay}^i: values, subspaces and error as exact`, async (t) => {
+    const seed = freshSeed();
+    const k = 10;
+    const known = ref.withSpectrum(300, 160, ref.geometric(60, decay), seed);
+    const truth = ref.jacobiSvd(known.A);
+    const what = `seed ${seed}, decay ${decay}`;
+    const r = await rsvd(known.A, { rank: k, oversample: 10, powerIters: 2, seed, method: 'randomized' });
+    checkStructure(t, r, known.A, k, what);
+    // f32 arithmetic resolves singular values to ~1e-7 of the largest, not of their own size.
+    for (let j = 0; j < k; j++) {
+      const off = Math.abs(r.S[j]! - truth.S[j]!);
+      t.true(off < 2e-6 * truth.S[0]!, `${what}: S[${j}] = ${r.S[j]} vs ${truth.S[j]}`);
+    }
+    let tail = 0;
+    for (let j = k; j < truth.S.length; j++) tail += truth.S[j]! ** 2;
+    const error = ref.frobeniusDistance(known.A, ref.reconstruct(r.U, r.S, r.V));
+    t.true(error <= Math.sqrt(tail) * 1.001 + 2e-6 * truth.S[0]!, `${what}: error ${error} vs optimum ${Math.sqrt(tail)}`);
+    // Directions whose value stands well above that resolution (s_4 >= 8e-3 s_0) are exact.
+    const cu = ref.subspaceAgreement(ref.leftCols(r.U, 5), ref.leftCols(truth.U, 5));
+    const cv = ref.subspaceAgreement(ref.leftCols(r.V, 5), ref.leftCols(truth.V, 5));
+    t.true(cu > 1 - 1e-6 && cv > 1 - 1e-6, `${what}: smallest principal cosines of the leading 5: U ${cu}, V ${cv}`);
+  });
+}
+
 // ---- which path 'auto' takes --------------------------------------------------------------
 
 test('auto takes the exact path exactly when min(rows, cols) <= 2 (k + p)', async (t) => {

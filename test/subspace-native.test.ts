@@ -7,6 +7,7 @@ import test from 'ava';
 import { EigenLoraxError, matrix, type Matrix } from '../lib/index.js';
 import { native, type NativeFactorPair, type NativeStacking, type NativeWeighting } from '../lib/native.js';
 import { freshSeed, randomMatrix } from './helpers/random.js';
+import { invertible, regauge } from './helpers/subspace-fixtures.js';
 import {
   frobenius,
   frobeniusDistance,
@@ -119,6 +120,46 @@ for (const stacking of ['raw', 'canonical'] as const) {
       });
     });
   }
+}
+
+// Canonical factors across conditioning: well-conditioned factors take R from the r x r
+// Grams (no Q formed), cond ~1e5 takes CholeskyQR2, ~1e7 and a zero column Householder.
+// With a complete basis (K = total rank) the reconstruction is the canonical pair itself:
+// B' A' = dW and B'^T B' = A' A'^T = diag(singular values of dW), against f64 references.
+for (const [label, spread, zeroColumn] of [
+  ['well-conditioned', 3, false],
+  ['cond ~1e5', 300, false],
+  ['cond ~1e7', 3000, false],
+  ['rank-deficient B', 3, true],
+] as const) {
+  test(`canonical factors of ${label} adapters are balanced SVD factors of dW (f64 reference)`, async (t) => {
+    const seed = freshSeed();
+    const r = 4;
+    const list = adapters(seed, 3, [r]).map((p, i) => {
+      const g = regauge(p.A, p.B, invertible(r, seed + 10 * i, spread));
+      if (zeroColumn) for (let j = 0; j < dOut; j++) g.B.data[j * r + r - 1] = 0;
+      return { ...g, scale: p.scale };
+    });
+    const basis = await build(list, 'canonical', 'scale', 3 * r);
+    const { reconstructions } = await project(list, 'canonical', basis);
+    list.forEach((p, i) => {
+      const what = `seed ${seed}, ${label}, adapter ${i}`;
+      const dW = deltaW(p, p.scale);
+      const sv = jacobiSvd(dW).S;
+      const { A, B } = reconstructions[i]!;
+      t.true(frobeniusDistance(deltaW({ A, B }, 1), dW) <= 1e-5 * frobenius(dW), `${what}: B' A' != dW`);
+      const bb = matmul(transpose(B), toF64(B));
+      const aa = matmul(toF64(A), transpose(A));
+      let worst = 0;
+      for (let a = 0; a < r; a++) {
+        for (let b = 0; b < r; b++) {
+          const want = a === b ? sv[a]! : 0;
+          worst = Math.max(worst, Math.abs(bb.data[a * r + b]! - want), Math.abs(aa.data[a * r + b]! - want));
+        }
+      }
+      t.true(worst <= 1e-5 * sv[0]!, `${what}: B'^T B', A' A'^T differ from diag(s) by ${worst} (s_1 = ${sv[0]})`);
+    });
+  });
 }
 
 test('buildModuleSubspace (raw): components are the top singular vectors of the stacked factors', async (t) => {

@@ -133,9 +133,9 @@ void* typedArrayData(Napi::Env env, const Napi::TypedArray& array) {
 
 namespace {
 
-// Blocks of 1 MiB or more that jobs released, kept (up to 256 MiB) for the next jobs: the
-// first touch of fresh pages costs a page fault each, which on some VMs is most of the
-// time of a copy (24 MB: 400 ms into fresh pages, 15 ms into reused ones, on the test VM).
+// Blocks of 64 KiB or more (one LoRA factor, 4096 x 16 floats, is 256 KiB) that jobs
+// released, kept (up to 256 MiB) for the next jobs: the first touch of fresh pages costs a
+// page fault each, which on some VMs is most of the time of a copy (24 MB: 400 ms into fresh pages, 15 ms into reused ones, on the test VM).
 class BlockCache {
  public:
   static BlockCache& instance() {
@@ -165,7 +165,7 @@ class BlockCache {
   }
 
  private:
-  static constexpr size_t kMin = size_t{1} << 20, kMax = size_t{256} << 20;
+  static constexpr size_t kMin = size_t{64} << 10, kMax = size_t{256} << 20;
   std::mutex mutex_;
   std::multimap<size_t, unsigned char*> free_;
   size_t total_ = 0;

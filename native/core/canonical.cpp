@@ -1,6 +1,5 @@
 #include "canonical.h"
 
-#include <Eigen/Cholesky>
 #include <Eigen/Householder>
 #include <Eigen/QR>
 #include <Eigen/SVD>
@@ -8,32 +7,11 @@
 #include <cmath>
 #include <cstring>
 
+#include "linalg.h"
 #include "subspace.h"
 
 namespace eigenlorax {
 namespace {
-
-// CholeskyQR2 is backward stable while cond(m) stays below about u^-1/2 (1e8 in double)
-// (Yamamoto et al. 2015). The diagonal of R bounds cond(m) from below; past this ratio the
-// Householder path is taken.
-constexpr double kMinDiagonalRatio = 1e-6;
-
-// One CholeskyQR step in place: q <- q R^-1 with R^T R = q^T q. False (q untouched) when
-// the Gram is not safely positive definite.
-bool choleskyStep(ColMatD& q, ColMatD& r, ColMatD& gram) {
-  const Index c = q.cols();
-  gram.resize(c, c);
-  gram.setZero();
-  gram.selfadjointView<Eigen::Lower>().rankUpdate(q.transpose());
-  Eigen::LLT<Eigen::Ref<ColMatD>, Eigen::Lower> llt(gram);  // in place
-  if (llt.info() != Eigen::Success) return false;
-  const auto diag = gram.diagonal();
-  const double hi = diag.cwiseAbs().maxCoeff(), lo = diag.cwiseAbs().minCoeff();
-  if (!(hi > 0) || !(lo >= kMinDiagonalRatio * hi) || !std::isfinite(hi)) return false;
-  r = gram.triangularView<Eigen::Lower>().transpose();
-  r.triangularView<Eigen::Upper>().solveInPlace<Eigen::OnTheRight>(q);
-  return true;
-}
 
 void householderQr(const ColMatD& m, ColMatD& q, ColMatD& r) {
   const Index d = m.rows(), k = m.cols(), c = std::min(d, k);
@@ -61,46 +39,74 @@ CanonicalWork& canonicalWork() {
 }
 
 void thinQr(const ColMatD& m, ColMatD& q, ColMatD& r, ColMatD& gram) {
-  if (m.rows() >= m.cols()) {
-    q = m;
-    ColMatD r2;
-    if (choleskyStep(q, r, gram)) {
-      // Second pass: restores orthogonality lost to cond(m)^2 in the first; R = R2 R1.
-      if (choleskyStep(q, r2, gram)) {
-        r = (r2.triangularView<Eigen::Upper>() * r).eval();
-        return;
-      }
-    }
-  }
+  q = m;
+  if (choleskyQr2(q, r, gram)) return;
   householderQr(m, q, r);
 }
+
+namespace {
+
+// Bound on cond(X) for the Gram path below: one CholeskyQR step leaves X R^-1 orthonormal
+// to ~u cond^2 (1e-10 here, in double), far below float32's rounding of the results.
+constexpr double kMaxGramCondition = 1e3;
+
+// R (upper, diag > 0) with R^T R = X^T X, the Gram in double, and R^-1; false where X is
+// not safely well-conditioned: cond_F(R) = ||R||_F ||R^-1||_F bounds cond_2(X) from above.
+bool gramFactor(const ColMatD& x, ColMatD& r, ColMatD& rInv, ColMatD& gram) {
+  const Index c = x.cols();
+  if (x.rows() < c) return false;
+  gram.resize(c, c);
+  gram.setZero();
+  gram.selfadjointView<Eigen::Lower>().rankUpdate(x.transpose());
+  Eigen::LLT<Eigen::Ref<ColMatD>, Eigen::Lower> llt(gram);  // in place
+  if (llt.info() != Eigen::Success) return false;
+  r = gram.triangularView<Eigen::Lower>().transpose();
+  rInv.setIdentity(c, c);
+  r.triangularView<Eigen::Upper>().solveInPlace(rInv);
+  const double bound = r.norm() * rInv.norm();
+  return std::isfinite(bound) && bound <= kMaxGramCondition;
+}
+
+}  // namespace
 
 void stackedFactors(const FactorPair& p, Stacking stacking, CanonicalWork& w) {
   const Index r = p.a.rows, dIn = p.a.cols, dOut = p.b.rows;
   // A (r x d_in, row-major) has the memory of A^T (d_in x r, column-major).
   w.at = Eigen::Map<const ColMatF>(p.a.data, dIn, r).cast<double>();
   w.b = p.b.map().cast<double>();
-  thinQr(w.b, w.qb, w.rb, w.gram);
-  thinQr(w.at, w.qa, w.ra, w.gram);
+  // Well-conditioned factors (the usual case): only R from the r x r Grams, Q = X R^-1 is
+  // never formed. Otherwise thin QR (CholeskyQR2 or Householder).
+  const bool viaGram = gramFactor(w.b, w.rb, w.rbInv, w.gram) && gramFactor(w.at, w.ra, w.raInv, w.gram);
+  if (!viaGram) {
+    thinQr(w.b, w.qb, w.rb, w.gram);
+    thinQr(w.at, w.qa, w.ra, w.gram);
+  }
   w.core.noalias() = w.rb * w.ra.transpose();
   if (stacking == Stacking::Raw) {
     w.scale = p.scale;
     w.norm = std::abs(p.scale) * w.core.norm();
     return;
   }
-  // Balanced SVD factors: B' = Qb U S^1/2, A'^T = Qa V S^1/2.
+  // Balanced SVD factors: B' = Qb U S^1/2, A'^T = Qa V S^1/2 (Q = X R^-1 on the Gram path).
   w.core *= p.scale;
   Eigen::JacobiSVD<ColMatD> svd(w.core, Eigen::ComputeThinU | Eigen::ComputeThinV);
   const Eigen::VectorXd root = svd.singularValues().cwiseSqrt();
   const Index c = root.size();
-  w.tmp.noalias() = svd.matrixU() * root.asDiagonal();
-  w.b.resize(dOut, r);
-  w.b.leftCols(c).noalias() = w.qb * w.tmp;
-  w.b.rightCols(r - c).setZero();
-  w.tmp.noalias() = svd.matrixV() * root.asDiagonal();
-  w.at.resize(dIn, r);
-  w.at.leftCols(c).noalias() = w.qa * w.tmp;
-  w.at.rightCols(r - c).setZero();
+  const auto balanced = [&](const ColMatD& factors, ColMatD& x, const ColMatD& q, const ColMatD& rInv, Index d) {
+    w.tmp.noalias() = factors * root.asDiagonal();
+    if (viaGram) {
+      w.core.noalias() = rInv.triangularView<Eigen::Upper>() * w.tmp;
+      w.tmp.noalias() = x * w.core;  // x is still the input factor here
+    } else {
+      w.core.noalias() = q * w.tmp;
+      w.tmp.swap(w.core);
+    }
+    x.resize(d, r);
+    x.leftCols(c) = w.tmp;
+    x.rightCols(r - c).setZero();
+  };
+  balanced(svd.matrixU(), w.b, w.qb, w.rbInv, dOut);
+  balanced(svd.matrixV(), w.at, w.qa, w.raInv, dIn);
   w.scale = 1.0;
   w.norm = svd.singularValues().norm();
 }

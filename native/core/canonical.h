@@ -1,6 +1,7 @@
 // One adapter's factors as the subspace stacks them (DESIGN §1, §5): raw, or the balanced
-// SVD factors of dW = s B A, computed with BLAS-3 work on the thin factors (CholeskyQR2,
-// Gram in double) in a per-thread workspace that is reused across adapters and modules.
+// SVD factors of dW = s B A, computed with BLAS-3 work on the thin factors (R from the
+// r x r Grams in double; CholeskyQR2 or Householder for ill-conditioned factors) in a
+// per-thread workspace that is reused across adapters and modules.
 #pragma once
 #include <Eigen/Core>
 
@@ -19,7 +20,7 @@ struct CanonicalWork {
   double scale = 1.0;
   double norm = 0.0;
   // Scratch (kept to avoid reallocating per adapter).
-  ColMatD qa, qb, ra, rb, gram, core, tmp;
+  ColMatD qa, qb, ra, rb, raInv, rbInv, gram, core, tmp;
   ColMatF atF, bF, proj, res, pq;
 };
 

@@ -1,5 +1,6 @@
 #include "linalg.h"
 
+#include <Eigen/Cholesky>
 #include <Eigen/Householder>
 #include <Eigen/QR>
 #include <Eigen/SVD>
@@ -8,9 +9,11 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
+#include <exception>
 #include <string>
 
 #include "random.h"
+#include "threads.h"
 
 namespace eigenlorax {
 namespace {
@@ -65,14 +68,77 @@ void orthonormalizeInPlace(Mat& y) {
   y.swap(q);
 }
 
-// y (m x l) = A x. Computed as y^T = x^T A^T: Eigen's GEMM runs 10-40% faster on this
-// machine with the large operand on the right (e.g. 4096 x 8000, l = 74: 144 against
-// 125 GFLOP/s; 16384 x 4096: 133 against 94). A^T q is already fastest as written.
+// CholeskyQR2 is backward stable while cond stays below about u^-1/2 (1e8 in double)
+// (Yamamoto et al. 2015). The diagonal of R bounds the condition number from below; past
+// this ratio Householder is taken.
+constexpr double kMinDiagonalRatio = 1e-6;
+
+// One CholeskyQR step in place: q <- q R^-1 with R^T R = q^T q. False (q untouched) when
+// the Gram is not safely positive definite.
+bool choleskyStep(ColMatD& q, ColMatD& r, ColMatD& gram) {
+  const Index c = q.cols();
+  gram.resize(c, c);
+  gram.setZero();
+  gram.selfadjointView<Eigen::Lower>().rankUpdate(q.transpose());
+  Eigen::LLT<Eigen::Ref<ColMatD>, Eigen::Lower> llt(gram);  // in place
+  if (llt.info() != Eigen::Success) return false;
+  const auto diag = gram.diagonal();
+  const double hi = diag.cwiseAbs().maxCoeff(), lo = diag.cwiseAbs().minCoeff();
+  if (!(hi > 0) || !(lo >= kMinDiagonalRatio * hi) || !std::isfinite(hi)) return false;
+  r = gram.triangularView<Eigen::Lower>().transpose();
+  r.triangularView<Eigen::Upper>().solveInPlace<Eigen::OnTheRight>(q);
+  return true;
+}
+
+// y (m x l float) <- its thin Q with diag(R) >= 0: CholeskyQR2 in double where safe (the
+// same Q as Householder's for full-rank input, up to rounding), Householder otherwise
+// (rank-deficient sketches: Householder completes the basis, CholeskyQR cannot).
+void orthonormalizeSketch(ColMatF& y, ColMatD& work, ColMatD& r, ColMatD& gram) {
+  work = y.cast<double>();
+  if (y.rows() >= y.cols() && choleskyQr2(work, r, gram)) {
+    y = work.cast<float>();
+    return;
+  }
+  orthonormalizeInPlace(y);
+}
+
+// The rsvd's products split into one row block of the output per thread, each a
+// single-threaded Eigen GEMM: no barriers between the threads (Eigen's parallel GEMM
+// synchronises on every shared packed block, which stalls when a core is busy elsewhere)
+// and each thread packs the thin operand itself (l columns: cheap).
+// Blocks start at multiples of 16 rows (aligned packets). An exception (bad_alloc in a
+// GEMM's packing buffers) is rethrown after the region, never out of it.
+template <typename Body>
+void rowBlocks(Index rows, Body body) {
+  const int threads = static_cast<int>(std::min<Index>(currentThreads(), std::max<Index>(1, rows / 64)));
+  std::exception_ptr error;
+#pragma omp parallel num_threads(threads)
+  {
+#ifdef _OPENMP
+    const Index t = omp_get_thread_num(), count = omp_get_num_threads();
+#else
+    const Index t = 0, count = 1;
+#endif
+    const Index r0 = t == 0 ? 0 : (rows * t / count) / 16 * 16;
+    const Index r1 = t + 1 == count ? rows : (rows * (t + 1) / count) / 16 * 16;
+    try {
+      if (r1 > r0) body(r0, r1 - r0);
+    } catch (...) {
+#pragma omp critical(eigenlorax_row_blocks_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
+}
+
+// y (m x l) = A x.
 void multiplyA(const ConstMapF& a, const ColMatF& x, ColMatF& y) {
-  const ColMatF xT = x.transpose();
-  ColMatF yT(x.cols(), a.rows());
-  yT.noalias() = xT * a.transpose();
-  y = yT.transpose();
+  rowBlocks(a.rows(), [&](Index r0, Index count) { y.middleRows(r0, count).noalias() = a.middleRows(r0, count) * x; });
+}
+
+// z (n x l) = A^T q.
+void multiplyAt(const ConstMapF& a, const ColMatF& q, ColMatF& z) {
+  rowBlocks(a.cols(), [&](Index c0, Index count) { z.middleRows(c0, count).noalias() = a.middleCols(c0, count).transpose() * q; });
 }
 
 // Gaussian test matrix, one random stream per column (seeded from `seed` and the column
@@ -169,27 +235,36 @@ RsvdInfo randomizedSvd(const ConstMapF& a, const RsvdOptions& o, int exponent, M
 
   // Range finder: Q spans (A A^T)^q A Omega, re-orthonormalised at every half step.
   ColMatF q(m, l);
+  ColMatD work, r, gram;
   multiplyA(a, omega, q);
-  orthonormalizeInPlace(q);
+  orthonormalizeSketch(q, work, r, gram);
   ColMatF z(n, l);
   for (int it = 0; it < o.powerIters; ++it) {
-    z.noalias() = a.transpose() * q;
-    orthonormalizeInPlace(z);
+    multiplyAt(a, q, z);
+    orthonormalizeSketch(z, work, r, gram);
     multiplyA(a, z, q);
-    orthonormalizeInPlace(q);
+    orthonormalizeSketch(q, work, r, gram);
   }
 
   // B = Q^T A, computed as B^T = A^T Q (n x l). SVD of B through QR of B^T:
   // B^T = Qb R  =>  B = R^T Qb^T = Ur S (Qb Vr)^T, with the l x l core in double.
-  z.noalias() = a.transpose() * q;
-  ColMatD bt = z.cast<double>();
-  Eigen::HouseholderQR<Eigen::Ref<ColMatD>> qrB(bt);
-  const ColMatD rT = qrB.matrixQR().topRows(l).template triangularView<Eigen::Upper>().transpose();
-  Eigen::JacobiSVD<ColMatD> core(rT, Eigen::ComputeFullU | Eigen::ComputeFullV);
-  // V = Qb Vr[:, :k], applying the reflectors to the k columns rather than forming Qb.
-  ColMatD vk = ColMatD::Zero(n, k);
-  vk.topRows(l) = core.matrixV().leftCols(k);
-  vk.applyOnTheLeft(qrB.householderQ());
+  multiplyAt(a, q, z);
+  ColMatD qb = z.cast<double>();
+  Eigen::JacobiSVD<ColMatD> core;
+  ColMatD vk(n, k);
+  if (choleskyQr2(qb, r, gram)) {
+    core.compute(r.transpose(), Eigen::ComputeFullU | Eigen::ComputeFullV);
+    vk.noalias() = qb * core.matrixV().leftCols(k);
+  } else {
+    qb = z.cast<double>();
+    Eigen::HouseholderQR<Eigen::Ref<ColMatD>> qrB(qb);
+    core.compute(qrB.matrixQR().topRows(l).template triangularView<Eigen::Upper>().transpose(),
+                 Eigen::ComputeFullU | Eigen::ComputeFullV);
+    // V = Qb Vr[:, :k], applying the reflectors to the k columns rather than forming Qb.
+    vk.setZero();
+    vk.topRows(l) = core.matrixV().leftCols(k);
+    vk.applyOnTheLeft(qrB.householderQ());
+  }
   ColMatF uk = q * core.matrixU().leftCols(k).cast<float>();
   fixSigns(uk, vk);
   u.map() = uk;
@@ -226,6 +301,15 @@ RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatVie
   return randomizedSvd(ConstMapF(scaled.data(), m, n), o, exponent, u, s, v);
 }
 
+bool choleskyQr2(ColMatD& q, ColMatD& r, ColMatD& gram) {
+  if (q.rows() < q.cols() || q.cols() < 1) return false;
+  ColMatD r2;
+  // The second step restores the orthogonality the first loses to cond(q)^2; R = R2 R1.
+  if (!choleskyStep(q, r, gram) || !choleskyStep(q, r2, gram)) return false;
+  r = (r2.triangularView<Eigen::Upper>() * r).eval();
+  return true;
+}
+
 void orthonormalize(ConstMatView in, MatView out) {
   if (in.rows <= 0 || in.cols <= 0 || in.rows < in.cols) {
     throw CoreError(code::kInvalidArgument, "matrix: expected rows >= cols >= 1, received " +
@@ -234,7 +318,8 @@ void orthonormalize(ConstMatView in, MatView out) {
   requireShape("out", out.rows, out.cols, in.rows, in.cols);
   requireFinite("matrix", in.map());
   ColMatF y = in.map();
-  orthonormalizeInPlace(y);
+  ColMatD work, r, gram;
+  orthonormalizeSketch(y, work, r, gram);
   out.map() = y;
 }
 
