@@ -127,3 +127,30 @@ test('the builds path (centring, or a module over the memory budget) and the sta
   t.true(centred.timings.spectrumMs > 0, 'centring builds per fold');
   t.true(centred.heldOutError > 0 && centred.heldOutError < 1, `seed ${seed}: ${centred.heldOutError}`);
 });
+
+test('analyze is bit-reproducible: modules finishing in any order give the same figures, in the modules\' order', async (t) => {
+  const seed = freshSeed();
+  // Modules of very different sizes, so the pool finishes them out of order.
+  const shapes = [
+    ['layers.0.mlp.up_proj', 400, 96],
+    ['layers.0.q_proj', 24, 20],
+    ['layers.1.mlp.up_proj', 320, 112],
+    ['layers.1.q_proj', 16, 28],
+  ] as const;
+  const bases = shapes.map(([, dOut, dIn], m) => plantedBases(dIn, dOut, 6, 6, seed + 101 * m));
+  const adapters = Array.from({ length: 8 }, (_, i) =>
+    memoryAdapter(shapes.map(([name], m) => ({ name, ...plantedFactors(bases[m]!, 4, seed + 1000 * i + m, 0.3), alpha: 8 }))),
+  );
+  const figures = async () => {
+    const a = await analyzeAdapters(adapters, { components: 3, heldOut: 'leave-one-out', concurrency: 4 });
+    return {
+      heldOutError: a.heldOutError,
+      overlap: a.overlap,
+      modules: a.modules.map((m) => [m.name, m.A, m.B]),
+      perAdapter: a.perAdapter.map((p) => [p.heldOutError, p.overlap]),
+    };
+  };
+  const first = await figures();
+  t.deepEqual(first.modules.map((m) => m[0]), shapes.map(([name]) => name).sort());
+  for (let run = 0; run < 3; run++) t.deepEqual(await figures(), first, `seed ${seed}, run ${run + 2}`);
+});

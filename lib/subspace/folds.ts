@@ -122,12 +122,16 @@ export async function heldOutByFolds(
     if (entry.A.length > 0) overlaps.set(m.name, entry);
   });
   const sources = await describeSources(all, false);
+  // The pool finishes modules in any order: every map in the modules' own order, so sums
+  // over them (the mean errors) are the same to the last bit from run to run.
+  const byModule = <T>(map: Map<string, T>, names: Iterable<string>) => new Map([...names].flatMap((n): Array<[string, T]> => (map.has(n) ? [[n, map.get(n)!]] : [])));
+  const names = modules.map((m) => m.name);
   const heldOut = all.map((a, i) => {
-    const own = perAdapter[i]!;
+    const own = byModule(perAdapter[i]!, a.modules.keys());
     if (own.size === 0) return null;
     return adapterCoefficients('', settings.stacking, sources[i]!, own, [...a.modules.keys()].filter((n) => !own.has(n)));
   });
-  return { spectrum, heldOut, overlaps, spectrumMs: 0 };
+  return { spectrum: byModule(spectrum, names), heldOut, overlaps: byModule(overlaps, names), spectrumMs: 0 };
 }
 
 /** One fold's held-out adapters of one module: the fold basis finished as a build finishes it, loadings, errors, overlaps. */
