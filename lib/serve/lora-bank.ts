@@ -5,7 +5,7 @@ import { checkMatrix, type Matrix } from '../matrix.js';
 import { loraBankApply } from '../multiadapter.js';
 import type { NativeFactorPair } from '../native/ops.js';
 import { finiteNumber, invalid, knownKeys, object } from '../validate.js';
-import { AdapterRegistry, checkName, type BankApplyOptions, type RowAdapters } from './registry.js';
+import { AdapterRegistry, checkName, compactRows, type BankApplyOptions, type RowAdapters } from './registry.js';
 
 /** One module of a LoRA adapter for the LoraBank: A (r x d_in), B (d_out x r), scale. */
 export interface LoraBankModule {
@@ -81,26 +81,8 @@ export class LoraBank extends AdapterRegistry {
     if (d === undefined) throw new EigenLoraxError(`No registered adapter has a module ${JSON.stringify(moduleName)}`, 'ERR_INVALID_ARGUMENT');
     const xm = checkMatrix(x, 'x', { cols: d.dIn });
     const resolved = this.slots.resolve(rows, xm.rows);
-    // Only the adapters this batch uses cross to the native side (as a serving system
-    // would pass them), numbered in order of first use; rows without the module get none.
-    const local = new Map<number, number>();
-    const adapters: NativeFactorPair[] = [];
-    const compact = new Int32Array(xm.rows);
-    for (let b = 0; b < xm.rows; b++) {
-      const slot = resolved[b]!;
-      const pair = slot < 0 ? undefined : this.adapters[slot]?.get(moduleName);
-      if (pair === undefined) {
-        compact[b] = -1;
-        continue;
-      }
-      let index = local.get(slot);
-      if (index === undefined) {
-        index = adapters.length;
-        local.set(slot, index);
-        adapters.push(pair);
-      }
-      compact[b] = index;
-    }
+    const { slots, rows: compact } = compactRows(resolved, (slot) => this.adapters[slot]?.has(moduleName) === true);
+    const adapters = slots.map((slot) => this.adapters[slot]!.get(moduleName)!);
     const id = this.slots.begin();
     try {
       return await loraBankApply(xm, adapters, compact, { ...options, dOut: d.dOut });

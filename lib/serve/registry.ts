@@ -29,6 +29,32 @@ export interface BankApplyOptions {
 /** Each row's adapter: a name or null (base only), or slot indices (-1: none). */
 export type RowAdapters = ReadonlyArray<string | null> | Int32Array;
 
+/**
+ * The batch's own numbering of the adapters it uses: `slots[j]` is the j-th distinct slot in
+ * order of first use, `rows[b]` its index j (-1: none, or a slot `keep` refuses). Only those
+ * adapters cross to the native side, as a serving system passes them, not the whole bank.
+ */
+export function compactRows(resolved: Int32Array, keep: (slot: number) => boolean = () => true): { slots: number[]; rows: Int32Array } {
+  const local = new Map<number, number>();
+  const slots: number[] = [];
+  const rows = new Int32Array(resolved.length);
+  for (let b = 0; b < resolved.length; b++) {
+    const slot = resolved[b]!;
+    if (slot < 0 || !keep(slot)) {
+      rows[b] = -1;
+      continue;
+    }
+    let index = local.get(slot);
+    if (index === undefined) {
+      index = slots.length;
+      local.set(slot, index);
+      slots.push(slot);
+    }
+    rows[b] = index;
+  }
+  return { slots, rows };
+}
+
 function unknownAdapter(message: string): EigenLoraxError {
   return new EigenLoraxError(message, 'ERR_UNKNOWN_ADAPTER');
 }
