@@ -2,7 +2,8 @@
  * `eigenlorax queue build` and `eigenlorax worker` (BullMQ over Redis), as real processes
  * against a real redis-server started here on a free loopback port: several workers, one
  * SIGKILLed while it holds a job, and the gathered folder byte-identical to the one-machine
- * `eigenlorax build` of the same adapters; two runs at once on one queue; Redis
+ * `eigenlorax build` of the same adapters; the waiting process SIGKILLed and its run
+ * finished by `queue build --resume`; two runs at once on one queue; Redis
  * unreachable, a worker of another version and bad arguments refused with nothing at -o.
  * Skipped (with the reason) when redis-server is not on PATH; CI installs it.
  */
@@ -13,6 +14,7 @@ import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
+import { Queue } from 'bullmq';
 import { Redis } from 'ioredis';
 import { tempDir } from './helpers/adapter-fixtures.js';
 import { cliPath, eigenlorax } from './helpers/cli.js';
@@ -164,6 +166,60 @@ maybe('3 workers, one SIGKILLed mid-job: the job is retried and the result is by
   }
   await sameBytes(t, out, ref);
   t.deepEqual(await stagingLeft(dir), [], 'staging removed');
+});
+
+maybe('the waiting process SIGKILLed: the workers go on, queue build --resume gathers the same bytes and enqueues again a job Redis lost; bad resumes are refused', async (t) => {
+  const dir = await tempDir(t);
+  const adapters = await writeAdapters(dir, 8, freshSeed());
+  const flags = ['-k', '4', '--seed', '3'];
+  const ref = path.join(dir, 'one-machine');
+  const built = await eigenlorax(['build', ...adapters, '-o', ref, ...flags, '--quiet']);
+  t.is(built.code, 0, built.stderr);
+
+  const out = path.join(dir, 'queued');
+  const queueFlags = ['--redis', redisUrl, '--queue', 'test-resume'];
+  const run = start(t, ['queue', 'build', ...adapters, '-o', out, ...flags, '--jobs', '3', ...queueFlags]);
+  const runId = (await run.waitFor('stderr', /enqueued 3 jobs on test-resume at \S+ \(run (\S+), staging/))[1]!;
+  run.child.kill('SIGKILL');
+  await run.exited;
+  // Nobody waits: a worker takes every job anyway, then exits.
+  const worker = start(t, ['worker', ...queueFlags, '--name', 'lone', '--exit-when-idle']);
+  t.is((await worker.exited).code, 0, worker.stderr());
+  for (let i = 0; i < 3; i++) t.regex(worker.stdout(), new RegExp(`job ${runId}-shard-${i} \\(shard ${i} of 3\\) done`));
+  t.false(existsSync(out), 'nothing at -o until someone gathers');
+  // A job Redis no longer holds (as when its record expired) and whose shard is gone: enqueued again.
+  const connection = new Redis(redisUrl, { maxRetriesPerRequest: null });
+  const queue = new Queue('test-resume', { connection });
+  try {
+    t.is(await queue.remove(`${runId}-shard-1`), 1);
+  } finally {
+    await queue.close();
+    connection.disconnect();
+  }
+  await rm(path.join(`${out}.queue-${runId}`, 'shard-1'), { recursive: true });
+
+  const resumed = start(t, ['queue', 'build', '--resume', runId, '-o', out, ...queueFlags]);
+  await resumed.waitFor('stderr', new RegExp(`resumed run ${runId} on test-resume .*: 2 of 3 jobs done, 1 enqueued again`));
+  const second = start(t, ['worker', ...queueFlags, '--name', 'second', '--exit-when-idle']);
+  const end = await resumed.exited;
+  t.is(end.code, 0, resumed.stderr());
+  t.regex(resumed.stdout(), /built a subspace of 8 adapters through 3 jobs on test-resume/);
+  t.is((await second.exited).code, 0, second.stderr());
+  await sameBytes(t, out, ref);
+  t.deepEqual(await stagingLeft(dir), [], 'staging removed');
+
+  // The run is over: nothing left to resume. Bad arguments exit 2.
+  const gone = await eigenlorax(['queue', 'build', '--resume', runId, '-o', out, ...queueFlags]);
+  t.is(gone.code, 1);
+  t.regex(gone.stderr, new RegExp(`no run ${runId} is staged for .*\\(ERR_NOT_FOUND\\)\\n$`));
+  for (const [args, pattern] of [
+    [['queue', 'build', '--resume', '../x', '-o', out, ...queueFlags], /--resume expects the run id queue build printed/],
+    [['queue', 'build', ...adapters, '--resume', runId, '-o', out, ...queueFlags], /--resume takes no adapter paths/],
+  ] as const) {
+    const r = await eigenlorax(args);
+    t.is(r.code, 2, r.stderr);
+    t.regex(r.stderr, pattern);
+  }
 });
 
 maybe('two runs at once on one queue do not mix: each is byte-identical to its own one-machine build; at most one job per module', async (t) => {
