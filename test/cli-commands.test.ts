@@ -253,7 +253,7 @@ test('completion bash|zsh: the script completes commands, nested commands, flags
   t.deepEqual(complete('bu'), ['build']);
   t.deepEqual(complete('co').sort(), ['combine', 'completion', 'convert']);
   t.deepEqual(complete('queue', 'b'), ['build']);
-  t.deepEqual(complete('queue', 'build', '--re'), ['--redis']);
+  t.deepEqual(complete('queue', 'build', '--re').sort(), ['--redis', '--resume']);
   t.deepEqual(complete('build', '--comp'), ['--components']);
   t.deepEqual(complete('build', '--components', 'ad'), ['adapters.txt'], 'a value: files, not flags');
   t.deepEqual(complete('merge', '-o', 'ad'), ['adapters.txt']);
