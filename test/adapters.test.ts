@@ -308,6 +308,17 @@ test('openAdapter reads headers only; modules are read one at a time; reads afte
   const { A, B } = await (handle as NonNullable<typeof handle>).read();
   t.true(sameBits(A.data, tensors.get('base_model.model.transformer.h.3.attn.c_attn.lora_A.weight')?.data as Float32Array));
   t.deepEqual([B.rows, B.cols], [48, 4]);
+  // Into the caller's buffers (reused across modules by build and analyze): the same bits,
+  // in those arrays; buffers of another size are refused, naming the file and tensor.
+  const into = { A: new Float32Array(4 * 16), B: new Float32Array(48 * 4) };
+  const again = await (handle as NonNullable<typeof handle>).read(into);
+  t.is(again.A.data, into.A);
+  t.is(again.B.data, into.B);
+  t.true(sameBits(into.A, A.data) && sameBits(into.B, B.data));
+  await t.throwsAsync(() => (handle as NonNullable<typeof handle>).read({ A: new Float32Array(63), B: into.B }), {
+    code: 'ERR_SHAPE_MISMATCH',
+    message: /adapter_model\.safetensors.*transformer\.h\.3\.attn\.c_attn\.lora_A\.weight|lora_A\.weight.*options\.out has 63 elements/,
+  });
   const one = await opened.readModule('transformer.h.0.attn.c_attn');
   t.is(one.A.rows, 4);
   const extra = await opened.extras.get('base_model.model.score.weight')?.read();

@@ -15,6 +15,7 @@ import {
   meanRelativeError,
   projectAdapter,
   gatherShards,
+  loadAdapter,
   parseSize,
   saveAdapter,
   writeBuildFolder,
@@ -181,6 +182,41 @@ test('sharded builds gathered are byte-identical to the one-machine build; the s
   t.is(storage.coefficients.bytes, 6 * MODULES.length * (4 + 4) * RANK * 4);
   t.deepEqual(storage.basis.dtypes, ['F32']);
   t.is(storage.ratio, storage.adapters.bytes / (storage.basis.bytes + storage.coefficients.bytes));
+});
+
+test('factors read from files into reused arenas: build and analyze equal those of the same adapters in memory, bit for bit', async (t) => {
+  const seed = freshSeed();
+  const dir = await tempDir(t);
+  // Modules of very different sizes, three in flight: arenas are taken, reused and replaced.
+  const shapes = [
+    ['layers.0.mlp.up_proj', 160, 48],
+    ['layers.0.q_proj', 24, 40],
+    ['layers.1.mlp.up_proj', 176, 64],
+    ['layers.1.q_proj', 40, 24],
+    ['layers.2.q_proj', 96, 80],
+  ] as const;
+  const planted = shapes.map(([, dOut, dIn], m) => plantedBases(dIn, dOut, 5, 5, seed + 101 * m));
+  const adapters = Array.from({ length: 9 }, (_, i) =>
+    memoryAdapter(shapes.map(([name], m) => ({ name, ...plantedFactors(planted[m]!, 4 + (i % 3), seed + 1000 * i + m, 0.2), alpha: 8 + i }))),
+  );
+  const paths = await writeZoo(dir, adapters);
+  const loaded = await Promise.all(paths.map((p) => loadAdapter(p)));
+  const options: BuildSubspaceOptions = { components: 3, seed: 11, hashSources: false, concurrency: 3 };
+  const fromFiles = await buildSubspace(paths, options);
+  const inMemory = await buildSubspace(loaded, options);
+  for (const [name, m] of inMemory.modules) {
+    const f = fromFiles.modules.get(name)!;
+    t.deepEqual(f.componentsA.data, m.componentsA.data, `seed ${seed}: ${name} A`);
+    t.deepEqual(f.componentsB.data, m.componentsB.data, `seed ${seed}: ${name} B`);
+  }
+  fromFiles.coefficients.forEach((c, i) => {
+    for (const [name, m] of inMemory.coefficients[i]!.modules) t.deepEqual(c.modules.get(name)!.alpha.data, m.alpha.data, `seed ${seed}: adapter ${i} ${name}`);
+  });
+  const figures = async (inputs: Parameters<typeof analyzeAdapters>[0]) => {
+    const a = await analyzeAdapters(inputs, { components: 3, heldOut: 3, concurrency: 3 });
+    return [a.heldOutError, a.perAdapter.map((p) => p.heldOutError)];
+  };
+  t.deepEqual(await figures(paths), await figures(loaded), `seed ${seed}`);
 });
 
 test('gatherShards refuses shards that do not make one build, naming the shard and field, and writes nothing', async (t) => {

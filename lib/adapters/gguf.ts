@@ -84,7 +84,7 @@ export async function openGgufAdapter(file: string): Promise<{ plan: AdapterPlan
       files: reader.files,
       metadata,
       tensors: new Map(),
-      readFloat32: (key) => reader.readFloat32(key),
+      readFloat32: (key, options) => reader.readFloat32(key, options),
       readRaw: (key) => Promise.reject(fileError('ERR_TENSOR_NOT_FOUND', reader.path, 'a GGUF adapter has no extras', key)),
       close: () => reader.close(),
     };

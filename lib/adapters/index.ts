@@ -1,5 +1,5 @@
 /** LoRA adapters in and out: PEFT, diffusers and kohya files, one in-memory model. */
-export { openAdapter, loadAdapter, OpenedAdapter, type AdapterModuleHandle, type AdapterExtraHandle } from './open.js';
+export { openAdapter, loadAdapter, OpenedAdapter, type AdapterModuleHandle, type AdapterExtraHandle, type FactorBuffers } from './open.js';
 export { saveAdapter } from './save.js';
 export { convertAdapterNames } from './sd-convert.js';
 export { convertAdapter, type ConvertAdapterOptions } from './convert.js';

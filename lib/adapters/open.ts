@@ -32,9 +32,19 @@ import {
 } from './types.js';
 
 /** A module of an opened adapter: everything but the factors, which `read()` fetches. */
+/** Buffers to read a module's factors into: A `rank x inFeatures`, B `outFeatures x rank` elements exactly. */
+export interface FactorBuffers {
+  A: Float32Array;
+  B: Float32Array;
+}
+
 export interface AdapterModuleHandle extends Readonly<LoraModuleInfo> {
-  /** Reads (and checks) this module's factors. */
-  read(): Promise<{ A: Matrix; B: Matrix }>;
+  /**
+   * Reads (and checks) this module's factors, into `into` when given (a caller reading
+   * many modules reuses its buffers: fresh arrays cost page faults and collections that
+   * take several times the read itself).
+   */
+  read(into?: FactorBuffers): Promise<{ A: Matrix; B: Matrix }>;
 }
 
 /** A non-LoRA tensor of an opened adapter. */
@@ -88,7 +98,7 @@ export class OpenedAdapter {
           shapes: Object.freeze({ A: Object.freeze([...info.shapes.A]), B: Object.freeze([...info.shapes.B]) }),
           keys: Object.freeze({ ...info.keys }),
           dtypes: Object.freeze({ ...info.dtypes }),
-          read: () => this.#readFactors(info),
+          read: (into?: FactorBuffers) => this.#readFactors(info, into),
         });
         return [info.name, frozen as unknown as AdapterModuleHandle];
       }),
@@ -105,8 +115,11 @@ export class OpenedAdapter {
     );
   }
 
-  async #readFactors(info: LoraModuleInfo): Promise<{ A: Matrix; B: Matrix }> {
-    const [a, b] = await Promise.all([this.#reader.readFloat32(info.keys.A), this.#reader.readFloat32(info.keys.B)]);
+  async #readFactors(info: LoraModuleInfo, into?: FactorBuffers): Promise<{ A: Matrix; B: Matrix }> {
+    const [a, b] = await Promise.all([
+      this.#reader.readFloat32(info.keys.A, into === undefined ? {} : { out: into.A }),
+      this.#reader.readFloat32(info.keys.B, into === undefined ? {} : { out: into.B }),
+    ]);
     const A: Matrix = { rows: info.rank, cols: info.inFeatures, data: a.data };
     const B: Matrix = { rows: info.outFeatures, cols: info.rank, data: b.data };
     if (!this.#allowNonFinite) {

@@ -25,7 +25,8 @@ export interface AdapterTensorReader {
   readonly metadata: Readonly<Record<string, string>>;
   /** The tensors that extras are read from (keys in `AdapterPlan.extras`). */
   readonly tensors: ReadonlyMap<string, { readonly dtype: SafetensorsDType; readonly shape: readonly number[]; readonly byteLength: number }>;
-  readFloat32(key: string): Promise<{ data: Float32Array }>;
+  /** `options.out`: a Float32Array of exactly the tensor's element count to read into. */
+  readFloat32(key: string, options?: { out?: Float32Array }): Promise<{ data: Float32Array }>;
   readRaw(key: string): Promise<RawTensor>;
   close(): Promise<void>;
 }

@@ -15,7 +15,7 @@ export { DEFAULT_COMPONENTS, DEFAULT_MAX_COMPONENTS, resolveBuildOptions, type B
 import { BusyClock, besides, chooseK, explainedBy, leftColumns } from './build-parts.js';
 import { defaultMemoryBudget, inMemoryModuleBytes, streamChunkAdapters } from './budget.js';
 import { storedSavings } from './savings.js';
-import { readPairs, streamModuleComponents, streamProjections } from './stream.js';
+import { FactorArenas, pairFloats, readPairs, streamModuleComponents, streamProjections } from './stream.js';
 import { assignShards } from './shard-plan.js';
 import { describeSources, moduleSeed, openInputs, runPool, type AdapterInput, type InputAdapter, type ModuleInfo } from './inputs.js';
 import {
@@ -118,8 +118,9 @@ export async function buildFromInputs(
   const built: BuiltModule[] = new Array(plans.length);
   const clocks = { read: new BusyClock(), native: new BusyClock() };
   let done = 0;
+  const arenas = new FactorArenas();
   await runPool(plans, resolved.concurrency, async (plan, index) => {
-    built[index] = await buildModule(plan, budget, settings, report, clocks);
+    built[index] = await buildModule(plan, budget, settings, report, clocks, arenas);
     done++;
     resolved.onProgress?.({ module: plan.name, done, total: plans.length });
   });
@@ -207,6 +208,7 @@ async function buildModule(
   settings: SubspaceSettings,
   report: SubspaceBuildReport,
   clocks: { read: BusyClock; native: BusyClock },
+  arenas: FactorArenas,
 ): Promise<BuiltModule> {
   const { name, info } = plan;
   const clock = clocks.native;
@@ -233,95 +235,98 @@ async function buildModule(
   const exact = (d: number, kk: number) => Math.min(totalRank, d) <= 2 * (kk + settings.oversample);
   const streamed = inMemoryModuleBytes(totalRank, dIn, dOut) > budget && !exact(dIn, k.A) && !exact(dOut, k.B);
   const chunk = streamChunkAdapters(budget, Math.max(...plan.holders.map((h) => h.info.rank)), dIn, dOut);
-  const pairs = streamed ? null : await clocks.read.time(() => readPairs(plan, 0, plan.holders.length));
-  if (streamed) report.streamedModules!.push(name);
-  const args = {
-    dIn,
-    dOut,
-    stacking: settings.stacking,
-    weighting: settings.weighting ?? 'equal',
-    center: settings.center,
-    oversample: settings.oversample,
-    powerIters: settings.powerIters,
-    seed,
-    componentsA,
-    componentsB,
-    singularA,
-    singularB,
-    meanA,
-    meanB,
-  };
-  const build = () => (pairs === null ? streamModuleComponents(plan, args, chunk, clocks) : ops.buildModuleSubspace({ ...args, adapters: pairs }));
-  const timed = pairs === null ? build() : clock.time(build);
-  const { energyA, energyB } = await timed.catch((error: unknown) => {
-    throw inModule(error, plan);
+  // The pairs live in an arena until the projection has been called (it copies them).
+  return arenas.with(streamed ? 0 : pairFloats(plan), async (arena) => {
+    const pairs = streamed ? null : await clocks.read.time(() => readPairs(plan, 0, plan.holders.length, arena));
+    if (streamed) report.streamedModules!.push(name);
+    const args = {
+      dIn,
+      dOut,
+      stacking: settings.stacking,
+      weighting: settings.weighting ?? 'equal',
+      center: settings.center,
+      oversample: settings.oversample,
+      powerIters: settings.powerIters,
+      seed,
+      componentsA,
+      componentsB,
+      singularA,
+      singularB,
+      meanA,
+      meanB,
+    };
+    const build = () => (pairs === null ? streamModuleComponents(plan, args, chunk, clocks) : ops.buildModuleSubspace({ ...args, adapters: pairs }));
+    const timed = pairs === null ? build() : clock.time(build);
+    const { energyA, energyB } = await timed.catch((error: unknown) => {
+      throw inModule(error, plan);
+    });
+
+    let explainedA: number;
+    let explainedB: number;
+    if (settings.variance !== null) {
+      const a = chooseK(singularA, energyA, settings.variance);
+      const b = chooseK(singularB, energyB, settings.variance);
+      if (!a.reached) report.belowThreshold.push({ module: name, side: 'A', components: a.k, explained: a.explained });
+      if (!b.reached) report.belowThreshold.push({ module: name, side: 'B', components: b.k, explained: b.explained });
+      componentsA = leftColumns(componentsA, a.k);
+      componentsB = leftColumns(componentsB, b.k);
+      singularA = singularA.slice(0, a.k);
+      singularB = singularB.slice(0, b.k);
+      explainedA = a.explained;
+      explainedB = b.explained;
+    } else {
+      explainedA = explainedBy(singularA, energyA);
+      explainedB = explainedBy(singularB, energyB);
+    }
+
+    // Augmentation: P orthonormal random directions orthogonal to the components.
+    const augment = { A: 0, B: 0 };
+    for (const side of ['A', 'B'] as const) {
+      const basis = side === 'A' ? componentsA : componentsB;
+      const room = basis.rows - basis.cols;
+      const p = Math.min(settings.augment[side], room);
+      if (p < settings.augment[side]) report.augmentClamped.push({ module: name, side, requested: settings.augment[side], used: p });
+      if (p === 0) continue;
+      const extra = await clock.time(() => completeBasis(basis, p, { seed: seed + (side === 'A' ? 2 : 3) }));
+      if (side === 'A') componentsA = besides(componentsA, extra);
+      else componentsB = besides(componentsB, extra);
+      augment[side] = p;
+    }
+
+    const module: SubspaceModule = {
+      name,
+      dIn,
+      dOut,
+      layout: info.layout,
+      convKernel: info.convKernel ? [...info.convKernel] : null,
+      fanInFanOut: info.fanInFanOut,
+      kA: componentsA.cols,
+      kB: componentsB.cols,
+      augmentA: augment.A,
+      augmentB: augment.B,
+      componentsA,
+      componentsB,
+      singularA,
+      singularB,
+      energyA,
+      energyB,
+      explainedA,
+      explainedB,
+      meanA,
+      meanB,
+      adapters: plan.holders.map((h) => h.adapter.name),
+      ranks: plan.holders.map((h) => h.info.rank),
+    };
+    const project = async () => {
+      if (pairs === null) return streamProjections(plan, module, settings.stacking, chunk, clocks);
+      const { alphas, betas, norms, errors } = await clock.time(() => projectPairs(module, settings.stacking, pairs));
+      return pairs.map((_, i) => ({ alpha: alphas[i]!, beta: betas[i]!, norm: norms[i]!, error: errors[i]! }));
+    };
+    const projections = await project().catch((error: unknown) => {
+      throw inModule(error, plan);
+    });
+    return { module, projections };
   });
-
-  let explainedA: number;
-  let explainedB: number;
-  if (settings.variance !== null) {
-    const a = chooseK(singularA, energyA, settings.variance);
-    const b = chooseK(singularB, energyB, settings.variance);
-    if (!a.reached) report.belowThreshold.push({ module: name, side: 'A', components: a.k, explained: a.explained });
-    if (!b.reached) report.belowThreshold.push({ module: name, side: 'B', components: b.k, explained: b.explained });
-    componentsA = leftColumns(componentsA, a.k);
-    componentsB = leftColumns(componentsB, b.k);
-    singularA = singularA.slice(0, a.k);
-    singularB = singularB.slice(0, b.k);
-    explainedA = a.explained;
-    explainedB = b.explained;
-  } else {
-    explainedA = explainedBy(singularA, energyA);
-    explainedB = explainedBy(singularB, energyB);
-  }
-
-  // Augmentation: P orthonormal random directions orthogonal to the components.
-  const augment = { A: 0, B: 0 };
-  for (const side of ['A', 'B'] as const) {
-    const basis = side === 'A' ? componentsA : componentsB;
-    const room = basis.rows - basis.cols;
-    const p = Math.min(settings.augment[side], room);
-    if (p < settings.augment[side]) report.augmentClamped.push({ module: name, side, requested: settings.augment[side], used: p });
-    if (p === 0) continue;
-    const extra = await clock.time(() => completeBasis(basis, p, { seed: seed + (side === 'A' ? 2 : 3) }));
-    if (side === 'A') componentsA = besides(componentsA, extra);
-    else componentsB = besides(componentsB, extra);
-    augment[side] = p;
-  }
-
-  const module: SubspaceModule = {
-    name,
-    dIn,
-    dOut,
-    layout: info.layout,
-    convKernel: info.convKernel ? [...info.convKernel] : null,
-    fanInFanOut: info.fanInFanOut,
-    kA: componentsA.cols,
-    kB: componentsB.cols,
-    augmentA: augment.A,
-    augmentB: augment.B,
-    componentsA,
-    componentsB,
-    singularA,
-    singularB,
-    energyA,
-    energyB,
-    explainedA,
-    explainedB,
-    meanA,
-    meanB,
-    adapters: plan.holders.map((h) => h.adapter.name),
-    ranks: plan.holders.map((h) => h.info.rank),
-  };
-  const project = async () => {
-    if (pairs === null) return streamProjections(plan, module, settings.stacking, chunk, clocks);
-    const { alphas, betas, norms, errors } = await clock.time(() => projectPairs(module, settings.stacking, pairs));
-    return pairs.map((_, i) => ({ alpha: alphas[i]!, beta: betas[i]!, norm: norms[i]!, error: errors[i]! }));
-  };
-  const projections = await project().catch((error: unknown) => {
-    throw inModule(error, plan);
-  });
-  return { module, projections };
 }
 
 /**

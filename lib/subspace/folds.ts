@@ -23,7 +23,7 @@ import { besides, chooseK, leftColumns } from './build-parts.js';
 import type { ResolvedBuild } from './build-options.js';
 import { adapterCoefficients, moduleCoefficients } from './coefficients.js';
 import { describeSources, moduleSeed, runPool, type InputAdapter, type ModuleInfo } from './inputs.js';
-import { readPairs } from './stream.js';
+import { FactorArenas, pairFloats, readPairs } from './stream.js';
 import type { AdapterCoefficients, ModuleCoefficients, PerSide, Subspace, SubspaceSettings } from './types.js';
 
 /** One adapter's overlap with its fold's basis on one side of one module, and the random reference. */
@@ -86,40 +86,43 @@ export async function heldOutByFolds(
   const overlaps = new Map<string, PerSide<OverlapEntry[]>>();
   const perAdapter = all.map(() => new Map<string, ModuleCoefficients>());
   const modules = [...inSample.modules.values()];
+  const arenas = new FactorArenas();
   await runPool(modules, resolved.concurrency, async (m) => {
     const holders = all.flatMap((adapter, i) => {
       const info = adapter.modules.get(m.name);
       return info === undefined ? [] : [{ adapter, info, i }];
     });
-    const pairs = await readPairs({ name: m.name, holders }, 0, holders.length);
-    const seed = moduleSeed(settings.seed, m.name);
-    const result = await ops.foldBases({
-      adapters: pairs,
-      folds: Int32Array.from(holders, (h) => folds[h.i]!),
-      foldCount,
-      stacking: settings.stacking,
-      weighting: settings.weighting ?? 'equal',
-      oversample: settings.oversample,
-      powerIters: settings.powerIters,
-      seed,
-      componentsA: wanted.A,
-      componentsB: wanted.B,
-      curveA: curveComponents.A,
-      curveB: curveComponents.B,
-      warmA: leftColumns(m.componentsA, m.kA - m.augmentA),
-      warmB: leftColumns(m.componentsB, m.kB - m.augmentB),
+    await arenas.with(pairFloats({ name: m.name, holders }), async (arena) => {
+      const pairs = await readPairs({ name: m.name, holders }, 0, holders.length, arena);
+      const seed = moduleSeed(settings.seed, m.name);
+      const result = await ops.foldBases({
+        adapters: pairs,
+        folds: Int32Array.from(holders, (h) => folds[h.i]!),
+        foldCount,
+        stacking: settings.stacking,
+        weighting: settings.weighting ?? 'equal',
+        oversample: settings.oversample,
+        powerIters: settings.powerIters,
+        seed,
+        componentsA: wanted.A,
+        componentsB: wanted.B,
+        curveA: curveComponents.A,
+        curveB: curveComponents.B,
+        warmA: leftColumns(m.componentsA, m.kA - m.augmentA),
+        warmB: leftColumns(m.componentsB, m.kB - m.augmentB),
+      });
+      spectrum.set(m.name, { singularA: result.curveA.singular, singularB: result.curveB.singular, energyA: result.curveA.energy, energyB: result.curveB.energy });
+      progress('spectrum', m.name);
+      const entry: PerSide<OverlapEntry[]> = { A: [], B: [] };
+      for (let f = 0; f < foldCount; f++) {
+        const fold = result.folds[f];
+        const left = holders.map((h, j) => ({ ...h, pair: pairs[j]! })).filter((h) => folds[h.i] === f);
+        if (fold === null || fold === undefined) continue;
+        if (left.length > 0) await projectFold(m.name, left, fold, settings, seed, perAdapter, entry);
+        progress('held-out', `fold ${f + 1}/${foldCount}: ${m.name}`);
+      }
+      if (entry.A.length > 0) overlaps.set(m.name, entry);
     });
-    spectrum.set(m.name, { singularA: result.curveA.singular, singularB: result.curveB.singular, energyA: result.curveA.energy, energyB: result.curveB.energy });
-    progress('spectrum', m.name);
-    const entry: PerSide<OverlapEntry[]> = { A: [], B: [] };
-    for (let f = 0; f < foldCount; f++) {
-      const fold = result.folds[f];
-      const left = holders.map((h, j) => ({ ...h, pair: pairs[j]! })).filter((h) => folds[h.i] === f);
-      if (fold === null || fold === undefined) continue;
-      if (left.length > 0) await projectFold(m.name, left, fold, settings, seed, perAdapter, entry);
-      progress('held-out', `fold ${f + 1}/${foldCount}: ${m.name}`);
-    }
-    if (entry.A.length > 0) overlaps.set(m.name, entry);
   });
   const sources = await describeSources(all, false);
   // The pool finishes modules in any order: every map in the modules' own order, so sums

@@ -10,7 +10,7 @@ import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
 import { ioError } from '../io/files.js';
 import type { Matrix } from '../matrix.js';
-import { OpenedAdapter, openAdapter } from '../adapters/open.js';
+import { OpenedAdapter, openAdapter, type FactorBuffers } from '../adapters/open.js';
 import type { AdapterFormat, LoraAdapter, LoraModuleInfo, OpenAdapterOptions } from '../adapters/types.js';
 import { invalid } from '../validate.js';
 import type { SourceFile, SubspaceSource } from './types.js';
@@ -47,7 +47,7 @@ export class InputAdapter {
   /** Files to hash (absolute). */
   readonly files: readonly string[];
   readonly modules: ReadonlyMap<string, ModuleInfo>;
-  readonly #read: (name: string) => Promise<{ A: Matrix; B: Matrix }>;
+  readonly #read: (name: string, into?: FactorBuffers) => Promise<{ A: Matrix; B: Matrix }>;
 
   constructor(fields: {
     index: number;
@@ -58,7 +58,7 @@ export class InputAdapter {
     path: string | null;
     files: readonly string[];
     modules: ReadonlyMap<string, ModuleInfo>;
-    read: (name: string) => Promise<{ A: Matrix; B: Matrix }>;
+    read: (name: string, into?: FactorBuffers) => Promise<{ A: Matrix; B: Matrix }>;
   }) {
     this.index = fields.index;
     this.name = fields.name;
@@ -71,11 +71,14 @@ export class InputAdapter {
     this.#read = fields.read;
   }
 
-  /** Reads one module's factors (checked against the recorded shapes). */
-  async read(name: string): Promise<{ A: Matrix; B: Matrix }> {
+  /**
+   * Reads one module's factors (checked against the recorded shapes), from a file into
+   * `into` when given (sized from the recorded shapes); an adapter in memory returns its own.
+   */
+  async read(name: string, into?: FactorBuffers): Promise<{ A: Matrix; B: Matrix }> {
     const info = this.modules.get(name);
     if (info === undefined) throw new EigenLoraxError(`internal: adapter ${this.name} has no module ${name}`, 'ERR_INTERNAL');
-    const f = await this.#read(name);
+    const f = await this.#read(name, into);
     if (f.A.rows !== info.rank || f.A.cols !== info.inFeatures || f.B.rows !== info.outFeatures || f.B.cols !== info.rank) {
       throw new EigenLoraxError(
         `${this.path ?? this.name}, module ${JSON.stringify(name)}: the factors read (A ${f.A.rows} x ${f.A.cols}, ` +
@@ -217,7 +220,7 @@ export async function openInputs(inputs: readonly AdapterInput[], what: string, 
               path: opened.source.path,
               files: [...opened.source.files],
               modules: new Map([...opened.modules].map(([n, m]) => [n, infoOf(m)])),
-              read: (name) => pool.borrow(where, (again) => readFrom(again, name, where)),
+              read: (name, into) => pool.borrow(where, (again) => readFrom(again, name, where, into)),
             });
           });
           adapters[i] = made;
@@ -231,7 +234,7 @@ export async function openInputs(inputs: readonly AdapterInput[], what: string, 
             path: input.source.path,
             files: [...input.source.files],
             modules: new Map([...input.modules].map(([n, m]) => [n, infoOf(m)])),
-            read: (name) => readFrom(input, name, input.source.path),
+            read: (name, into) => readFrom(input, name, input.source.path, into),
           });
         } else {
           const modules = new Map<string, ModuleInfo>();
@@ -288,12 +291,12 @@ export async function openInputs(inputs: readonly AdapterInput[], what: string, 
   return { adapters, close: () => pool.closeAll() };
 }
 
-async function readFrom(opened: OpenedAdapter, name: string, where: string): Promise<{ A: Matrix; B: Matrix }> {
+async function readFrom(opened: OpenedAdapter, name: string, where: string, into?: FactorBuffers): Promise<{ A: Matrix; B: Matrix }> {
   const handle = opened.modules.get(name);
   if (handle === undefined) {
     throw new EigenLoraxError(`${where}: module ${JSON.stringify(name)} is no longer in the file (was it changed?)`, 'ERR_IO');
   }
-  return handle.read();
+  return handle.read(into);
 }
 
 /** Streamed sha256 of a file. */
