@@ -31,13 +31,13 @@ import {
   type OpenAdapterOptions,
 } from './types.js';
 
-/** A module of an opened adapter: everything but the factors, which `read()` fetches. */
 /** Buffers to read a module's factors into: A `rank x inFeatures`, B `outFeatures x rank` elements exactly. */
 export interface FactorBuffers {
   A: Float32Array;
   B: Float32Array;
 }
 
+/** A module of an opened adapter: everything but the factors, which `read()` fetches. */
 export interface AdapterModuleHandle extends Readonly<LoraModuleInfo> {
   /**
    * Reads (and checks) this module's factors, into `into` when given (a caller reading

@@ -235,7 +235,7 @@ async function buildModule(
   const exact = (d: number, kk: number) => Math.min(totalRank, d) <= 2 * (kk + settings.oversample);
   const streamed = inMemoryModuleBytes(totalRank, dIn, dOut) > budget && !exact(dIn, k.A) && !exact(dOut, k.B);
   const chunk = streamChunkAdapters(budget, Math.max(...plan.holders.map((h) => h.info.rank)), dIn, dOut);
-  // The pairs live in an arena until the projection has been called (it copies them).
+  // The pairs live in an arena until the module's last native call (the projection) has ended.
   return arenas.with(streamed ? 0 : pairFloats(plan), async (arena) => {
     const pairs = streamed ? null : await clocks.read.time(() => readPairs(plan, 0, plan.holders.length, arena));
     if (streamed) report.streamedModules!.push(name);
