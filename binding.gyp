@@ -17,6 +17,7 @@
         "native/core/optim.cpp",
         "native/addon/addon.cpp",
         "native/addon/args.cpp",
+        "native/addon/file_inputs.cpp",
         "native/addon/env.cpp",
         "native/addon/dtype_jobs.cpp",
         "native/addon/linalg_jobs.cpp",

@@ -56,6 +56,30 @@ export interface NativeFactorPair {
   scale: number;
 }
 
+/**
+ * A factor the native call reads from an open file itself, on its worker (f32, f16 or bf16,
+ * row-major `rows x cols` at byte `offset`): no typed array, no copy or conversion on the
+ * JS thread. `fd` is duplicated when the call starts, so it must be open until then.
+ * `where` prefixes errors (`<file>, tensor "<key>"`); with `checkFinite` NaN or Inf is
+ * ERR_NON_FINITE naming the element.
+ */
+export interface NativeFileFactor {
+  rows: number;
+  cols: number;
+  fd: number;
+  offset: number;
+  dtype: 'f32' | 'f16' | 'bf16';
+  where: string;
+  checkFinite: boolean;
+}
+
+/** One adapter's factors for one module as the subspace kernels take them: in memory or in a file. */
+export interface NativeModulePair {
+  A: Matrix | NativeFileFactor;
+  B: Matrix | NativeFileFactor;
+  scale: number;
+}
+
 /** raw: factors as published (scale ignored); canonical: balanced SVD factors of dW (scale inside). */
 export type NativeStacking = 'raw' | 'canonical';
 /** equal: every adapter scaled to ||dW||_F = 1 while the basis is built; scale: as they are. */
@@ -206,7 +230,7 @@ export interface NativeAddon {
    * explained variance, and each adapter's ||dW_i||_F.
    */
   buildModuleSubspace(args: {
-    adapters: NativeFactorPair[];
+    adapters: NativeModulePair[];
     stacking: NativeStacking;
     weighting: NativeWeighting;
     center: boolean;
@@ -229,7 +253,7 @@ export interface NativeAddon {
    * traces, never forming d_out x d_in.
    */
   projectModule(args: {
-    adapters: NativeFactorPair[];
+    adapters: NativeModulePair[];
     stacking: NativeStacking;
     componentsA: Matrix;
     componentsB: Matrix;
@@ -261,7 +285,7 @@ export interface NativeAddon {
     powerIters: number;
     seed: number;
   }): { stream: NativeModuleStream; passes: number };
-  moduleStreamAdd(args: { stream: NativeModuleStream; adapters: NativeFactorPair[] }): Promise<void>;
+  moduleStreamAdd(args: { stream: NativeModuleStream; adapters: NativeModulePair[] }): Promise<void>;
   /** Resolves to true after the last pass. */
   moduleStreamEndPass(args: { stream: NativeModuleStream }): Promise<boolean>;
   moduleStreamFinish(args: {
@@ -282,7 +306,7 @@ export interface NativeAddon {
    * approximation warm-started from warmA/warmB (the whole stack's basis).
    */
   foldBases(args: {
-    adapters: NativeFactorPair[];
+    adapters: NativeModulePair[];
     folds: Int32Array;
     foldCount: number;
     stacking: NativeStacking;
@@ -298,7 +322,7 @@ export interface NativeAddon {
     warmB: Matrix | null;
   }): Promise<{ curveA: NativeSideBasis; curveB: NativeSideBasis; folds: Array<{ A: NativeSideBasis & { components: Matrix }; B: NativeSideBasis & { components: Matrix } } | null> }>;
   /** Per adapter: ||Q^T P||_F^2 / min(r, K) of span(A_i^T) against basisA and span(B_i) against basisB (1 when r or K >= d). */
-  factorOverlaps(args: { adapters: NativeFactorPair[]; basisA: Matrix; basisB: Matrix; overlapA: Float64Array; overlapB: Float64Array }): Promise<void>;
+  factorOverlaps(args: { adapters: NativeModulePair[]; basisA: Matrix; basisB: Matrix; overlapA: Float64Array; overlapB: Float64Array }): Promise<void>;
 
   /** A = alpha^T V_A^T (+ meanA per row), B = U_B beta (+ meanB per column). */
   reconstructFactors(args: {

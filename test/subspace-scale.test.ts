@@ -132,11 +132,11 @@ test('assignShards: balanced by cost, deterministic, every module once', (t) => 
   t.deepEqual(assignShards([...modules].reverse(), 2), split);
 });
 
-async function writeZoo(dir: string, adapters: LoraAdapter[]): Promise<string[]> {
+async function writeZoo(dir: string, adapters: LoraAdapter[], dtypes: ReadonlyArray<'BF16' | 'F16' | 'F32'> = ['BF16']): Promise<string[]> {
   const paths: string[] = [];
   for (let i = 0; i < adapters.length; i++) {
     const p = path.join(dir, `adapter-${i}`);
-    await saveAdapter(adapters[i]!, p, { format: 'peft', dtype: 'BF16' });
+    await saveAdapter(adapters[i]!, p, { format: 'peft', dtype: dtypes[i % dtypes.length]! });
     paths.push(p);
   }
   return paths;
@@ -184,7 +184,7 @@ test('sharded builds gathered are byte-identical to the one-machine build; the s
   t.is(storage.ratio, storage.adapters.bytes / (storage.basis.bytes + storage.coefficients.bytes));
 });
 
-test('factors read from files into reused arenas: build and analyze equal those of the same adapters in memory, bit for bit', async (t) => {
+test('factors read from files (by the native kernels where kept open, else into reused arenas): build and analyze equal those of the same adapters in memory, bit for bit', async (t) => {
   const seed = freshSeed();
   const dir = await tempDir(t);
   // Modules of very different sizes, three in flight: arenas are taken, reused and replaced.
@@ -199,9 +199,10 @@ test('factors read from files into reused arenas: build and analyze equal those 
   const adapters = Array.from({ length: 9 }, (_, i) =>
     memoryAdapter(shapes.map(([name], m) => ({ name, ...plantedFactors(planted[m]!, 4 + (i % 3), seed + 1000 * i + m, 0.2), alpha: 8 + i }))),
   );
-  const paths = await writeZoo(dir, adapters);
+  const paths = await writeZoo(dir, adapters, ['BF16', 'F16', 'F32']);
   const loaded = await Promise.all(paths.map((p) => loadAdapter(p)));
-  const options: BuildSubspaceOptions = { components: 3, seed: 11, hashSources: false, concurrency: 3 };
+  // Four files kept open (the native kernels read those), five read here into arenas.
+  const options: BuildSubspaceOptions = { components: 3, seed: 11, hashSources: false, concurrency: 3, maxOpenFiles: 4 };
   const fromFiles = await buildSubspace(paths, options);
   const inMemory = await buildSubspace(loaded, options);
   for (const [name, m] of inMemory.modules) {
@@ -213,7 +214,7 @@ test('factors read from files into reused arenas: build and analyze equal those 
     for (const [name, m] of inMemory.coefficients[i]!.modules) t.deepEqual(c.modules.get(name)!.alpha.data, m.alpha.data, `seed ${seed}: adapter ${i} ${name}`);
   });
   const figures = async (inputs: Parameters<typeof analyzeAdapters>[0]) => {
-    const a = await analyzeAdapters(inputs, { components: 3, heldOut: 3, concurrency: 3 });
+    const a = await analyzeAdapters(inputs, { components: 3, heldOut: 3, concurrency: 3, maxOpenFiles: 4 });
     return [a.heldOutError, a.perAdapter.map((p) => p.heldOutError)];
   };
   t.deepEqual(await figures(paths), await figures(loaded), `seed ${seed}`);

@@ -7,7 +7,8 @@ import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
 import { exists, fileError, ioError, recoverInterruptedSwap } from '../io/files.js';
-import { openSafetensors, type RawTensor, type SafetensorsDType, type SafetensorsReader } from '../io/safetensors.js';
+import { openSafetensors, safetensorsDtypeBytes, type RawTensor, type SafetensorsDType, type SafetensorsReader } from '../io/safetensors.js';
+import type { NativeFileFactor } from '../native/ops.js';
 import type { Matrix } from '../matrix.js';
 import { argumentPlace, parse } from '../schema.js';
 import { invalid } from '../validate.js';
@@ -113,6 +114,26 @@ export class OpenedAdapter {
         ];
       }),
     );
+  }
+
+  /**
+   * @internal Where module `name`'s factors are, for the native subspace kernels to read
+   * them on their worker (no typed arrays, no conversion on the JS thread); null where
+   * they must be read with `read()` (a dtype or a reader the kernels do not read). Valid
+   * while the adapter is open.
+   */
+  locateModule(name: string): { A: NativeFileFactor; B: NativeFileFactor } | null {
+    const info = this.modules.get(name);
+    if (info === undefined || this.#reader.locate === undefined) return null;
+    const factor = (key: string, rows: number, cols: number): NativeFileFactor | null => {
+      const at = this.#reader.locate!(key);
+      if (at === null || at.byteLength !== rows * cols * safetensorsDtypeBytes[at.dtype]) return null;
+      const dtype = at.dtype === 'F32' ? 'f32' : at.dtype === 'F16' ? 'f16' : 'bf16';
+      return { rows, cols, fd: at.fd, offset: at.offset, dtype, where: `${at.file}, tensor ${JSON.stringify(key)}`, checkFinite: !this.#allowNonFinite };
+    };
+    const A = factor(info.keys.A, info.rank, info.inFeatures);
+    const B = factor(info.keys.B, info.outFeatures, info.rank);
+    return A === null || B === null ? null : { A, B };
   }
 
   async #readFactors(info: LoraModuleInfo, into?: FactorBuffers): Promise<{ A: Matrix; B: Matrix }> {

@@ -1,5 +1,5 @@
 /** What a format reader works out from a file's header (and config) before any factor is read. */
-import type { RawTensor, SafetensorsDType, SafetensorsReader } from '../io/safetensors.js';
+import type { RawTensor, SafetensorsDType, SafetensorsReader, TensorLocation } from '../io/safetensors.js';
 import type { AdapterFormat, LoraModuleInfo } from './types.js';
 
 export interface AdapterPlan {
@@ -28,5 +28,7 @@ export interface AdapterTensorReader {
   /** `options.out`: a Float32Array of exactly the tensor's element count to read into. */
   readFloat32(key: string, options?: { out?: Float32Array }): Promise<{ data: Float32Array }>;
   readRaw(key: string): Promise<RawTensor>;
+  /** Where the tensor's bytes are, when a native call may read them itself (absent or null: read them here). */
+  locate?(key: string): TensorLocation | null;
   close(): Promise<void>;
 }

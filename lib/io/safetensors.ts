@@ -71,6 +71,17 @@ export interface RawTensor {
   bytes: Uint8Array;
 }
 
+/** Where a tensor's bytes are in an open file (see {@link SafetensorsReader.locate}). */
+export interface TensorLocation {
+  /** Absolute path of the file (shard) that holds it. */
+  file: string;
+  fd: number;
+  /** Absolute byte offset of its first byte. */
+  offset: number;
+  dtype: 'F32' | 'F16' | 'BF16';
+  byteLength: number;
+}
+
 export interface ReadFloat32Options {
   /** Write into this array (exactly `product(shape)` elements) instead of a new one. */
   out?: Float32Array;
@@ -109,8 +120,6 @@ export class SafetensorsReader {
   readonly #opened: OpenedFile[];
   #closed = false;
   readonly #inflight = new Set<Promise<unknown>>();
-  /** Up to two reusable chunk buffers for conversions (more are allocated when reads overlap). */
-  #chunkBuffers: Buffer[] = [];
 
   /** @internal Use {@link openSafetensors}. */
   constructor(where: string, opened: OpenedFile[], entries: Map<string, Entry>, indexMetadata: Record<string, unknown> | null) {
@@ -176,6 +185,18 @@ export class SafetensorsReader {
   }
 
   /**
+   * Where tensor `name`'s bytes are, for a reader that reads them itself (the native
+   * subspace kernels): the open descriptor of its file, the byte offset, the dtype. Null
+   * for a dtype they do not read (anything but F32, F16, BF16). The descriptor is valid
+   * until the reader is closed.
+   */
+  locate(name: string): TensorLocation | null {
+    const { info, source } = this.#entry(name);
+    if (info.dtype !== 'F32' && info.dtype !== 'F16' && info.dtype !== 'BF16') return null;
+    return { file: source.path, fd: this.#handle(source, name).fd, offset: info.offset, dtype: info.dtype, byteLength: info.byteLength };
+  }
+
+  /**
    * Reads tensor `name` as stored (any dtype, little-endian). Without `options.out` the
    * bytes are in a new ArrayBuffer of their own (offset 0, so typed-array views over it are
    * aligned); with it (a Uint8Array of exactly `byteLength` bytes) they are written there.
@@ -202,7 +223,7 @@ export class SafetensorsReader {
     const elementBytes = dtypeBytes[from];
     const chunkElements = Math.floor(CONVERT_CHUNK_BYTES / elementBytes);
     const chunks = Math.ceil(out.length / chunkElements);
-    const buffers = [this.#takeChunkBuffer(), chunks > 1 ? this.#takeChunkBuffer() : null];
+    const buffers = [takeChunkBuffer(), chunks > 1 ? takeChunkBuffer() : null];
     const read = (k: number): Promise<Uint8Array> => {
       const first = k * chunkElements;
       const length = (Math.min(out.length, first + chunkElements) - first) * elementBytes;
@@ -225,7 +246,7 @@ export class SafetensorsReader {
         current = next.value as Uint8Array;
       }
     } finally {
-      for (const b of buffers) if (b !== null) this.#giveBackChunkBuffer(b);
+      for (const b of buffers) if (b !== null) giveBackChunkBuffer(b);
     }
   }
 
@@ -245,7 +266,6 @@ export class SafetensorsReader {
     if (this.#closed) return;
     this.#closed = true;
     await Promise.allSettled([...this.#inflight]);
-    this.#chunkBuffers = [];
     await closeAll(this.#opened);
   }
 
@@ -268,14 +288,23 @@ export class SafetensorsReader {
     if (this.#closed || source.handle === null) throw fileError('ERR_CLOSED', source.path, 'the reader is closed', name);
     return source.handle;
   }
+}
 
-  #takeChunkBuffer(): Buffer {
-    return this.#chunkBuffers.pop() ?? Buffer.allocUnsafeSlow(CONVERT_CHUNK_BYTES);
-  }
+/**
+ * Chunk buffers for conversions, shared by every reader: one pool per reader held 8 MiB
+ * per open file, and a build over hundreds of adapters kept gigabytes of external memory
+ * that V8 counts towards its collections (256 adapters: 2 GiB, most of the time spent
+ * marking). At most as many as reads in flight are kept.
+ */
+const chunkBuffers: Buffer[] = [];
+const MAX_POOLED_CHUNK_BUFFERS = 16;
 
-  #giveBackChunkBuffer(buffer: Buffer): void {
-    if (!this.#closed && this.#chunkBuffers.length < 2) this.#chunkBuffers.push(buffer);
-  }
+function takeChunkBuffer(): Buffer {
+  return chunkBuffers.pop() ?? Buffer.allocUnsafeSlow(CONVERT_CHUNK_BYTES);
+}
+
+function giveBackChunkBuffer(buffer: Buffer): void {
+  if (chunkBuffers.length < MAX_POOLED_CHUNK_BUFFERS) chunkBuffers.push(buffer);
 }
 
 /** The `out` option of readFloat32 / readRaw, checked. */

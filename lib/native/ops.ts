@@ -14,6 +14,8 @@ export type {
   NativeDevice,
   NativeDeviceOperand,
   NativeFactorPair,
+  NativeFileFactor,
+  NativeModulePair,
   NativeModelLayer,
   NativeOrder,
   NativeStacking,

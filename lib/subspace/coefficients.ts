@@ -5,7 +5,7 @@
 import { EigenLoraxError } from '../errors.js';
 import { matrix, type Matrix } from '../matrix.js';
 import * as ops from '../native/ops.js';
-import type { NativeFactorPair } from '../native/ops.js';
+import type { NativeModulePair } from '../native/ops.js';
 import type { ModuleInfo } from './inputs.js';
 import type { AdapterCoefficients, ModuleCoefficients, Stacking, SubspaceModule, SubspaceSource } from './types.js';
 
@@ -13,7 +13,7 @@ import type { AdapterCoefficients, ModuleCoefficients, Stacking, SubspaceModule,
 export async function projectPairs(
   module: SubspaceModule,
   stacking: Stacking,
-  pairs: NativeFactorPair[],
+  pairs: NativeModulePair[],
 ): Promise<{ alphas: Matrix[]; betas: Matrix[]; norms: Float64Array; errors: Float64Array }> {
   const alphas = pairs.map((p) => matrix(module.kA, p.A.rows));
   const betas = pairs.map((p) => matrix(module.kB, p.A.rows));

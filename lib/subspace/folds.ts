@@ -18,7 +18,7 @@
 import { completeBasis } from '../linalg.js';
 import { matrix, type Matrix } from '../matrix.js';
 import * as ops from '../native/ops.js';
-import type { NativeFactorPair } from '../native/ops.js';
+import type { NativeModulePair } from '../native/ops.js';
 import { besides, chooseK, leftColumns } from './build-parts.js';
 import type { ResolvedBuild } from './build-options.js';
 import { adapterCoefficients, moduleCoefficients } from './coefficients.js';
@@ -140,7 +140,7 @@ export async function heldOutByFolds(
 /** One fold's held-out adapters of one module: the fold basis finished as a build finishes it, loadings, errors, overlaps. */
 async function projectFold(
   name: string,
-  left: Array<{ adapter: InputAdapter; info: ModuleInfo; i: number; pair: NativeFactorPair }>,
+  left: Array<{ adapter: InputAdapter; info: ModuleInfo; i: number; pair: NativeModulePair }>,
   fold: { A: { components: Matrix; singular: Float32Array; energy: number }; B: { components: Matrix; singular: Float32Array; energy: number } },
   settings: SubspaceSettings,
   seed: number,

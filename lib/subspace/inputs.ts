@@ -10,10 +10,14 @@ import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
 import { ioError } from '../io/files.js';
 import type { Matrix } from '../matrix.js';
+import type { NativeFileFactor } from '../native/ops.js';
 import { OpenedAdapter, openAdapter, type FactorBuffers } from '../adapters/open.js';
 import type { AdapterFormat, LoraAdapter, LoraModuleInfo, OpenAdapterOptions } from '../adapters/types.js';
 import { invalid } from '../validate.js';
 import type { SourceFile, SubspaceSource } from './types.js';
+
+/** A module's factors as files the native kernels read (see OpenedAdapter.locateModule). */
+export type ModuleFiles = { A: NativeFileFactor; B: NativeFileFactor };
 
 /** An adapter given to the subspace functions: a path, an opened adapter or one in memory. */
 export type AdapterInput = string | OpenedAdapter | LoraAdapter;
@@ -48,6 +52,7 @@ export class InputAdapter {
   readonly files: readonly string[];
   readonly modules: ReadonlyMap<string, ModuleInfo>;
   readonly #read: (name: string, into?: FactorBuffers) => Promise<{ A: Matrix; B: Matrix }>;
+  readonly #locate: (name: string) => ModuleFiles | null;
 
   constructor(fields: {
     index: number;
@@ -59,6 +64,7 @@ export class InputAdapter {
     files: readonly string[];
     modules: ReadonlyMap<string, ModuleInfo>;
     read: (name: string, into?: FactorBuffers) => Promise<{ A: Matrix; B: Matrix }>;
+    locate?: (name: string) => ModuleFiles | null;
   }) {
     this.index = fields.index;
     this.name = fields.name;
@@ -69,6 +75,16 @@ export class InputAdapter {
     this.files = fields.files;
     this.modules = fields.modules;
     this.#read = fields.read;
+    this.#locate = fields.locate ?? (() => null);
+  }
+
+  /**
+   * Where module `name`'s factors are in this adapter's open file, for the native kernels
+   * to read themselves; null where they are read with {@link read} (adapters in memory,
+   * files not kept open, dtypes the kernels do not read).
+   */
+  locate(name: string): ModuleFiles | null {
+    return this.modules.has(name) ? this.#locate(name) : null;
   }
 
   /**
@@ -158,6 +174,11 @@ class OpenPool {
     }
   }
 
+  /** The adapter at `where` when it is kept open (its descriptors stay valid until closeAll). */
+  kept(where: string): OpenedAdapter | undefined {
+    return this.#open.get(where);
+  }
+
   async closeAll(): Promise<void> {
     await Promise.allSettled([...this.#opening.values()]);
     const open = [...this.#open.values()];
@@ -221,6 +242,7 @@ export async function openInputs(inputs: readonly AdapterInput[], what: string, 
               files: [...opened.source.files],
               modules: new Map([...opened.modules].map(([n, m]) => [n, infoOf(m)])),
               read: (name, into) => pool.borrow(where, (again) => readFrom(again, name, where, into)),
+              locate: (name) => pool.kept(where)?.locateModule(name) ?? null,
             });
           });
           adapters[i] = made;
@@ -235,6 +257,7 @@ export async function openInputs(inputs: readonly AdapterInput[], what: string, 
             files: [...input.source.files],
             modules: new Map([...input.modules].map(([n, m]) => [n, infoOf(m)])),
             read: (name, into) => readFrom(input, name, input.source.path, into),
+            locate: (name) => input.locateModule(name),
           });
         } else {
           const modules = new Map<string, ModuleInfo>();

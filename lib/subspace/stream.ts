@@ -8,7 +8,7 @@
 import { EigenLoraxError } from '../errors.js';
 import type { Matrix } from '../matrix.js';
 import * as ops from '../native/ops.js';
-import type { NativeFactorPair, NativeStacking, NativeWeighting } from '../native/ops.js';
+import type { NativeModulePair, NativeStacking, NativeWeighting } from '../native/ops.js';
 import { projectPairs } from './coefficients.js';
 import { runPool, type InputAdapter, type ModuleInfo } from './inputs.js';
 import type { SubspaceModule, Stacking } from './types.js';
@@ -24,29 +24,42 @@ export interface Clock {
   time<T>(body: () => Promise<T>): Promise<T>;
 }
 
-/** Elements of one holder's factors that a read puts in an arena (none for an adapter in memory: it returns its own). */
-const arenaFloats = ({ adapter, info }: ModuleHolders['holders'][number]) => (adapter.kind === 'loaded' ? 0 : info.rank * (info.inFeatures + info.outFeatures));
+/**
+ * Elements of one holder's factors that a read puts in an arena: none for an adapter in
+ * memory (it returns its own) or one whose file the native kernels read themselves.
+ */
+const arenaFloats = (name: string, { adapter, info }: ModuleHolders['holders'][number]) =>
+  adapter.kind === 'loaded' || adapter.locate(name) !== null ? 0 : info.rank * (info.inFeatures + info.outFeatures);
 
 /** The float32 elements {@link readPairs} puts in an arena for all of `plan`'s holders. */
 export function pairFloats(plan: ModuleHolders): number {
-  return plan.holders.reduce((n, h) => n + arenaFloats(h), 0);
+  return plan.holders.reduce((n, h) => n + arenaFloats(plan.name, h), 0);
 }
 
 /**
- * Reads holders [from, to) of `plan` (16 reads in flight); adapters read from files are
- * read into `arena` when given (at least {@link pairFloats} elements), one after the other.
+ * The factors of holders [from, to) of `plan`: where the native kernels read the file
+ * themselves (see InputAdapter.locate), where they are; else read here (16 reads in
+ * flight), into `arena` when given (at least {@link pairFloats} elements), one after the other.
  */
-export async function readPairs(plan: ModuleHolders, from: number, to: number, arena?: Float32Array): Promise<NativeFactorPair[]> {
+export async function readPairs(plan: ModuleHolders, from: number, to: number, arena?: Float32Array): Promise<NativeModulePair[]> {
   const holders = plan.holders.slice(from, to);
-  const pairs: NativeFactorPair[] = new Array(holders.length);
+  const pairs: NativeModulePair[] = new Array(holders.length);
   const at: number[] = [];
+  const toRead: number[] = [];
   let offset = 0;
-  for (const h of holders) {
-    at.push(offset);
-    offset += arenaFloats(h);
-  }
+  holders.forEach((h, i) => {
+    const files = h.adapter.locate(plan.name);
+    if (files !== null) {
+      pairs[i] = { ...files, scale: h.info.scale };
+      return;
+    }
+    toRead.push(i);
+    at[i] = offset;
+    offset += arenaFloats(plan.name, h);
+  });
   if (arena !== undefined && arena.length < offset) throw new EigenLoraxError(`internal: an arena of ${arena.length} floats for ${offset}`, 'ERR_INTERNAL');
-  await runPool(holders, 16, async (h, i) => {
+  await runPool(toRead, 16, async (i) => {
+    const h = holders[i]!;
     const a = at[i]!;
     const { rank, inFeatures, outFeatures } = h.info;
     const into = arena === undefined || h.adapter.kind === 'loaded' ? undefined : { A: arena.subarray(a, a + rank * inFeatures), B: arena.subarray(a + rank * inFeatures, a + rank * (inFeatures + outFeatures)) };
@@ -86,7 +99,7 @@ export async function forEachChunk(
   plan: ModuleHolders,
   chunk: number,
   readClock: Clock,
-  body: (pairs: NativeFactorPair[], offset: number) => Promise<void>,
+  body: (pairs: NativeModulePair[], offset: number) => Promise<void>,
 ): Promise<void> {
   const n = plan.holders.length;
   const read = (from: number) => {
@@ -94,9 +107,9 @@ export async function forEachChunk(
     p.catch(() => undefined); // awaited below; a failure of `body` comes first
     return p;
   };
-  let next: Promise<NativeFactorPair[]> | null = read(0);
+  let next: Promise<NativeModulePair[]> | null = read(0);
   for (let from = 0; from < n; from += chunk) {
-    const pairs: NativeFactorPair[] = await next!;
+    const pairs: NativeModulePair[] = await next!;
     next = from + chunk < n ? read(from + chunk) : null;
     await body(pairs, from);
   }

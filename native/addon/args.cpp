@@ -174,6 +174,7 @@ class BlockCache {
 }  // namespace
 
 Keep::~Keep() {
+  for (const FileInput& f : files_) closeDescriptor(f.fd);
   for (const Block& b : blocks_) {
     if (!BlockCache::instance().give(b.data, b.capacity)) ::operator delete[](b.data, std::align_val_t{64});
   }
@@ -205,6 +206,17 @@ void* Keep::output(Napi::Env env, const Napi::TypedArray& array, const std::stri
   unsigned char* own = allocate(env, bytes);
   if (bytes > 0) std::memcpy(own, data, bytes);
   outputs_.push_back({Napi::Persistent(array), name, own, bytes, elem});
+  return own;
+}
+
+float* Keep::fileInput(Napi::Env env, FileInput input, const std::string& name) {
+  const size_t bytes = static_cast<size_t>(input.rows) * static_cast<size_t>(input.cols) * sizeof(float);
+  input.fd = duplicateDescriptor(input.fd);
+  if (input.fd < 0) throwError(env, code::kInvalidArgument, name + ".fd: not an open file descriptor");
+  files_.push_back(input);  // owned from here: closed by the destructor, whatever happens next
+  float* own = reinterpret_cast<float*>(allocate(env, bytes));
+  files_.back().dst = own;
+  inputs_.push_back({reinterpret_cast<unsigned char*>(own), bytes, Elem::F32});
   return own;
 }
 
@@ -279,6 +291,43 @@ ConstMatView readMatrixValue(Napi::Env env, const Napi::Value& value, const std:
 MatView readOutMatrixValue(Napi::Env env, const Napi::Value& value, const std::string& name, Keep& keep,
                            Overlaps& overlaps) {
   return readMatrixImpl<MatView>(env, value, name, true, keep, overlaps);
+}
+
+ConstMatView readFactorValue(Napi::Env env, const Napi::Value& value, const std::string& name, Keep& keep,
+                             Overlaps& overlaps) {
+  if (!value.IsObject() || value.IsTypedArray() || !value.As<Napi::Object>().Has("fd")) {
+    return readMatrixValue(env, value, name, keep, overlaps);
+  }
+  if (!fileInputsSupported()) throwError(env, code::kInvalidArgument, name + ": file inputs are not supported on this platform");
+  const Napi::Object o = value.As<Napi::Object>();
+  FileInput in;
+  in.rows = requireDimension(env, o.Get("rows"), name + ".rows");
+  in.cols = requireDimension(env, o.Get("cols"), name + ".cols");
+  const auto integer = [&](const char* key, double max) {
+    const Napi::Value v = o.Get(key);
+    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0 && d <= max && std::floor(d) == d)) badArgument(env, name + "." + key, "a non-negative integer", v);
+    return static_cast<int64_t>(d);
+  };
+  in.fd = static_cast<int>(integer("fd", 2147483647.0));
+  in.offset = integer("offset", kMaxSafeInteger);
+  const Napi::Value dtype = o.Get("dtype");
+  const std::string dt = dtype.IsString() ? dtype.As<Napi::String>().Utf8Value() : "";
+  if (dt == "f32") in.dtype = DType::F32;
+  else if (dt == "f16") in.dtype = DType::F16;
+  else if (dt == "bf16") in.dtype = DType::BF16;
+  else badArgument(env, name + ".dtype", "'f32', 'f16' or 'bf16'", dtype);
+  const Napi::Value where = o.Get("where");
+  if (!where.IsString()) badArgument(env, name + ".where", "a string", where);
+  in.where = where.As<Napi::String>().Utf8Value();
+  const Napi::Value check = o.Get("checkFinite");
+  if (!check.IsBoolean()) badArgument(env, name + ".checkFinite", "a boolean", check);
+  in.checkFinite = check.As<Napi::Boolean>().Value();
+  if (static_cast<double>(in.rows) * static_cast<double>(in.cols) * 8 > kMaxSafeInteger) {
+    throwError(env, code::kInvalidArgument, name + ": " + shapeString(in.rows, in.cols) + " is too large");
+  }
+  const Index rows = in.rows, cols = in.cols;
+  return {keep.fileInput(env, std::move(in), name), rows, cols};
 }
 
 const int32_t* readInt32(Napi::Env env, const Napi::Object& args, const char* name, size_t length, Keep& keep,

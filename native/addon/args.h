@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "../core/matrix.h"
+#include "file_inputs.h"
 
 namespace eigenlorax::addon {
 
@@ -47,6 +48,14 @@ class Keep {
   // ERR_DETACHED_BUFFER (and writes nothing) when one was detached or resized meanwhile.
   void writeBack(Napi::Env env) const;
 
+  // The job's memory for a float factor stored in a file (see file_inputs.h): `input.fd` is
+  // the caller's descriptor, duplicated now; the memory is filled by readFiles().
+  float* fileInput(Napi::Env env, FileInput input, const std::string& name);
+  // On the worker, before the kernel: reads every file input (ERR_IO, ERR_NON_FINITE).
+  void readFiles() const {
+    if (!files_.empty()) readFileInputs(files_.data(), files_.size());
+  }
+
   // Float32 overflow must not pass silently (an Inf-producing scale, products beyond
   // 3.4e38): on the worker, before the kernel, notes which outputs start finite; after
   // it, throws ERR_NON_FINITE naming the first float output that now holds NaN or Inf
@@ -80,6 +89,7 @@ class Keep {
   std::vector<Block> blocks_;
   std::vector<Span> inputs_;
   std::vector<Output> outputs_;
+  std::vector<FileInput> files_;
 };
 
 // The data pointer of any typed array (over an ArrayBuffer or a SharedArrayBuffer).
@@ -112,6 +122,10 @@ ConstMatView readMatrixValue(Napi::Env env, const Napi::Value& value, const std:
                              Overlaps& overlaps);
 MatView readOutMatrixValue(Napi::Env env, const Napi::Value& value, const std::string& name, Keep& keep,
                            Overlaps& overlaps);
+// A factor: a matrix, or a tensor the job reads from a file,
+// { rows, cols, fd, offset, dtype: 'f32' | 'f16' | 'bf16', where, checkFinite }.
+ConstMatView readFactorValue(Napi::Env env, const Napi::Value& value, const std::string& name, Keep& keep,
+                             Overlaps& overlaps);
 Napi::Array readArray(Napi::Env env, const Napi::Object& args, const char* name);
 // A writable Float64Array of exactly `length` elements.
 double* readFloat64Out(Napi::Env env, const Napi::Object& args, const char* name, size_t length, Keep& keep,

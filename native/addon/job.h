@@ -59,6 +59,7 @@ class Job : public Napi::AsyncWorker {
 
  private:
   void runChecked() {
+    keep.readFiles();
     const bool check = finiteResult();
     if (check) keep.noteFiniteOutputs();
     run();

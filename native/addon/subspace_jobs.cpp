@@ -17,8 +17,8 @@ std::vector<FactorPair> readSubspaceAdapters(Napi::Env env, const Napi::Object& 
     if (!item.IsObject()) badArgument(env, name, "an object { A, B, scale }", item);
     const Napi::Object o = item.As<Napi::Object>();
     FactorPair p;
-    p.a = readMatrixValue(env, o.Get("A"), name + ".A", keep, overlaps);
-    p.b = readMatrixValue(env, o.Get("B"), name + ".B", keep, overlaps);
+    p.a = readFactorValue(env, o.Get("A"), name + ".A", keep, overlaps);
+    p.b = readFactorValue(env, o.Get("B"), name + ".B", keep, overlaps);
     p.scale = readScaleValue(env, o.Get("scale"), name + ".scale");
     pairs.push_back(p);
   }
