@@ -243,6 +243,12 @@ export interface NativeAddon {
     singularB: Float32Array; // out, K_B
     meanA: Float32Array | null; // out when center, d_in
     meanB: Float32Array | null; // out when center, d_out
+    /**
+     * When given, every adapter is also projected on the components (and means) just
+     * built: what projectModule writes for them, bit for bit, without canonicalising their
+     * factors a second time.
+     */
+    project?: { alphas: Matrix[]; betas: Matrix[]; norms: Float64Array; errors: Float64Array } | null;
   }): Promise<{ energyA: number; energyB: number; norms: Float64Array }>;
 
   /**

@@ -6,6 +6,7 @@
 import test from 'ava';
 import { EigenLoraxError, matrix, type Matrix } from '../lib/index.js';
 import { native, type NativeFactorPair, type NativeStacking, type NativeWeighting } from '../lib/native.js';
+import * as ops from '../lib/native/ops.js';
 import { freshSeed, randomMatrix } from './helpers/random.js';
 import { invertible, regauge } from './helpers/subspace-fixtures.js';
 import {
@@ -249,6 +250,52 @@ test('centring writes the means and reconstruction adds them back', async (t) =>
     t.true(frobeniusDistance(toF64(reconstructions[i]!.A), toF64(p.A)) < 1e-4 * frobenius(toF64(p.A)), `seed ${seed}: A_${i}`);
   });
 });
+
+for (const [stacking, weighting, center] of [
+  ['canonical', 'equal', false],
+  ['canonical', 'scale', true],
+  ['raw', 'equal', true],
+] as const) {
+  test(`buildModuleSubspace with project (${stacking}, ${weighting}${center ? ', centred' : ''}): the same components, and loadings, norms and errors bit for bit those of projectModule`, async (t) => {
+    const seed = freshSeed();
+    const list = adapters(seed, 7);
+    const k = 4;
+    const separate = await build(list, stacking, weighting, k, center);
+    const projected = await project(list, stacking, separate);
+    const out = {
+      componentsA: matrix(dIn, k),
+      componentsB: matrix(dOut, k),
+      singularA: new Float32Array(k),
+      singularB: new Float32Array(k),
+      meanA: center ? new Float32Array(dIn) : null,
+      meanB: center ? new Float32Array(dOut) : null,
+    };
+    const alphas = list.map((p) => matrix(k, p.A.rows));
+    const betas = list.map((p) => matrix(k, p.A.rows));
+    const norms = new Float64Array(list.length);
+    const errors = new Float64Array(list.length);
+    const info = await native.buildModuleSubspace({ adapters: list, stacking, weighting, center, oversample: 10, powerIters: 2, seed: 3, ...out, project: { alphas, betas, norms, errors } });
+    t.deepEqual(info, separate.info, `seed ${seed}`);
+    t.deepEqual(out.componentsA.data, separate.componentsA.data, `seed ${seed}`);
+    t.deepEqual(out.componentsB.data, separate.componentsB.data, `seed ${seed}`);
+    t.deepEqual(alphas.map((a) => a.data), projected.alphas.map((a) => a.data), `seed ${seed}: alphas`);
+    t.deepEqual(betas.map((b) => b.data), projected.betas.map((b) => b.data), `seed ${seed}: betas`);
+    t.deepEqual(norms, projected.norms, `seed ${seed}: norms`);
+    t.deepEqual(errors, projected.errors, `seed ${seed}: errors`);
+    t.true(errors.some((e) => e > 0), `seed ${seed}: some adapter is not inside the basis`);
+    // The projection's outputs are checked before any work.
+    await t.throwsAsync(ops.buildModuleSubspace({ adapters: list, stacking, weighting, center, oversample: 10, powerIters: 2, seed: 3, ...out, project: { alphas: alphas.slice(1), betas, norms, errors } }), {
+      code: 'ERR_INVALID_ARGUMENT',
+      message: /alphas, betas: expected one output per adapter \(7\)/,
+    });
+    const wrong = [...alphas];
+    wrong[2] = matrix(k + 1, list[2]!.A.rows);
+    await t.throwsAsync(ops.buildModuleSubspace({ adapters: list, stacking, weighting, center, oversample: 10, powerIters: 2, seed: 3, ...out, project: { alphas: wrong, betas, norms, errors } }), {
+      code: 'ERR_SHAPE_MISMATCH',
+      message: /alphas\[2\]/,
+    });
+  });
+}
 
 test('bad arguments are typed errors, checked before any work', async (t) => {
   const list = adapters(1, 3);

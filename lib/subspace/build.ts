@@ -255,7 +255,13 @@ async function buildModule(
       meanA,
       meanB,
     };
-    const build = () => (pairs === null ? streamModuleComponents(plan, args, chunk, clocks) : ops.buildModuleSubspace({ ...args, adapters: pairs }));
+    // Components used as built (no variance threshold, no augmentation): the build call
+    // projects the adapters too, from the factors it already canonicalised.
+    const projectInBuild = pairs !== null && settings.variance === null && settings.augment.A === 0 && settings.augment.B === 0;
+    const projected = projectInBuild
+      ? { alphas: plan.holders.map((h) => matrix(k.A, h.info.rank)), betas: plan.holders.map((h) => matrix(k.B, h.info.rank)), norms: new Float64Array(pairs.length), errors: new Float64Array(pairs.length) }
+      : null;
+    const build = () => (pairs === null ? streamModuleComponents(plan, args, chunk, clocks) : ops.buildModuleSubspace({ ...args, adapters: pairs, project: projected }));
     const timed = pairs === null ? build() : clock.time(build);
     const { energyA, energyB } = await timed.catch((error: unknown) => {
       throw inModule(error, plan);
@@ -318,6 +324,7 @@ async function buildModule(
       ranks: plan.holders.map((h) => h.info.rank),
     };
     const project = async () => {
+      if (projected !== null) return projected.alphas.map((alpha, i) => ({ alpha, beta: projected.betas[i]!, norm: projected.norms[i]!, error: projected.errors[i]! }));
       if (pairs === null) return streamProjections(plan, module, settings.stacking, chunk, clocks);
       const { alphas, betas, norms, errors } = await clock.time(() => projectPairs(module, settings.stacking, pairs));
       return pairs.map((_, i) => ({ alpha: alphas[i]!, beta: betas[i]!, norm: norms[i]!, error: errors[i]! }));

@@ -89,18 +89,31 @@ class BuildModuleJob : public Job {
     options_.powerIters = static_cast<int>(readInteger(env, args, "powerIters", 0, 1000));
     options_.seed = static_cast<uint64_t>(readInteger(env, args, "seed", 0, kMaxSafe));
     out_ = readSubspaceOutputs(env, args, keep, overlaps);
+    // Optional: project every adapter on the result in the same call.
+    const Napi::Value project = args.Get("project");
+    if (!project.IsUndefined() && !project.IsNull()) {
+      const Napi::Object p = requireObject(env, project, "project");
+      project_.alphas = readOutMatrices(env, p, "alphas", keep, overlaps);
+      project_.betas = readOutMatrices(env, p, "betas", keep, overlaps);
+      project_.norms = readFloat64Out(env, p, "norms", adapters_.size(), keep, overlaps);
+      project_.errors = readFloat64Out(env, p, "errors", adapters_.size(), keep, overlaps);
+      projecting_ = true;
+    }
     overlaps.check(env);
-    checkNow(env, [&] { checkModuleSubspace(adapters_, options_, out_); });
+    checkNow(env, [&] { checkModuleSubspace(adapters_, options_, out_, projection()); });
   }
 
  protected:
-  void run() override { info_ = buildModuleSubspace(adapters_, options_, out_); }
+  void run() override { info_ = buildModuleSubspace(adapters_, options_, out_, projection()); }
+  const ModuleProjectionOutputs* projection() const { return projecting_ ? &project_ : nullptr; }
   Napi::Value result(Napi::Env env) override { return subspaceInfoResult(env, info_); }
 
  private:
   std::vector<FactorPair> adapters_;
   ModuleSubspaceOptions options_;
   ModuleSubspaceOutputs out_;
+  ModuleProjectionOutputs project_;
+  bool projecting_ = false;
   ModuleSubspaceInfo info_;
 };
 

@@ -88,11 +88,15 @@ double centerAndEnergy(MapF stacked, float* mean) {
   return energy;
 }
 
-// A float buffer kept by the calling thread and reused by the next module when the size is
-// close (reallocating a 64 MB stack per module costs page faults, not just time).
-float* reusableBuffer(size_t count) {
-  thread_local std::unique_ptr<float[]> buffer;
-  thread_local size_t capacity = 0;
+// Float buffers kept by the calling thread (one per slot) and reused by the next module
+// when the size is close (reallocating a 64 MB stack per module costs page faults, not just
+// time).
+enum BufferSlot { kStackSlot = 0, kFactorsSlot = 1 };
+float* reusableBuffer(BufferSlot slot, size_t count) {
+  thread_local std::unique_ptr<float[]> buffers[2];
+  thread_local size_t capacities[2] = {0, 0};
+  std::unique_ptr<float[]>& buffer = buffers[slot];
+  size_t& capacity = capacities[slot];
   if (count > capacity || count < capacity / 4) {
     buffer.reset();
     buffer.reset(new float[count]);  // uninitialised: every entry is written before it is read
@@ -121,14 +125,16 @@ struct SideProjection {
   ColMatD gram;  // 2r x 2r: [X Res]^T [X Res]
 };
 
-SideProjection projectSide(const ColMatD& x, const ConstMapF& basis, const Eigen::Map<const Eigen::VectorXf>& mu,
+// x: the side's factor as stacked, in float (A'^T or B').
+template <typename X>
+SideProjection projectSide(const X& x, const ConstMapF& basis, const Eigen::Map<const Eigen::VectorXf>& mu,
                            CanonicalWork& w) {
   const Index d = x.rows(), r = x.cols();
   SideProjection out;
   w.pq.resize(d, 2 * r);
   auto xs = w.pq.leftCols(r);
   auto res = w.pq.rightCols(r);
-  xs = x.cast<float>();
+  xs = x;
   res = xs.colwise() - mu;
   out.loadings.noalias() = basis.transpose() * res;
   res.noalias() -= basis * out.loadings;
@@ -158,10 +164,52 @@ double residualNorm(const SideProjection& a, const SideProjection& b, Index r) {
   return std::sqrt(std::max(0.0, squared));
 }
 
+// A basis as maps, with zero means where it has none.
+struct ProjectionBasis {
+  ConstMapF vA, uB;
+  Eigen::VectorXf zeroA, zeroB;
+  Eigen::Map<const Eigen::VectorXf> muA, muB;
+  explicit ProjectionBasis(const ModuleBasis& basis)
+      : vA(basis.componentsA.map()),
+        uB(basis.componentsB.map()),
+        zeroA(Eigen::VectorXf::Zero(basis.meanA ? 0 : basis.componentsA.rows)),
+        zeroB(Eigen::VectorXf::Zero(basis.meanB ? 0 : basis.componentsB.rows)),
+        muA(basis.meanA ? basis.meanA : zeroA.data(), basis.componentsA.rows),
+        muB(basis.meanB ? basis.meanB : zeroB.data(), basis.componentsB.rows) {}
+};
+
+// One adapter's loadings, norm and error from its factors as stacked, in float (at = A'^T,
+// b = B'): loadings and residuals in float (BLAS-3, K x r and d x r), the r x r algebra of
+// the error in double.
+template <typename XA, typename XB>
+void projectOne(const XA& at, const XB& b, double norm, double scale, const ProjectionBasis& basis, MatView alpha,
+                MatView beta, double& normOut, double& errorOut, CanonicalWork& w) {
+  const Index r = at.cols();
+  const SideProjection pa = projectSide(at, basis.vA, basis.muA, w);
+  alpha.map() = pa.loadings;
+  const SideProjection pb = projectSide(b, basis.uB, basis.muB, w);
+  beta.map() = pb.loadings;
+  normOut = norm;
+  errorOut = std::abs(scale) * residualNorm(pa, pb, r);
+}
+
+void checkProjectionOutputs(const std::vector<FactorPair>& adapters, Index kA, Index kB,
+                            const std::vector<MatView>& alphas, const std::vector<MatView>& betas) {
+  if (alphas.size() != adapters.size() || betas.size() != adapters.size()) {
+    throw CoreError(code::kInvalidArgument, "alphas, betas: expected one output per adapter (" +
+                                                std::to_string(adapters.size()) + ")");
+  }
+  for (size_t i = 0; i < adapters.size(); ++i) {
+    const Index r = adapters[i].a.rows;
+    requireShape(("alphas[" + std::to_string(i) + "]").c_str(), alphas[i].rows, alphas[i].cols, kA, r);
+    requireShape(("betas[" + std::to_string(i) + "]").c_str(), betas[i].rows, betas[i].cols, kB, r);
+  }
+}
+
 }  // namespace
 
 void checkModuleSubspace(const std::vector<FactorPair>& adapters, const ModuleSubspaceOptions& o,
-                         const ModuleSubspaceOutputs& out) {
+                         const ModuleSubspaceOutputs& out, const ModuleProjectionOutputs* project) {
   Index dIn = 0, dOut = 0, total = 0;
   checkPairs(adapters, dIn, dOut, total);
   checkComponents("componentsA", out.componentsA.view(), dIn, std::min(dIn, total));
@@ -169,11 +217,17 @@ void checkModuleSubspace(const std::vector<FactorPair>& adapters, const ModuleSu
   if (o.center && (out.meanA == nullptr || out.meanB == nullptr)) {
     throw CoreError(code::kInvalidArgument, "meanA, meanB: expected output vectors when centring");
   }
+  if (project != nullptr) {
+    checkProjectionOutputs(adapters, out.componentsA.cols, out.componentsB.cols, project->alphas, project->betas);
+    if (project->norms == nullptr || project->errors == nullptr) {
+      throw CoreError(code::kInvalidArgument, "norms, errors: expected output vectors when projecting");
+    }
+  }
 }
 
 ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, const ModuleSubspaceOptions& o,
-                                       const ModuleSubspaceOutputs& out) {
-  checkModuleSubspace(adapters, o, out);
+                                       const ModuleSubspaceOutputs& out, const ModuleProjectionOutputs* project) {
+  checkModuleSubspace(adapters, o, out, project);
   const Index dIn = adapters[0].a.cols, dOut = adapters[0].b.rows;
   Index total = 0;
   for (const FactorPair& p : adapters) total += p.a.rows;
@@ -182,12 +236,16 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
 
   // Both stacks at once, written by the loop over adapters that canonicalises them: rows
   // of side A are w_i A'_i, rows of side B are w_i B'_i^T.
-  float* buffer = reusableBuffer(static_cast<size_t>(total) * static_cast<size_t>(dIn + dOut));
+  float* buffer = reusableBuffer(kStackSlot, static_cast<size_t>(total) * static_cast<size_t>(dIn + dOut));
   MapF stackedA(buffer, total, dIn);
   MapF stackedB(buffer + total * dIn, total, dOut);
   const bool equal = o.stacking == Stacking::Canonical && o.weighting == Weighting::Equal;
   ModuleSubspaceInfo info;
   info.norms.assign(adapters.size(), 0.0);
+  // For the projection: every adapter's factors as stacked, unweighted, in float (what
+  // projectModule would compute again), and their scales.
+  float* factors = project == nullptr ? nullptr : reusableBuffer(kFactorsSlot, static_cast<size_t>(total) * static_cast<size_t>(dIn + dOut));
+  std::vector<double> scales(adapters.size(), 1.0);
   parallelFor(adapters.size(), [&](size_t i) {
     const FactorPair& p = adapters[i];
     if (!allFiniteF(p.a.data, p.a.rows * p.a.cols) || !allFiniteF(p.b.data, p.b.rows * p.b.cols)) {
@@ -201,12 +259,27 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
     // A'^T (d_in x r, column-major) has the memory layout of the r x d_in rows.
     Eigen::Map<ColMatF>(stackedA.data() + offsets[i] * dIn, dIn, r) = (weight * w.at).cast<float>();
     Eigen::Map<ColMatF>(stackedB.data() + offsets[i] * dOut, dOut, r) = (weight * w.b).cast<float>();
+    if (factors != nullptr) {
+      Eigen::Map<ColMatF>(factors + offsets[i] * dIn, dIn, r) = w.at.cast<float>();
+      Eigen::Map<ColMatF>(factors + total * dIn + offsets[i] * dOut, dOut, r) = w.b.cast<float>();
+      scales[i] = w.scale;
+    }
   });
 
   info.energyA = centerAndEnergy(stackedA, o.center ? out.meanA : nullptr);
   topComponents({stackedA.data(), total, dIn}, o, o.seed, out.componentsA, out.singularA);
   info.energyB = centerAndEnergy(stackedB, o.center ? out.meanB : nullptr);
   topComponents({stackedB.data(), total, dOut}, o, o.seed + 1, out.componentsB, out.singularB);
+  if (project == nullptr) return info;
+  const ProjectionBasis basis(ModuleBasis{out.componentsA.view(), out.componentsB.view(), o.center ? out.meanA : nullptr,
+                                          o.center ? out.meanB : nullptr});
+  parallelFor(adapters.size(), [&](size_t i) {
+    const Index r = adapters[i].a.rows;
+    const Eigen::Map<const ColMatF> at(factors + offsets[i] * dIn, dIn, r);
+    const Eigen::Map<const ColMatF> b(factors + total * dIn + offsets[i] * dOut, dOut, r);
+    projectOne(at, b, info.norms[i], scales[i], basis, project->alphas[i], project->betas[i], project->norms[i],
+               project->errors[i], canonicalWork());
+  });
   return info;
 }
 
@@ -223,30 +296,14 @@ void checkProjectModule(const std::vector<FactorPair>& adapters, const ModuleBas
   checkBasis(basis);
   requireShape("componentsA", basis.componentsA.rows, basis.componentsA.cols, dIn, basis.componentsA.cols);
   requireShape("componentsB", basis.componentsB.rows, basis.componentsB.cols, dOut, basis.componentsB.cols);
-  if (alphas.size() != adapters.size() || betas.size() != adapters.size()) {
-    throw CoreError(code::kInvalidArgument, "alphas, betas: expected one output per adapter (" +
-                                                std::to_string(adapters.size()) + ")");
-  }
-  for (size_t i = 0; i < adapters.size(); ++i) {
-    const Index r = adapters[i].a.rows;
-    requireShape(("alphas[" + std::to_string(i) + "]").c_str(), alphas[i].rows, alphas[i].cols,
-                 basis.componentsA.cols, r);
-    requireShape(("betas[" + std::to_string(i) + "]").c_str(), betas[i].rows, betas[i].cols,
-                 basis.componentsB.cols, r);
-  }
+  checkProjectionOutputs(adapters, basis.componentsA.cols, basis.componentsB.cols, alphas, betas);
 }
 
 void projectModule(const std::vector<FactorPair>& adapters, Stacking stacking, const ModuleBasis& basis,
                    const std::vector<MatView>& alphas, const std::vector<MatView>& betas, double* norms,
                    double* errors) {
   checkProjectModule(adapters, basis, alphas, betas);
-  const ConstMapF vA = basis.componentsA.map(), uB = basis.componentsB.map();
-  const Index dIn = vA.rows(), dOut = uB.rows();
-  const Eigen::VectorXf zeroA = Eigen::VectorXf::Zero(basis.meanA ? 0 : dIn);
-  const Eigen::VectorXf zeroB = Eigen::VectorXf::Zero(basis.meanB ? 0 : dOut);
-  const Eigen::Map<const Eigen::VectorXf> muA(basis.meanA ? basis.meanA : zeroA.data(), dIn);
-  const Eigen::Map<const Eigen::VectorXf> muB(basis.meanB ? basis.meanB : zeroB.data(), dOut);
-
+  const ProjectionBasis projection(basis);
   parallelFor(adapters.size(), [&](size_t i) {
     const FactorPair& p = adapters[i];
     if (!allFiniteF(p.a.data, p.a.rows * p.a.cols) || !allFiniteF(p.b.data, p.b.rows * p.b.cols)) {
@@ -254,15 +311,8 @@ void projectModule(const std::vector<FactorPair>& adapters, Stacking stacking, c
     }
     CanonicalWork& w = canonicalWork();
     stackedFactors(p, stacking, w);
-    const Index r = p.a.rows;
-    // Loadings and residuals in float (BLAS-3, K x r and d x r), the r x r algebra of the
-    // error in double. Side A: At = A'^T, alpha = V^T (At - muA), resA = At - muA - V alpha.
-    SideProjection a = projectSide(w.at, vA, muA, w);
-    alphas[i].map() = a.loadings;
-    SideProjection b = projectSide(w.b, uB, muB, w);
-    betas[i].map() = b.loadings;
-    norms[i] = w.norm;
-    errors[i] = std::abs(w.scale) * residualNorm(a, b, r);
+    projectOne(w.at.cast<float>(), w.b.cast<float>(), w.norm, w.scale, projection, alphas[i], betas[i], norms[i],
+               errors[i], w);
   });
 }
 

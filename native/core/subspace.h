@@ -50,12 +50,24 @@ struct ModuleSubspaceInfo {
   std::vector<double> norms;  // ||dW_i||_F
 };
 
+// What projectModule writes (see there), when a build projects its adapters itself.
+struct ModuleProjectionOutputs {
+  std::vector<MatView> alphas;  // K_A x r_i each
+  std::vector<MatView> betas;   // K_B x r_i each
+  double* norms = nullptr;
+  double* errors = nullptr;
+};
+
 // Checks shapes: every pair A_i r_i x d_in and B_i d_out x r_i with the same d_in, d_out;
-// K_A <= min(d_in, sum r_i), K_B <= min(d_out, sum r_i).
+// K_A <= min(d_in, sum r_i), K_B <= min(d_out, sum r_i); the projection's outputs when given.
 void checkModuleSubspace(const std::vector<FactorPair>& adapters, const ModuleSubspaceOptions& options,
-                         const ModuleSubspaceOutputs& out);
+                         const ModuleSubspaceOutputs& out, const ModuleProjectionOutputs* project = nullptr);
+// With `project`, also projects every adapter on the components (and means) just built:
+// bit for bit what projectModule writes for them, without canonicalising the factors again
+// (the build keeps each adapter's factors as stacked, in float, for it).
 ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, const ModuleSubspaceOptions& options,
-                                       const ModuleSubspaceOutputs& out);
+                                       const ModuleSubspaceOutputs& out,
+                                       const ModuleProjectionOutputs* project = nullptr);
 
 struct ModuleBasis {
   ConstMatView componentsA;       // V_A: d_in x K_A
