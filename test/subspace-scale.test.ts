@@ -93,7 +93,7 @@ for (const [label, options] of [
 test('out of core: a budget between the modules streams only the larger ones; small stacks (exact SVD) stay in memory', async (t) => {
   const seed = freshSeed();
   const adapters = zoo(seed, 14, MODULES.slice(0, 1));
-  const bytes = 8 * 14 * RANK * (D_IN + D_OUT);
+  const bytes = 16 * 14 * RANK * (D_IN + D_OUT); // inMemoryModuleBytes
   const fits = await buildSubspace(adapters, { components: 5, hashSources: false, memoryBudget: bytes });
   t.deepEqual(fits.report!.streamedModules, [], `seed ${seed}`);
   const over = await buildSubspace(adapters, { components: 5, hashSources: false, memoryBudget: bytes - 1 });

@@ -47,11 +47,13 @@ export function defaultMemoryBudget(): number {
 }
 
 /**
- * Bytes one module takes when built in memory: the adapters' factors as read (f32) and the
- * stacks the native build forms from them (f32, both sides), 8 bytes per factor entry.
+ * Bytes one module takes when built in memory, at most 16 per factor entry (f32 each): the
+ * factors as read in JavaScript (none for files the native call reads itself), the native
+ * call's own copy of them, the stacks it forms (both sides) and the canonical factors it
+ * keeps for projecting the adapters in the same call.
  */
 export function inMemoryModuleBytes(totalRank: number, dIn: number, dOut: number): number {
-  return 8 * totalRank * (dIn + dOut);
+  return 16 * totalRank * (dIn + dOut);
 }
 
 /**
