@@ -326,7 +326,18 @@ export interface NativeAddon {
     curveB: number;
     warmA: Matrix | null;
     warmB: Matrix | null;
-  }): Promise<{ curveA: NativeSideBasis; curveB: NativeSideBasis; folds: Array<{ A: NativeSideBasis & { components: Matrix }; B: NativeSideBasis & { components: Matrix } } | null> }>;
+    /**
+     * Also project every adapter on its own fold's basis as it is returned (loadings, norms,
+     * errors as projectModule gives them, overlaps as factorOverlaps), from the factors the
+     * stacks were formed from: `heldOut[i]`, null where the fold has no basis.
+     */
+    projectHeldOut?: boolean;
+  }): Promise<{
+    curveA: NativeSideBasis;
+    curveB: NativeSideBasis;
+    folds: Array<{ A: NativeSideBasis & { components: Matrix }; B: NativeSideBasis & { components: Matrix } } | null>;
+    heldOut?: Array<{ alpha: Matrix; beta: Matrix; norm: number; error: number; overlapA: number; overlapB: number } | null>;
+  }>;
   /** Per adapter: ||Q^T P||_F^2 / min(r, K) of span(A_i^T) against basisA and span(B_i) against basisB (1 when r or K >= d). */
   factorOverlaps(args: { adapters: NativeModulePair[]; basisA: Matrix; basisB: Matrix; overlapA: Float64Array; overlapB: Float64Array }): Promise<void>;
 

@@ -9,6 +9,7 @@
  */
 import test from 'ava';
 import { analyzeAdapters, buildSubspace, projectAdapter, type LoraAdapter } from '../lib/index.js';
+import { matrix } from '../lib/matrix.js';
 import * as ops from '../lib/native/ops.js';
 import { freshSeed } from './helpers/random.js';
 import { memoryAdapter, normal, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
@@ -65,6 +66,41 @@ test('the native job is registered and refuses bad folds', async (t) => {
   t.is(ok.folds[1], null, 'fold 1 holds every adapter: no basis');
   t.true(ok.folds[0] !== null && ok.folds[0]!.A.components.rows === 8);
 });
+
+for (const stacking of ['canonical', 'raw'] as const) {
+  test(`foldBases with projectHeldOut (${stacking}): each adapter's loadings, norm, error and overlaps are bit for bit projectModule's and factorOverlaps' on its fold's basis`, async (t) => {
+    const seed = freshSeed();
+    const adapters = zoo(seed, 6, 0.3);
+    const pairs = adapters.map((a) => {
+      const m = a.modules.get(MODULE)!;
+      return { A: m.A, B: m.B, scale: m.scale };
+    });
+    const folds = Int32Array.from(pairs, (_, i) => i % FOLDS);
+    const result = await ops.foldBases({
+      adapters: pairs, folds, foldCount: FOLDS, stacking, weighting: 'equal', oversample: 10, powerIters: 2, seed,
+      componentsA: 6, componentsB: 6, curveA: 12, curveB: 12, warmA: null, warmB: null, projectHeldOut: true,
+    });
+    t.is(result.heldOut?.length, N);
+    for (let f = 0; f < FOLDS; f++) {
+      const fold = result.folds[f]!;
+      const left = pairs.filter((_, i) => folds[i] === f);
+      const alphas = left.map((p) => matrix(fold.A.components.cols, p.A.rows));
+      const betas = left.map((p) => matrix(fold.B.components.cols, p.A.rows));
+      const norms = new Float64Array(left.length);
+      const errors = new Float64Array(left.length);
+      const basis = { componentsA: fold.A.components, componentsB: fold.B.components };
+      await ops.projectModule({ adapters: left, stacking, ...basis, meanA: null, meanB: null, alphas, betas, norms, errors });
+      const overlapA = new Float64Array(left.length);
+      const overlapB = new Float64Array(left.length);
+      await ops.factorOverlaps({ adapters: left, basisA: basis.componentsA, basisB: basis.componentsB, overlapA, overlapB });
+      const held = result.heldOut!.filter((_, i) => folds[i] === f);
+      t.deepEqual(held.map((h) => h!.alpha), alphas, `seed ${seed}: fold ${f} alphas`);
+      t.deepEqual(held.map((h) => h!.beta), betas, `seed ${seed}: fold ${f} betas`);
+      t.deepEqual(held.map((h) => [h!.norm, h!.error, h!.overlapA, h!.overlapB]), left.map((_, j) => [norms[j], errors[j], overlapA[j], overlapB[j]]), `seed ${seed}: fold ${f}`);
+      t.true(errors.every((e) => e > 0), `seed ${seed}: held-out adapters are not inside their fold's basis`);
+    }
+  });
+}
 
 test("approximate fold bases: every held-out error within 1% of the exact per-fold SVD (a build's rsvd per fold: 0.5%), the curve within 0.01", async (t) => {
   const seed = freshSeed();

@@ -87,6 +87,9 @@ export async function heldOutByFolds(
   const perAdapter = all.map(() => new Map<string, ModuleCoefficients>());
   const modules = [...inSample.modules.values()];
   const arenas = new FactorArenas();
+  // Fold bases used as they come (no variance threshold, no augmentation): the foldBases
+  // call projects the held-out adapters itself, from the factors it stacked.
+  const basesAsBuilt = settings.variance === null && settings.augment.A === 0 && settings.augment.B === 0;
   await runPool(modules, resolved.concurrency, async (m) => {
     const holders = all.flatMap((adapter, i) => {
       const info = adapter.modules.get(m.name);
@@ -110,15 +113,25 @@ export async function heldOutByFolds(
         curveB: curveComponents.B,
         warmA: leftColumns(m.componentsA, m.kA - m.augmentA),
         warmB: leftColumns(m.componentsB, m.kB - m.augmentB),
+        projectHeldOut: basesAsBuilt,
       });
       spectrum.set(m.name, { singularA: result.curveA.singular, singularB: result.curveB.singular, energyA: result.curveA.energy, energyB: result.curveB.energy });
       progress('spectrum', m.name);
       const entry: PerSide<OverlapEntry[]> = { A: [], B: [] };
       for (let f = 0; f < foldCount; f++) {
         const fold = result.folds[f];
-        const left = holders.map((h, j) => ({ ...h, pair: pairs[j]! })).filter((h) => folds[h.i] === f);
+        const left = holders.map((h, j) => ({ ...h, pair: pairs[j]!, held: result.heldOut?.[j] ?? null })).filter((h) => folds[h.i] === f);
         if (fold === null || fold === undefined) continue;
-        if (left.length > 0) await projectFold(m.name, left, fold, settings, seed, perAdapter, entry);
+        if (basesAsBuilt) {
+          for (const h of left) {
+            const p = h.held!;
+            perAdapter[h.i]!.set(m.name, moduleCoefficients(h.info, settings.stacking, p.alpha, p.beta, p.norm, p.error));
+            entry.A.push({ adapter: h.adapter.name, overlap: p.overlapA, random: randomOverlap(h.info.rank, p.alpha.rows, m.dIn) });
+            entry.B.push({ adapter: h.adapter.name, overlap: p.overlapB, random: randomOverlap(h.info.rank, p.beta.rows, m.dOut) });
+          }
+        } else if (left.length > 0) {
+          await projectFold(m.name, left, fold, settings, seed, perAdapter, entry);
+        }
         progress('held-out', `fold ${f + 1}/${foldCount}: ${m.name}`);
       }
       if (entry.A.length > 0) overlaps.set(m.name, entry);

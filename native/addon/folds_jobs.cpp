@@ -49,6 +49,7 @@ class FoldBasesJob : public Job {
     options_.curveA = readInteger(env, args, "curveA", 1, kMaxSafe);
     options_.curveB = readInteger(env, args, "curveB", 1, kMaxSafe);
     options_.foldCount = static_cast<int32_t>(readInteger(env, args, "foldCount", 1, 1 << 30));
+    options_.projectHeldOut = args.Get("projectHeldOut").ToBoolean();
     warmA_ = readOptionalMatrix(env, args, "warmA", keep, overlaps);
     warmB_ = readOptionalMatrix(env, args, "warmB", keep, overlaps);
     overlaps.check(env);
@@ -74,6 +75,34 @@ class FoldBasesJob : public Job {
       folds.Set(static_cast<uint32_t>(f), fold);
     }
     out.Set("folds", folds);
+    if (options_.projectHeldOut) {
+      const auto matrixOf = [&](const RowMatF& m) {
+        Napi::Object o = Napi::Object::New(env);
+        Napi::Float32Array data = Napi::Float32Array::New(env, static_cast<size_t>(m.size()));
+        std::copy(m.data(), m.data() + m.size(), data.Data());
+        o.Set("rows", Napi::Number::New(env, static_cast<double>(m.rows())));
+        o.Set("cols", Napi::Number::New(env, static_cast<double>(m.cols())));
+        o.Set("data", data);
+        return o;
+      };
+      Napi::Array held = Napi::Array::New(env, out_.heldOut.size());
+      for (size_t i = 0; i < out_.heldOut.size(); ++i) {
+        const HeldOutProjection& h = out_.heldOut[i];
+        if (!h.present) {
+          held.Set(static_cast<uint32_t>(i), env.Null());
+          continue;
+        }
+        Napi::Object o = Napi::Object::New(env);
+        o.Set("alpha", matrixOf(h.alpha));
+        o.Set("beta", matrixOf(h.beta));
+        o.Set("norm", Napi::Number::New(env, h.norm));
+        o.Set("error", Napi::Number::New(env, h.error));
+        o.Set("overlapA", Napi::Number::New(env, h.overlapA));
+        o.Set("overlapB", Napi::Number::New(env, h.overlapB));
+        held.Set(static_cast<uint32_t>(i), o);
+      }
+      out.Set("heldOut", held);
+    }
     return out;
   }
 

@@ -22,6 +22,14 @@ struct Stack {
   std::vector<double> energy;  // per adapter, ||rows of i||_F^2
 };
 
+// Every adapter's factors as stacked, unweighted, in float (A'^T and B' column-major at the
+// adapter's rows of the layout), with ||dW||_F and the scale outside them: what
+// projectModule would compute again.
+struct FactorsAsStacked {
+  RowMatF a, b;  // used as flat storage
+  std::vector<double> norm, scale;
+};
+
 // Where each adapter's rows are in the stacks: grouped by fold (fold f's rows are
 // [foldStart[f], foldStart[f + 1])), so a fold's products with them are single GEMMs.
 struct Layout {
@@ -55,7 +63,7 @@ RowMatF timesStack(const RowMatF& s, const RowMatF& x) {
 // The side's rows of every adapter as buildModuleSubspace stacks them (same arithmetic, so
 // the same floats): w_i A'_i (side A) and w_i B'_i^T (side B).
 void formStacks(const std::vector<FactorPair>& adapters, const Layout& layout, const FoldBasesOptions& o,
-                Stack& a, Stack& b) {
+                Stack& a, Stack& b, FactorsAsStacked* factors) {
   const Index dIn = adapters[0].a.cols, dOut = adapters[0].b.rows, total = layout.foldStart.back();
   a.rows.resize(total, dIn);
   b.rows.resize(total, dOut);
@@ -80,6 +88,12 @@ void formStacks(const std::vector<FactorPair>& adapters, const Layout& layout, c
       sb = (weight * w.b).cast<float>();
       a.energy[i] = sa.cast<double>().squaredNorm();
       b.energy[i] = sb.cast<double>().squaredNorm();
+      if (factors != nullptr) {
+        Eigen::Map<ColMatF>(factors->a.data() + layout.at[i] * dIn, dIn, r) = w.at.cast<float>();
+        Eigen::Map<ColMatF>(factors->b.data() + layout.at[i] * dOut, dOut, r) = w.b.cast<float>();
+        factors->norm[i] = w.norm;
+        factors->scale[i] = w.scale;
+      }
     } catch (...) {
 #pragma omp critical(eigenlorax_folds_error)
       if (!error) error = std::current_exception();
@@ -258,6 +272,17 @@ void side(const Stack& stack, const Layout& layout, const int32_t* folds, const 
   }
 }
 
+// ||Q^T P||_F^2 / min(r, K) for Q the orthonormalisation of factor (d x r) and P = basis;
+// 1 when r >= d or K >= d.
+double spanOverlap(const RowMatF& factor, ConstMatView basis) {
+  const Index d = factor.rows(), r = factor.cols(), k = basis.cols;
+  if (r >= d || k >= d) return 1.0;
+  RowMatF q(d, r);
+  orthonormalize({factor.data(), d, r}, {q.data(), d, r});
+  const ColMatD c = (q.transpose() * basis.map()).cast<double>();
+  return std::min(1.0, c.squaredNorm() / static_cast<double>(std::min(r, k)));
+}
+
 }  // namespace
 
 void checkFoldBases(const std::vector<FactorPair>& adapters, const int32_t* folds, const FoldBasesOptions& o,
@@ -296,14 +321,52 @@ FoldBases foldBases(const std::vector<FactorPair>& adapters, const int32_t* fold
   // The stacks' memory is kept by the calling thread from module to module: fresh 64 MiB
   // stacks (256 adapters, 4096 x 16) cost page faults on every first write.
   thread_local RowMatF kept[2];
+  thread_local FactorsAsStacked keptFactors;
+  const Index dIn = adapters[0].a.cols, dOut = adapters[0].b.rows, total = layout.foldStart.back();
+  FactorsAsStacked* factors = nullptr;
+  if (o.projectHeldOut) {
+    factors = &keptFactors;
+    factors->a.resize(total, dIn);
+    factors->b.resize(total, dOut);
+    factors->norm.assign(adapters.size(), 0.0);
+    factors->scale.assign(adapters.size(), 1.0);
+  }
   Stack a, b;
   a.rows.swap(kept[0]);
   b.rows.swap(kept[1]);
-  formStacks(adapters, layout, o, a, b);  // resizes: no new memory when the shape repeats
+  formStacks(adapters, layout, o, a, b, factors);  // resizes: no new memory when the shape repeats
   side(a, layout, folds, o, warmA, o.componentsA, o.curveA, o.seed, out.curveA, out.foldA, out.present);
   side(b, layout, folds, o, warmB, o.componentsB, o.curveB, o.seed + 1, out.curveB, out.foldB, out.present);
   a.rows.swap(kept[0]);
   b.rows.swap(kept[1]);
+  if (factors == nullptr) return out;
+  // Each adapter on its own fold's basis: as projectModule and factorOverlaps would give.
+  out.heldOut.assign(adapters.size(), HeldOutProjection{});
+  std::exception_ptr error;
+#pragma omp parallel for schedule(dynamic)
+  for (long i = 0; i < static_cast<long>(adapters.size()); ++i) {
+    const int32_t f = folds[i];
+    if (!out.present[f]) continue;
+    try {
+      const SideBasis &sa = out.foldA[f], &sb = out.foldB[f];
+      const ModuleBasis basis{{sa.components.data(), dIn, sa.k}, {sb.components.data(), dOut, sb.k}, nullptr, nullptr};
+      HeldOutProjection& h = out.heldOut[i];
+      const Index r = layout.rank[i];
+      h.alpha.resize(sa.k, r);
+      h.beta.resize(sb.k, r);
+      projectStackedFactors(factors->a.data() + layout.at[i] * dIn, factors->b.data() + layout.at[i] * dOut, r,
+                            factors->norm[i], factors->scale[i], basis, {h.alpha.data(), sa.k, r},
+                            {h.beta.data(), sb.k, r}, h.norm, h.error);
+      const FactorPair& p = adapters[i];
+      h.overlapA = spanOverlap(p.a.map().transpose(), basis.componentsA);
+      h.overlapB = spanOverlap(p.b.map(), basis.componentsB);
+      h.present = true;
+    } catch (...) {
+#pragma omp critical(eigenlorax_folds_error)
+      if (!error) error = std::current_exception();
+    }
+  }
+  if (error) std::rethrow_exception(error);
   return out;
 }
 
@@ -319,14 +382,7 @@ void factorOverlaps(const std::vector<FactorPair>& adapters, ConstMatView basisA
     requireShape((name + ".B").c_str(), adapters[i].b.rows, adapters[i].b.cols, dOut, r);
   }
   if (basisA.cols < 1 || basisB.cols < 1) throw CoreError(code::kInvalidArgument, "basisA, basisB: expected at least one column");
-  const auto overlap = [](const RowMatF& factor, ConstMatView basis) {
-    const Index d = factor.rows(), r = factor.cols(), k = basis.cols;
-    if (r >= d || k >= d) return 1.0;
-    RowMatF q(d, r);
-    orthonormalize({factor.data(), d, r}, {q.data(), d, r});
-    const ColMatD c = (q.transpose() * basis.map()).cast<double>();
-    return std::min(1.0, c.squaredNorm() / static_cast<double>(std::min(r, k)));
-  };
+  const auto overlap = [](const RowMatF& factor, ConstMatView basis) { return spanOverlap(factor, basis); };
   std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic)
   for (long i = 0; i < static_cast<long>(adapters.size()); ++i) {

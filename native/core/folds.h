@@ -32,6 +32,18 @@ struct FoldBasesOptions {
   Index curveA = 1;             // wanted singular values of the whole stack, clamped likewise
   Index curveB = 1;
   int32_t foldCount = 1;
+  // Also project every adapter on its own fold's basis (loadings, norms, errors as
+  // projectModule gives them, overlaps as factorOverlaps), from the factors the stacks
+  // were formed from: no second read or canonicalisation.
+  bool projectHeldOut = false;
+};
+
+// Adapter i projected on the basis of fold folds[i] (when projectHeldOut and that fold has
+// a basis): alpha K_A,f x r_i and beta K_B,f x r_i, row-major.
+struct HeldOutProjection {
+  bool present = false;
+  RowMatF alpha, beta;
+  double norm = 0, error = 0, overlapA = 0, overlapB = 0;
 };
 
 // One side of one basis: components (d x k, row-major), singular values, energy.
@@ -47,6 +59,7 @@ struct FoldBases {
   SideBasis curveA, curveB;       // no components
   std::vector<bool> present;      // per fold: some adapter outside the fold has the module
   std::vector<SideBasis> foldA, foldB;
+  std::vector<HeldOutProjection> heldOut;  // per adapter, when projectHeldOut
 };
 
 // Shapes of the pairs (as buildModuleSubspace), folds[i] in [0, foldCount), warm bases

@@ -316,6 +316,13 @@ void projectModule(const std::vector<FactorPair>& adapters, Stacking stacking, c
   });
 }
 
+void projectStackedFactors(const float* at, const float* b, Index r, double norm, double scale, const ModuleBasis& basis,
+                           MatView alpha, MatView beta, double& normOut, double& errorOut) {
+  const ProjectionBasis projection(basis);
+  const Eigen::Map<const ColMatF> atMap(at, basis.componentsA.rows, r), bMap(b, basis.componentsB.rows, r);
+  projectOne(atMap, bMap, norm, scale, projection, alpha, beta, normOut, errorOut, canonicalWork());
+}
+
 void checkReconstruct(const ModuleBasis& basis, ConstMatView alpha, ConstMatView beta, MatView a, MatView b) {
   checkBasis(basis);
   const Index r = alpha.cols;

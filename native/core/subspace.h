@@ -88,6 +88,12 @@ void projectModule(const std::vector<FactorPair>& adapters, Stacking stacking, c
                    const std::vector<MatView>& alphas, const std::vector<MatView>& betas, double* norms,
                    double* errors);
 
+// One adapter's loadings, norm and error as projectModule computes them, from its factors
+// as stacked, in float (at = A'^T, d_in x r; b = B', d_out x r; column-major), its norm
+// ||dW||_F and the scale outside them (1 for canonical stacking).
+void projectStackedFactors(const float* at, const float* b, Index r, double norm, double scale, const ModuleBasis& basis,
+                           MatView alpha, MatView beta, double& normOut, double& errorOut);
+
 // A = alpha^T V_A^T (+ meanA in every row), B = U_B beta (+ meanB in every column).
 void checkReconstruct(const ModuleBasis& basis, ConstMatView alpha, ConstMatView beta, MatView a, MatView b);
 void reconstructFactors(const ModuleBasis& basis, ConstMatView alpha, ConstMatView beta, MatView a, MatView b);
