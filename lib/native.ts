@@ -341,6 +341,12 @@ export interface NativeAddon {
   /** Per adapter: ||Q^T P||_F^2 / min(r, K) of span(A_i^T) against basisA and span(B_i) against basisB (1 when r or K >= d). */
   factorOverlaps(args: { adapters: NativeModulePair[]; basisA: Matrix; basisB: Matrix; overlapA: Float64Array; overlapB: Float64Array }): Promise<void>;
 
+  /**
+   * Frees what the build and analyze kernels keep from module to module (stacks, factors
+   * kept for projecting: hundreds of MiB for 7B-sized modules), on the thread that holds it.
+   */
+  releaseScratch(args: Record<string, never>): Promise<void>;
+
   /** A = alpha^T V_A^T (+ meanA per row), B = U_B beta (+ meanB per column). */
   reconstructFactors(args: {
     componentsA: Matrix;

@@ -25,6 +25,7 @@ import {
   type Subspace,
 } from '../lib/index.js';
 import { assignShards } from '../lib/subspace/shard-plan.js';
+import * as ops from '../lib/native/ops.js';
 import { tempDir } from './helpers/safetensors-fixtures.js';
 import { freshSeed } from './helpers/random.js';
 import { memoryAdapter, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
@@ -218,6 +219,20 @@ test('factors read from files (by the native kernels where kept open, else into 
     return [a.heldOutError, a.perAdapter.map((p) => p.heldOutError)];
   };
   t.deepEqual(await figures(paths), await figures(loaded), `seed ${seed}`);
+});
+
+test('releaseScratch between the modules of builds in flight (as buildSubspace and analyzeAdapters call it at their end) changes no result', async (t) => {
+  const seed = freshSeed();
+  const adapters = zoo(seed, 12);
+  const options: BuildSubspaceOptions = { components: 4, seed: seed % 1000, hashSources: false };
+  const alone = await buildSubspace(adapters, options);
+  const [a, , b] = await Promise.all([buildSubspace(adapters, options), ops.releaseScratch(), buildSubspace(adapters, { ...options, concurrency: 1 }), ops.releaseScratch()]);
+  for (const other of [a, b]) {
+    for (const [name, m] of alone.modules) t.deepEqual(other.modules.get(name)!.componentsA.data, m.componentsA.data, `seed ${seed}: ${name}`);
+    other.coefficients.forEach((c, i) => {
+      for (const [name, m] of alone.coefficients[i]!.modules) t.deepEqual(c.modules.get(name)!.alpha.data, m.alpha.data, `seed ${seed}: adapter ${i} ${name}`);
+    });
+  }
 });
 
 test('gatherShards refuses shards that do not make one build, naming the shard and field, and writes nothing', async (t) => {

@@ -91,6 +91,7 @@ export const cudaDispose = (args: Args<'cudaDispose'>): void => native.cudaDispo
 // ---- subspaces
 export const buildModuleSubspace = (args: Args<'buildModuleSubspace'>): Result<'buildModuleSubspace'> =>
   callNative(() => native.buildModuleSubspace(args));
+export const releaseScratch = (): Result<'releaseScratch'> => callNative(() => native.releaseScratch({}));
 export const projectModule = (args: Args<'projectModule'>): Result<'projectModule'> => callNative(() => native.projectModule(args));
 export const reconstructFactors = (args: Args<'reconstructFactors'>): Result<'reconstructFactors'> =>
   callNative(() => native.reconstructFactors(args));

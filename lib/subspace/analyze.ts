@@ -24,6 +24,7 @@
  * random reference as the supporting figure) and advice.
  */
 import { integer, invalid, object } from '../validate.js';
+import { withScratch } from './scratch.js';
 import { defaultMemoryBudget, inMemoryModuleBytes } from './budget.js';
 import { buildFromInputs, resolveBuildOptions, type BuildSubspaceOptions, type ResolvedBuild } from './build.js';
 import { meanRelativeError, relativeErrorsByModule } from './coefficients.js';
@@ -244,144 +245,146 @@ export async function analyzeAdapters(adapters: readonly AdapterInput[], options
     maxOpenFiles: resolved.maxOpenFiles,
   });
   try {
-    const all = inputs.adapters;
-    const report = (phase: AnalyzeProgress['phase'], total: number, prefix = '') => {
-      let done = 0;
-      return (p: { module: string }) => onProgress?.({ phase, item: prefix + p.module, done: ++done, total });
-    };
+    return await withScratch(async () => {
+      const all = inputs.adapters;
+      const report = (phase: AnalyzeProgress['phase'], total: number, prefix = '') => {
+        let done = 0;
+        return (p: { module: string }) => onProgress?.({ phase, item: prefix + p.module, done: ++done, total });
+      };
 
-    // The in-sample build at K; then the curves and the held-out bases: from one stack per
-    // module (folds.ts), or, when centring or a module is too large to stack in memory,
-    // from a build per fold (heldout.ts).
-    const moduleCount = plannedModules(all, resolved.filter);
-    let t0 = performance.now();
-    const inSample = await buildFromInputs(all, { ...resolved, onProgress: report('in-sample', moduleCount) }, false);
-    const inSampleMs = performance.now() - t0;
-    t0 = performance.now();
-    const folds = foldsOf(all.length, heldOutOption);
-    const foldCount = Math.max(...folds) + 1;
-    const othersOf = (f: number) => all.filter((_, j) => folds[j] !== f);
-    const heldOutTotal = Array.from({ length: foldCount }, (_, f) => plannedModules(othersOf(f), restrictTo(resolved.filter, othersOf(f)))).reduce((a, b) => a + b, 0);
-    const counters = { spectrum: 0, 'held-out': 0 };
-    const progress = (phase: 'spectrum' | 'held-out', item: string) =>
-      onProgress?.({ phase, item, done: ++counters[phase], total: phase === 'spectrum' ? moduleCount : heldOutTotal });
-    const budget = resolved.memoryBudget ?? defaultMemoryBudget();
-    const stackable = [...inSample.modules.values()].every((m) => inMemoryModuleBytes(m.ranks.reduce((a, b) => a + b, 0), m.dIn, m.dOut) <= budget);
-    const heldOutFigures =
-      !resolved.settings.center && stackable
-        ? await heldOutByFolds(all, folds, inSample, resolved, curveResolved.settings.components!, progress)
-        : await heldOutByBuilds(all, folds, curveResolved, resolved, progress);
-    const { spectrum, heldOut, overlaps, spectrumMs } = heldOutFigures;
-    const heldOutMs = performance.now() - t0 - spectrumMs;
+      // The in-sample build at K; then the curves and the held-out bases: from one stack per
+      // module (folds.ts), or, when centring or a module is too large to stack in memory,
+      // from a build per fold (heldout.ts).
+      const moduleCount = plannedModules(all, resolved.filter);
+      let t0 = performance.now();
+      const inSample = await buildFromInputs(all, { ...resolved, onProgress: report('in-sample', moduleCount) }, false);
+      const inSampleMs = performance.now() - t0;
+      t0 = performance.now();
+      const folds = foldsOf(all.length, heldOutOption);
+      const foldCount = Math.max(...folds) + 1;
+      const othersOf = (f: number) => all.filter((_, j) => folds[j] !== f);
+      const heldOutTotal = Array.from({ length: foldCount }, (_, f) => plannedModules(othersOf(f), restrictTo(resolved.filter, othersOf(f)))).reduce((a, b) => a + b, 0);
+      const counters = { spectrum: 0, 'held-out': 0 };
+      const progress = (phase: 'spectrum' | 'held-out', item: string) =>
+        onProgress?.({ phase, item, done: ++counters[phase], total: phase === 'spectrum' ? moduleCount : heldOutTotal });
+      const budget = resolved.memoryBudget ?? defaultMemoryBudget();
+      const stackable = [...inSample.modules.values()].every((m) => inMemoryModuleBytes(m.ranks.reduce((a, b) => a + b, 0), m.dIn, m.dOut) <= budget);
+      const heldOutFigures =
+        !resolved.settings.center && stackable
+          ? await heldOutByFolds(all, folds, inSample, resolved, curveResolved.settings.components!, progress)
+          : await heldOutByBuilds(all, folds, curveResolved, resolved, progress);
+      const { spectrum, heldOut, overlaps, spectrumMs } = heldOutFigures;
+      const heldOutMs = performance.now() - t0 - spectrumMs;
 
-    // Assemble.
-    const heldOutCoefficients = heldOut.filter((c): c is AdapterCoefficients => c !== null);
-    const inSampleByModule = relativeErrorsByModule(inSample.coefficients);
-    const heldOutByModule = relativeErrorsByModule(heldOutCoefficients);
-    const modules: ModuleAnalysis[] = [];
-    for (const [name, m] of inSample.modules) {
-      const s = spectrum.get(name)!;
-      const curves = explainedVarianceCurve(s);
-      const ov = overlaps.get(name);
-      const totalRank = m.ranks.reduce((a, b) => a + b, 0);
-      const side = (which: 'A' | 'B'): SideAnalysis => {
-        const dimension = which === 'A' ? m.dIn : m.dOut;
-        const stackRank = Math.min(dimension, totalRank);
-        const curve = curves[which];
-        const singular = which === 'A' ? s.singularA : s.singularB;
-        const at90 = curve.findIndex((v) => v >= 0.9 * (1 - 1e-9));
-        const list = ov?.[which] ?? [];
+      // Assemble.
+      const heldOutCoefficients = heldOut.filter((c): c is AdapterCoefficients => c !== null);
+      const inSampleByModule = relativeErrorsByModule(inSample.coefficients);
+      const heldOutByModule = relativeErrorsByModule(heldOutCoefficients);
+      const modules: ModuleAnalysis[] = [];
+      for (const [name, m] of inSample.modules) {
+        const s = spectrum.get(name)!;
+        const curves = explainedVarianceCurve(s);
+        const ov = overlaps.get(name);
+        const totalRank = m.ranks.reduce((a, b) => a + b, 0);
+        const side = (which: 'A' | 'B'): SideAnalysis => {
+          const dimension = which === 'A' ? m.dIn : m.dOut;
+          const stackRank = Math.min(dimension, totalRank);
+          const curve = curves[which];
+          const singular = which === 'A' ? s.singularA : s.singularB;
+          const at90 = curve.findIndex((v) => v >= 0.9 * (1 - 1e-9));
+          const list = ov?.[which] ?? [];
+          return {
+            dimension,
+            stackRank,
+            components: which === 'A' ? m.kA : m.kB,
+            explained: which === 'A' ? m.explainedA : m.explainedB,
+            curve,
+            singularValues: Array.from(singular),
+            energy: which === 'A' ? s.energyA : s.energyB,
+            curveComplete: curve.length >= stackRank,
+            componentsFor90: at90 < 0 ? null : at90 + 1,
+            overlap: list.length === 0 ? null : mean(list.map((x) => x.overlap)),
+            randomOverlap: list.length === 0 ? null : mean(list.map((x) => x.random)),
+          };
+        };
+        modules.push({
+          name,
+          dIn: m.dIn,
+          dOut: m.dOut,
+          adapters: [...m.adapters],
+          ranks: [...m.ranks],
+          A: side('A'),
+          B: side('B'),
+          inSampleError: inSampleByModule.get(name) ?? NaN,
+          heldOutError: heldOutByModule.get(name) ?? null,
+        });
+      }
+
+      const perAdapter: AdapterAnalysis[] = all.map((a, i) => {
+        const own = inSample.coefficients[i]!;
+        const held = heldOut[i] ?? null;
+        const sideMean = (which: 'A' | 'B', key: 'overlap' | 'random') => {
+          const values: number[] = [];
+          for (const entry of overlaps.values()) for (const x of entry[which]) if (x.adapter === a.name) values.push(x[key]);
+          return mean(values);
+        };
+        const hasOverlap = held !== null && held.modules.size > 0;
         return {
-          dimension,
-          stackRank,
-          components: which === 'A' ? m.kA : m.kB,
-          explained: which === 'A' ? m.explainedA : m.explainedB,
-          curve,
-          singularValues: Array.from(singular),
-          energy: which === 'A' ? s.energyA : s.energyB,
-          curveComplete: curve.length >= stackRank,
-          componentsFor90: at90 < 0 ? null : at90 + 1,
-          overlap: list.length === 0 ? null : mean(list.map((x) => x.overlap)),
-          randomOverlap: list.length === 0 ? null : mean(list.map((x) => x.random)),
+          name: a.name,
+          inSampleError: mean([...own.modules.values()].map((m) => m.relativeError)),
+          heldOutError: held === null || held.modules.size === 0 ? null : mean([...held.modules.values()].map((m) => m.relativeError)),
+          heldOutAdapterError: held === null || held.modules.size === 0 ? null : held.relativeError,
+          overlap: hasOverlap ? { A: sideMean('A', 'overlap'), B: sideMean('B', 'overlap') } : null,
+          randomOverlap: hasOverlap ? { A: sideMean('A', 'random'), B: sideMean('B', 'random') } : null,
+        };
+      });
+
+      const withOverlap = modules.filter((m) => m.A.overlap !== null);
+      const sideSummary = (which: 'A' | 'B') => {
+        const explained = modules.map((m) => m[which].explained);
+        return {
+          overlap: mean(withOverlap.map((m) => m[which].overlap!)),
+          random: mean(withOverlap.map((m) => m[which].randomOverlap!)),
+          explained: { mean: mean(explained), min: Math.min(...explained), max: Math.max(...explained) },
+          curve: band(modules.map((m) => ({ curve: m[which].curve, complete: m[which].curveComplete }))),
         };
       };
-      modules.push({
-        name,
-        dIn: m.dIn,
-        dOut: m.dOut,
-        adapters: [...m.adapters],
-        ranks: [...m.ranks],
-        A: side('A'),
-        B: side('B'),
-        inSampleError: inSampleByModule.get(name) ?? NaN,
-        heldOutError: heldOutByModule.get(name) ?? null,
-      });
-    }
-
-    const perAdapter: AdapterAnalysis[] = all.map((a, i) => {
-      const own = inSample.coefficients[i]!;
-      const held = heldOut[i] ?? null;
-      const sideMean = (which: 'A' | 'B', key: 'overlap' | 'random') => {
-        const values: number[] = [];
-        for (const entry of overlaps.values()) for (const x of entry[which]) if (x.adapter === a.name) values.push(x[key]);
-        return mean(values);
+      const A = sideSummary('A');
+      const B = sideSummary('B');
+      const inSampleError = meanRelativeError(inSample.coefficients);
+      const heldOutError = meanRelativeError(heldOutCoefficients);
+      const figures = {
+        settings: inSample.settings,
+        adapters: all.length,
+        inSampleError,
+        heldOutError,
+        overlap: { A: A.overlap, B: B.overlap },
+        randomOverlap: { A: A.random, B: B.random },
       };
-      const hasOverlap = held !== null && held.modules.size > 0;
+      const { partialModules, clamped, belowThreshold, augmentClamped } = inSample.report!;
       return {
-        name: a.name,
-        inSampleError: mean([...own.modules.values()].map((m) => m.relativeError)),
-        heldOutError: held === null || held.modules.size === 0 ? null : mean([...held.modules.values()].map((m) => m.relativeError)),
-        heldOutAdapterError: held === null || held.modules.size === 0 ? null : held.relativeError,
-        overlap: hasOverlap ? { A: sideMean('A', 'overlap'), B: sideMean('B', 'overlap') } : null,
-        randomOverlap: hasOverlap ? { A: sideMean('A', 'random'), B: sideMean('B', 'random') } : null,
+        settings: inSample.settings,
+        adapters: all.map((a) => a.name),
+        modules,
+        perAdapter,
+        inSampleError,
+        heldOutError,
+        overlap: figures.overlap,
+        randomOverlap: figures.randomOverlap,
+        explained: { A: A.explained, B: B.explained },
+        curve: { A: A.curve, B: B.curve },
+        ...(Number.isFinite(heldOutError)
+          ? verdictOf(figures)
+          : {
+              shared: 'no' as const,
+              verdict: 'No module is held by two adapters or more: there is nothing to share.',
+              advice: 'Analyze adapters of the same base model and target modules.',
+            }),
+        method: { ...ANALYSIS_METHOD },
+        notes: { partialModules, clamped, belowThreshold, augmentClamped },
+        timings: { totalMs: performance.now() - started, spectrumMs, inSampleMs, heldOutMs },
       };
     });
-
-    const withOverlap = modules.filter((m) => m.A.overlap !== null);
-    const sideSummary = (which: 'A' | 'B') => {
-      const explained = modules.map((m) => m[which].explained);
-      return {
-        overlap: mean(withOverlap.map((m) => m[which].overlap!)),
-        random: mean(withOverlap.map((m) => m[which].randomOverlap!)),
-        explained: { mean: mean(explained), min: Math.min(...explained), max: Math.max(...explained) },
-        curve: band(modules.map((m) => ({ curve: m[which].curve, complete: m[which].curveComplete }))),
-      };
-    };
-    const A = sideSummary('A');
-    const B = sideSummary('B');
-    const inSampleError = meanRelativeError(inSample.coefficients);
-    const heldOutError = meanRelativeError(heldOutCoefficients);
-    const figures = {
-      settings: inSample.settings,
-      adapters: all.length,
-      inSampleError,
-      heldOutError,
-      overlap: { A: A.overlap, B: B.overlap },
-      randomOverlap: { A: A.random, B: B.random },
-    };
-    const { partialModules, clamped, belowThreshold, augmentClamped } = inSample.report!;
-    return {
-      settings: inSample.settings,
-      adapters: all.map((a) => a.name),
-      modules,
-      perAdapter,
-      inSampleError,
-      heldOutError,
-      overlap: figures.overlap,
-      randomOverlap: figures.randomOverlap,
-      explained: { A: A.explained, B: B.explained },
-      curve: { A: A.curve, B: B.curve },
-      ...(Number.isFinite(heldOutError)
-        ? verdictOf(figures)
-        : {
-            shared: 'no' as const,
-            verdict: 'No module is held by two adapters or more: there is nothing to share.',
-            advice: 'Analyze adapters of the same base model and target modules.',
-          }),
-      method: { ...ANALYSIS_METHOD },
-      notes: { partialModules, clamped, belowThreshold, augmentClamped },
-      timings: { totalMs: performance.now() - started, spectrumMs, inSampleMs, heldOutMs },
-    };
   } finally {
     await inputs.close();
   }

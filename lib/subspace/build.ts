@@ -17,6 +17,7 @@ import { defaultMemoryBudget, inMemoryModuleBytes, streamChunkAdapters } from '.
 import { storedSavings } from './savings.js';
 import { FactorArenas, pairFloats, readPairs, streamModuleComponents, streamProjections } from './stream.js';
 import { assignShards } from './shard-plan.js';
+import { withScratch } from './scratch.js';
 import { describeSources, moduleSeed, openInputs, runPool, type AdapterInput, type InputAdapter, type ModuleInfo } from './inputs.js';
 import {
   type ModuleCoefficients,
@@ -366,7 +367,7 @@ export async function buildSubspace(adapters: readonly AdapterInput[], options: 
     maxOpenFiles: resolved.maxOpenFiles,
   });
   try {
-    return await buildFromInputs(inputs.adapters, resolved, resolved.hashSources);
+    return await withScratch(() => buildFromInputs(inputs.adapters, resolved, resolved.hashSources));
   } finally {
     await inputs.close();
   }

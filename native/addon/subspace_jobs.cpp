@@ -172,12 +172,23 @@ class ReconstructJob : public Job {
   MatView a_, b_;
 };
 
+// Queued like every job, so it runs on the compute thread that holds the scratch.
+class ReleaseScratchJob : public Job {
+ public:
+  using Job::Job;
+  void prepare(const Napi::CallbackInfo&) {}
+
+ protected:
+  void run() override { releaseScratch(); }
+};
+
 }  // namespace
 
 void registerSubspace(Napi::Env env, Napi::Object exports) {
   exportJob<BuildModuleJob>(env, exports, "buildModuleSubspace");
   exportJob<ProjectModuleJob>(env, exports, "projectModule");
   exportJob<ReconstructJob>(env, exports, "reconstructFactors");
+  exportJob<ReleaseScratchJob>(env, exports, "releaseScratch");
   registerSubspaceStream(env, exports);
 }
 

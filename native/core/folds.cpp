@@ -272,6 +272,10 @@ void side(const Stack& stack, const Layout& layout, const int32_t* folds, const 
   }
 }
 
+// What foldBases keeps on its thread from module to module (releaseFoldScratch frees it).
+thread_local RowMatF keptStacks[2];
+thread_local FactorsAsStacked keptFactors;
+
 // ||Q^T P||_F^2 / min(r, K) for Q the orthonormalisation of factor (d x r) and P = basis;
 // 1 when r >= d or K >= d.
 double spanOverlap(const RowMatF& factor, ConstMatView basis) {
@@ -284,6 +288,12 @@ double spanOverlap(const RowMatF& factor, ConstMatView basis) {
 }
 
 }  // namespace
+
+void releaseFoldScratch() {
+  keptStacks[0] = RowMatF();
+  keptStacks[1] = RowMatF();
+  keptFactors = FactorsAsStacked{};
+}
 
 void checkFoldBases(const std::vector<FactorPair>& adapters, const int32_t* folds, const FoldBasesOptions& o,
                     ConstMatView warmA, ConstMatView warmB) {
@@ -320,8 +330,7 @@ FoldBases foldBases(const std::vector<FactorPair>& adapters, const int32_t* fold
   }
   // The stacks' memory is kept by the calling thread from module to module: fresh 64 MiB
   // stacks (256 adapters, 4096 x 16) cost page faults on every first write.
-  thread_local RowMatF kept[2];
-  thread_local FactorsAsStacked keptFactors;
+  RowMatF* kept = keptStacks;
   const Index dIn = adapters[0].a.cols, dOut = adapters[0].b.rows, total = layout.foldStart.back();
   FactorsAsStacked* factors = nullptr;
   if (o.projectHeldOut) {

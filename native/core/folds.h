@@ -69,6 +69,9 @@ void checkFoldBases(const std::vector<FactorPair>& adapters, const int32_t* fold
 FoldBases foldBases(const std::vector<FactorPair>& adapters, const int32_t* folds, const FoldBasesOptions& options,
                     ConstMatView warmA, ConstMatView warmB);
 
+// Frees the stacks and factors foldBases keeps on the calling thread (see releaseScratch).
+void releaseFoldScratch();
+
 // Per adapter, the mean squared cosine of the principal angles between span(A_i^T) and
 // basisA (d_in x K_A, orthonormal), and between span(B_i) and basisB: ||Q^T P||_F^2 / min(r, K)
 // with Q the Householder orthonormalisation of the factor; 1 when r >= d or K >= d.

@@ -1,6 +1,7 @@
 #include "subspace.h"
 
 #include "canonical.h"
+#include "folds.h"
 
 #include <Eigen/Householder>
 #include <Eigen/QR>
@@ -90,13 +91,17 @@ double centerAndEnergy(MapF stacked, float* mean) {
 
 // Float buffers kept by the calling thread (one per slot) and reused by the next module
 // when the size is close (reallocating a 64 MB stack per module costs page faults, not just
-// time).
+// time); releaseScratch() frees them.
 enum BufferSlot { kStackSlot = 0, kFactorsSlot = 1 };
+struct ScratchBuffers {
+  std::unique_ptr<float[]> data[2];
+  size_t capacity[2] = {0, 0};
+};
+thread_local ScratchBuffers scratch;
+
 float* reusableBuffer(BufferSlot slot, size_t count) {
-  thread_local std::unique_ptr<float[]> buffers[2];
-  thread_local size_t capacities[2] = {0, 0};
-  std::unique_ptr<float[]>& buffer = buffers[slot];
-  size_t& capacity = capacities[slot];
+  std::unique_ptr<float[]>& buffer = scratch.data[slot];
+  size_t& capacity = scratch.capacity[slot];
   if (count > capacity || count < capacity / 4) {
     buffer.reset();
     buffer.reset(new float[count]);  // uninitialised: every entry is written before it is read
@@ -104,6 +109,7 @@ float* reusableBuffer(BufferSlot slot, size_t count) {
   }
   return buffer.get();
 }
+
 // Right singular vectors of the stacked side: the components.
 void topComponents(ConstMatView stacked, const ModuleSubspaceOptions& o, uint64_t seed, MatView components,
                    float* singular) {
@@ -321,6 +327,11 @@ void projectStackedFactors(const float* at, const float* b, Index r, double norm
   const ProjectionBasis projection(basis);
   const Eigen::Map<const ColMatF> atMap(at, basis.componentsA.rows, r), bMap(b, basis.componentsB.rows, r);
   projectOne(atMap, bMap, norm, scale, projection, alpha, beta, normOut, errorOut, canonicalWork());
+}
+
+void releaseScratch() {
+  scratch = ScratchBuffers{};
+  releaseFoldScratch();
 }
 
 void checkReconstruct(const ModuleBasis& basis, ConstMatView alpha, ConstMatView beta, MatView a, MatView b) {

@@ -94,6 +94,11 @@ void projectModule(const std::vector<FactorPair>& adapters, Stacking stacking, c
 void projectStackedFactors(const float* at, const float* b, Index r, double norm, double scale, const ModuleBasis& basis,
                            MatView alpha, MatView beta, double& normOut, double& errorOut);
 
+// Frees what the build and analyze kernels keep from module to module on the calling
+// thread (the stacks, the factors kept for projecting): call it on the thread that ran
+// them, between jobs, when a whole build or analysis is done.
+void releaseScratch();
+
 // A = alpha^T V_A^T (+ meanA in every row), B = U_B beta (+ meanB in every column).
 void checkReconstruct(const ModuleBasis& basis, ConstMatView alpha, ConstMatView beta, MatView a, MatView b);
 void reconstructFactors(const ModuleBasis& basis, ConstMatView alpha, ConstMatView beta, MatView a, MatView b);
