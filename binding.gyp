@@ -8,6 +8,7 @@
       "sources": [
         "native/core/dtype.cpp",
         "native/core/linalg.cpp",
+        "native/core/stack_products.cpp",
         "native/core/lowrank.cpp",
         "native/core/subspace.cpp",
         "native/core/canonical.cpp",

@@ -52,7 +52,7 @@ Layout layoutOf(const std::vector<FactorPair>& adapters, const int32_t* folds, i
   return l;
 }
 
-// s x (R x c) as (x^T s^T)^T: the faster layout for a row-major stack (linalg.cpp's multiplyA).
+// s x (R x c) as (x^T s^T)^T: the faster layout for a row-major stack with Eigen.
 RowMatF timesStack(const RowMatF& s, const RowMatF& x) {
   const ColMatF xc = x;
   RowMatF out(s.rows(), x.cols());

@@ -9,10 +9,10 @@
 #include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <exception>
 #include <string>
 
 #include "random.h"
+#include "stack_products.h"
 #include "threads.h"
 
 namespace eigenlorax {
@@ -102,45 +102,6 @@ void orthonormalizeSketch(ColMatF& y, ColMatD& work, ColMatD& r, ColMatD& gram) 
   orthonormalizeInPlace(y);
 }
 
-// The rsvd's products split into one row block of the output per thread, each a
-// single-threaded Eigen GEMM: no barriers between the threads (Eigen's parallel GEMM
-// synchronises on every shared packed block, which stalls when a core is busy elsewhere)
-// and each thread packs the thin operand itself (l columns: cheap).
-// Blocks start at multiples of 16 rows (aligned packets). An exception (bad_alloc in a
-// GEMM's packing buffers) is rethrown after the region, never out of it.
-template <typename Body>
-void rowBlocks(Index rows, Body body) {
-  const int threads = static_cast<int>(std::min<Index>(currentThreads(), std::max<Index>(1, rows / 64)));
-  std::exception_ptr error;
-#pragma omp parallel num_threads(threads)
-  {
-#ifdef _OPENMP
-    const Index t = omp_get_thread_num(), count = omp_get_num_threads();
-#else
-    const Index t = 0, count = 1;
-#endif
-    const Index r0 = t == 0 ? 0 : (rows * t / count) / 16 * 16;
-    const Index r1 = t + 1 == count ? rows : (rows * (t + 1) / count) / 16 * 16;
-    try {
-      if (r1 > r0) body(r0, r1 - r0);
-    } catch (...) {
-#pragma omp critical(eigenlorax_row_blocks_error)
-      if (!error) error = std::current_exception();
-    }
-  }
-  if (error) std::rethrow_exception(error);
-}
-
-// y (m x l) = A x.
-void multiplyA(const ConstMapF& a, const ColMatF& x, ColMatF& y) {
-  rowBlocks(a.rows(), [&](Index r0, Index count) { y.middleRows(r0, count).noalias() = a.middleRows(r0, count) * x; });
-}
-
-// z (n x l) = A^T q.
-void multiplyAt(const ConstMapF& a, const ColMatF& q, ColMatF& z) {
-  rowBlocks(a.cols(), [&](Index c0, Index count) { z.middleRows(c0, count).noalias() = a.middleCols(c0, count).transpose() * q; });
-}
-
 // Gaussian test matrix, one random stream per column (seeded from `seed` and the column
 // index), so it is generated in parallel and identical for every thread count.
 void fillGaussianColumns(ColMatF& omega, uint64_t seed) {
@@ -225,31 +186,56 @@ bool rsvdPrefersExact(Index rows, Index cols, Index rank, Index oversample) {
 
 namespace {
 
+// The randomized path's work matrices, kept by the calling thread between calls: fresh
+// ones are first touched at every call, and page faults are expensive on virtual machines
+// (on the 2-core VM here they cost a 4096 x 4096 rsvd about 15% of its time). Eigen's
+// resize keeps the memory when the size is unchanged, so calls of one shape (the modules
+// of a model) reuse it. Over kKeepScratchBytes it is freed at the end of the call.
+struct RsvdScratch {
+  ColMatF omega, q, z;
+  ColMatD work, r, gram, qb;
+  size_t bytes() const {
+    return sizeof(float) * static_cast<size_t>(omega.size() + q.size() + z.size()) +
+           sizeof(double) * static_cast<size_t>(work.size() + r.size() + gram.size() + qb.size());
+  }
+};
+thread_local RsvdScratch rsvdScratch;
+constexpr size_t kKeepScratchBytes = size_t(64) << 20;
+
 // The randomized path on `a`, whose singular values are 2^-exponent times the caller's.
 RsvdInfo randomizedSvd(const ConstMapF& a, const RsvdOptions& o, int exponent, MatView u, float* s, MatView v) {
   const Index m = a.rows(), n = a.cols(), k = o.rank;
+  RsvdScratch& ws = rsvdScratch;
+  struct ReleaseWhenLarge {
+    RsvdScratch& ws;
+    ~ReleaseWhenLarge() {
+      if (ws.bytes() > kKeepScratchBytes) ws = RsvdScratch{};
+    }
+  } releaseWhenLarge{ws};
 
   const Index l = std::min(k + o.oversample, std::min(m, n));
-  ColMatF omega(n, l);
+  ColMatF& omega = ws.omega;
+  omega.resize(n, l);
   fillGaussianColumns(omega, o.seed);
 
   // Range finder: Q spans (A A^T)^q A Omega, re-orthonormalised at every half step.
-  ColMatF q(m, l);
-  ColMatD work, r, gram;
-  multiplyA(a, omega, q);
+  ColMatF& q = ws.q;
+  ColMatD &work = ws.work, &r = ws.r, &gram = ws.gram;
+  stackTimes(a, omega, q);
   orthonormalizeSketch(q, work, r, gram);
-  ColMatF z(n, l);
+  ColMatF& z = ws.z;
   for (int it = 0; it < o.powerIters; ++it) {
-    multiplyAt(a, q, z);
+    stackTransposeTimes(a, q, z);
     orthonormalizeSketch(z, work, r, gram);
-    multiplyA(a, z, q);
+    stackTimes(a, z, q);
     orthonormalizeSketch(q, work, r, gram);
   }
 
   // B = Q^T A, computed as B^T = A^T Q (n x l). SVD of B through QR of B^T:
   // B^T = Qb R  =>  B = R^T Qb^T = Ur S (Qb Vr)^T, with the l x l core in double.
-  multiplyAt(a, q, z);
-  ColMatD qb = z.cast<double>();
+  stackTransposeTimes(a, q, z);
+  ColMatD& qb = ws.qb;
+  qb = z.cast<double>();
   Eigen::JacobiSVD<ColMatD> core;
   ColMatD vk(n, k);
   if (choleskyQr2(qb, r, gram)) {
@@ -274,6 +260,11 @@ RsvdInfo randomizedSvd(const ConstMapF& a, const RsvdOptions& o, int exponent, M
 }
 
 }  // namespace
+
+void releaseRsvdScratch() {
+  rsvdScratch = RsvdScratch{};
+  releaseStackProductsScratch();
+}
 
 RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatView v) {
   checkRsvdArguments(av, o, u, v);

@@ -34,6 +34,10 @@ void checkRsvdArguments(ConstMatView a, const RsvdOptions& options, MatView u, M
 // reproducible and comparable across paths. Throws ERR_NON_FINITE on NaN/Inf input.
 RsvdInfo rsvd(ConstMatView a, const RsvdOptions& options, MatView u, float* s, MatView v);
 
+// Frees the work memory rsvd keeps on the calling thread for its next call (up to 64 MiB;
+// see subspace.h's releaseScratch).
+void releaseRsvdScratch();
+
 // out = Q of the thin QR of `in` (m x n, m >= n), signs chosen so diag(R) >= 0:
 // CholeskyQR2 where safe, else Householder (as the rsvd's range finder does). `out` may
 // alias `in`.

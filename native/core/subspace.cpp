@@ -332,6 +332,7 @@ void projectStackedFactors(const float* at, const float* b, Index r, double norm
 void releaseScratch() {
   scratch = ScratchBuffers{};
   releaseFoldScratch();
+  releaseRsvdScratch();
 }
 
 void checkReconstruct(const ModuleBasis& basis, ConstMatView alpha, ConstMatView beta, MatView a, MatView b) {

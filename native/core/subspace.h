@@ -95,8 +95,8 @@ void projectStackedFactors(const float* at, const float* b, Index r, double norm
                            MatView alpha, MatView beta, double& normOut, double& errorOut);
 
 // Frees what the build and analyze kernels keep from module to module on the calling
-// thread (the stacks, the factors kept for projecting): call it on the thread that ran
-// them, between jobs, when a whole build or analysis is done.
+// thread (the stacks, the factors kept for projecting, the rsvd's work matrices): call it
+// on the thread that ran them, between jobs, when a whole build or analysis is done.
 void releaseScratch();
 
 // A = alpha^T V_A^T (+ meanA in every row), B = U_B beta (+ meanB in every column).
