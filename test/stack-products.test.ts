@@ -1,0 +1,37 @@
+/**
+ * The rsvd's products of a large row-major matrix with a thin one (native/core/stack_products:
+ * AVX-512 kernels where compiled in, Eigen otherwise), checked in C++ by
+ * test/native/stack_products_check.cpp against float64 on fresh seeded inputs, at every
+ * shape class the kernels special-case, four buffer alignments and 1 and 2 threads, bits
+ * compared across alignments and thread counts. Built beside the cmake-js addon with
+ * EIGENLORAX_DEV (as `npm run build:native` builds); skipped, saying why, elsewhere.
+ */
+import test from 'ava';
+import { execFile } from 'node:child_process';
+import { existsSync } from 'node:fs';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { buildInfo } from '../lib/index.js';
+import { freshSeed } from './helpers/random.js';
+
+const run = promisify(execFile);
+const seed = freshSeed();
+const buildDir = path.dirname(path.dirname(buildInfo().addonPath));
+const checkProgram = path.join(buildDir, 'eigenlorax_check_stack_products');
+
+if (existsSync(checkProgram)) {
+  test(`stack products match float64 at every alignment and thread count, bit for bit across them (seed ${seed})`, async (t) => {
+    const result = await run(checkProgram, ['--seed', String(seed)]).then(
+      ({ stdout }) => ({ code: 0, stdout }),
+      (e: { code?: number; stdout?: string; stderr?: string }) => ({ code: e.code ?? -1, stdout: `${e.stdout ?? ''}${e.stderr ?? ''}` }),
+    );
+    t.is(result.code, 0, result.stdout);
+    t.regex(result.stdout, /^summary: 0 of 1920 checks failed/m);
+    t.log(result.stdout.split('\n').filter((line) => line.startsWith('vectorised') || line.startsWith('summary')).join('; '));
+  });
+} else {
+  test('stack products check: skipped', (t) => {
+    t.log(`skipped: ${checkProgram} was not built (a node-gyp build, or a build without EIGENLORAX_DEV)`);
+    t.pass();
+  });
+}
