@@ -4,6 +4,7 @@
 import { checkOperand, onDevice, nativeOperand, type Device, type Operand } from './cuda.js';
 import { checkMatrix, matrix, type Matrix } from './matrix.js';
 import * as ops from './native/ops.js';
+import { withScratch } from './native/scratch.js';
 import { argumentPlace, Count, OneOf, Options, parse, Type, type SameOptionNames } from './schema.js';
 import { integer } from './validate.js';
 
@@ -62,7 +63,9 @@ export async function rsvd(input: Operand, options: RsvdOptions): Promise<SvdRes
   const V = matrix(m.cols, rank);
   const S = new Float32Array(rank);
   const args = { rank, oversample, powerIters, seed, method, U, S, V };
-  const info = await onDevice(o.device as Device | undefined, [m], (device) => ops.rsvd(device, { ...args, matrix: nativeOperand(m, 'matrix') }));
+  const info = await withScratch(() =>
+    onDevice(o.device as Device | undefined, [m], (device) => ops.rsvd(device, { ...args, matrix: nativeOperand(m, 'matrix') })),
+  );
   return { U, S, V, exact: info.exact };
 }
 

@@ -24,7 +24,7 @@
  * random reference as the supporting figure) and advice.
  */
 import { integer, invalid, object } from '../validate.js';
-import { withScratch } from './scratch.js';
+import { withScratch } from '../native/scratch.js';
 import { defaultMemoryBudget, inMemoryModuleBytes } from './budget.js';
 import { buildFromInputs, resolveBuildOptions, type BuildSubspaceOptions, type ResolvedBuild } from './build.js';
 import { meanRelativeError, relativeErrorsByModule } from './coefficients.js';

@@ -17,7 +17,7 @@ import { defaultMemoryBudget, inMemoryModuleBytes, streamChunkAdapters } from '.
 import { storedSavings } from './savings.js';
 import { FactorArenas, pairFloats, readPairs, streamModuleComponents, streamProjections } from './stream.js';
 import { assignShards } from './shard-plan.js';
-import { withScratch } from './scratch.js';
+import { withScratch } from '../native/scratch.js';
 import { describeSources, moduleSeed, openInputs, runPool, type AdapterInput, type InputAdapter, type ModuleInfo } from './inputs.js';
 import {
   type ModuleCoefficients,

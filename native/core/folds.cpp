@@ -9,6 +9,7 @@
 
 #include "canonical.h"
 #include "random.h"
+#include "stack_products.h"
 
 namespace eigenlorax {
 namespace {
@@ -52,12 +53,20 @@ Layout layoutOf(const std::vector<FactorPair>& adapters, const int32_t* folds, i
   return l;
 }
 
-// s x (R x c) as (x^T s^T)^T: the faster layout for a row-major stack with Eigen.
+// s x and s^T t for the stack s (R x d): the rsvd's product kernels (stack_products.h).
 RowMatF timesStack(const RowMatF& s, const RowMatF& x) {
   const ColMatF xc = x;
-  RowMatF out(s.rows(), x.cols());
-  Eigen::Map<ColMatF>(out.data(), x.cols(), s.rows()).noalias() = xc.transpose() * s.transpose();
-  return out;
+  ColMatF y;
+  stackTimes(ConstMapF(s.data(), s.rows(), s.cols()), xc, y);
+  return y;
+}
+
+template <typename Block>
+ColMatF stackTransposeTimesBlock(const RowMatF& s, const Block& t) {
+  const ColMatF q = t;
+  ColMatF z;
+  stackTransposeTimes(ConstMapF(s.data(), s.rows(), s.cols()), q, z);
+  return z;
 }
 
 // The side's rows of every adapter as buildModuleSubspace stacks them (same arithmetic, so
@@ -238,11 +247,11 @@ void side(const Stack& stack, const Layout& layout, const int32_t* folds, const 
   RowMatF t(total, 2 * l);
   t.leftCols(l) = timesStack(s, q0);
   ColMatF yAll(d, 2 * l);
-  yAll.leftCols(l).noalias() = s.transpose() * t.leftCols(l);
+  yAll.leftCols(l) = stackTransposeTimesBlock(s, t.leftCols(l));
   RowMatF q1 = yAll.leftCols(l);
   orthonormalize({q1.data(), d, l}, {q1.data(), d, l});
   t.rightCols(l) = timesStack(s, q1);
-  yAll.rightCols(l).noalias() = s.transpose() * t.rightCols(l);
+  yAll.rightCols(l) = stackTransposeTimesBlock(s, t.rightCols(l));
   const ColMatD mAll = (t.transpose() * t).cast<double>();  // Omega^T G Omega
 
   if (!curve.exact) {
@@ -255,7 +264,7 @@ void side(const Stack& stack, const Layout& layout, const int32_t* folds, const 
     t3.rightCols(l) = timesStack(s, q2);
     ColMatF y3(d, 3 * l);
     y3.leftCols(2 * l) = yAll;
-    y3.rightCols(l).noalias() = s.transpose() * t3.rightCols(l);
+    y3.rightCols(l) = stackTransposeTimesBlock(s, t3.rightCols(l));
     nystromBasis(y3.cast<double>(), (t3.transpose() * t3).cast<double>(), curveK, seed, false, curve);
   }
   for (int32_t f = 0; f < o.foldCount; ++f) {
