@@ -204,7 +204,7 @@ run_consumer() {
     [[ $(npx eigenlorax --version) == "$version" ]] || fail "$kind: npx eigenlorax --version is not $version"
     npx eigenlorax info > info.txt
     cat info.txt
-    if [[ $kind == prebuilt ]]; then grep -Eq 'prebuilt x86-64-v[23]|prebuilt linux' info.txt || fail "prebuilt: info does not name a prebuilt binary"
+    if [[ $kind == prebuilt ]]; then grep -Eq 'prebuilt x86-64-v[234]|prebuilt linux' info.txt || fail "prebuilt: info does not name a prebuilt binary"
     else grep -Eq '(^|[^a-z])source([^a-z]|$)' info.txt || fail "source: info does not say the source build is used"; fi
   ) || fail "$kind: the consumer smoke test failed"
   say "$kind: install ${took} s, smoke test passed"

@@ -1,8 +1,9 @@
 #!/usr/bin/env node
 // `npm run prebuild` (run by `prepack`): the portable binaries shipped in the package,
 // prebuilds/<platform>-<arch>/eigenlorax.napi.<libc>.<baseline>.node, found by
-// lib/native/loader.ts. On x86-64: an x86-64-v3 build (AVX2, FMA) and an x86-64-v2 fallback
-// (SSE4.2); elsewhere one portable build. The CUDA plugin is added beside them when nvcc is
+// lib/native/loader.ts. On x86-64: an x86-64-v4 build (AVX-512: the rsvd's product kernels),
+// an x86-64-v3 build (AVX2, FMA) and an x86-64-v2 fallback (SSE4.2); elsewhere one portable
+// build. The CUDA plugin is added beside them when nvcc is
 // found (built once with the fallback baseline; every addon build finds it beside itself).
 // Each baseline builds in its own folder under build-prebuild/, so a rerun is incremental.
 import { spawnSync } from 'node:child_process';
@@ -22,7 +23,7 @@ if (process.platform !== 'linux') {
 const libc = process.report.getReport().header.glibcVersionRuntime ? 'glibc' : 'musl';
 const platformDir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
 // The last baseline also builds the CUDA plugin (when nvcc is found).
-const baselines = process.arch === 'x64' ? ['x86-64-v3', 'x86-64-v2'] : [''];
+const baselines = process.arch === 'x64' ? ['x86-64-v4', 'x86-64-v3', 'x86-64-v2'] : [''];
 const cuda = process.env.EIGENLORAX_PREBUILD_CUDA ?? 'AUTO';
 
 rmSync(platformDir, { recursive: true, force: true });

@@ -9,6 +9,7 @@ import { ADDON_NAPI_VERSION, addonCandidates, cpuLevels, loadAddon, prebuiltCand
 
 const V3_FLAGS = 'fpu sse sse2 ssse3 sse4_1 sse4_2 cx16 lahf_lm popcnt avx avx2 bmi1 bmi2 f16c fma movbe xsave';
 const V2_FLAGS = 'fpu sse sse2 ssse3 sse4_1 sse4_2 cx16 lahf_lm popcnt';
+const V4_FLAGS = `${V3_FLAGS} avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni`;
 const cpuinfo = (flags: string) => `processor\t: 0\nmodel name\t: test\nflags\t\t: ${flags}\n\nprocessor\t: 1\nflags\t\t: ${flags}\n`;
 
 async function packageRoot(files: Record<string, string>): Promise<string> {
@@ -21,6 +22,9 @@ async function packageRoot(files: Record<string, string>): Promise<string> {
 }
 
 test('cpuLevels reads the x86-64 baselines from /proc/cpuinfo flags', (t) => {
+  t.deepEqual(cpuLevels(cpuinfo(V4_FLAGS)), ['x86-64-v4', 'x86-64-v3', 'x86-64-v2', 'x86-64']);
+  // AVX-512F alone (Knights Landing: no BW, DQ, VL) is not v4.
+  t.deepEqual(cpuLevels(cpuinfo(`${V3_FLAGS} avx512f avx512cd`)), ['x86-64-v3', 'x86-64-v2', 'x86-64']);
   t.deepEqual(cpuLevels(cpuinfo(V3_FLAGS)), ['x86-64-v3', 'x86-64-v2', 'x86-64']);
   t.deepEqual(cpuLevels(cpuinfo(V2_FLAGS)), ['x86-64-v2', 'x86-64']);
   // AVX2 without BMI2 (some early or virtualised CPUs) is not v3.
@@ -42,6 +46,11 @@ test('prebuiltCandidates keeps the files that fit, best baseline first', async (
     prebuiltCandidates(dir, machine).map((c) => `${path.basename(c.path)} ${c.kind}`);
   const v3 = cpuLevels(cpuinfo(V3_FLAGS));
   t.deepEqual(names({ napi: 9, libc: 'glibc', levels: v3 }), [
+    'eigenlorax.napi.glibc.x86-64-v3.node prebuilt x86-64-v3',
+    'eigenlorax.napi.glibc.x86-64-v2.node prebuilt x86-64-v2',
+  ]);
+  t.deepEqual(names({ napi: 9, libc: 'glibc', levels: cpuLevels(cpuinfo(V4_FLAGS)) }), [
+    'eigenlorax.napi.glibc.x86-64-v4.node prebuilt x86-64-v4',
     'eigenlorax.napi.glibc.x86-64-v3.node prebuilt x86-64-v3',
     'eigenlorax.napi.glibc.x86-64-v2.node prebuilt x86-64-v2',
   ]);

@@ -28,9 +28,12 @@ export interface LoadedAddon<T> {
 }
 
 /** x86-64 micro-architecture levels, best first, with the /proc/cpuinfo flags each needs. */
+const V3_FLAGS = ['avx', 'avx2', 'bmi1', 'bmi2', 'f16c', 'fma', 'movbe'];
 const X64_LEVELS: ReadonlyArray<{ level: string; flags: readonly string[] }> = [
+  // v4: AVX-512 (F, BW, CD, DQ, VL) on top of v3; the rsvd's product kernels need it.
+  { level: 'x86-64-v4', flags: [...V3_FLAGS, 'avx512f', 'avx512bw', 'avx512cd', 'avx512dq', 'avx512vl'] },
   // lzcnt ("abm") is left out: every CPU with AVX2 has it, and some hypervisors hide the flag.
-  { level: 'x86-64-v3', flags: ['avx', 'avx2', 'bmi1', 'bmi2', 'f16c', 'fma', 'movbe'] },
+  { level: 'x86-64-v3', flags: V3_FLAGS },
   { level: 'x86-64-v2', flags: ['cx16', 'lahf_lm', 'popcnt', 'sse4_1', 'sse4_2', 'ssse3'] },
   { level: 'x86-64', flags: [] },
 ];
