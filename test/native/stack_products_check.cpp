@@ -2,7 +2,8 @@
 // every shape class the kernels special-case (rows not a multiple of the 8-row tile,
 // columns not a multiple of 16 or 64, thin widths not a multiple of 3 or 6, one row, one
 // column), at buffer alignments 0, 1, 4 and 15 floats past a 64-byte line, with 1 and 2
-// threads; and that the bits do not depend on the alignment or the thread count.
+// threads; and, for the AVX-512 kernels, that the bits do not depend on the alignment or
+// the thread count.
 // Run by test/stack-products.test.ts. Usage: eigenlorax_check_stack_products --seed N
 // Prints one line per failure and a summary; exit 1 if anything failed.
 #include <cmath>
@@ -38,6 +39,7 @@ int main(int argc, char** argv) {
         fill(s.data(), s.size());
         fill(x.data(), x.size());
         fill(q.data(), q.size());
+        const double sNorm = s.cast<double>().norm(), xNorm = x.cast<double>().norm(), qNorm = q.cast<double>().norm();
         const Eigen::MatrixXd yRef = s.cast<double>() * x.cast<double>();
         const Eigen::MatrixXd zRef = s.cast<double>().transpose() * q.cast<double>();
         ColMatF yFirst, zFirst;
@@ -52,16 +54,20 @@ int main(int argc, char** argv) {
             ColMatF y, z;
             stackTimes(view, x, y);
             stackTransposeTimes(view, q, z);
-            const double ey = (y.cast<double>() - yRef).norm() / yRef.norm();
-            const double ez = (z.cast<double>() - zRef).norm() / zRef.norm();
+            // Error against the norm-wise scale ||S|| ||x|| (a float32 sum of n products errs
+            // by about eps sqrt(n) of it, 5e-6 at n = 8192, typically far less): the entry-wise
+            // relative error of a sum that cancels can be anything.
+            const double ey = (y.cast<double>() - yRef).norm() / (sNorm * xNorm);
+            const double ez = (z.cast<double>() - zRef).norm() / (sNorm * qNorm);
             worst = std::max({worst, ey, ez});
-            // float32 sums of up to 8192 terms: relative error far below 1e-5.
-            const bool close = ey <= 1e-5 && ez <= 1e-5;
+            const bool close = ey <= 1e-6 && ez <= 1e-6;
+            // Bits are compared for the AVX-512 kernels only: Eigen's GEMM (the fallback)
+            // blocks by the thread's share of S and by alignment.
             bool same = true;
             if (yFirst.size() == 0) {
               yFirst = y;
               zFirst = z;
-            } else {
+            } else if (stackProductsVectorised()) {
               same = std::memcmp(y.data(), yFirst.data(), sizeof(float) * y.size()) == 0 &&
                      std::memcmp(z.data(), zFirst.data(), sizeof(float) * z.size()) == 0;
             }
@@ -74,8 +80,8 @@ int main(int argc, char** argv) {
             }
           }
       }
-  std::printf("vectorised %s\n", stackProductsVectorised() ? "yes (AVX-512 kernels)" : "no (Eigen)");
-  std::printf("summary: %d of %d checks failed; worst relative error %.3g (seed %llu)\n", failures, checks, worst,
+  std::printf("kernels %s\n", stackProductsVectorised() ? "avx512" : "eigen");
+  std::printf("summary: %d of %d checks failed; worst error %.3g of ||S|| ||x|| (seed %llu)\n", failures, checks, worst,
               static_cast<unsigned long long>(seed));
   return failures == 0 ? 0 : 1;
 }
