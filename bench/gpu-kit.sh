@@ -4,7 +4,9 @@
 #   gpu-kit/node              this machine's node binary
 #   gpu-kit/eigenlorax.node   the addon for a generic x86-64 CPU, single-threaded, without
 #                             the CUDA plugin (gpu-check.sh builds that on the GPU machine)
-#   node_modules/...          ava and its dependencies only (the library itself needs none)
+#   node_modules/...          ava, the library's run-time dependencies (package.json's
+#                             "dependencies" but cmake-js and node-addon-api, which only
+#                             build the addon) and theirs
 #   dist/                     the compiled library and tests
 # About 30 MB; the device tool carries at most 64 MiB. Usage: bash bench/gpu-kit.sh
 set -euo pipefail
@@ -21,7 +23,7 @@ trap 'rm -rf "$stage"' EXIT
 mkdir -p "$stage/gpu-kit"
 cp "$(command -v node)" "$stage/gpu-kit/node"
 cp build-kit/Release/eigenlorax.node "$stage/gpu-kit/eigenlorax.node"
-# ava's dependency closure, resolved as Node resolves it (nested copies included).
+# The dependency closure, resolved as Node resolves it (nested copies included).
 node -e '
 const fs = require("fs"), path = require("path");
 const seen = new Set();
@@ -39,6 +41,10 @@ function visit(name, from) {
   }
 }
 visit("ava", process.cwd());
+const own = JSON.parse(fs.readFileSync("package.json", "utf8"));
+for (const d of Object.keys(own.dependencies ?? {})) {
+  if (d !== "cmake-js" && d !== "node-addon-api") visit(d, process.cwd());
+}
 for (const p of seen) console.log(path.relative(process.cwd(), p));
 ' > "$stage/packages.txt"
 tar -cf "$stage/kit.tar" -C "$stage" gpu-kit

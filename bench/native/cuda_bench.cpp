@@ -246,6 +246,8 @@ struct RsvdResult {
   float s0 = NAN, sk = NAN;
   bool exact = false;
   int64_t sketch = 0;
+  cu::dev::RsvdStages stages;  // one more call, synchronised between its stages
+  double stagedMs = NAN;
 };
 
 struct BankResult {
@@ -319,6 +321,12 @@ RsvdResult benchRsvd(const Config& c, const DeviceBuffer<float>& a, const GemmRe
   r.sk = s.back();
   r.exact = info.exact;
   r.sketch = info.sketchSize;
+  {
+    const auto t0 = std::chrono::steady_clock::now();
+    cu::Workspace ws;
+    cu::dev::rsvd(a.get(), m, n, o, {u.data(), m, k}, s.data(), {v.data(), n, k}, ws, &r.stages);
+    r.stagedMs = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  }
   // The part of the rsvd's contract that is a plain copy: U and V into pageable host memory.
   {
     DeviceBuffer<float> uv(size_t((m + n) * k));
@@ -509,6 +517,14 @@ int main(int argc, char** argv) {
                     "U,V to host = a plain copy of as many bytes as U and V (pageable memory): part of rsvd's contract.\n"
                     "Spectrum: about 1/(1+j) for j < 256, noise at 0.1 s_k (the construction's s_k-1 = %.4g).\n\n",
                     2 * c.q + 2, 1.0 / double(c.k));
+        const cu::dev::RsvdStages& st = rsvd.stages;
+        std::printf("Where the time goes: one more call, the stream synchronised between stages (%.1f ms in all):\n",
+                    rsvd.stagedMs);
+        printTable({"check", "test matrix", "products", "QR: Gram", "QR: Cholesky", "QR: apply", "l x l SVD",
+                    "U, V, signs"},
+                   {{fmtMs(st.check), fmtMs(st.testMatrix), fmtMs(st.products), fmtMs(st.gram), fmtMs(st.cholesky),
+                     fmtMs(st.apply), fmtMs(st.smallSvd), fmtMs(st.factors)}});
+        std::printf("\n");
       }
     }
     if (doBank) {
@@ -550,7 +566,11 @@ int main(int argc, char** argv) {
       j << ",\"rsvd\":{\"m\":" << c.m << ",\"n\":" << c.n << ",\"k\":" << c.k << ",\"p\":" << c.p << ",\"q\":" << c.q
         << ",\"ms\":" << jsonNumber(rsvd.ms) << ",\"floorMs\":" << jsonNumber(rsvd.floorMs)
         << ",\"ratioToFloor\":" << jsonNumber(rsvd.ratio) << ",\"uvToHostMs\":" << jsonNumber(rsvd.uvToHostMs)
-        << ",\"sketch\":" << rsvd.sketch << "}";
+        << ",\"sketch\":" << rsvd.sketch << ",\"stagesMs\":{\"check\":" << jsonNumber(rsvd.stages.check)
+        << ",\"testMatrix\":" << jsonNumber(rsvd.stages.testMatrix) << ",\"products\":" << jsonNumber(rsvd.stages.products)
+        << ",\"gram\":" << jsonNumber(rsvd.stages.gram) << ",\"cholesky\":" << jsonNumber(rsvd.stages.cholesky)
+        << ",\"apply\":" << jsonNumber(rsvd.stages.apply) << ",\"smallSvd\":" << jsonNumber(rsvd.stages.smallSvd)
+        << ",\"factors\":" << jsonNumber(rsvd.stages.factors) << "}}";
     }
     if (doBank) {
       j << ",\"bank\":{\"rows\":" << c.rows << ",\"d\":" << c.d << ",\"K\":" << c.components << ",\"r\":" << c.rank

@@ -92,9 +92,22 @@ void eigenBankApply(const float* x, int64_t n, int64_t dIn, int64_t dOut, const 
 void loraBankApply(const float* x, int64_t n, int64_t dIn, int64_t dOut, const float* const* aPtrs,
                    const float* const* bPtrs, const int32_t* ranks, const float* scales, int32_t maxRank,
                    const int32_t* rows, const float* weight, const float* bias, float* y, Workspace& ws);
+// Where an rsvd's time goes (ms, host clock between stream synchronisations): filled
+// only when asked for, since the synchronisations it adds cost time themselves.
+struct RsvdStages {
+  double check = 0;        // the NaN/Inf scan of A
+  double testMatrix = 0;   // the Gaussian test matrix
+  double products = 0;     // the 2q + 2 passes over A
+  double gram = 0;         // CholeskyQR: Gram matrices on the device, to the host
+  double cholesky = 0;     // CholeskyQR: factorisation and inverse on the host
+  double apply = 0;        // CholeskyQR: Q R^-1 on the device (and the f32 <-> f64 copies)
+  double smallSvd = 0;     // the l x l SVD on the host
+  double factors = 0;      // U, V: products, to the host, signs
+};
+
 // Randomized SVD of a device matrix (m x n, f32); u, s, v on the host.
 RsvdInfo rsvd(const float* a, int64_t m, int64_t n, const RsvdOptions& options, MatView u, float* s, MatView v,
-              Workspace& ws);
+              Workspace& ws, RsvdStages* stages = nullptr);
 }  // namespace dev
 
 }  // namespace eigenlorax::cuda

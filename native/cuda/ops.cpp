@@ -2,6 +2,8 @@
 // small steps between them, and the randomized SVD.
 #include <Eigen/Cholesky>
 #include <Eigen/SVD>
+#include <algorithm>
+#include <chrono>
 #include <cmath>
 #include <limits>
 
@@ -70,6 +72,25 @@ namespace {
 
 using ColMatD = Eigen::MatrixXd;
 
+// Adds the time since the previous mark to one stage of RsvdStages, after synchronising
+// the stream; does nothing, and never synchronises, when no stages were asked for.
+class StageClock {
+ public:
+  explicit StageClock(RsvdStages* stages) : stages_(stages), last_(Clock::now()) {}
+  void mark(double RsvdStages::*stage) {
+    if (stages_ == nullptr) return;
+    synchronize("rsvd");
+    const Clock::time_point now = Clock::now();
+    stages_->*stage += std::chrono::duration<double, std::milli>(now - last_).count();
+    last_ = now;
+  }
+
+ private:
+  using Clock = std::chrono::steady_clock;
+  RsvdStages* stages_;
+  Clock::time_point last_;
+};
+
 // Orthonormalises the columns of q (rows x l, row-major, double, on the device) in place
 // by shifted CholeskyQR3 (Fukaya et al. 2020): a first pass with a small shift keeps the
 // Cholesky factorisation defined even for ill-conditioned or rank-deficient input, two
@@ -81,7 +102,7 @@ struct QrScratch {
   double* next;  // rows x l, for the largest `rows` used
 };
 
-ColMatD orthonormalize(double* q, int64_t rows, int64_t l, const QrScratch& scratch) {
+ColMatD orthonormalize(double* q, int64_t rows, int64_t l, const QrScratch& scratch, StageClock& clock) {
   double* gram = scratch.gram;
   double* rInv = scratch.rInv;
   double* next = scratch.next;
@@ -93,6 +114,7 @@ ColMatD orthonormalize(double* q, int64_t rows, int64_t l, const QrScratch& scra
                           context().stream),
           "copy to the host");
     synchronize("Gram matrix");
+    clock.mark(&RsvdStages::gram);
     ColMatD gc = g;
     if (!gc.allFinite()) throw CoreError(eigenlorax::code::kNonFinite, "rsvd: the sketch overflowed (NaN or Inf)");
     if (gc.trace() == 0) {
@@ -126,42 +148,73 @@ ColMatD orthonormalize(double* q, int64_t rows, int64_t l, const QrScratch& scra
     check(cudaMemcpyAsync(rInv, invRow.data(), static_cast<size_t>(l * l) * sizeof(double), cudaMemcpyHostToDevice,
                           context().stream),
           "copy to the device");
+    clock.mark(&RsvdStages::cholesky);
     gemm(false, false, rows, l, l, 1.0, q, l, rInv, l, 0.0, next, l);
     check(cudaMemcpyAsync(q, next, static_cast<size_t>(rows * l) * sizeof(double), cudaMemcpyDeviceToDevice,
                           context().stream),
           "device copy");
     total = (r * total).eval();
     synchronize("CholeskyQR");  // invRow goes out of scope: its copy must have happened
+    clock.mark(&RsvdStages::apply);
   }
   return total;
 }
 
 // f32 product into a double buffer, orthonormalised, and back to f32 for the next product.
-ColMatD orthonormalizeF32(float* y, double* work, int64_t rows, int64_t l, const QrScratch& scratch) {
+ColMatD orthonormalizeF32(float* y, double* work, int64_t rows, int64_t l, const QrScratch& scratch,
+                          StageClock& clock) {
   const Context& c = context();
   kernels::toDouble(y, rows * l, work, c.stream);
-  ColMatD r = orthonormalize(work, rows, l, scratch);
+  clock.mark(&RsvdStages::apply);
+  ColMatD r = orthonormalize(work, rows, l, scratch, clock);
   kernels::toFloat(work, rows * l, y, c.stream);
+  clock.mark(&RsvdStages::apply);
   return r;
 }
 
-// Largest-magnitude entry of each u column made positive; v columns follow.
-void fixSigns(MatView u, MatView v) {
-  for (Index j = 0; j < u.cols; ++j) {
-    Index at = 0;
-    float best = -1.0f;
-    for (Index i = 0; i < u.rows; ++i) {
-      const float value = std::fabs(u.data[i * u.cols + j]);
-      if (value > best) {
-        best = value;
-        at = i;
+// SVD of the l x l core: divide and conquer, a third of one-sided Jacobi's time at l = 144.
+// Eigen's BDCSVD answers U = V = 0 for a zero matrix (A = 0): the identity there instead,
+// as Jacobi and the CPU backend give.
+void smallSvd(const ColMatD& b, ColMatD& u, Eigen::VectorXd& sigma, ColMatD& v) {
+  if (b.isZero(0)) {
+    u = ColMatD::Identity(b.rows(), b.cols());
+    v = ColMatD::Identity(b.cols(), b.cols());
+    sigma = Eigen::VectorXd::Zero(b.cols());
+    return;
+  }
+  const Eigen::BDCSVD<ColMatD> svd(b, Eigen::ComputeThinU | Eigen::ComputeThinV);
+  u = svd.matrixU();
+  v = svd.matrixV();
+  sigma = svd.singularValues();
+}
+
+// Makes the largest-magnitude entry of each column of u (row-major, host) positive, as
+// the CPU backend does (the first such entry on ties); returns the signs applied (+-1), for
+// V's columns to follow. Row by row: a column-wise walk of a tall row-major U touches
+// every cache line once per column.
+Eigen::VectorXd makeColumnsPositive(MatView u) {
+  std::vector<float> largest(static_cast<size_t>(u.cols), -1.0f);
+  std::vector<bool> negative(static_cast<size_t>(u.cols), false);
+  for (Index i = 0; i < u.rows; ++i) {
+    const float* row = u.data + i * u.cols;
+    for (Index j = 0; j < u.cols; ++j) {
+      const float magnitude = std::fabs(row[j]);
+      if (magnitude > largest[size_t(j)]) {
+        largest[size_t(j)] = magnitude;
+        negative[size_t(j)] = row[j] < 0;
       }
     }
-    if (u.data[at * u.cols + j] < 0) {
-      for (Index i = 0; i < u.rows; ++i) u.data[i * u.cols + j] = -u.data[i * u.cols + j];
-      for (Index i = 0; i < v.rows; ++i) v.data[i * v.cols + j] = -v.data[i * v.cols + j];
+  }
+  Eigen::VectorXd signs(u.cols);
+  for (Index j = 0; j < u.cols; ++j) signs(j) = negative[size_t(j)] ? -1.0 : 1.0;
+  if (std::find(negative.begin(), negative.end(), true) == negative.end()) return signs;
+  for (Index i = 0; i < u.rows; ++i) {
+    float* row = u.data + i * u.cols;
+    for (Index j = 0; j < u.cols; ++j) {
+      if (negative[size_t(j)]) row[j] = -row[j];
     }
   }
+  return signs;
 }
 
 // out (rows x k, f32, host) = basis (rows x l, double, device) times small (l x k, host).
@@ -179,8 +232,9 @@ void multiplyToHost(const double* basis, int64_t rows, int64_t l, const ColMatD&
 }  // namespace
 
 RsvdInfo rsvd(const float* a, int64_t m, int64_t n, const RsvdOptions& o, MatView u, float* s, MatView v,
-              Workspace& ws) {
+              Workspace& ws, RsvdStages* stages) {
   const Context& c = context();
+  StageClock clock(stages);
   unsigned long long* counter = ws.take<unsigned long long>(1);
   check(cudaMemsetAsync(counter, 0, sizeof(unsigned long long), c.stream), "cudaMemsetAsync");
   kernels::countNonFinite(a, m * n, counter, c.stream);
@@ -191,6 +245,7 @@ RsvdInfo rsvd(const float* a, int64_t m, int64_t n, const RsvdOptions& o, MatVie
     throw CoreError(eigenlorax::code::kNonFinite,
                     "matrix: contains " + std::to_string(nonFinite) + " NaN or Inf entries");
   }
+  clock.mark(&RsvdStages::check);
 
   const int64_t k = o.rank;
   const int64_t l = std::min<int64_t>(k + o.oversample, std::min(m, n));
@@ -203,22 +258,31 @@ RsvdInfo rsvd(const float* a, int64_t m, int64_t n, const RsvdOptions& o, MatVie
   // The CPU backend's test matrix (n x l), drawn on the device from the same streams, as
   // Omega^T (l x n row-major) in z, which is free until the first A^T Q.
   kernels::gaussianColumns(o.seed, n, l, scratch.next, z, c.stream);
+  clock.mark(&RsvdStages::testMatrix);
   gemm(false, true, m, l, n, 1.0f, a, n, z, n, 0.0f, y, l);  // Y = A Omega
-  orthonormalizeF32(y, yd, m, l, scratch);
+  clock.mark(&RsvdStages::products);
+  orthonormalizeF32(y, yd, m, l, scratch, clock);
   for (int it = 0; it < o.powerIters; ++it) {
     gemm(true, false, n, l, m, 1.0f, a, n, y, l, 0.0f, z, l);  // Z = A^T Q
-    orthonormalizeF32(z, zd, n, l, scratch);
+    clock.mark(&RsvdStages::products);
+    orthonormalizeF32(z, zd, n, l, scratch, clock);
     gemm(false, false, m, l, n, 1.0f, a, n, z, l, 0.0f, y, l);  // Y = A Z
-    orthonormalizeF32(y, yd, m, l, scratch);
+    clock.mark(&RsvdStages::products);
+    orthonormalizeF32(y, yd, m, l, scratch, clock);
   }
   // B^T = A^T Q = Qb R; B = R^T Qb^T; SVD of the l x l R^T in double on the host.
   gemm(true, false, n, l, m, 1.0f, a, n, y, l, 0.0f, z, l);
-  const ColMatD r = orthonormalizeF32(z, zd, n, l, scratch);
-  Eigen::JacobiSVD<ColMatD> core(r.transpose(), Eigen::ComputeFullU | Eigen::ComputeFullV);
-  multiplyToHost(yd, m, l, core.matrixU().leftCols(k), u, ws);  // U = Q Ur
-  multiplyToHost(zd, n, l, core.matrixV().leftCols(k), v, ws);  // V = Qb Vr
-  fixSigns(u, v);
-  for (int64_t j = 0; j < k; ++j) s[j] = static_cast<float>(core.singularValues()(j));
+  clock.mark(&RsvdStages::products);
+  const ColMatD r = orthonormalizeF32(z, zd, n, l, scratch, clock);
+  ColMatD ur, vr;
+  Eigen::VectorXd sigma;
+  smallSvd(r.transpose(), ur, sigma, vr);
+  clock.mark(&RsvdStages::smallSvd);
+  multiplyToHost(yd, m, l, ur.leftCols(k), u, ws);  // U = Q Ur
+  const Eigen::VectorXd signs = makeColumnsPositive(u);
+  multiplyToHost(zd, n, l, vr.leftCols(k) * signs.asDiagonal(), v, ws);  // V = Qb Vr, signs as U's
+  for (int64_t j = 0; j < k; ++j) s[j] = static_cast<float>(sigma(j));
+  clock.mark(&RsvdStages::factors);
   return {false, l};
 }
 
