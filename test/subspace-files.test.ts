@@ -8,12 +8,13 @@
 import test from 'ava';
 import { open, truncate, writeFile, readFile } from 'node:fs/promises';
 import path from 'node:path';
-import { buildSubspace, loadAdapter, openAdapter, openSafetensors, saveAdapter, type LoraAdapter } from '../lib/index.js';
+import { createHash } from 'node:crypto';
+import { buildSubspace, loadAdapter, openAdapter, openSafetensors, saveAdapter, sha256File, type LoraAdapter } from '../lib/index.js';
 import { matrix, type Matrix } from '../lib/matrix.js';
 import * as ops from '../lib/native/ops.js';
 import type { NativeFileFactor, NativeModulePair } from '../lib/native/ops.js';
 import { tempDir } from './helpers/safetensors-fixtures.js';
-import { freshSeed } from './helpers/random.js';
+import { freshSeed, rng } from './helpers/random.js';
 import { memoryAdapter, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
 
 const D_IN = 72;
@@ -146,4 +147,36 @@ test('builds from paths and opened adapters: NaN in a file is ERR_NON_FINITE nam
   await t.throwsAsync(buildSubspace(opened, { components: 2, hashSources: false }), { code: 'ERR_IO', message: /the file ended at byte .* \(was it changed or truncated after it was opened\?\)/ });
   await opened[1]!.close();
   await t.throwsAsync(buildSubspace(opened, { components: 2, hashSources: false }), { code: 'ERR_CLOSED' });
+});
+
+test('sha256File: equals crypto over the whole file for sizes around its read buffer, many at once (its buffers are reused); a missing file is ERR_NOT_FOUND, a folder ERR_IO, both naming it', async (t) => {
+  const dir = await tempDir(t);
+  const seed = freshSeed();
+  const random = rng(seed);
+  const MiB = 1 << 20;
+  const sizes = [0, 1, MiB - 1, MiB, MiB + 1, 3 * MiB + Math.floor(random() * MiB)];
+  const files = await Promise.all(
+    sizes.map(async (size, i) => {
+      const bytes = Buffer.alloc(size);
+      for (let j = 0; j < size; j += 4096) bytes[j] = Math.floor(random() * 256);
+      if (size > 0) bytes[size - 1] = Math.floor(random() * 256);
+      const file = path.join(dir, `f${i}.bin`);
+      await writeFile(file, bytes);
+      return { file, bytes };
+    }),
+  );
+  const results = await Promise.all(files.map(({ file }) => sha256File(file)));
+  results.forEach((result, i) => {
+    const { bytes } = files[i]!;
+    t.deepEqual(result, { sha256: createHash('sha256').update(bytes).digest('hex'), bytes: bytes.length }, `size ${sizes[i]} (seed ${seed})`);
+  });
+  const missing = path.join(dir, 'missing.bin');
+  const notFound = await t.throwsAsync(sha256File(missing));
+  t.is((notFound as { code?: string }).code, 'ERR_NOT_FOUND');
+  t.true(notFound!.message.includes(missing));
+  const folder = await t.throwsAsync(sha256File(dir));
+  t.is((folder as { code?: string }).code, 'ERR_IO');
+  t.true(folder!.message.includes(dir));
+  // The buffers are still good after the failures.
+  t.is((await sha256File(files[5]!.file)).sha256, results[5]!.sha256);
 });

@@ -5,7 +5,7 @@
  * small concurrency pool, and the per-module seed.
  */
 import { createHash } from 'node:crypto';
-import { createReadStream } from 'node:fs';
+import { open, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
 import { ioError } from '../io/files.js';
@@ -322,17 +322,34 @@ async function readFrom(opened: OpenedAdapter, name: string, where: string, into
   return handle.read(into);
 }
 
+/**
+ * Read buffers kept between files: a stream's fresh 1 MiB chunk per read costs a page fault
+ * per 4 KiB, which on virtual machines was two thirds of hashing's time (a 573 MB zoo: 1.4 s
+ * wall, 1.9 s CPU with createReadStream; 0.47 s, 0.56 s CPU reading into one buffer).
+ */
+const hashBuffers: Buffer[] = [];
+const HASH_BUFFER_BYTES = 1 << 20;
+const KEEP_HASH_BUFFERS = 4;
+
 /** Streamed sha256 of a file. */
 export async function sha256File(file: string): Promise<{ sha256: string; bytes: number }> {
+  const buffer = hashBuffers.pop() ?? Buffer.allocUnsafeSlow(HASH_BUFFER_BYTES);
   const hash = createHash('sha256');
   let bytes = 0;
+  let handle: FileHandle | undefined;
   try {
-    for await (const chunk of createReadStream(file, { highWaterMark: 1 << 20 })) {
-      hash.update(chunk as Buffer);
-      bytes += (chunk as Buffer).byteLength;
+    handle = await open(file, 'r');
+    for (;;) {
+      const { bytesRead } = await handle.read(buffer, 0, buffer.length, null);
+      if (bytesRead === 0) break;
+      hash.update(buffer.subarray(0, bytesRead)); // consumed here: the buffer is free again
+      bytes += bytesRead;
     }
   } catch (cause) {
     throw ioError(cause, file, 'hash');
+  } finally {
+    await handle?.close().catch(() => undefined);
+    if (hashBuffers.length < KEEP_HASH_BUFFERS) hashBuffers.push(buffer);
   }
   return { sha256: hash.digest('hex'), bytes };
 }
