@@ -140,6 +140,28 @@ export async function cleanStaleTemporaries(folder: string): Promise<void> {
 }
 
 /**
+ * Folders this process cleaned of leftovers lately, and when. Writing a file next to
+ * thousands of others (a build's coefficients) listed the whole folder once per file,
+ * quadratic in the files (4096 files took 1.2 ms a file against 0.55 ms at 1024). A
+ * leftover of a writer that dies after the cleaning waits for the next one; it is in
+ * nobody's way meanwhile (temporary names carry the writer's pid and a random suffix).
+ */
+const cleanedAt = new Map<string, number>();
+const CLEAN_AGAIN_AFTER_MS = 10_000;
+
+/** {@link cleanStaleTemporaries}, unless this process did it in the last 10 s. */
+async function cleanStaleTemporariesLately(folder: string): Promise<void> {
+  const now = Date.now();
+  const last = cleanedAt.get(folder);
+  if (last !== undefined && now - last < CLEAN_AGAIN_AFTER_MS) return;
+  if (cleanedAt.size >= 1024) {
+    for (const [name, at] of cleanedAt) if (now - at >= CLEAN_AGAIN_AFTER_MS) cleanedAt.delete(name);
+  }
+  cleanedAt.set(folder, now);
+  await cleanStaleTemporaries(folder);
+}
+
+/**
  * True when something (of any kind) is at `file`; false when nothing is (ENOENT, ENOTDIR).
  * Other failures (a folder that cannot be read) are an ERR_IO, not a "no".
  */
@@ -226,11 +248,12 @@ export async function readRegularFile(
  * Writes `destination` atomically: `write` fills a temporary file in the same folder
  * (opened exclusively), which is then fsynced, closed and renamed over `destination`
  * (and the folder fsynced, best effort). If `write` or any step throws, the temporary file
- * is removed and `destination` is untouched; the error is rethrown.
+ * is removed and `destination` is untouched; the error is rethrown. Leftovers of dead
+ * writers in the folder are removed first (at most every 10 s per folder and process).
  */
 export async function withAtomicFile<T>(destination: string, write: (handle: FileHandle, temporaryPath: string) => Promise<T>): Promise<T> {
   const target = path.resolve(destination);
-  await cleanStaleTemporaries(path.dirname(target));
+  await cleanStaleTemporariesLately(path.dirname(target));
   const temporary = temporaryPathFor(target);
   let handle: FileHandle;
   try {
