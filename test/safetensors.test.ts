@@ -18,6 +18,8 @@ import {
   type SafetensorsDType,
   type SafetensorsEntry,
 } from '../lib/index.js';
+import { openSmallSafetensors } from '../lib/io/safetensors.js';
+import { verifyDigest } from '../lib/io/digest.js';
 import { freshSeed, gaussian, rng } from './helpers/random.js';
 import {
   assemble,
@@ -705,4 +707,61 @@ test('writer: bad entries and options are refused before anything is written', a
   await mkdir(path.join(dir, 'sub'));
   await writeSafetensors(path.join(dir, 'sub', 'ok.safetensors'), []);
   t.deepEqual(await listing(path.join(dir, 'sub')), ['ok.safetensors']);
+});
+
+test('openSmallSafetensors: a file of at most 1 MiB, read whole at open, gives what openSafetensors reads (every float dtype as f32, raw bytes, metadata) and keeps that copy; a larger file is read as it is then', async (t) => {
+  const dir = await tempDir(t);
+  const seed = freshSeed();
+  const g = gaussian(rng(seed));
+  const values = (n: number) => Float32Array.from({ length: n }, g);
+  const file = path.join(dir, 'small.safetensors');
+  const entries: SafetensorsEntry[] = [
+    { name: 'f32', shape: [3, 5], data: values(15) },
+    { name: 'f16', shape: [7], data: values(7), dtype: 'F16' },
+    { name: 'bf16', shape: [2, 3], data: values(6), dtype: 'BF16' },
+    { name: 'f64', shape: [4], data: values(4), dtype: 'F64' },
+    { name: 'i32', shape: [2], dtype: 'I32', bytes: new Int32Array([-7, 2147483647]) },
+    { name: 'empty', shape: [0, 3], data: new Float32Array(0) },
+  ];
+  await writeSafetensors(file, entries, { metadata: { note: `seed ${seed}` }, digest: true });
+  const readAll = async (open: (f: string) => Promise<Awaited<ReturnType<typeof openSafetensors>>>, f: string) => {
+    const reader = await open(f);
+    try {
+      const floats = await Promise.all(['f32', 'f16', 'bf16', 'f64', 'empty'].map((n) => reader.readFloat32(n)));
+      const raws = await Promise.all([...reader.tensors.keys()].map((n) => reader.readRaw(n)));
+      return { metadata: reader.metadata, floats, raws, digest: await verifyDigest(reader) };
+    } finally {
+      await reader.close();
+    }
+  };
+  const whole = await readAll(openSmallSafetensors, file);
+  t.deepEqual(whole, await readAll(openSafetensors, file), `seed ${seed}`);
+  t.is(whole.digest, 'verified');
+  t.deepEqual(whole.floats[0]!.data, (entries[0] as { data: Float32Array }).data);
+
+  // The copy is taken at open: a change afterwards is not seen (openSafetensors would see it).
+  const reader = await openSmallSafetensors(file);
+  const before = (await reader.readFloat32('f32')).data;
+  const handle = await open(file, 'r+');
+  const at = reader.tensors.get('f32')!.offset;
+  await handle.write(new Uint8Array(60).fill(0x7f), 0, 60, at);
+  await handle.close();
+  t.deepEqual((await reader.readFloat32('f32')).data, before);
+  await reader.close();
+  await t.throwsAsync(reader.readFloat32('f32'), { code: 'ERR_CLOSED' });
+
+  // Over 1 MiB: read from the file when asked, as openSafetensors does.
+  const big = path.join(dir, 'big.safetensors');
+  await writeSafetensors(big, [{ name: 'x', shape: [1 << 18], data: values(1 << 18) }, { name: 'y', shape: [4], data: values(4) }]);
+  const bigReader = await openSmallSafetensors(big);
+  const y = bigReader.tensors.get('y')!;
+  const h = await open(big, 'r+');
+  await h.write(f32le([1, 2, 3, 4]), 0, 16, y.offset);
+  await h.close();
+  t.deepEqual([...(await bigReader.readFloat32('y')).data], [1, 2, 3, 4]);
+  await bigReader.close();
+
+  // Not a file: the same typed errors as openSafetensors.
+  await t.throwsAsync(openSmallSafetensors(path.join(dir, 'missing.safetensors')), { code: 'ERR_NOT_FOUND' });
+  await t.throwsAsync(openSmallSafetensors(dir), { code: 'ERR_IO' });
 });

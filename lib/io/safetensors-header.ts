@@ -29,6 +29,8 @@ export interface OpenedFile {
   path: string;
   handle: FileHandle | null;
   metadata: Record<string, string>;
+  /** The whole file, read at open (a small file: see openFile's `wholeBelow`); else null. */
+  bytes: Uint8Array | null;
 }
 
 export interface Entry {
@@ -52,8 +54,13 @@ export function toEntryMap(file: ParsedFile): Map<string, Entry> {
   return new Map(file.tensors.map((t) => [t.name, { name: t.name, info: t.info, source: file.opened }]));
 }
 
-/** Opens one file and validates its header; the handle stays open on success only. */
-export async function openFile(file: string): Promise<ParsedFile> {
+/**
+ * Opens one file and validates its header; the handle stays open on success only. A file
+ * of at most `wholeBelow` bytes is read whole, in one read, and its tensors are then read
+ * from that copy: for small files (coefficients) the reads of the header and of each
+ * tensor, each a trip through libuv's pool, cost more than their bytes.
+ */
+export async function openFile(file: string, wholeBelow = 0): Promise<ParsedFile> {
   const handle = await openRegularFile(file);
   try {
     let size: number;
@@ -62,8 +69,18 @@ export async function openFile(file: string): Promise<ParsedFile> {
     } catch (cause) {
       throw ioError(cause, file, 'stat');
     }
-    const head = new Uint8Array(Math.min(size, LFS_PREFIX.length));
-    await readFully(handle, head, 0, file);
+    let whole: Uint8Array | null = null;
+    if (size <= wholeBelow) {
+      whole = new Uint8Array(size);
+      await readFully(handle, whole, 0, file);
+    }
+    const read = async (length: number, at: number) => {
+      if (whole !== null) return whole.subarray(at, at + length);
+      const bytes = new Uint8Array(length);
+      await readFully(handle, bytes, at, file);
+      return bytes;
+    };
+    const head = await read(Math.min(size, LFS_PREFIX.length), 0);
     if (Buffer.from(head).toString('latin1') === LFS_PREFIX) throw await lfsPointerError(handle, file, size);
     if (size < 8) throw fileError('ERR_SAFETENSORS_FORMAT', file, `the file is ${size} bytes long, shorter than the 8-byte header length`);
 
@@ -83,11 +100,10 @@ export async function openFile(file: string): Promise<ParsedFile> {
         `header length ${headerLength} bytes runs past the end of the file (${size} bytes; the file is truncated or not safetensors)`,
       );
     }
-    const headerBytes = new Uint8Array(headerLength);
-    await readFully(handle, headerBytes, 8, file);
+    const headerBytes = await read(headerLength, 8);
     const dataStart = 8 + headerLength;
     const { metadata, tensors } = parseHeader(file, headerBytes, dataStart, size - dataStart);
-    return { opened: { path: file, handle, metadata }, tensors };
+    return { opened: { path: file, handle, metadata, bytes: whole }, tensors };
   } catch (error) {
     await handle.close().catch(() => undefined);
     throw error;

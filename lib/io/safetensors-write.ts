@@ -2,6 +2,7 @@
  * The safetensors writer (see the top of safetensors.ts for the layout it shares with the
  * reference crate). Split from the reader by concern; safetensors.ts re-exports it.
  */
+import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fromFloat32 } from '../dtype.js';
 import { EigenLoraxError } from '../errors.js';
@@ -192,6 +193,48 @@ function checkSourceLength(file: string, p: PlannedEntry, value: unknown): void 
 }
 
 /** The stored bytes of one planned entry (produced and converted now). */
+/** Pieces under this size are gathered into one write (see GatheredWrites). */
+const GATHER_BELOW = 1 << 20;
+
+/**
+ * Writes at consecutive offsets gathered into one while they add up to under 1 MiB: a
+ * coefficients file is 17 small pieces (header, 16 tensors), and each write is a trip
+ * through libuv's pool that cost more than its bytes. Pieces are copied: a lazy entry's
+ * producer may reuse its buffer.
+ */
+class GatheredWrites {
+  readonly #parts: Uint8Array[] = [];
+  #start = 0;
+  #bytes = 0;
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly file: string,
+  ) {}
+
+  async write(data: ArrayBufferView, at: number): Promise<void> {
+    const view = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
+    if (this.#bytes > 0 && at !== this.#start + this.#bytes) await this.flush();
+    if (view.byteLength >= GATHER_BELOW) {
+      await this.flush();
+      await writeFully(this.handle, view, at, this.file);
+      return;
+    }
+    if (this.#bytes === 0) this.#start = at;
+    this.#parts.push(view.slice());
+    this.#bytes += view.byteLength;
+    if (this.#bytes >= GATHER_BELOW) await this.flush();
+  }
+
+  async flush(): Promise<void> {
+    if (this.#bytes === 0) return;
+    const joined = Buffer.concat(this.#parts, this.#bytes);
+    const at = this.#start;
+    this.#parts.length = 0;
+    this.#bytes = 0;
+    await writeFully(this.handle, joined, at, this.file);
+  }
+}
+
 async function encode(file: string, p: PlannedEntry): Promise<ArrayBufferView> {
   const value = typeof p.source === 'function' ? await p.source() : p.source;
   checkSourceLength(file, p, value);
@@ -256,12 +299,14 @@ export async function writeSafetensors(
   // holds a placeholder of the digest's length, overwritten in place at the end.
   const hash = options.digest === true ? startDigest(metadata ?? {}, planned) : null;
   await withAtomicFile(file, async (handle) => {
-    await writeFully(handle, header, 0, file);
+    const writes = new GatheredWrites(handle, file);
+    await writes.write(header, 0);
     for (const p of planned) {
       const bytes = await encode(file, p);
       if (hash !== null) await updateDigest(hash, bytes);
-      await writeFully(handle, bytes, header.byteLength + p.begin, file);
+      await writes.write(bytes, header.byteLength + p.begin);
     }
+    await writes.flush();
     if (hash !== null) {
       const at = header.indexOf(`${JSON.stringify(DATA_DIGEST_KEY)}:"${DIGEST_PLACEHOLDER}"`) + DATA_DIGEST_KEY.length + 4;
       await writeFully(handle, Buffer.from(hash.digest('hex'), 'latin1'), at, file);

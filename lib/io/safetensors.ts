@@ -176,6 +176,12 @@ export class SafetensorsReader {
     const handle = this.#handle(source, name);
     const shape = [...info.shape];
     const data = out ?? new Float32Array(count);
+    const held = heldBytes(source, info);
+    if (held !== null) {
+      if (dtype === 'F32') new Uint8Array(data.buffer, data.byteOffset, data.byteLength).set(held);
+      else if (count > 0) await ops.convert({ src: held, from: floatDtypes[dtype], dst: data, to: 'f32' });
+      return { dtype, shape, data };
+    }
     if (dtype === 'F32') {
       await readFully(handle, data, info.offset, source.path, name);
       return { dtype, shape, data };
@@ -213,7 +219,9 @@ export class SafetensorsReader {
     }
     const handle = this.#handle(source, name);
     const bytes = out ?? new Uint8Array(info.byteLength);
-    await readFully(handle, bytes, info.offset, source.path, name);
+    const held = heldBytes(source, info);
+    if (held !== null) bytes.set(held);
+    else await readFully(handle, bytes, info.offset, source.path, name);
     return { dtype: info.dtype, shape: [...info.shape], bytes };
   }
 
@@ -290,6 +298,11 @@ export class SafetensorsReader {
   }
 }
 
+/** A tensor's bytes in the copy of a file read whole at open (small files), else null. */
+function heldBytes(source: OpenedFile, info: SafetensorsTensorInfo): Uint8Array | null {
+  return source.bytes === null ? null : source.bytes.subarray(info.offset, info.offset + info.byteLength);
+}
+
 /**
  * Chunk buffers for conversions, shared by every reader: one pool per reader held 8 MiB
  * per open file, and a build over hundreds of adapters kept gigabytes of external memory
@@ -318,6 +331,27 @@ function readOutOption<T extends Float32Array | Uint8Array>(
   if (opts.out === undefined) return undefined;
   if (!(opts.out instanceof type)) throw invalid(expected, 'options.out', opts.out);
   return opts.out;
+}
+
+/**
+ * Files up to this size are read whole by {@link openSmallSafetensors}: our coefficients
+ * files (tens of KiB) then cost one read instead of one per header part and tensor (a
+ * gather reading 1024 of them: 0.6-0.9 s before).
+ */
+const READ_WHOLE_BELOW = 1 << 20;
+
+/**
+ * One `.safetensors` file (not a folder or shard index), as {@link openSafetensors} opens
+ * it, but read whole in one read when it is at most 1 MiB: its tensors are then read from
+ * that copy, taken at open (later changes to the file are not seen). For the library's
+ * own small files (coefficients), which are read at once and entirely.
+ */
+export async function openSmallSafetensors(file: string): Promise<SafetensorsReader> {
+  if (typeof file !== 'string' || file.length === 0) throw invalid('a path (non-empty string)', 'path', file);
+  assertLittleEndian();
+  const where = path.resolve(file);
+  const opened = await openFile(where, READ_WHOLE_BELOW);
+  return new SafetensorsReader(where, [opened.opened], toEntryMap(opened), null);
 }
 
 /**

@@ -5,7 +5,7 @@
  */
 import { EigenLoraxError } from '../errors.js';
 import { fileError } from '../io/files.js';
-import { isSafetensorsFloatDtype, openSafetensors, type SafetensorsReader } from '../io/safetensors.js';
+import { isSafetensorsFloatDtype, openSmallSafetensors, type SafetensorsReader } from '../io/safetensors.js';
 
 export const tensorError = (file: string, key: string, expected: string, received: string) =>
   fileError('ERR_SUBSPACE_FORMAT', file, `expected ${expected}, received ${received}`, key);
@@ -13,7 +13,7 @@ export const tensorError = (file: string, key: string, expected: string, receive
 /** Opens a subspace's or coefficients' safetensors file; a broken one is ERR_SUBSPACE_FORMAT. */
 export async function openTensors(file: string): Promise<SafetensorsReader> {
   try {
-    return await openSafetensors(file);
+    return await openSmallSafetensors(file);
   } catch (error) {
     if (error instanceof EigenLoraxError && error.code === 'ERR_SAFETENSORS_FORMAT') throw new EigenLoraxError(error.message, 'ERR_SUBSPACE_FORMAT');
     throw error;

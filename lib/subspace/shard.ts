@@ -10,7 +10,11 @@ import { adapterCoefficients } from './coefficients.js';
 import { loadCoefficients, loadSubspace } from './files.js';
 import { SUBSPACE_FORMAT_VERSION, sidecarOf, subspaceId } from './identity.js';
 import { SHARD_FORMAT, SHARD_FORMAT_VERSION, SHARD_RECORD_NAME, writeBuildFolder, type ShardRecord } from './output.js';
-import type { ModuleCoefficients, Subspace, SubspaceModule } from './types.js';
+import { runPool } from './inputs.js';
+import type { AdapterCoefficients, ModuleCoefficients, Subspace, SubspaceModule } from './types.js';
+
+/** Coefficients files read at once by gatherShards. */
+const COEFFICIENT_READS_IN_FLIGHT = 32;
 
 /** Shards that do not make one build: `shard` is the folder, `field` what differs. */
 export class ShardMismatchError extends EigenLoraxError {
@@ -178,9 +182,13 @@ export async function gatherShards(folders: readonly string[], out: string): Pro
 
   // Each adapter's coefficients: its modules from every shard, in module order; skipped
   // are the modules no shard built.
-  const perShard = await Promise.all(
-    shards.map((s) => Promise.all(s.record.coefficients.map((c) => loadCoefficients(path.join(s.folder, c.file), s.subspace)))),
-  );
+  // A bounded number of files at a time: all at once held shards x adapters descriptors,
+  // past the open-files limit at thousands of adapters.
+  const perShard = shards.map((s) => new Array<AdapterCoefficients>(s.record.coefficients.length));
+  const reads = shards.flatMap((s, si) => s.record.coefficients.map((c, ci) => ({ s, si, c, ci })));
+  await runPool(reads, COEFFICIENT_READS_IN_FLIGHT, async ({ s, si, c, ci }) => {
+    perShard[si]![ci] = await loadCoefficients(path.join(s.folder, c.file), s.subspace);
+  });
   subspace.coefficients = base.sources.map((source, i) => {
     const merged = new Map<string, ModuleCoefficients>();
     for (const [name, index] of first.record.modules) {
