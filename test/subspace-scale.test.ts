@@ -25,6 +25,7 @@ import {
   type Subspace,
 } from '../lib/index.js';
 import { assignShards } from '../lib/subspace/shard-plan.js';
+import { loadCoefficientsBundle } from '../lib/subspace/coefficients-file.js';
 import * as ops from '../lib/native/ops.js';
 import { tempDir } from './helpers/safetensors-fixtures.js';
 import { freshSeed } from './helpers/random.js';
@@ -284,6 +285,68 @@ test('gatherShards refuses shards that do not make one build, naming the shard a
   await t.throwsAsync(gatherShards([s0, s1], out), { instanceOf: EigenLoraxError });
   t.false(existsSync(out));
   await t.throwsAsync(gatherShards([], out), { instanceOf: EigenLoraxError, code: 'ERR_INVALID_ARGUMENT' });
+});
+
+test('a shard folder holds its coefficients in one bundle per 256 adapters, equal to the per-adapter files; gather refuses a bundle that does not hold what shard.json lists, or whose bytes changed; a one-machine build over a shard folder leaves no bundle', async (t) => {
+  const seed = freshSeed();
+  const dir = await tempDir(t);
+  const paths = await writeZoo(dir, zoo(seed, 5, MODULES.slice(0, 3)));
+  const options: BuildSubspaceOptions = { components: 3, seed: 5 };
+  const folders: string[] = [];
+  const shards: Subspace[] = [];
+  for (let i = 0; i < 2; i++) {
+    shards.push(await buildSubspace(paths, { ...options, shard: { index: i, count: 2 } }));
+    folders.push(path.join(dir, `s${i}`));
+    await writeBuildFolder(shards[i]!, folders[i]!);
+  }
+  t.deepEqual(await readdir(path.join(folders[0]!, 'coefficients')), ['part-00000.safetensors']);
+  const bundle = path.join(folders[0]!, 'coefficients', 'part-00000.safetensors');
+  const loaded = await loadCoefficientsBundle(bundle, shards[0]!);
+  t.is(loaded.length, 5);
+  loaded.forEach((c, i) => {
+    const want = shards[0]!.coefficients[i]!;
+    t.is(c.adapter.name, want.adapter.name);
+    t.deepEqual([...c.modules.keys()], [...want.modules.keys()]);
+    for (const [name, m] of want.modules) {
+      t.deepEqual(c.modules.get(name)!.alpha.data, m.alpha.data, `seed ${seed}: adapter ${i} ${name}`);
+      t.deepEqual(c.modules.get(name)!.beta.data, m.beta.data);
+      t.is(c.modules.get(name)!.error, m.error);
+    }
+    t.deepEqual(c.skipped, want.skipped);
+  });
+  // Against another subspace: refused as coefficients of another subspace are.
+  await t.throwsAsync(loadCoefficientsBundle(bundle, shards[1]!), { code: 'ERR_SUBSPACE_MISMATCH' });
+
+  const out = path.join(dir, 'out');
+  const recordFile = path.join(folders[1]!, 'shard.json');
+  const original = await readFile(recordFile, 'utf8');
+  // shard.json splits the adapters over two bundles (a copy of the one written): the first
+  // holds all five, not the two listed there.
+  const record = JSON.parse(original) as { coefficients: Array<{ adapter: string; file: string }> };
+  for (const c of record.coefficients.slice(2)) c.file = path.join('coefficients', 'part-00001.safetensors');
+  await writeFile(recordFile, JSON.stringify(record));
+  const coefficientsDir = path.join(folders[1]!, 'coefficients');
+  await writeFile(path.join(coefficientsDir, 'part-00001.safetensors'), await readFile(path.join(coefficientsDir, 'part-00000.safetensors')));
+  const split = await t.throwsAsync(gatherShards(folders, out), { instanceOf: ShardMismatchError });
+  t.is(split!.field, 'coefficients');
+  t.is(split!.shard, folders[1]!);
+  t.regex(split!.message, /part-0000[01]\.safetensors holds the adapters .*, but shard\.json lists/);
+  t.false(existsSync(out));
+  await writeFile(recordFile, original);
+
+  const other = path.join(folders[1]!, 'coefficients', 'part-00000.safetensors');
+  const bytes = await readFile(other);
+  bytes[bytes.length - 1]! ^= 0x01;
+  await writeFile(other, bytes);
+  await t.throwsAsync(gatherShards(folders, out), { code: 'ERR_INTEGRITY' });
+  t.false(existsSync(out));
+
+  const whole = await buildSubspace(paths, options);
+  await writeBuildFolder(whole, folders[0]!);
+  const names = await readdir(path.join(folders[0]!, 'coefficients'));
+  t.is(names.length, 5);
+  t.false(names.includes('part-00000.safetensors'));
+  t.false(existsSync(path.join(folders[0]!, 'shard.json')));
 });
 
 test('analyze: k-fold held-out error is that of projecting each fold on a basis built from the other folds (within 0.1%)', async (t) => {

@@ -7,7 +7,7 @@
 import path from 'node:path';
 import { verifyDigest } from '../io/digest.js';
 import { fileError, kindOf } from '../io/files.js';
-import { writeSafetensors, type SafetensorsEntry } from '../io/safetensors.js';
+import { writeSafetensors, type SafetensorsEntry, type SafetensorsReader } from '../io/safetensors.js';
 import { checkMatrix } from '../matrix.js';
 import { filePlace, mismatch, said } from '../schema.js';
 import { invalid } from '../validate.js';
@@ -72,13 +72,44 @@ export async function saveCoefficients(coefficients: AdapterCoefficients, destin
   if (typeof destination !== 'string' || destination.length === 0) throw invalid('a file path (non-empty string)', 'destination', destination);
   const file = path.resolve(destination);
   if ((await kindOf(file)) === 'folder') throw fileError('ERR_INVALID_ARGUMENT', file, 'coefficients are written to a .safetensors file, and this is a folder');
-  const entries: SafetensorsEntry[] = [];
-  for (const m of coefficients.modules.values()) {
-    const k = subspaceKeys(m.name);
-    entries.push({ name: k.loadingsA, shape: [m.alpha.rows, m.rank], data: m.alpha.data }, { name: k.loadingsB, shape: [m.beta.rows, m.rank], data: m.beta.data });
-  }
   const metadata = { format: COEFFICIENTS_FORMAT, [COEFFICIENTS_METADATA_KEY]: JSON.stringify(recordOf(coefficients)) };
-  await writeSafetensors(file, entries, { metadata, digest: true });
+  await writeSafetensors(file, coefficientEntries(coefficients), { metadata, digest: true });
+  return { file };
+}
+
+/** One adapter's loadings as safetensors entries, their names after `prefix`. */
+function coefficientEntries(c: AdapterCoefficients, prefix = ''): SafetensorsEntry[] {
+  return [...c.modules.values()].flatMap((m) => {
+    const k = subspaceKeys(m.name);
+    return [
+      { name: prefix + k.loadingsA, shape: [m.alpha.rows, m.rank], data: m.alpha.data },
+      { name: prefix + k.loadingsB, shape: [m.beta.rows, m.rank], data: m.beta.data },
+    ];
+  });
+}
+
+/** The `format` of a file that holds the coefficients of several adapters (a shard's). */
+export const COEFFICIENTS_BUNDLE_FORMAT = 'eigenlorax-coefficients-bundle';
+
+/** The tensor names of adapter `j` of a bundle start with this. */
+const bundlePrefix = (j: number) => `${j}/`;
+
+/**
+ * Writes the coefficients of several adapters to one safetensors file: adapter j's
+ * loadings as `<j>/<m>.eigenlora_A.loadings` and `<j>/<m>.eigenlora_B.loadings`, and the
+ * JSON array of their records in `__metadata__["eigenlorax.coefficients"]`; atomic, with
+ * a content digest. A shard's folder holds these instead of one file per adapter: each
+ * file costs about a millisecond of the event loop to write and again to read, which made
+ * a 4-way sharded build plus gather of 256 adapters x 8 modules a third slower than the
+ * one-machine build.
+ */
+export async function saveCoefficientsBundle(list: readonly AdapterCoefficients[], destination: string): Promise<{ file: string }> {
+  if (!Array.isArray(list) || list.length === 0) throw invalid('a non-empty array of adapter coefficients', 'list', list);
+  for (const c of list) checkCoefficientsForSave(c);
+  if (typeof destination !== 'string' || destination.length === 0) throw invalid('a file path (non-empty string)', 'destination', destination);
+  const file = path.resolve(destination);
+  const metadata = { format: COEFFICIENTS_BUNDLE_FORMAT, [COEFFICIENTS_METADATA_KEY]: JSON.stringify(list.map(recordOf)) };
+  await writeSafetensors(file, list.flatMap((c, j) => coefficientEntries(c, bundlePrefix(j))), { metadata, digest: true });
   return { file };
 }
 
@@ -110,45 +141,84 @@ export async function loadCoefficients(file: string, subspace?: Subspace): Promi
   const where = path.resolve(file);
   const reader = await openTensors(where);
   try {
-    const key = `__metadata__[${JSON.stringify(COEFFICIENTS_METADATA_KEY)}]`;
-    const text = reader.metadata[COEFFICIENTS_METADATA_KEY];
-    if (text === undefined) throw fileError('ERR_SUBSPACE_FORMAT', where, `no ${key}: not an eigenlorax coefficients file`);
-    const place = filePlace(`${where}, ${key}`, 'ERR_SUBSPACE_FORMAT');
-    let raw: unknown;
-    try {
-      raw = JSON.parse(text);
-    } catch (cause) {
-      throw mismatch(place, '', 'JSON', said(`text that is not JSON (${(cause as Error).message})`));
-    }
-    const record = parseCoefficientsRecord(raw, place);
+    const { raw, key } = recordJson(reader, where, 'an eigenlorax coefficients file');
+    const record = parseCoefficientsRecord(raw, filePlace(`${where}, ${key}`, 'ERR_SUBSPACE_FORMAT'));
     if (s !== undefined) checkBelongs(record, s, where);
     const expected = new Set<string>();
-    const modules = new Map<string, ModuleCoefficients>();
-    for (const m of record.modules) {
-      const k = subspaceKeys(m.name);
-      expected.add(k.loadingsA).add(k.loadingsB);
-      const alpha = await readTensor(reader, where, k.loadingsA, [m.kA, m.rank], `K_A x r of module ${m.name}`);
-      const beta = await readTensor(reader, where, k.loadingsB, [m.kB, m.rank], `K_B x r of module ${m.name}`);
-      const { name, rank, scale, adapterAlpha, rslora, adapterScale, norm, error } = m;
-      modules.set(name, {
-        name,
-        rank,
-        alpha: { rows: m.kA, cols: rank, data: alpha },
-        beta: { rows: m.kB, cols: rank, data: beta },
-        scale,
-        adapterAlpha,
-        rslora,
-        adapterScale,
-        norm,
-        error,
-        relativeError: relative(error, norm),
-      });
-    }
+    const coefficients = await readAdapter(reader, where, record, '', expected);
     checkNoOtherTensors(reader, where, expected, 'the record');
     // Last, so that a broken structure or a wrong subspace is reported as such first.
     await verifyDigest(reader);
-    return adapterCoefficients(record.subspaceId, record.stacking, record.adapter, modules, record.skipped);
+    return coefficients;
   } finally {
     await reader.close();
   }
+}
+
+/**
+ * Reads a file written by {@link saveCoefficientsBundle}: the adapters' coefficients in
+ * their order there, each checked as {@link loadCoefficients} checks one (the record at
+ * index j names the tensors `<j>/...`), all against `subspace`.
+ */
+export async function loadCoefficientsBundle(file: string, subspace: Subspace): Promise<AdapterCoefficients[]> {
+  if (typeof file !== 'string' || file.length === 0) throw invalid('a path (non-empty string)', 'path', file);
+  const s = checkSubspace(subspace);
+  const where = path.resolve(file);
+  const reader = await openTensors(where);
+  try {
+    const { raw, key } = recordJson(reader, where, 'a bundle of eigenlorax coefficients');
+    if (reader.metadata.format !== COEFFICIENTS_BUNDLE_FORMAT || !Array.isArray(raw)) {
+      throw fileError('ERR_SUBSPACE_FORMAT', where, `expected ${key} to hold an array of records in a file of format ${COEFFICIENTS_BUNDLE_FORMAT}`);
+    }
+    const records = raw.map((r, j) => parseCoefficientsRecord(r, filePlace(`${where}, ${key}[${j}]`, 'ERR_SUBSPACE_FORMAT')));
+    for (const record of records) checkBelongs(record, s, where);
+    const expected = new Set<string>();
+    const list: AdapterCoefficients[] = [];
+    for (const [j, record] of records.entries()) list.push(await readAdapter(reader, where, record, bundlePrefix(j), expected));
+    checkNoOtherTensors(reader, where, expected, 'the records');
+    await verifyDigest(reader);
+    return list;
+  } finally {
+    await reader.close();
+  }
+}
+
+/** The JSON of `__metadata__["eigenlorax.coefficients"]`, parsed (not yet checked). */
+function recordJson(reader: SafetensorsReader, where: string, what: string): { raw: unknown; key: string } {
+  const key = `__metadata__[${JSON.stringify(COEFFICIENTS_METADATA_KEY)}]`;
+  const text = reader.metadata[COEFFICIENTS_METADATA_KEY];
+  if (text === undefined) throw fileError('ERR_SUBSPACE_FORMAT', where, `no ${key}: not ${what}`);
+  try {
+    return { raw: JSON.parse(text), key };
+  } catch (cause) {
+    throw mismatch(filePlace(`${where}, ${key}`, 'ERR_SUBSPACE_FORMAT'), '', 'JSON', said(`text that is not JSON (${(cause as Error).message})`));
+  }
+}
+
+/** One adapter's modules as its record names them, tensors named after `prefix` (added to `expected`). */
+async function readAdapter(reader: SafetensorsReader, where: string, record: CoefficientsRecord, prefix: string, expected: Set<string>): Promise<AdapterCoefficients> {
+  const modules = new Map<string, ModuleCoefficients>();
+  for (const m of record.modules) {
+    const k = subspaceKeys(m.name);
+    const keyA = prefix + k.loadingsA;
+    const keyB = prefix + k.loadingsB;
+    expected.add(keyA).add(keyB);
+    const alpha = await readTensor(reader, where, keyA, [m.kA, m.rank], `K_A x r of module ${m.name}`);
+    const beta = await readTensor(reader, where, keyB, [m.kB, m.rank], `K_B x r of module ${m.name}`);
+    const { name, rank, scale, adapterAlpha, rslora, adapterScale, norm, error } = m;
+    modules.set(name, {
+      name,
+      rank,
+      alpha: { rows: m.kA, cols: rank, data: alpha },
+      beta: { rows: m.kB, cols: rank, data: beta },
+      scale,
+      adapterAlpha,
+      rslora,
+      adapterScale,
+      norm,
+      error,
+      relativeError: relative(error, norm),
+    });
+  }
+  return adapterCoefficients(record.subspaceId, record.stacking, record.adapter, modules, record.skipped);
 }

@@ -1,12 +1,15 @@
 /**
  * The folder a build writes: the subspace (saveSubspace), every adapter's coefficients in
  * `coefficients/<name>.safetensors`, and for one shard of a sharded build `shard.json`
- * (what gatherShards checks). The CLI's build and gather both write through here, so a
- * gathered folder is byte-identical to a one-machine build's.
+ * (what gatherShards checks) with the coefficients in bundles of up to 256 adapters,
+ * `coefficients/part-<n>.safetensors` (saveCoefficientsBundle): a shard folder is read by
+ * gather alone. The CLI's build and gather both write through here, so a gathered folder
+ * is byte-identical to a one-machine build's.
  */
-import { mkdir, rm } from 'node:fs/promises';
+import { mkdir, readdir, rm } from 'node:fs/promises';
 import path from 'node:path';
 import { ioError, writeFileAtomic } from '../io/files.js';
+import { saveCoefficientsBundle } from './coefficients-file.js';
 import { saveCoefficients, saveSubspace } from './files.js';
 import { runPool } from './inputs.js';
 import type { Subspace } from './types.js';
@@ -14,7 +17,9 @@ import type { Subspace } from './types.js';
 export const COEFFICIENTS_FOLDER = 'coefficients';
 export const SHARD_RECORD_NAME = 'shard.json';
 export const SHARD_FORMAT = 'eigenlorax-shard';
-export const SHARD_FORMAT_VERSION = 1;
+export const SHARD_FORMAT_VERSION = 2;
+/** Adapters per coefficients bundle of a shard (bounds the bundle's JSON header). */
+const BUNDLE_ADAPTERS = 256;
 
 /** A file name for an adapter's coefficients, unique (case-insensitively) within `used`. */
 export function coefficientsFileName(name: string, used: Set<string>): string {
@@ -34,7 +39,10 @@ export interface ShardRecord {
   /** Every module of the whole build with its shard, in build order. */
   modules: Array<[string, number]>;
   subspaceId: string;
-  /** The coefficients file of each source, in source order (relative to the folder). */
+  /**
+   * The coefficients bundle of each source, in source order (relative to the folder);
+   * consecutive sources share a bundle, in which they are in this order.
+   */
   coefficients: Array<{ adapter: string; file: string }>;
 }
 
@@ -54,14 +62,8 @@ export async function writeBuildFolder(subspace: Subspace, folder: string): Prom
   } catch (cause) {
     throw ioError(cause, coefficientsFolder, 'create the folder');
   }
-  const used = new Set<string>();
-  const coefficients = subspace.coefficients.map((c) => ({ adapter: c.adapter.name, file: path.join(coefficientsFolder, coefficientsFileName(c.adapter.name, used)) }));
-  // Several files at once: each write waits on its fsyncs (about 2 ms a file here), which
-  // overlap; hundreds of adapters took most of a build's write time one after the other.
-  await runPool(subspace.coefficients, COEFFICIENT_WRITES_IN_FLIGHT, async (c, i) => {
-    await saveCoefficients(c, coefficients[i]!.file);
-  });
   const shard = subspace.report?.shard ?? null;
+  const coefficients = shard === null ? await writeCoefficientFiles(subspace, coefficientsFolder) : await writeCoefficientBundles(subspace, coefficientsFolder);
   if (shard !== null) {
     const record: ShardRecord = {
       format: SHARD_FORMAT,
@@ -78,4 +80,33 @@ export async function writeBuildFolder(subspace: Subspace, folder: string): Prom
     await rm(path.join(out, SHARD_RECORD_NAME), { force: true }).catch(() => undefined);
   }
   return { subspace: saved.files, coefficients };
+}
+
+/** A shard's coefficients bundle, by name. */
+const BUNDLE_NAME = /^part-\d{5}\.safetensors$/;
+
+/** One file per adapter, `<name>.safetensors`. */
+async function writeCoefficientFiles(subspace: Subspace, folder: string): Promise<Array<{ adapter: string; file: string }>> {
+  // A one-machine build written over a shard's folder: its bundles are not coefficients files.
+  const stale = (await readdir(folder)).filter((name) => BUNDLE_NAME.test(name));
+  await Promise.all(stale.map((name) => rm(path.join(folder, name), { force: true })));
+  const used = new Set<string>();
+  const coefficients = subspace.coefficients.map((c) => ({ adapter: c.adapter.name, file: path.join(folder, coefficientsFileName(c.adapter.name, used)) }));
+  // Several files at once: each write waits on its fsyncs (about 2 ms a file here), which
+  // overlap; hundreds of adapters took most of a build's write time one after the other.
+  await runPool(subspace.coefficients, COEFFICIENT_WRITES_IN_FLIGHT, async (c, i) => {
+    await saveCoefficients(c, coefficients[i]!.file);
+  });
+  return coefficients;
+}
+
+/** A shard's: bundles of BUNDLE_ADAPTERS adapters in source order, `part-<n>.safetensors`. */
+async function writeCoefficientBundles(subspace: Subspace, folder: string): Promise<Array<{ adapter: string; file: string }>> {
+  const parts: Array<typeof subspace.coefficients> = [];
+  for (let i = 0; i < subspace.coefficients.length; i += BUNDLE_ADAPTERS) parts.push(subspace.coefficients.slice(i, i + BUNDLE_ADAPTERS));
+  const files = parts.map((_, n) => path.join(folder, `part-${String(n).padStart(5, '0')}.safetensors`));
+  await runPool(parts, 4, async (part, n) => {
+    await saveCoefficientsBundle(part, files[n]!);
+  });
+  return parts.flatMap((part, n) => part.map((c) => ({ adapter: c.adapter.name, file: files[n]! })));
 }

@@ -7,14 +7,15 @@ import { EigenLoraxError } from '../errors.js';
 import { readRegularFile } from '../io/files.js';
 import { invalid } from '../validate.js';
 import { adapterCoefficients } from './coefficients.js';
-import { loadCoefficients, loadSubspace } from './files.js';
+import { loadCoefficientsBundle } from './coefficients-file.js';
+import { loadSubspace } from './files.js';
 import { SUBSPACE_FORMAT_VERSION, sidecarOf, subspaceId } from './identity.js';
 import { SHARD_FORMAT, SHARD_FORMAT_VERSION, SHARD_RECORD_NAME, writeBuildFolder, type ShardRecord } from './output.js';
 import { runPool } from './inputs.js';
 import type { AdapterCoefficients, ModuleCoefficients, Subspace, SubspaceModule } from './types.js';
 
-/** Coefficients files read at once by gatherShards. */
-const COEFFICIENT_READS_IN_FLIGHT = 32;
+/** Coefficients bundles read at once by gatherShards. */
+const BUNDLE_READS_IN_FLIGHT = 4;
 
 /** Shards that do not make one build: `shard` is the folder, `field` what differs. */
 export class ShardMismatchError extends EigenLoraxError {
@@ -70,6 +71,17 @@ async function readRecord(folder: string): Promise<ShardRecord> {
 }
 
 const json = (v: unknown) => JSON.stringify(v);
+
+/** shard.json's coefficients as bundles: each file, the index of its first source, its adapters in order. */
+function bundlesOf(record: ShardRecord): Array<{ file: string; first: number; adapters: string[] }> {
+  const bundles: Array<{ file: string; first: number; adapters: string[] }> = [];
+  record.coefficients.forEach((c, i) => {
+    const last = bundles[bundles.length - 1];
+    if (last !== undefined && last.file === c.file) last.adapters.push(c.adapter);
+    else bundles.push({ file: c.file, first: i, adapters: [c.adapter] });
+  });
+  return bundles;
+}
 
 /** Checks that every shard agrees with the first (sources, settings, split, versions). */
 function checkAgreement(shards: LoadedShard[]): void {
@@ -182,12 +194,16 @@ export async function gatherShards(folders: readonly string[], out: string): Pro
 
   // Each adapter's coefficients: its modules from every shard, in module order; skipped
   // are the modules no shard built.
-  // A bounded number of files at a time: all at once held shards x adapters descriptors,
-  // past the open-files limit at thousands of adapters.
+  // Each shard's bundles, a few at a time (a bundle holds up to 256 adapters).
   const perShard = shards.map((s) => new Array<AdapterCoefficients>(s.record.coefficients.length));
-  const reads = shards.flatMap((s, si) => s.record.coefficients.map((c, ci) => ({ s, si, c, ci })));
-  await runPool(reads, COEFFICIENT_READS_IN_FLIGHT, async ({ s, si, c, ci }) => {
-    perShard[si]![ci] = await loadCoefficients(path.join(s.folder, c.file), s.subspace);
+  const reads = shards.flatMap((s, si) => bundlesOf(s.record).map((b) => ({ s, si, ...b })));
+  await runPool(reads, BUNDLE_READS_IN_FLIGHT, async ({ s, si, file, first, adapters }) => {
+    const list = await loadCoefficientsBundle(path.join(s.folder, file), s.subspace);
+    const names = list.map((c) => c.adapter.name);
+    if (json(names) !== json(adapters)) {
+      throw new ShardMismatchError(s.folder, 'coefficients', `${file} holds the adapters ${json(names)}, but shard.json lists ${json(adapters)} there`);
+    }
+    list.forEach((c, j) => (perShard[si]![first + j] = c));
   });
   subspace.coefficients = base.sources.map((source, i) => {
     const merged = new Map<string, ModuleCoefficients>();
