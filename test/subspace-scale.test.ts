@@ -349,6 +349,22 @@ test('a shard folder holds its coefficients in one bundle per 256 adapters, equa
   t.false(existsSync(path.join(folders[0]!, 'shard.json')));
 });
 
+test('a shard of 257 adapters writes two bundles (256 + 1), and gathering it alone gives the one-machine folder byte for byte', async (t) => {
+  const seed = freshSeed();
+  const dir = await tempDir(t);
+  const adapters = zoo(seed, 257, MODULES.slice(0, 1));
+  const options: BuildSubspaceOptions = { components: 3, seed: 2, hashSources: false };
+  const shard = path.join(dir, 'shard');
+  await writeBuildFolder(await buildSubspace(adapters, { ...options, shard: { index: 0, count: 1 } }), shard);
+  t.deepEqual(await readdir(path.join(shard, 'coefficients')), ['part-00000.safetensors', 'part-00001.safetensors']);
+  await writeBuildFolder(await buildSubspace(adapters, options), path.join(dir, 'whole'));
+  await gatherShards([shard], path.join(dir, 'gathered'));
+  const a = await filesOf(path.join(dir, 'whole'));
+  const b = await filesOf(path.join(dir, 'gathered'));
+  t.is(a.size, b.size);
+  for (const [name, bytes] of a) t.true(bytes.equals(b.get(name)!), `seed ${seed}: ${name} differs`);
+});
+
 test('analyze: k-fold held-out error is that of projecting each fold on a basis built from the other folds (within 0.1%)', async (t) => {
   const seed = freshSeed();
   const adapters = zoo(seed, 7, MODULES.slice(0, 2));

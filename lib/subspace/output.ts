@@ -1,7 +1,7 @@
 /**
  * The folder a build writes: the subspace (saveSubspace), every adapter's coefficients in
  * `coefficients/<name>.safetensors`, and for one shard of a sharded build `shard.json`
- * (what gatherShards checks) with the coefficients in bundles of up to 256 adapters,
+ * (what gatherShards checks) with the coefficients in bundles (up to 256 adapters, 32 MiB),
  * `coefficients/part-<n>.safetensors` (saveCoefficientsBundle): a shard folder is read by
  * gather alone. The CLI's build and gather both write through here, so a gathered folder
  * is byte-identical to a one-machine build's.
@@ -18,8 +18,9 @@ export const COEFFICIENTS_FOLDER = 'coefficients';
 export const SHARD_RECORD_NAME = 'shard.json';
 export const SHARD_FORMAT = 'eigenlorax-shard';
 export const SHARD_FORMAT_VERSION = 2;
-/** Adapters per coefficients bundle of a shard (bounds the bundle's JSON header). */
+/** At most this many adapters (bounds the JSON header) and bytes of loadings per bundle. */
 const BUNDLE_ADAPTERS = 256;
+const BUNDLE_BYTES = 32 << 20;
 
 /** A file name for an adapter's coefficients, unique (case-insensitively) within `used`. */
 export function coefficientsFileName(name: string, used: Set<string>): string {
@@ -100,10 +101,25 @@ async function writeCoefficientFiles(subspace: Subspace, folder: string): Promis
   return coefficients;
 }
 
-/** A shard's: bundles of BUNDLE_ADAPTERS adapters in source order, `part-<n>.safetensors`. */
+/**
+ * A shard's: bundles in source order, `part-<n>.safetensors`, each of at most
+ * BUNDLE_ADAPTERS adapters and about BUNDLE_BYTES of loadings (so that gather reads each
+ * in one read: openSmallSafetensors).
+ */
 async function writeCoefficientBundles(subspace: Subspace, folder: string): Promise<Array<{ adapter: string; file: string }>> {
   const parts: Array<typeof subspace.coefficients> = [];
-  for (let i = 0; i < subspace.coefficients.length; i += BUNDLE_ADAPTERS) parts.push(subspace.coefficients.slice(i, i + BUNDLE_ADAPTERS));
+  let bytes = 0;
+  for (const c of subspace.coefficients) {
+    const own = [...c.modules.values()].reduce((sum, m) => sum + 4 * (m.alpha.data.length + m.beta.data.length), 0);
+    const last = parts[parts.length - 1];
+    if (last === undefined || last.length >= BUNDLE_ADAPTERS || bytes + own > BUNDLE_BYTES) {
+      parts.push([c]);
+      bytes = own;
+    } else {
+      last.push(c);
+      bytes += own;
+    }
+  }
   const files = parts.map((_, n) => path.join(folder, `part-${String(n).padStart(5, '0')}.safetensors`));
   await runPool(parts, 4, async (part, n) => {
     await saveCoefficientsBundle(part, files[n]!);
