@@ -18,7 +18,7 @@ import {
   type SafetensorsDType,
   type SafetensorsEntry,
 } from '../lib/index.js';
-import { openSmallSafetensors } from '../lib/io/safetensors.js';
+import { openSmallSafetensors } from '../lib/io/safetensors-whole.js';
 import { verifyDigest } from '../lib/io/digest.js';
 import { freshSeed, gaussian, rng } from './helpers/random.js';
 import {

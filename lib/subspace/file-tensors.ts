@@ -5,7 +5,8 @@
  */
 import { EigenLoraxError } from '../errors.js';
 import { fileError } from '../io/files.js';
-import { isSafetensorsFloatDtype, openSmallSafetensors, type SafetensorsReader } from '../io/safetensors.js';
+import { isSafetensorsFloatDtype, type SafetensorsReader } from '../io/safetensors.js';
+import { openSmallSafetensors } from '../io/safetensors-whole.js';
 
 export const tensorError = (file: string, key: string, expected: string, received: string) =>
   fileError('ERR_SUBSPACE_FORMAT', file, `expected ${expected}, received ${received}`, key);
