@@ -15,6 +15,7 @@
         "native/core/subspace_stream.cpp",
         "native/core/folds.cpp",
         "native/core/multiadapter.cpp",
+        "native/core/pair_cache.cpp",
         "native/core/optim.cpp",
         "native/addon/addon.cpp",
         "native/addon/args.cpp",

@@ -26,7 +26,7 @@ export {
   type ProductOrder,
   type OrderQuery,
 } from './lowrank.js';
-export { eigenBankApply, loraBankApply, mixingMatrix, type EigenAdapterBank } from './multiadapter.js';
+export { eigenBankApply, loraBankApply, mixingMatrix, PairCache, type EigenAdapterBank } from './multiadapter.js';
 export { toFloat32, fromFloat32, dtypes, dtypeBytes, type DType } from './dtype.js';
 export { buildInfo, setThreads, getThreads, type BuildInfo } from './runtime.js';
 export { version } from './version.js';

@@ -10,12 +10,49 @@
  *
  * Both take `device` (lib/cuda.ts); on the GPU, x, the components, the weight, the
  * factors and the mixing matrices may be DeviceMatrix operands kept there.
+ *
+ * A batch with few distinct adapters, each with many rows, runs through their rank-r LoRA
+ * pairs (A_i = V_A L_i, B_i = U_B R_i^T from M_i = L_i R_i) instead of the shared K-wide
+ * products when that is cheaper. A {@link PairCache} keeps those pairs between calls, so a
+ * hot adapter's pair is built once, and keeps the components native-side (not copied in
+ * with each call). Which path a batch takes depends on the batch and the cache's budget
+ * only, never on what the cache holds: the same batch gives the same bits either way.
  */
 import { checkOperand, DeviceMatrix, deviceArgs, nativeOperand, onDevice, type Device, type Operand } from './cuda.js';
 import { EigenLoraxError } from './errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from './matrix.js';
 import * as ops from './native/ops.js';
-import { float32Scale, integer, invalid, object } from './validate.js';
+import type { NativePairCache } from './native/ops.js';
+import { float32Scale, integer, invalid, knownKeys, object } from './validate.js';
+
+/**
+ * Rank pairs of a bank's hot adapters, kept native-side between calls: at most `budget`
+ * bytes (default 16 MiB; least recently used dropped first), each entry `r (d_in + d_out)`
+ * floats plus its `K_A K_B` mixing matrix. Holds its own copy of the components, taken
+ * now: a bank given this cache applies that copy, and must name the same two matrices
+ * (changing their numbers afterwards does not reach the cache). CPU only.
+ */
+export class PairCache {
+  readonly componentsA: Matrix;
+  readonly componentsB: Matrix;
+  readonly budget: number;
+  /** @internal */
+  readonly handle: NativePairCache;
+
+  constructor(componentsA: Matrix, componentsB: Matrix, options: { budget?: number } = {}) {
+    this.componentsA = checkMatrix(componentsA, 'componentsA');
+    this.componentsB = checkMatrix(componentsB, 'componentsB');
+    const o = object(options, 'options');
+    knownKeys(o, 'options', ['budget']);
+    this.budget = integer(o.budget ?? 16 * 2 ** 20, 'options.budget', 0);
+    this.handle = ops.createPairCache({ componentsA: this.componentsA, componentsB: this.componentsB, budget: this.budget });
+  }
+
+  /** Pairs held now, and their bytes (with their mixing matrices and, not counted, the components' copy). */
+  stats(): { pairs: number; bytes: number; budget: number; componentsBytes: number } {
+    return { ...ops.pairCacheStats(this.handle), componentsBytes: this.componentsA.data.byteLength + this.componentsB.data.byteLength };
+  }
+}
 
 export interface EigenAdapterBank {
   /** V_A: d_in x K_A. */
@@ -28,6 +65,13 @@ export interface EigenAdapterBank {
    */
   mixing: Float32Array | DeviceMatrix;
   count: number;
+  /**
+   * Each adapter's rank r_i (count entries; an upper bound of M_i's): lets the CPU choose
+   * between the shared products and rank pairs without factorising every M_i.
+   */
+  ranks?: Int32Array;
+  /** Pairs of hot adapters kept between calls ({@link PairCache}, on these components); used on the CPU. */
+  pairCache?: PairCache;
 }
 
 interface BaseLayer {
@@ -80,9 +124,22 @@ export async function eigenBankApply(
   const weight = o.weight === undefined ? null : checkOperand(o.weight, 'options.weight', { rows: dOut, cols: xm.cols });
   const bias = o.bias === undefined ? null : checkVector(o.bias, 'options.bias', dOut);
   const y = o.out ? checkMatrix(o.out, 'options.out', { rows: xm.rows, cols: dOut }) : matrix(xm.rows, dOut);
+  const cache = bank.pairCache;
+  if (cache !== undefined && !(cache instanceof PairCache)) throw invalid('a PairCache', 'bank.pairCache', cache);
+  if (cache !== undefined && (cache.componentsA !== bank.componentsA || cache.componentsB !== bank.componentsB)) {
+    throw new EigenLoraxError('bank.pairCache: made from other components than bank.componentsA and bank.componentsB', 'ERR_INVALID_ARGUMENT');
+  }
   const args = { x: xm, componentsA, componentsB, mixing, weight };
-  const fixed = { count, rows: checkRows(rows, xm.rows), bias, y };
-  await onDevice(o.device, Object.values(args), (device) => ops.eigenBankApply(device, { ...deviceArgs(args), ...fixed }));
+  if (bank.ranks !== undefined && (!(bank.ranks instanceof Int32Array) || bank.ranks.length !== count)) {
+    throw invalid(`an Int32Array of ${count} ranks`, 'bank.ranks', bank.ranks);
+  }
+  const fixed = { count, ranks: bank.ranks, rows: checkRows(rows, xm.rows), bias, y };
+  await onDevice(o.device, Object.values(args), (device) => {
+    const operands = deviceArgs(args);
+    if (cache === undefined || device !== 'cpu') return ops.eigenBankApply(device, { ...operands, ...fixed });
+    const { componentsA: _a, componentsB: _b, ...rest } = operands;
+    return ops.eigenBankApply(device, { ...rest, ...fixed, pairCache: cache.handle });
+  });
   return y;
 }
 

@@ -140,6 +140,9 @@ type OnDevice<In, Out> = {
   [K in keyof In]: In[K] extends Matrix ? NativeOperand : In[K] extends Matrix | null ? NativeOperand | null : In[K];
 } & Out & { device?: NativeDevice };
 
+/** An opaque cache of an adapter bank's rank pairs, owning a copy of its components (createPairCache). */
+export type NativePairCache = { readonly __pairCache: unique symbol };
+
 /** An opaque out-of-core module build (createModuleStream). */
 export type NativeModuleStream = { readonly __moduleStream: unique symbol };
 
@@ -183,17 +186,25 @@ export interface NativeAddon {
    */
   eigenBankApply(args: {
     x: NativeOperand;
-    componentsA: NativeOperand;
-    componentsB: NativeOperand;
+    /** Omitted with a pairCache: the cache's own copies are applied. */
+    componentsA?: NativeOperand;
+    componentsB?: NativeOperand;
+    /** 'cpu' only. */
+    pairCache?: NativePairCache;
     /** Flat, adapter after adapter, or (on 'cuda') a device matrix of (count K_A) x K_B. */
     mixing: Float32Array | NativeDeviceOperand;
     count: number;
+    /** Each adapter's rank (an upper bound), for the CPU's choice of path; else factorised. */
+    ranks?: Int32Array;
     rows: Int32Array;
     weight: NativeOperand | null;
     bias: Float32Array | null;
     y: Matrix;
     device?: NativeDevice;
   }): Promise<void>;
+  /** A cache of rank pairs of at most `budget` bytes for a bank on these components (copied). */
+  createPairCache(args: { componentsA: Matrix; componentsB: Matrix; budget: number }): NativePairCache;
+  pairCacheStats(cache: NativePairCache): { pairs: number; bytes: number; budget: number };
   /** y = x W^T + b + per row b: s_i (x_b A_i^T) B_i^T with i = rows[b] (-1: none); segmented by adapter. */
   loraBankApply(args: {
     x: NativeOperand;

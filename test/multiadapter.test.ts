@@ -11,52 +11,10 @@ import {
   linearForward,
   loraBankApply,
   matrix,
-  mixingMatrix,
-  orthonormalize,
-  type Matrix,
 } from '../lib/index.js';
 import { freshSeed, randomMatrix, rng } from './helpers/random.js';
-import { matmul, toF64, transpose, type Mat64 } from './helpers/reference.js';
-
-const dIn = 48;
-const dOut = 40;
-
-function maxRelDiff(got: Matrix, want: Mat64): number {
-  let scale = 0;
-  let worst = 0;
-  for (let i = 0; i < want.data.length; i++) scale = Math.max(scale, Math.abs(want.data[i]!));
-  for (let i = 0; i < want.data.length; i++) worst = Math.max(worst, Math.abs(got.data[i]! - want.data[i]!));
-  return worst / scale;
-}
-
-/** Row b of x times (W^T) plus bias plus the row's own dense delta. */
-function denseRows(x: Matrix, weight: Matrix | null, bias: Float32Array | null, deltaOf: (b: number) => Mat64 | null): Mat64 {
-  const y = { rows: x.rows, cols: dOut, data: new Float64Array(x.rows * dOut) };
-  for (let b = 0; b < x.rows; b++) {
-    const row = { rows: 1, cols: dIn, data: Float64Array.from(x.data.subarray(b * dIn, (b + 1) * dIn)) };
-    const delta = deltaOf(b);
-    for (const m of [weight ? toF64(weight) : null, delta]) {
-      if (!m) continue;
-      const out = matmul(row, transpose(m));
-      for (let j = 0; j < dOut; j++) y.data[b * dOut + j]! += out.data[j]!;
-    }
-    if (bias) for (let j = 0; j < dOut; j++) y.data[b * dOut + j]! += bias[j]!;
-  }
-  return y;
-}
-
-async function bank(seed: number, count: number, kA: number, kB: number, r: number) {
-  const componentsA = await orthonormalize(randomMatrix(dIn, kA, seed));
-  const componentsB = await orthonormalize(randomMatrix(dOut, kB, seed + 1));
-  const coefficients = Array.from({ length: count }, (_, i) => ({
-    alpha: randomMatrix(kA, r, seed + 10 + 2 * i),
-    beta: randomMatrix(kB, r, seed + 11 + 2 * i),
-    scale: 0.5 + i / 4,
-  }));
-  const mixing = new Float32Array(count * kA * kB);
-  coefficients.forEach((c, i) => mixingMatrix(c.alpha, c.beta, c.scale, mixing.subarray(i * kA * kB, (i + 1) * kA * kB)));
-  return { componentsA, componentsB, coefficients, mixing, count };
-}
+import { bank, bankDeltas, denseRows, dIn, dOut, maxRelDiff } from './helpers/bank-fixtures.js';
+import { matmul, toF64, transpose } from './helpers/reference.js';
 
 test('eigenBankApply equals applying each row’s adapter alone, with rows of no adapter', async (t) => {
   const seed = freshSeed();
@@ -83,15 +41,6 @@ test('eigenBankApply equals applying each row’s adapter alone, with rows of no
   const wantDelta = denseRows(x, null, null, (row) => (rows[row]! >= 0 ? deltas[rows[row]!]! : null));
   t.true(maxRelDiff(delta, wantDelta) < 1e-5, `seed ${seed}: delta only`);
 });
-
-/** The dense delta of each adapter of a bank: s (U_B beta)(alpha^T V_A^T), in f64. */
-function bankDeltas(b: Awaited<ReturnType<typeof bank>>): Mat64[] {
-  return b.coefficients.map((c) => {
-    const d = matmul(matmul(toF64(b.componentsB), toF64(c.beta)), transpose(matmul(toF64(b.componentsA), toF64(c.alpha))));
-    for (let i = 0; i < d.data.length; i++) d.data[i]! *= c.scale;
-    return d;
-  });
-}
 
 // Few distinct low-rank adapters take the per-call LoRA pairs (M_i = L_i R_i); many, or
 // full-rank mixings, the shared products; batches past ~4e6 multiply-adds split their rows
@@ -126,6 +75,8 @@ test('eigenBankApply: one adapter for all rows, a few interleaved with empty row
   }
 });
 
+// Segments: random rows; one adapter for a whole batch (split into chunks across threads);
+// contiguous runs of two adapters (used in place).
 test('loraBankApply equals applying each row’s LoRA pair alone', async (t) => {
   const seed = freshSeed();
   const adapters = [2, 5, 3, 1].map((r, i) => ({
@@ -133,19 +84,25 @@ test('loraBankApply equals applying each row’s LoRA pair alone', async (t) => 
     B: randomMatrix(dOut, r, seed + 2 * i + 1),
     scale: 1 + i,
   }));
-  const n = 17;
-  const random = rng(seed + 5);
-  const rows = Int32Array.from({ length: n }, () => Math.floor(random() * 5) - 1);
-  const x = randomMatrix(n, dIn, seed + 50);
-  const weight = randomMatrix(dOut, dIn, seed + 51);
-  const y = await loraBankApply(x, adapters, rows, { weight });
   const deltas = adapters.map((p) => {
     const d = matmul(toF64(p.B), toF64(p.A));
     for (let i = 0; i < d.data.length; i++) d.data[i]! *= p.scale;
     return d;
   });
-  const want = denseRows(x, weight, null, (row) => (rows[row]! >= 0 ? deltas[rows[row]!]! : null));
-  t.true(maxRelDiff(y, want) < 1e-5, `seed ${seed}: ${maxRelDiff(y, want)}`);
+  const random = rng(seed + 5);
+  const cases: Array<{ what: string; n: number; rows: (b: number) => number }> = [
+    { what: 'random rows', n: 17, rows: () => Math.floor(random() * 5) - 1 },
+    { what: 'one adapter, 100 rows', n: 100, rows: () => 1 },
+    { what: 'two contiguous runs', n: 90, rows: (b) => (b < 60 ? 2 : 0) },
+  ];
+  for (const c of cases) {
+    const rows = Int32Array.from({ length: c.n }, (_, b) => c.rows(b));
+    const x = randomMatrix(c.n, dIn, seed + 50);
+    const weight = randomMatrix(dOut, dIn, seed + 51);
+    const y = await loraBankApply(x, adapters, rows, { weight });
+    const want = denseRows(x, weight, null, (row) => (rows[row]! >= 0 ? deltas[rows[row]!]! : null));
+    t.true(maxRelDiff(y, want) < 1e-5, `seed ${seed}, ${c.what}: ${maxRelDiff(y, want)}`);
+  }
 });
 
 test('bank arguments are checked: adapter index out of range, wrong mixing size, wrong rows type', async (t) => {

@@ -18,6 +18,7 @@ export type {
   NativeModulePair,
   NativeModelLayer,
   NativeOrder,
+  NativePairCache,
   NativeStacking,
   NativeWeighting,
   OrderName,
@@ -97,6 +98,8 @@ export const reconstructFactors = (args: Args<'reconstructFactors'>): Result<'re
   callNative(() => native.reconstructFactors(args));
 export const foldBases = (args: Args<'foldBases'>): Result<'foldBases'> => callNative(() => native.foldBases(args));
 export const factorOverlaps = (args: Args<'factorOverlaps'>): Result<'factorOverlaps'> => callNative(() => native.factorOverlaps(args));
+export const createPairCache = (args: Args<'createPairCache'>): ReturnType<NativeAddon['createPairCache']> => native.createPairCache(args);
+export const pairCacheStats: NativeAddon['pairCacheStats'] = (cache) => native.pairCacheStats(cache);
 export const createModuleStream = (args: Args<'createModuleStream'>): ReturnType<NativeAddon['createModuleStream']> =>
   native.createModuleStream(args);
 export const moduleStreamAdd = (args: Args<'moduleStreamAdd'>): Result<'moduleStreamAdd'> => callNative(() => native.moduleStreamAdd(args));

@@ -15,10 +15,16 @@
  * removal has finished, so a batch in flight never sees another adapter's numbers;
  * `register` while a batch is in flight only writes slots that batch does not use (or a
  * new, larger buffer when the bank grows: the batch keeps the old one).
+ *
+ * Hot adapters. A batch with few distinct adapters runs through their rank-r pairs; each
+ * module keeps the pairs recent batches used in a {@link PairCache} (`pairCacheBytes` per
+ * module, default 16 MiB: 32 adapters of rank 16 at d = 4096; 0: none), made at the first
+ * apply that may run on the CPU, with its own copy of the module's components.
  */
 import { EigenLoraxError } from '../errors.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from '../matrix.js';
-import { eigenBankApply, mixingMatrix } from '../multiadapter.js';
+import { DeviceMatrix } from '../cuda.js';
+import { eigenBankApply, mixingMatrix, PairCache } from '../multiadapter.js';
 import { checkSubspace } from '../subspace/project.js';
 import type { AdapterCoefficients, Subspace, SubspaceModule } from '../subspace/types.js';
 import { finiteNumber, integer, invalid, knownKeys, object } from '../validate.js';
@@ -47,6 +53,9 @@ export interface BankModuleMemory {
   coefficientBytes: number;
   /** The adapters as LoRA factors: sum of r_i (d_in + d_out) x 4. */
   loraBytes: number;
+  /** The pair cache: its pairs now, and its copy of the components (0 before it is made). */
+  pairCacheBytes: number;
+  pairCacheComponentsBytes: number;
 }
 
 export interface BankMemory {
@@ -76,6 +85,9 @@ interface EigenModule {
   centredB: boolean;
   /** capacity x kA x kB. */
   mixing: Float32Array;
+  /** Each slot's rank here (0: none), for the native choice of path. */
+  ranks: Int32Array;
+  pairCache: PairCache | null;
 }
 
 /** [m | v]: a d x (k + 1) copy of m with v as the last column. */
@@ -111,14 +123,19 @@ export class AdapterBank extends AdapterRegistry {
   private readonly modules = new Map<string, EigenModule>();
   private readonly entries: Array<EigenEntry | null> = [];
   private capacityValue: number;
+  private readonly pairCacheBytes: number;
 
-  /** `capacity`: slots allocated at first (default 16); the buffers double when full. */
-  constructor(subspace: Subspace, options: { capacity?: number } = {}) {
+  /**
+   * `capacity`: slots allocated at first (default 16); the buffers double when full.
+   * `pairCacheBytes`: each module's pair cache (see the module comment; default 16 MiB).
+   */
+  constructor(subspace: Subspace, options: { capacity?: number; pairCacheBytes?: number } = {}) {
     super();
     this.subspace = checkSubspace(subspace);
     const o = object(options, 'options');
-    knownKeys(o, 'options', ['capacity']);
+    knownKeys(o, 'options', ['capacity', 'pairCacheBytes']);
     this.capacityValue = integer(o.capacity ?? 16, 'options.capacity', 1);
+    this.pairCacheBytes = integer(o.pairCacheBytes ?? 16 * 2 ** 20, 'options.pairCacheBytes', 0);
     for (const [name, m] of this.subspace.modules) this.modules.set(name, this.bankModule(m));
   }
 
@@ -136,6 +153,8 @@ export class AdapterBank extends AdapterRegistry {
       centredA: m.meanA !== null,
       centredB: m.meanB !== null,
       mixing: new Float32Array(this.capacityValue * componentsA.cols * componentsB.cols),
+      ranks: new Int32Array(this.capacityValue),
+      pairCache: null,
     };
   }
 
@@ -199,6 +218,7 @@ export class AdapterBank extends AdapterRegistry {
       const size = m.kA * m.kB;
       const target = m.mixing.subarray(slot * size, (slot + 1) * size);
       const mc = c.modules.get(m.name);
+      m.ranks[slot] = mc?.alpha.cols ?? 0;
       if (mc === undefined) {
         target.fill(0);
         continue;
@@ -219,6 +239,9 @@ export class AdapterBank extends AdapterRegistry {
       const next = new Float32Array(capacity * m.kA * m.kB);
       next.set(m.mixing);
       m.mixing = next;
+      const ranks = new Int32Array(capacity);
+      ranks.set(m.ranks);
+      m.ranks = ranks;
     }
     this.capacityValue = capacity;
   }
@@ -246,11 +269,12 @@ export class AdapterBank extends AdapterRegistry {
     const count = this.slots.highWater;
     const { slots, rows: compact } = compactRows(resolved);
     const size = m.kA * m.kB;
-    let bank = { componentsA: m.componentsA, componentsB: m.componentsB, mixing: m.mixing.subarray(0, count * size), count };
+    const pairCache = this.pairCacheOf(m, options);
+    let bank = { componentsA: m.componentsA, componentsB: m.componentsB, mixing: m.mixing.subarray(0, count * size), ranks: m.ranks.subarray(0, count), count, pairCache };
     if (4 * slots.length < count) {
       const mixing = new Float32Array(slots.length * size);
       slots.forEach((slot, j) => mixing.set(m.mixing.subarray(slot * size, (slot + 1) * size), j * size));
-      bank = { ...bank, mixing, count: slots.length };
+      bank = { ...bank, mixing, ranks: Int32Array.from(slots, (slot) => m.ranks[slot]!), count: slots.length };
     }
     const id = this.slots.begin();
     try {
@@ -258,6 +282,16 @@ export class AdapterBank extends AdapterRegistry {
     } finally {
       this.slots.end(id);
     }
+  }
+
+  /** The module's pair cache, made now for an apply that may run on the CPU. */
+  private pairCacheOf(m: EigenModule, options: BankApplyOptions): PairCache | undefined {
+    if (this.pairCacheBytes === 0) return undefined;
+    const o = object(options, 'options') as BankApplyOptions;
+    if (m.pairCache === null && o.device !== 'cuda' && !(o.weight instanceof DeviceMatrix)) {
+      m.pairCache = new PairCache(m.componentsA, m.componentsB, { budget: this.pairCacheBytes });
+    }
+    return m.pairCache ?? undefined;
   }
 
   /** Bytes of the adapters per module in each form, and in total. */
@@ -286,6 +320,8 @@ export class AdapterBank extends AdapterRegistry {
         componentsBytes: (m.componentsA.data.byteLength + m.componentsB.data.byteLength),
         coefficientBytes: rankSum * (kA + kB) * 4,
         loraBytes: rankSum * (m.dIn + m.dOut) * 4,
+        pairCacheBytes: m.pairCache?.stats().bytes ?? 0,
+        pairCacheComponentsBytes: m.pairCache?.stats().componentsBytes ?? 0,
       });
     }
     const sum = (key: keyof BankMemory['total']) => modules.reduce((n, m) => n + m[key], 0);
@@ -299,6 +335,8 @@ export class AdapterBank extends AdapterRegistry {
         componentsBytes: sum('componentsBytes'),
         coefficientBytes: sum('coefficientBytes'),
         loraBytes: sum('loraBytes'),
+        pairCacheBytes: sum('pairCacheBytes'),
+        pairCacheComponentsBytes: sum('pairCacheComponentsBytes'),
       },
     };
   }

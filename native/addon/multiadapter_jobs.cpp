@@ -1,10 +1,72 @@
-// Many adapters in one batch (either backend), behind the async boundary.
+// Many adapters in one batch (either backend), behind the async boundary. A pair cache
+// (core/pair_cache.h) is an External (registered, so a foreign External is refused) that
+// owns its copy of a bank's components; every job using it holds it until it settles.
+#include <mutex>
+#include <unordered_set>
+
 #include "../core/multiadapter.h"
+#include "../core/pair_cache.h"
 #include "device.h"
 #include "op_args.h"
 
 namespace eigenlorax::addon {
 namespace {
+
+struct CacheBox {
+  std::shared_ptr<PairCache> cache;
+};
+
+std::mutex registryMutex;
+std::unordered_set<const CacheBox*> registry;
+
+std::shared_ptr<PairCache> unwrapCache(Napi::Env env, const Napi::Value& value) {
+  if (value.IsExternal()) {
+    const CacheBox* box = value.As<Napi::External<CacheBox>>().Data();
+    std::lock_guard<std::mutex> lock(registryMutex);
+    if (registry.count(box) != 0) return box->cache;
+  }
+  badArgument(env, "pairCache", "a pair cache from createPairCache", value);
+}
+
+RowMatF ownCopy(Napi::Env env, const Napi::Object& args, const char* name) {
+  Keep keep;
+  Overlaps overlaps;
+  const ConstMatView v = readMatrix(env, args, name, keep, overlaps);
+  return v.map();
+}
+
+// createPairCache({ componentsA, componentsB, budget }): the cache, holding copies of the
+// components (a bank with this cache applies those).
+Napi::Value createPairCache(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Napi::Object args = requireObject(env, info[0], "arguments");
+  RowMatF a = ownCopy(env, args, "componentsA");
+  RowMatF b = ownCopy(env, args, "componentsB");
+  const auto budget = static_cast<size_t>(readInteger(env, args, "budget", 0, int64_t{1} << 50));
+  auto* box = new CacheBox{std::make_shared<PairCache>(std::move(a), std::move(b), budget)};
+  {
+    std::lock_guard<std::mutex> lock(registryMutex);
+    registry.insert(box);
+  }
+  return Napi::External<CacheBox>::New(env, box, [](Napi::Env, CacheBox* b) {
+    {
+      std::lock_guard<std::mutex> lock(registryMutex);
+      registry.erase(b);
+    }
+    delete b;
+  });
+}
+
+// pairCacheStats(cache): { pairs, bytes, budget } now.
+Napi::Value pairCacheStats(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::shared_ptr<PairCache> cache = unwrapCache(env, info[0]);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("pairs", Napi::Number::New(env, static_cast<double>(cache->size())));
+  out.Set("bytes", Napi::Number::New(env, static_cast<double>(cache->bytes())));
+  out.Set("budget", Napi::Number::New(env, static_cast<double>(cache->budget())));
+  return out;
+}
 
 // What both banks read besides the adapters: x, each row's adapter, the base layer, y.
 class BankJob : public DeviceJob {
@@ -31,8 +93,16 @@ class EigenBankJob : public BankJob {
     const Napi::Object args = begin(info);
     Overlaps overlaps;
     x_ = operand(env, args, "x", overlaps);
-    bank_.componentsA = operand(env, args, "componentsA", overlaps);
-    bank_.componentsB = operand(env, args, "componentsB", overlaps);
+    const Napi::Value cache = args.Get("pairCache");
+    if (!cache.IsUndefined() && !cache.IsNull()) {
+      if (device_ != Device::Cpu) throwError(env, code::kInvalidArgument, "pairCache: a host cache, for device 'cpu' only");
+      cache_ = unwrapCache(env, cache);
+      bank_.componentsA = cuda::Operand::of(cache_->componentsA());
+      bank_.componentsB = cuda::Operand::of(cache_->componentsB());
+    } else {
+      bank_.componentsA = operand(env, args, "componentsA", overlaps);
+      bank_.componentsB = operand(env, args, "componentsB", overlaps);
+    }
     bank_.count = readInteger(env, args, "count", 0, int64_t{1} << 31);
     const int64_t kA = bank_.componentsA.cols(), kB = bank_.componentsB.cols();
     // The mixing matrices as a flat Float32Array, adapter after adapter, or (on 'cuda') a
@@ -45,20 +115,31 @@ class EigenBankJob : public BankJob {
       bank_.mixing = operand(env, args, "mixing", overlaps);
     }
     readRowsAndWeight(env, args, overlaps);
+    if (!args.Get("ranks").IsUndefined() && !args.Get("ranks").IsNull()) {
+      ranks_ = readInt32(env, args, "ranks", static_cast<size_t>(bank_.count), keep, overlaps);
+    }
     bias_ = readVector(env, args, "bias", static_cast<size_t>(bank_.componentsB.rows()), true, false, keep, overlaps);
     y_ = readOutMatrix(env, args, "y", keep, overlaps);
     overlaps.check(env);
-    checkNow(env, [&] { checkEigenBankApply(x_.shape(), cuda::coreBank(bank_), rows_, weight_.shape(), y_); });
+    checkNow(env, [&] { checkEigenBankApply(x_.shape(), hostBank(), rows_, weight_.shape(), y_); });
   }
 
  protected:
   void run() override {
-    runOn([&] { eigenBankApply(x_.host, cuda::coreBank(bank_), rows_, weight_.host, bias_, y_); },
+    runOn([&] { eigenBankApply(x_.host, hostBank(), rows_, weight_.host, bias_, y_, cache_.get()); },
           [&](cuda::Plugin& p) { return p.eigenBankApply(x_, bank_, rows_, weight_, bias_, y_); });
   }
 
  private:
+  EigenAdapterBank hostBank() const {
+    EigenAdapterBank b = cuda::coreBank(bank_);
+    b.ranks = ranks_;
+    return b;
+  }
+
   cuda::EigenBankOperands bank_;
+  const int32_t* ranks_ = nullptr;  // the CPU's path choice only
+  std::shared_ptr<PairCache> cache_;
 };
 
 class LoraBankJob : public BankJob {
@@ -95,6 +176,8 @@ class LoraBankJob : public BankJob {
 
 void registerMultiAdapter(Napi::Env env, Napi::Object exports) {
   exportJob<EigenBankJob>(env, exports, "eigenBankApply");
+  exports.Set("createPairCache", Napi::Function::New(env, createPairCache, "createPairCache"));
+  exports.Set("pairCacheStats", Napi::Function::New(env, pairCacheStats, "pairCacheStats"));
   exportJob<LoraBankJob>(env, exports, "loraBankApply");
 }
 

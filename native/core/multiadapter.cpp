@@ -1,10 +1,10 @@
 #include "multiadapter.h"
 
-#include <Eigen/QR>
 #include <algorithm>
 #include <string>
 
 #include "lowrank.h"
+#include "pair_cache.h"
 #include "threads.h"
 
 namespace eigenlorax {
@@ -51,23 +51,21 @@ void base(const ConstMatView& x, ConstMatView weight, const float* bias, MatView
   }
 }
 
-// A few distinct adapters: each M_i = s alpha_i beta_i^T has rank r_i <= min(K_A, K_B), so
-// M_i = L_i R_i (K_A x r_i times r_i x K_B, from a column-pivoted QR of M_i that drops
-// only the rounding-level tail) and the adapter is a LoRA pair A_i = V_A L_i, B_i = U_B R_i^T
-// built for this call. Its rows then cost 2 r_i (d_in + d_out) per row plus the pair, instead of the shared
-// path's K_A d_in + K_B d_out per row: about 3x fewer flops for one adapter of rank 16 on K = 64.
-struct RankPair {
-  RowMatF a;  // d_in x r
-  RowMatF b;  // d_out x r
-};
-
-// The pairs when they cost less than the shared products, counting the pairs' flops
-// twice: their rank-r products (n_i x d x r) run at about half the rate of the shared
-// K-wide ones (measured on 4096 x 64 components, r = 16: one adapter for 256 rows takes
-// half the time of the shared path, four interleaved ones the same time).
+// A few distinct adapters, each with many rows, go through their rank pairs (pair_cache.h)
+// when those cost less than the shared products, counting the pairs' flops twice: their
+// rank-r products (n_i x d x r) run at about half the rate of the shared K-wide ones
+// (measured on 4096 x 64 components, r = 16: one adapter for 256 rows takes half the time
+// of the shared path, four interleaved ones the same time). Building a pair is counted in
+// full, or at 1 / kReuse with a cache that can hold every pair of the batch: a hot adapter's
+// pair is then built once for many batches. The choice depends on the batch and the cache's
+// budget only, never on what the cache holds, so a batch's result does not either; a batch
+// whose pairs are all missing costs at most about kReuse times the shared path.
 // Returns false (and no pairs) when the shared path is cheaper.
-bool rankPairs(ConstMatView x, const EigenAdapterBank& bank, const int32_t* rowAdapter, std::vector<int32_t>& distinct,
-               std::vector<RankPair>& pairs) {
+constexpr double kPairRate = 2;  // the shared products' rate over the pairs'
+constexpr double kReuse = 8;
+
+bool rankPairs(ConstMatView x, const EigenAdapterBank& bank, const int32_t* rowAdapter, PairCache* cache,
+               std::vector<int32_t>& distinct, std::vector<std::shared_ptr<const RankPair>>& pairs) {
   const Index n = x.rows, dIn = bank.componentsA.rows, dOut = bank.componentsB.rows, kA = bank.componentsA.cols,
               kB = bank.componentsB.cols;
   std::vector<Index> rowsOf(static_cast<size_t>(bank.count), 0);
@@ -75,41 +73,60 @@ bool rankPairs(ConstMatView x, const EigenAdapterBank& bank, const int32_t* rowA
     if (rowAdapter[b] >= 0 && rowsOf[static_cast<size_t>(rowAdapter[b])]++ == 0) distinct.push_back(rowAdapter[b]);
   }
   const double shared = static_cast<double>(n) * static_cast<double>(kA * dIn + kB * dOut);
-  constexpr double kPairRate = 2;  // the shared products' rate over the pairs'
   const double pairCost = kPairRate * static_cast<double>(kA * dIn + kB * dOut);  // building a rank-1 pair
   const double rowCost = kPairRate * static_cast<double>(dIn + dOut);             // one row, rank 1
+  // What the batch's pairs cost at rank one and (first) with builds shared across batches.
+  auto costOf = [&](size_t j, Index rank, double buildShare) {
+    return static_cast<double>(rank) *
+           (pairCost * buildShare + rowCost * static_cast<double>(rowsOf[static_cast<size_t>(distinct[j])]));
+  };
+  const double share = cache != nullptr ? 1 / kReuse : 1;
   double atRankOne = 0;
-  for (const int32_t i : distinct) atRankOne += pairCost + rowCost * static_cast<double>(rowsOf[static_cast<size_t>(i)]);
+  for (size_t j = 0; j < distinct.size(); ++j) atRankOne += costOf(j, 1, share);
   if (distinct.empty() || atRankOne >= shared) return false;
 
+  // Each adapter's rank: the bank's (an upper bound given with the mixing matrices), else
+  // its factorisation's (kept for the build), else its cached pair's.
   std::vector<Index> ranks(distinct.size());
-  std::vector<RowMatF> left(distinct.size()), right(distinct.size());
+  std::vector<std::shared_ptr<const RankPair>> found(distinct.size());
+  std::vector<MixingFactors> factors(distinct.size());
   double cost = 0;
+  size_t held = 0;
   for (size_t j = 0; j < distinct.size(); ++j) {
-    const ConstMapF m(bank.mixing + static_cast<Index>(distinct[j]) * kA * kB, kA, kB);
-    const Eigen::ColPivHouseholderQR<ColMatF> qr(m);
-    const Index r = std::max<Index>(1, qr.rank());
-    ranks[j] = r;
-    cost += static_cast<double>(r) * (pairCost + rowCost * static_cast<double>(rowsOf[static_cast<size_t>(distinct[j])]));
-    if (cost >= shared) return false;
-    // M P = Q R, so M = Q[:, :r] (R[:r, :] P^T) up to the dropped rounding-level rows of R.
-    const ColMatF q = qr.householderQ() * ColMatF::Identity(kA, r);
-    const ColMatF upper = qr.matrixR().topRows(r).triangularView<Eigen::Upper>();
-    const ColMatF rp = upper * qr.colsPermutation().transpose();
-    left[j] = q;
-    right[j] = rp;
-  }
-  pairs.resize(distinct.size());
-  const ConstMapF vA = bank.componentsA.map(), uB = bank.componentsB.map();
-#pragma omp parallel for schedule(dynamic)
-  for (Index j = 0; j < static_cast<Index>(2 * distinct.size()); ++j) {
-    const size_t i = static_cast<size_t>(j / 2);
-    if (j % 2 == 0) {
-      pairs[i].a.noalias() = vA * left[i];
+    const float* m = bank.mixing + static_cast<Index>(distinct[j]) * kA * kB;
+    if (bank.ranks != nullptr) {
+      ranks[j] = std::clamp<Index>(bank.ranks[distinct[j]], 1, std::min(kA, kB));
     } else {
-      pairs[i].b.noalias() = uB * right[i].transpose();
+      if (cache != nullptr) found[j] = cache->find(m);
+      if (found[j] == nullptr) factors[j] = factorMixing(m, kA, kB);
+      ranks[j] = found[j] != nullptr ? found[j]->a.cols() : factors[j].rank();
     }
+    if (cache != nullptr) held += cache->entryBytes(ranks[j]);
+    cost += costOf(j, ranks[j], share);
+    if (cost >= shared) return false;
   }
+  // Pairs the cache cannot hold all at once would be built again by the next batch.
+  const bool keep = cache != nullptr && held <= cache->budget();
+  if (cache != nullptr && !keep) {
+    cost = 0;
+    for (size_t j = 0; j < distinct.size(); ++j) cost += costOf(j, ranks[j], 1);
+    if (cost >= shared) return false;
+  }
+  std::vector<size_t> missing;
+  std::vector<MixingFactors> toBuild;
+  for (size_t j = 0; j < distinct.size(); ++j) {
+    const float* m = bank.mixing + static_cast<Index>(distinct[j]) * kA * kB;
+    if (found[j] == nullptr && cache != nullptr && bank.ranks != nullptr) found[j] = cache->find(m);
+    if (found[j] != nullptr) continue;
+    missing.push_back(j);
+    toBuild.push_back(factors[j].left.size() != 0 ? std::move(factors[j]) : factorMixing(m, kA, kB));
+  }
+  const std::vector<std::shared_ptr<const RankPair>> built = buildPairs(bank.componentsA, bank.componentsB, toBuild);
+  for (size_t i = 0; i < missing.size(); ++i) {
+    found[missing[i]] = built[i];
+    if (keep) cache->insert(bank.mixing + static_cast<Index>(distinct[missing[i]]) * kA * kB, built[i]);
+  }
+  pairs = std::move(found);
   return true;
 }
 
@@ -127,6 +144,12 @@ void checkEigenBankApply(ConstMatView x, const EigenAdapterBank& bank, const int
   if (!weight.empty()) requireShape("weight", weight.rows, weight.cols, dOut, dIn);
   if (bank.count < 0) throw CoreError(code::kInvalidArgument, "count: expected a non-negative number of adapters");
   checkRows(rowAdapter, x.rows, bank.count);
+  for (Index i = 0; bank.ranks != nullptr && i < bank.count; ++i) {
+    if (bank.ranks[i] < 0) {
+      throw CoreError(code::kInvalidArgument, "ranks[" + std::to_string(i) + "]: expected a rank >= 0, received " +
+                                                  std::to_string(bank.ranks[i]));
+    }
+  }
 }
 
 void checkLoraBankApply(ConstMatView x, const LoraBank& bank, const int32_t* rowAdapter, ConstMatView weight,
@@ -148,15 +171,94 @@ void checkLoraBankApply(ConstMatView x, const LoraBank& bank, const int32_t* row
   checkRows(rowAdapter, x.rows, static_cast<Index>(bank.a.size()));
 }
 
-// Rows with an adapter, in blocks of contiguous rows, one block per thread: each block runs
+// Segments of a batch (Punica / S-LoRA's segmented step): the rows of each adapter used,
+// as one task, or one per chunk of its rows when it has more than a thread's share (one
+// adapter for the whole batch still uses every thread). Each task reads its adapter's
+// factors once, gathers its rows (in place when contiguous) and writes them:
+// y (+)= scale (x_g D_i) U_i^T, where D_i = down(i) is d_in x r and U_i = up(i) d_out x r.
+// `add`: y already holds the base (or b); else the rows are assigned and b added.
+template <typename Down, typename Up>
+void applySegments(const ConstMapF& x, const Groups& groups, const std::vector<Index>& adapters, bool add,
+                   const float* bias, MapF& y, Down down, Up up, const float* scales) {
+  const Index n = x.rows(), dIn = x.cols(), dOut = y.cols();
+  struct Task {
+    Index adapter;
+    Index begin, end;  // into groups.order
+  };
+  const Index chunk = std::max<Index>(16, (n + currentThreads() - 1) / std::max(1, currentThreads()));
+  std::vector<Task> tasks;
+  for (const Index i : adapters) {
+    const Index begin = groups.start[static_cast<size_t>(i)], end = groups.start[static_cast<size_t>(i) + 1];
+    for (Index b = begin; b < end; b += chunk) tasks.push_back({i, b, std::min(end, b + chunk)});
+  }
+  const auto biasRow = [&] { return Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(bias, dOut); };
+#pragma omp parallel for schedule(dynamic) if (tasks.size() > 1)
+  for (Index t = 0; t < static_cast<Index>(tasks.size()); ++t) {
+    const Task& task = tasks[static_cast<size_t>(t)];
+    const float scale = scales != nullptr ? scales[task.adapter] : 1.0F;
+    const Index first = groups.order[static_cast<size_t>(task.begin)], rows = task.end - task.begin;
+    RowMatF z, xg, yg;
+    if (groups.order[static_cast<size_t>(task.end - 1)] - first == rows - 1) {  // contiguous rows
+      z.noalias() = x.middleRows(first, rows) * down(task.adapter);
+      auto target = y.middleRows(first, rows);
+      if (add) {
+        target.noalias() += scale * (z * up(task.adapter).transpose());
+      } else {
+        target.noalias() = scale * (z * up(task.adapter).transpose());
+        if (bias != nullptr) target.rowwise() += biasRow();
+      }
+      continue;
+    }
+    xg.resize(rows, dIn);
+    for (Index j = 0; j < rows; ++j) xg.row(j) = x.row(groups.order[static_cast<size_t>(task.begin + j)]);
+    z.noalias() = xg * down(task.adapter);
+    yg.noalias() = scale * (z * up(task.adapter).transpose());
+    for (Index j = 0; j < rows; ++j) {
+      const Index b = groups.order[static_cast<size_t>(task.begin + j)];
+      if (add) y.row(b) += yg.row(j);
+      else if (bias != nullptr) y.row(b) = yg.row(j) + biasRow();
+      else y.row(b) = yg.row(j);
+    }
+  }
+}
+
+// The batch through its adapters' rank pairs. Rows of no adapter get b, or 0, or the base.
+void applyPairs(const ConstMapF& x, const int32_t* rowAdapter, const std::vector<int32_t>& distinct,
+                const std::vector<std::shared_ptr<const RankPair>>& pairs, Index count, bool withBase, const float* bias,
+                MapF& y) {
+  const Index n = x.rows();
+  const Groups groups = groupRows(rowAdapter, n, count);
+  if (!withBase && groups.order.size() < static_cast<size_t>(n)) {
+    for (Index b = 0; b < n; ++b) {
+      if (rowAdapter[b] >= 0) continue;
+      if (bias != nullptr) y.row(b) = Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(bias, y.cols());
+      else y.row(b).setZero();
+    }
+  }
+  std::vector<const RankPair*> pairOf(static_cast<size_t>(count), nullptr);
+  std::vector<Index> adapters;
+  for (size_t j = 0; j < distinct.size(); ++j) {
+    pairOf[static_cast<size_t>(distinct[j])] = pairs[j].get();
+    adapters.push_back(distinct[j]);
+  }
+  applySegments(
+      x, groups, adapters, withBase, bias, y, [&](Index i) -> const RowMatF& { return pairOf[static_cast<size_t>(i)]->a; },
+      [&](Index i) -> const RowMatF& { return pairOf[static_cast<size_t>(i)]->b; }, nullptr);
+}
+
+// The shared path: rows with an adapter, in blocks of contiguous rows, one block per thread: each block runs
 // the whole pipeline (x V_A, the grouped middle step, T U_B^T) on its own rows with
 // single-threaded products, so the n x K intermediates stay in that core's cache and the
 // threads never wait for each other between the three steps (two barrier-synchronised
 // parallel products cost more than they save at these sizes). With no weight, y is
 // written once by the last product instead of zeroed, read and written again.
 void eigenBankApply(ConstMatView xv, const EigenAdapterBank& bank, const int32_t* rowAdapter, ConstMatView weight,
-                    const float* bias, MatView yv) {
+                    const float* bias, MatView yv, PairCache* cache) {
   checkEigenBankApply(xv, bank, rowAdapter, weight, yv);
+  if (cache != nullptr && (bank.componentsA.data != cache->componentsA().data ||
+                           bank.componentsB.data != cache->componentsB().data)) {
+    throw CoreError(code::kInvalidArgument, "pairCache: a bank with a pair cache applies the cache's own components");
+  }
   const Index n = xv.rows, dIn = xv.cols, kA = bank.componentsA.cols, kB = bank.componentsB.cols,
               dOut = bank.componentsB.rows;
   const bool withBase = !weight.empty();
@@ -165,12 +267,11 @@ void eigenBankApply(ConstMatView xv, const EigenAdapterBank& bank, const int32_t
   MapF y = yv.map();
 
   std::vector<int32_t> distinct;
-  std::vector<RankPair> pairs;
-  const bool byPairs = rankPairs(xv, bank, rowAdapter, distinct, pairs);
-  std::vector<Index> pairOf;
+  std::vector<std::shared_ptr<const RankPair>> pairs;
+  const bool byPairs = rankPairs(xv, bank, rowAdapter, cache, distinct, pairs);
   if (byPairs) {
-    pairOf.assign(static_cast<size_t>(bank.count), -1);
-    for (size_t j = 0; j < distinct.size(); ++j) pairOf[static_cast<size_t>(distinct[j])] = static_cast<Index>(j);
+    applyPairs(x, rowAdapter, distinct, pairs, bank.count, withBase, bias, y);
+    return;
   }
 
   // Enough rows per thread that each one's products stay efficient (and a tiny batch runs
@@ -198,42 +299,6 @@ void eigenBankApply(ConstMatView xv, const EigenAdapterBank& bank, const int32_t
       }
       std::stable_sort(order.begin(), order.end(), [&](Index a, Index b) { return rowAdapter[a] < rowAdapter[b]; });
       const Index used = static_cast<Index>(order.size());
-      if (byPairs) {
-        // Each adapter's rows of this block (contiguous rows use x and y in place). A block
-        // that is one adapter's rows alone is written once; otherwise y starts at 0 (+ b).
-        const bool single = used > 0 && used == rows && rowAdapter[order.front()] == rowAdapter[order.back()];
-        const bool assign = single && !withBase && bias == nullptr;
-        if (!withBase && !assign) {
-          y.middleRows(begin, rows).setZero();
-          if (bias != nullptr) {
-            y.middleRows(begin, rows).rowwise() += Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(bias, dOut);
-          }
-        }
-        RowMatF xg, z, yg;
-        for (Index g0 = 0; g0 < used;) {
-          const int32_t adapter = rowAdapter[order[static_cast<size_t>(g0)]];
-          Index g1 = g0 + 1;
-          while (g1 < used && rowAdapter[order[static_cast<size_t>(g1)]] == adapter) ++g1;
-          const RankPair& pair = pairs[static_cast<size_t>(pairOf[static_cast<size_t>(adapter)])];
-          const Index first = order[static_cast<size_t>(g0)], count = g1 - g0;
-          const bool contiguous = order[static_cast<size_t>(g1 - 1)] - first == count - 1;
-          if (contiguous) {
-            z.noalias() = x.middleRows(first, count) * pair.a;
-            if (assign) {
-              y.middleRows(first, count).noalias() = z * pair.b.transpose();
-            } else {
-              y.middleRows(first, count).noalias() += z * pair.b.transpose();
-            }
-          } else {
-            xg.resize(count, dIn);
-            for (Index j = g0; j < g1; ++j) xg.row(j - g0) = x.row(order[static_cast<size_t>(j)]);
-            z.noalias() = xg * pair.a;
-            yg.noalias() = z * pair.b.transpose();
-            for (Index j = g0; j < g1; ++j) y.row(order[static_cast<size_t>(j)]) += yg.row(j - g0);
-          }
-          g0 = g1;
-        }
-      } else {
       RowMatF t(rows, kB);
       if (used < rows) t.setZero();  // rows without an adapter add nothing
       if (used > 0) {
@@ -272,7 +337,6 @@ void eigenBankApply(ConstMatView xv, const EigenAdapterBank& bank, const int32_t
         yBlock.noalias() = t * uB.transpose();
         if (bias != nullptr) yBlock.rowwise() += Eigen::Map<const Eigen::Matrix<float, 1, Eigen::Dynamic>>(bias, dOut);
       }
-      }
     }
   }
 }
@@ -285,17 +349,13 @@ void loraBankApply(ConstMatView xv, const LoraBank& bank, const int32_t* rowAdap
   const Groups groups = groupRows(rowAdapter, n, count);
   const ConstMapF x = xv.map();
   MapF y = yv.map();
-  // One segment per adapter: gather its rows, apply its own A_i and B_i, scatter back.
-#pragma omp parallel for schedule(dynamic)
+  std::vector<Index> adapters;
   for (Index i = 0; i < count; ++i) {
-    const Index begin = groups.start[i], end = groups.start[i + 1];
-    if (begin == end) continue;
-    RowMatF xg(end - begin, x.cols());
-    for (Index j = begin; j < end; ++j) xg.row(j - begin) = x.row(groups.order[j]);
-    const RowMatF z = xg * bank.a[i].map().transpose();                       // g x r_i
-    const RowMatF dy = bank.scales[i] * (z * bank.b[i].map().transpose());    // g x d_out
-    for (Index j = begin; j < end; ++j) y.row(groups.order[j]) += dy.row(j - begin);
+    if (groups.start[static_cast<size_t>(i)] < groups.start[static_cast<size_t>(i) + 1]) adapters.push_back(i);
   }
+  applySegments(
+      x, groups, adapters, true, nullptr, y, [&](Index i) { return bank.a[static_cast<size_t>(i)].map().transpose(); },
+      [&](Index i) { return bank.b[static_cast<size_t>(i)].map(); }, bank.scales.data());
 }
 
 }  // namespace eigenlorax

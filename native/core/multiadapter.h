@@ -20,6 +20,9 @@ struct EigenAdapterBank {
   ConstMatView componentsB;      // U_B: d_out x K_B
   const float* mixing = nullptr; // count x K_A x K_B, adapter after adapter, row-major
   Index count = 0;
+  // Optional: each adapter's rank r_i (an upper bound of its mixing matrix's), so choosing
+  // between the shared products and rank pairs needs no factorisation of every M_i.
+  const int32_t* ranks = nullptr;
 };
 
 struct LoraBank {
@@ -33,9 +36,12 @@ void checkEigenBankApply(ConstMatView x, const EigenAdapterBank& bank, const int
                          MatView y);
 void checkLoraBankApply(ConstMatView x, const LoraBank& bank, const int32_t* rowAdapter, ConstMatView weight, MatView y);
 
-// y = x W^T + b (when given, else 0) + each row's adapter.
+class PairCache;
+
+// y = x W^T + b (when given, else 0) + each row's adapter. With `cache` (pair_cache.h), the
+// bank's components must be the cache's own.
 void eigenBankApply(ConstMatView x, const EigenAdapterBank& bank, const int32_t* rowAdapter, ConstMatView weight,
-                    const float* bias, MatView y);
+                    const float* bias, MatView y, PairCache* cache = nullptr);
 void loraBankApply(ConstMatView x, const LoraBank& bank, const int32_t* rowAdapter, ConstMatView weight,
                    const float* bias, MatView y);
 
