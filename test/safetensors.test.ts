@@ -19,7 +19,7 @@ import {
   type SafetensorsEntry,
 } from '../lib/index.js';
 import { openSmallSafetensors } from '../lib/io/safetensors-whole.js';
-import { verifyDigest } from '../lib/io/digest.js';
+import { DATA_DIGEST_KEY, startDigest, verifyDigest } from '../lib/io/digest.js';
 import { freshSeed, gaussian, rng } from './helpers/random.js';
 import {
   assemble,
@@ -765,4 +765,70 @@ test('openSmallSafetensors: a file under its limit (1 MiB here), read whole at o
   // Not a file: the same typed errors as openSafetensors.
   await t.throwsAsync(small(path.join(dir, 'missing.safetensors')), { code: 'ERR_NOT_FOUND' });
   await t.throwsAsync(small(dir), { code: 'ERR_IO' });
+});
+
+// A file read whole hashes its tensors' bytes as one span (heldData) when they lie back to
+// back, and tensor by tensor when the file has gaps: bytes between tensors are not part of
+// the digest, bytes of a tensor are.
+test('verifyDigest over a file read whole: one span when the tensors are back to back, tensor by tensor around gaps; a changed tensor byte is ERR_INTEGRITY either way', async (t) => {
+  const dir = await tempDir(t);
+  const seed = freshSeed();
+  const g = gaussian(rng(seed));
+  const a = f32le(Float32Array.from({ length: 6 }, g));
+  const b = f32le(Float32Array.from({ length: 4 }, g));
+  const write = async (name: string, gap: number) => {
+    const tensors = [
+      { name: 'a', dtype: 'F32', shape: [2, 3] },
+      { name: 'b', dtype: 'F32', shape: [4] },
+    ];
+    const hash = startDigest({}, tensors);
+    hash.update(a);
+    hash.update(b);
+    const header = {
+      __metadata__: { [DATA_DIGEST_KEY]: hash.digest('hex') },
+      a: { dtype: 'F32', shape: [2, 3], data_offsets: [0, 24] },
+      b: { dtype: 'F32', shape: [4], data_offsets: [24 + gap, 40 + gap] },
+    };
+    const headerBytes = padHeader(JSON.stringify(header));
+    const file = await writeFixture(dir, name, assemble(headerBytes, concat(a, new Uint8Array(gap).fill(9), b)));
+    return { file, dataStart: 8 + headerBytes.byteLength };
+  };
+  const flip = async (file: string, at: number) => {
+    const h = await open(file, 'r+');
+    const one = new Uint8Array(1);
+    await h.read(one, 0, 1, at);
+    one[0] = one[0]! ^ 0x20;
+    await h.write(one, 0, 1, at);
+    await h.close();
+  };
+  const verify = async (file: string) => {
+    const reader = await openSmallSafetensors(file, 1 << 20);
+    try {
+      return { held: reader.heldData(), result: await verifyDigest(reader) };
+    } finally {
+      await reader.close();
+    }
+  };
+  const packed = await write('packed.safetensors', 0);
+  const ok = await verify(packed.file);
+  t.is(ok.result, 'verified', `seed ${seed}`);
+  t.deepEqual(ok.held, concat(a, b));
+  await flip(packed.file, packed.dataStart + 30);
+  await t.throwsAsync(verify(packed.file), { code: 'ERR_INTEGRITY' });
+
+  const gapped = await write('gapped.safetensors', 4);
+  const fine = await verify(gapped.file);
+  t.is(fine.held, null);
+  t.is(fine.result, 'verified');
+  await flip(gapped.file, gapped.dataStart + 25); // in the gap: not part of the digest
+  t.is((await verify(gapped.file)).result, 'verified');
+  await flip(gapped.file, gapped.dataStart + 30); // in tensor b
+  await t.throwsAsync(verify(gapped.file), { code: 'ERR_INTEGRITY' });
+
+  // f32 tensors of a file read whole are views of its copy: each its own bytes.
+  const reader = await openSmallSafetensors((await write('views.safetensors', 0)).file, 1 << 20);
+  const first = (await reader.readFloat32('a')).data;
+  first.fill(0);
+  t.deepEqual((await reader.readFloat32('b')).data, new Float32Array(b.buffer, b.byteOffset, 4));
+  await reader.close();
 });

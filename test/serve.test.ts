@@ -600,7 +600,7 @@ test('eigenlorax serve: serves a folder on a free port, answers, and stops clean
   const x = randomMatrix(2, WIDTHS[0]!, seed);
   let answers: Array<{ logits: number[][] }> = [];
   const listening = /listening on (http:\/\/\S+)/;
-  const run = await eigenlorax([...['serve', dir], '--port', '0', '--max-batch', '8', '--batch-window-ms', '2'], {
+  const run = await eigenlorax([...['serve', dir], '--port', '0', '--max-batch', '8', '--batch-window-ms', '2', '--pair-cache', '1MiB'], {
     whenOutput: {
       pattern: listening,
       run: async ([, url = ''], child) => {
@@ -645,6 +645,7 @@ test('eigenlorax serve: argument errors exit 2 with the usage; a missing folder 
     [['--request-timeout-ms', 'soon'], /--request-timeout-ms expects an integer >= 1, not "soon"/],
     [['--max-uploads-per-client', '0'], /--max-uploads-per-client expects an integer >= 1/],
     [['--token', ''], /--token expects a token/],
+    [['--pair-cache', 'lots'], /--pair-cache expects a size such as 512MB, 4GB or 1\.5GiB .* not "lots"/],
   ];
   for (const [args, message] of bad) {
     const r = await eigenlorax(['serve', ...args]);

@@ -2,10 +2,9 @@
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { ProgressBar } from '../progress.js';
-import { parseSize } from '../subspace/budget.js';
 import type { Subspace } from '../subspace/types.js';
 import { bytesText, columnsTable, counted, examples, f3, keyValues, printJson, seconds, stats } from './format.js';
-import { UsageError } from './options.js';
+import { size, UsageError } from './options.js';
 import { jsonErrors } from './report.js';
 import { addBuildOptions, buildOptionsFrom, meanModuleError, outputFlag, stackingText, type BuildFlags } from './subspace-options.js';
 
@@ -26,7 +25,7 @@ export function buildCommand(): Command {
     )
     .argument('[adapters...]', 'adapter folders or .safetensors files')
     .option('-o, --output <dir>', 'the subspace folder')
-    .addOption(new Option('--memory-budget <size>', 'memory for a module\'s stacks, as 512MB, 4GB, 1.5GiB or bytes (default half the free memory)').argParser(sizeFlag))
+    .addOption(new Option('--memory-budget <size>', 'memory for a module\'s stacks, as 512MB, 4GB, 1.5GiB or bytes (default half the free memory)').argParser(size('--memory-budget')))
     .addOption(new Option('--shard <i/n>', 'build only shard i (from 0) of n: --shard "$JOB_COMPLETION_INDEX/4"').argParser(shardFlag));
   addBuildOptions(command).addHelpText(
     'after',
@@ -139,15 +138,6 @@ export function buildCommand(): Command {
     );
   });
   return jsonErrors(command);
-}
-
-/** "512MB" as bytes, or a usage error (also queue build's --memory-budget). */
-export function sizeFlag(text: string): number {
-  try {
-    return parseSize(text, '--memory-budget');
-  } catch {
-    throw new UsageError(`--memory-budget expects a size such as 512MB, 4GB or 1.5GiB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB) or bytes, not ${JSON.stringify(text)}`);
-  }
 }
 
 /** "i/n" with 0 <= i < n, kept as the string buildSubspace takes. */

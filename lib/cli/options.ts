@@ -1,8 +1,10 @@
 /**
  * Flag values for the `eigenlorax` commands: one parser per kind of value (integer,
- * number, choice), each usable as a commander `argParser` and each failing with a
+ * number, choice, size), each usable as a commander `argParser` and each failing with a
  * {@link UsageError} that says what the flag expects and what it received.
  */
+
+import { parseSize } from '../subspace/budget.js';
 
 /** A mistake in how a command was called: printed with the command's usage, exit code 2. */
 export class UsageError extends Error {
@@ -74,6 +76,16 @@ export const choice =
   <T extends string>(flag: string, choices: readonly T[], upper = false) =>
   (text: string): T =>
     parseChoice(flag, text, choices, upper);
+
+/** Bytes, as 512MB, 4GB, 1.5GiB or a plain number (0 only with `zero`). */
+export const size = (flag: string, zero = false) => (text: string) => {
+  if (zero && /^\s*0+\s*[a-z]*\s*$/i.test(text)) return 0;
+  try {
+    return parseSize(text, flag);
+  } catch {
+    throw expected(flag, 'a size such as 512MB, 4GB or 1.5GiB (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB) or bytes', text);
+  }
+};
 
 /** A non-empty string (commander accepts `--host ''`). */
 export const nonEmpty = (flag: string, what: string) => (text: string) => {

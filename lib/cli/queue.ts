@@ -6,9 +6,8 @@
 import path from 'node:path';
 import { Command, Option } from 'commander';
 import { ProgressBar } from '../progress.js';
-import { sizeFlag } from './build.js';
 import { examples, keyValues, plural, printJson } from './format.js';
-import { integer, UsageError } from './options.js';
+import { integer, size, UsageError } from './options.js';
 import { jsonErrors } from './report.js';
 import { addBuildOptions, buildOptionsFrom, outputFlag, type BuildFlags } from './subspace-options.js';
 
@@ -70,7 +69,7 @@ function queueBuildCommand(): Command {
     .option('-o, --output <dir>', 'the subspace folder')
     .addOption(new Option('--jobs <n>', 'jobs (shards) to split the build into, at most one per module').default(DEFAULT_JOBS).argParser(integer('--jobs', { min: 1, max: 10_000 })))
     .addOption(new Option('--attempts <n>', 'tries per job when the build throws (a killed worker\'s job is retried regardless)').default(1).argParser(integer('--attempts', { min: 1, max: 100 })))
-    .addOption(new Option('--memory-budget <size>', 'memory for a module\'s stacks on each worker (default half the worker\'s free memory)').argParser(sizeFlag))
+    .addOption(new Option('--memory-budget <size>', 'memory for a module\'s stacks on each worker (default half the worker\'s free memory)').argParser(size('--memory-budget')))
     .addOption(new Option('--resume <run id>', 'take over the wait of a run whose queue build process died (the run id it printed), with the same -o').argParser(runIdFlag));
   addQueueOptions(command);
   addBuildOptions(command).addHelpText(

@@ -7,7 +7,7 @@ import path from 'node:path';
 import { Command, Option } from 'commander';
 import type { StartedServer, startServer } from '../serve/server.js';
 import { examples } from './format.js';
-import { integer, nonEmpty, number, UsageError } from './options.js';
+import { integer, nonEmpty, number, size, UsageError } from './options.js';
 
 interface ServeFlags {
   host?: string;
@@ -17,6 +17,7 @@ interface ServeFlags {
   maxRows?: number;
   bodyLimit?: number;
   threads?: number;
+  pairCache?: number;
   log?: boolean;
   token?: string;
   insecure?: boolean;
@@ -40,7 +41,7 @@ type ServeOptions = Parameters<typeof startServer>[0] & {
 export function serveCommand(): Command {
   return new Command('serve')
     .usage(
-      '[folder] [--host h] [--port p] [--max-batch n] [--batch-window-ms ms] [--max-rows n] [--body-limit bytes] [--threads n] [--log] ' +
+      '[folder] [--host h] [--port p] [--max-batch n] [--batch-window-ms ms] [--max-rows n] [--body-limit bytes] [--threads n] [--pair-cache size] [--log] ' +
         '[--token t] [--insecure] [--request-timeout-ms ms] [--max-uploads-per-client n]',
     )
     .summary('HTTP server over a served-model folder (default eigenlorax-demo/serve): POST /v1/predict micro-batched across adapters')
@@ -60,6 +61,11 @@ export function serveCommand(): Command {
     .addOption(new Option('--max-rows <n>', 'rows per request').argParser(integer('--max-rows', { min: 1 })))
     .addOption(new Option('--body-limit <bytes>', 'bytes per request body').argParser(integer('--body-limit', { min: 1 })))
     .addOption(new Option('--threads <n>', 'kernel threads (default: the processors)').argParser(integer('--threads', { min: 1, max: 1024 })))
+    .addOption(
+      new Option('--pair-cache <size>', "each layer's cache of hot adapters' rank pairs, as 16MB or bytes (default 16MiB; 0: none)").argParser(
+        size('--pair-cache', true),
+      ),
+    )
     .option('--log', 'log every request (pino JSON lines on stdout)')
     .addOption(
       new Option('--token <token>', 'PUT and DELETE /v1/adapters need "Authorization: Bearer <token>"').env('EIGENLORAX_SERVE_TOKEN').argParser(nonEmpty('--token', 'a token')),
@@ -90,7 +96,7 @@ export function serveCommand(): Command {
       // Small batches on a busy machine can run far faster on one thread than on an OpenMP
       // team that waits for a descheduled member (bench/README.md, serve-load).
       if (flags.threads !== undefined) setThreads(flags.threads);
-      const model = await loadServedModel(folder);
+      const model = await loadServedModel(folder, flags.pairCache === undefined ? {} : { pairCacheBytes: flags.pairCache });
       const options: ServeOptions = {
         model,
         host,

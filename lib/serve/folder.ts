@@ -158,7 +158,7 @@ function baseOf(record: ServedModelRecord, place: Place): Sequential {
  * file name. Broken model.json or adapter file names: ERR_MODEL_FORMAT; the weights,
  * subspace and coefficients fail as their loaders do.
  */
-export async function loadServedModel(folder: string, options: { capacity?: number } = {}): Promise<ServedModel> {
+export async function loadServedModel(folder: string, options: { capacity?: number; pairCacheBytes?: number } = {}): Promise<ServedModel> {
   if (typeof folder !== 'string' || folder.length === 0) throw invalid('a folder path', 'folder', folder);
   const root = path.resolve(folder);
   const file = path.join(root, SERVED_MODEL_FILE);

@@ -150,13 +150,17 @@ export class ServedModel {
   /**
    * `base`: a Sequential of Linear, ReLU and GELU layers (its weights are referenced, not
    * copied). Every module of `subspace` must be one of its Linear layers, with the same
-   * shapes (ERR_SUBSPACE_MISMATCH). `capacity`: adapter slots allocated at first.
+   * shapes (ERR_SUBSPACE_MISMATCH). `capacity`: adapter slots allocated at first;
+   * `pairCacheBytes`: each module's cache of hot adapters' rank pairs (AdapterBank).
    */
-  constructor(base: Sequential, subspace: Subspace, options: { capacity?: number } = {}) {
+  constructor(base: Sequential, subspace: Subspace, options: { capacity?: number; pairCacheBytes?: number } = {}) {
     const o = object(options, 'options');
-    knownKeys(o, 'options', ['capacity']);
+    knownKeys(o, 'options', ['capacity', 'pairCacheBytes']);
     this.layers = servedLayers(base);
-    this.#bank = new AdapterBank(subspace, { capacity: integer(o.capacity ?? 16, 'options.capacity', 1) });
+    this.#bank = new AdapterBank(subspace, {
+      capacity: integer(o.capacity ?? 16, 'options.capacity', 1),
+      ...(o.pairCacheBytes === undefined ? {} : { pairCacheBytes: o.pairCacheBytes as number }),
+    });
     this.subspace = this.#bank.subspace;
     this.inFeatures = base.inFeatures;
     this.outFeatures = base.outFeatures;
