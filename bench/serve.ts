@@ -24,7 +24,8 @@
  *       coefficients; both outputs are compared. Target: >= 3x at r = 16, and >= 1x at 1
  *       and 16 adapters. The bank keeps its hot adapters' rank pairs between calls (its
  *       pair cache, warm after the untimed call); the same bank without that cache is
- *       timed beside it.
+ *       timed beside it. A last row rotates batches of 16 adapters over 64 (more pairs
+ *       than the default cache holds): the cache's worst case, every batch a miss.
  * (iii) The memory the N adapters need in each form.
  *
  * Contenders are interleaved round by round; times are medians over rounds (each round
@@ -51,6 +52,9 @@ import { cpuSnapshot, fillGaussian, machineLines, median, ms, now, otherLoadLine
 const MODULE = 'layer';
 const TARGET_LAYER = 0.8;
 const TARGET_ADAPTER = 3;
+/** The rotating row of (ii): batches of ROTATING_SET adapters, ROTATING_SETS sets in turn. */
+const ROTATING_SET = 16;
+const ROTATING_SETS = 4;
 
 function parseOptions(argv: string[]) {
   const options = { rows: 256, d: 4096, k: 64, r: 16, counts: [1, 16, 256, 1024], rounds: 7, assign: 'spread' as 'spread' | 'random', threads: 0 };
@@ -266,7 +270,18 @@ async function main(): Promise<void> {
   const uncachedOnly = assignments.map(
     (a): Contender => ({ name: `uncached ${a.count}`, times: [], run: () => uncached.apply(MODULE, x, a.eigenRows, { out }) }),
   );
-  await measure([...eigenOnly, ...loraOnly, ...uncachedOnly], o.rounds, 5);
+  // The pair cache's worst case: each batch takes the next of four sets of 16 adapters (64 in
+  // turn), more pairs than the cache holds, so every batch builds all of its pairs.
+  const rotation = Array.from({ length: ROTATING_SETS }, (_, set) =>
+    Array.from({ length: n }, (_, b) => `adapter-${(set * ROTATING_SET + (b % ROTATING_SET)) % maxCount}`),
+  );
+  const rotating = (name: string, bank: { rows: (names: string[]) => Int32Array; apply: typeof eigen.apply }): Contender => {
+    const sets = rotation.map((names) => bank.rows(names));
+    let next = 0;
+    return { name, times: [], run: () => bank.apply(MODULE, x, sets[next++ % sets.length]!, { out }) };
+  };
+  const rotated = [rotating('eigen rotating', eigen), rotating('lora rotating', lora), rotating('uncached rotating', uncached)];
+  await measure([...eigenOnly, ...loraOnly, ...uncachedOnly, ...rotated], o.rounds, 5);
 
   const tSingle = median(single.times);
   const tBase = median(baseOnly.times);
@@ -288,6 +303,8 @@ async function main(): Promise<void> {
     const tu = median(uncachedOnly[i]!.times);
     return [a.count, a.distinct, ms(te), ms(tl), ratio(tl / te), ms(tu), ratio(tl / tu), check[i]!.diff.toExponential(1)];
   });
+  const [te, tl, tu] = rotated.map((c) => median(c.times));
+  rowsII.push([`${ROTATING_SET} of ${ROTATING_SET * ROTATING_SETS}, rotating`, ROTATING_SET, ms(te!), ms(tl!), ratio(tl! / te!), ms(tu!), ratio(tl! / tu!), '-']);
   console.log(
     table(
       ['adapters', 'distinct in batch', 'AdapterBank ms', 'LoraBank ms', 'LoRA/eigen', 'no pair cache ms', 'LoRA/no cache', 'max |y_e - y_l| / max |y_l|'],
