@@ -830,5 +830,8 @@ test('verifyDigest over a file read whole: one span when the tensors are back to
   const first = (await reader.readFloat32('a')).data;
   first.fill(0);
   t.deepEqual((await reader.readFloat32('b')).data, new Float32Array(b.buffer, b.byteOffset, 4));
+  await t.throwsAsync(reader.readFloat32('b', { nope: 1 } as never), { code: 'ERR_INVALID_ARGUMENT' });
+  await t.throwsAsync(reader.readFloat32('b', { out: new Float32Array(3) }), { code: 'ERR_SHAPE_MISMATCH' });
   await reader.close();
+  await t.throwsAsync(reader.readFloat32('b'), { code: 'ERR_CLOSED' });
 });

@@ -37,19 +37,17 @@
  */
 import { readdir, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
-import { dtypeBytes, type DType } from '../dtype.js';
 import * as ops from '../native/ops.js';
 import { describe, invalid, knownKeys, object } from '../validate.js';
 import { fileError, ioError, readFully, readRegularFile } from './files.js';
 import { assertLittleEndian, dtypeRank, floatDtypes, isSafetensorsFloatDtype, SAFETENSORS_MAX_HEADER_BYTES, safetensorsDtypeBytes, safetensorsDtypes, type SafetensorsDType, type SafetensorsFloatDType } from './safetensors-format.js';
 export { assertLittleEndian, dtypeRank, isSafetensorsFloatDtype, SAFETENSORS_MAX_HEADER_BYTES, safetensorsDtypeBytes, safetensorsDtypes, type SafetensorsDType, type SafetensorsFloatDType };
+import { readConverted } from './safetensors-convert.js';
 import { closeAll, LFS_PREFIX, openFile, toEntryMap, type Entry, type OpenedFile, type ParsedFile, type SafetensorsTensorInfo } from './safetensors-header.js';
 export type { SafetensorsTensorInfo };
 
 /** A shard index (`*.safetensors.index.json`) is refused above this size. */
 const MAX_INDEX_BYTES = 100_000_000;
-/** Bytes of stored data read per chunk when converting to f32 (a multiple of 8). */
-const CONVERT_CHUNK_BYTES = 4 << 20;
 
 // ---------------------------------------------------------------------------------------
 // Reader
@@ -186,6 +184,8 @@ export class SafetensorsReader {
   #heldFloat32(name: string, options: ReadFloat32Options): Float32Tensor | null {
     const entry = this.#entries.get(name);
     if (this.#closed || entry === undefined || entry.info.dtype !== 'F32') return null;
+    // Anything but { out } (or nothing) takes the checked path, which names the problem.
+    if (typeof options !== 'object' || options === null || Object.keys(options).some((k) => k !== 'out')) return null;
     const held = heldBytes(entry.source, entry.info);
     const out = options.out;
     if (held === null || (out !== undefined && !(out instanceof Float32Array && out.byteLength === held.byteLength))) return null;
@@ -225,7 +225,7 @@ export class SafetensorsReader {
       await readFully(handle, data, info.offset, source.path, name);
       return { dtype, shape, data };
     }
-    await this.#readConverted(handle, info, floatDtypes[dtype], data, source.path, name);
+    await readConverted(handle, info, floatDtypes[dtype], data, source.path, name);
     return { dtype, shape, data };
   }
 
@@ -262,39 +262,6 @@ export class SafetensorsReader {
     if (held !== null) bytes.set(held);
     else await readFully(handle, bytes, info.offset, source.path, name);
     return { dtype: info.dtype, shape: [...info.shape], bytes };
-  }
-
-  /** Chunked read + native conversion, the read of chunk k+1 overlapping the conversion of chunk k. */
-  async #readConverted(handle: FileHandle, info: SafetensorsTensorInfo, from: DType, out: Float32Array, file: string, name: string) {
-    if (out.length === 0) return;
-    const elementBytes = dtypeBytes[from];
-    const chunkElements = Math.floor(CONVERT_CHUNK_BYTES / elementBytes);
-    const chunks = Math.ceil(out.length / chunkElements);
-    const buffers = [takeChunkBuffer(), chunks > 1 ? takeChunkBuffer() : null];
-    const read = (k: number): Promise<Uint8Array> => {
-      const first = k * chunkElements;
-      const length = (Math.min(out.length, first + chunkElements) - first) * elementBytes;
-      const bytes = (buffers[k % 2] as Buffer).subarray(0, length);
-      return readFully(handle, bytes, info.offset + first * elementBytes, file, name).then(() => bytes);
-    };
-    const convert = (k: number, bytes: Uint8Array): Promise<void> => {
-      const first = k * chunkElements;
-      const dst = out.subarray(first, first + bytes.byteLength / elementBytes);
-      return ops.convert({ src: bytes, from, dst, to: 'f32' });
-    };
-    try {
-      let current = await read(0);
-      for (let k = 0; k < chunks; k++) {
-        // allSettled: when one side fails, the other still finishes before we return, so
-        // nothing writes into `out` or the chunk buffers afterwards.
-        const [next, converted] = await Promise.allSettled([k + 1 < chunks ? read(k + 1) : null, convert(k, current)]);
-        if (converted.status === 'rejected') throw converted.reason;
-        if (next.status === 'rejected') throw next.reason;
-        current = next.value as Uint8Array;
-      }
-    } finally {
-      for (const b of buffers) if (b !== null) giveBackChunkBuffer(b);
-    }
   }
 
   /** Registers a read so that close() waits for it. */
@@ -340,23 +307,6 @@ export class SafetensorsReader {
 /** A tensor's bytes in the copy of a file read whole at open (small files), else null. */
 function heldBytes(source: OpenedFile, info: SafetensorsTensorInfo): Uint8Array | null {
   return source.bytes === null ? null : source.bytes.subarray(info.offset, info.offset + info.byteLength);
-}
-
-/**
- * Chunk buffers for conversions, shared by every reader: one pool per reader held 8 MiB
- * per open file, and a build over hundreds of adapters kept gigabytes of external memory
- * that V8 counts towards its collections (256 adapters: 2 GiB, most of the time spent
- * marking). At most as many as reads in flight are kept.
- */
-const chunkBuffers: Buffer[] = [];
-const MAX_POOLED_CHUNK_BUFFERS = 16;
-
-function takeChunkBuffer(): Buffer {
-  return chunkBuffers.pop() ?? Buffer.allocUnsafeSlow(CONVERT_CHUNK_BYTES);
-}
-
-function giveBackChunkBuffer(buffer: Buffer): void {
-  if (chunkBuffers.length < MAX_POOLED_CHUNK_BUFFERS) chunkBuffers.push(buffer);
 }
 
 /** The `out` option of readFloat32 / readRaw, checked. */
