@@ -18,7 +18,7 @@
  *
  * Hot adapters. A batch with few distinct adapters runs through their rank-r pairs; each
  * module keeps the pairs recent batches used in a {@link PairCache} (`pairCacheBytes` per
- * module, default 16 MiB: 32 adapters of rank 16 at d = 4096; 0: none), made at the first
+ * module, default 16 MiB: about 30 adapters of rank 16 at d = 4096; 0: none), made at the first
  * apply that may run on the CPU, with its own copy of the module's components.
  */
 import { EigenLoraxError } from '../errors.js';
