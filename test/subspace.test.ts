@@ -230,15 +230,20 @@ test('gauge: the same dW split as (B G, G^-1 A) gives the same reconstruction an
   const seed = freshSeed();
   const what = `seed ${seed}`;
   const { adapters } = plantedSet(seed, 6, { modules: ['m'], noise: 0.3, alpha: (i) => [2, 4, 8, 16, 1, 3][i]! });
+  // G's singular values run from SPREAD to 1/SPREAD: rounding B G and G^-1 A to f32 moves dW by up to
+  // about eps32 cond(G) = 2^-24 SPREAD^2 of its norm (1.09e-5 seen at seed 1270062282); the bound allows 4x that.
+  const SPREAD = 20;
+  const ROUNDING = 2 ** -22 * SPREAD ** 2;
   const regauged = adapters.map((a, i) => {
     const m = a.modules.get('m')!;
-    const { A, B } = regauge(m.A, m.B, invertible(4, seed + 13 * i, 20));
+    const { A, B } = regauge(m.A, m.B, invertible(4, seed + 13 * i, SPREAD));
     return memoryAdapter([{ name: 'm', A, B, alpha: m.alpha }]);
   });
   for (const [a, b] of adapters.map((a, i) => [a, regauged[i]!] as const)) {
     const x = a.modules.get('m')!;
     const y = b.modules.get('m')!;
-    t.true(ref.relativeError(denseDelta(y.A, y.B, y.scale), denseDelta(x.A, x.B, x.scale)) < 1e-5, `${what}: same dW`);
+    const drift = ref.relativeError(denseDelta(y.A, y.B, y.scale), denseDelta(x.A, x.B, x.scale));
+    t.true(drift < ROUNDING, `${what}: same dW up to f32 rounding (${drift})`);
   }
   const results: Record<string, number> = {};
   for (const options of [{ stacking: 'canonical', weighting: 'equal' }, { stacking: 'canonical', weighting: 'scale' }, { stacking: 'raw' }] as BuildSubspaceOptions[]) {
