@@ -1,10 +1,9 @@
 /** Which addon binary is loaded (lib/native/loader.ts): source build, prebuilt by CPU baseline, EIGENLORAX_ADDON. */
-import test from 'ava';
+import test, { type ExecutionContext } from 'ava';
 import { existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs';
-import { mkdtemp } from 'node:fs/promises';
-import os from 'node:os';
 import path from 'node:path';
 import { EigenLoraxError, buildInfo } from '../lib/index.js';
+import { tempDir } from './helpers/safetensors-fixtures.js';
 import { ADDON_NAPI_VERSION, addonCandidates, cpuLevels, loadAddon, prebuiltCandidates } from '../lib/native/loader.js';
 
 const V3_FLAGS = 'fpu sse sse2 ssse3 sse4_1 sse4_2 cx16 lahf_lm popcnt avx avx2 bmi1 bmi2 f16c fma movbe xsave';
@@ -12,8 +11,8 @@ const V2_FLAGS = 'fpu sse sse2 ssse3 sse4_1 sse4_2 cx16 lahf_lm popcnt';
 const V4_FLAGS = `${V3_FLAGS} avx512f avx512dq avx512cd avx512bw avx512vl avx512_vnni`;
 const cpuinfo = (flags: string) => `processor\t: 0\nmodel name\t: test\nflags\t\t: ${flags}\n\nprocessor\t: 1\nflags\t\t: ${flags}\n`;
 
-async function packageRoot(files: Record<string, string>): Promise<string> {
-  const root = await mkdtemp(path.join(os.tmpdir(), 'eigenlorax-loader-'));
+async function packageRoot(t: ExecutionContext, files: Record<string, string>): Promise<string> {
+  const root = await tempDir(t, 'eigenlorax-loader-');
   for (const [name, text] of Object.entries(files)) {
     mkdirSync(path.dirname(path.join(root, name)), { recursive: true });
     writeFileSync(path.join(root, name), text);
@@ -33,7 +32,7 @@ test('cpuLevels reads the x86-64 baselines from /proc/cpuinfo flags', (t) => {
 });
 
 test('prebuiltCandidates keeps the files that fit, best baseline first', async (t) => {
-  const dir = await packageRoot({
+  const dir = await packageRoot(t, {
     'eigenlorax.napi.glibc.x86-64-v2.node': '',
     'eigenlorax.napi.glibc.x86-64-v3.node': '',
     'eigenlorax.napi.musl.x86-64-v3.node': '',
@@ -63,19 +62,19 @@ test('prebuiltCandidates keeps the files that fit, best baseline first', async (
 
 test('addonCandidates: EIGENLORAX_ADDON alone, else the source build before the prebuilt ones', async (t) => {
   const platform = `${process.platform}-${process.arch}`;
-  const root = await packageRoot({ 'build/Release/eigenlorax.node': '', [`prebuilds/${platform}/eigenlorax.napi.node`]: '' });
+  const root = await packageRoot(t, { 'build/Release/eigenlorax.node': '', [`prebuilds/${platform}/eigenlorax.napi.node`]: '' });
   t.deepEqual(addonCandidates(root, { EIGENLORAX_ADDON: 'x/y.node' }), [{ path: path.resolve('x/y.node'), kind: 'EIGENLORAX_ADDON' }]);
   t.deepEqual(
     addonCandidates(root, {}).map((c) => c.kind),
     ['source', `prebuilt ${platform}`],
   );
-  const prebuiltOnly = await packageRoot({ [`prebuilds/${platform}/eigenlorax.napi.node`]: '' });
+  const prebuiltOnly = await packageRoot(t, { [`prebuilds/${platform}/eigenlorax.napi.node`]: '' });
   t.deepEqual(addonCandidates(prebuiltOnly, {}), [{ path: path.join(prebuiltOnly, 'prebuilds', platform, 'eigenlorax.napi.node'), kind: `prebuilt ${platform}` }]);
 });
 
 test('loadAddon falls back to a prebuilt binary when the source build does not load, and names every failure', async (t) => {
   const platform = `${process.platform}-${process.arch}`;
-  const root = await packageRoot({ 'build/Release/eigenlorax.node': 'not a shared object' });
+  const root = await packageRoot(t, { 'build/Release/eigenlorax.node': 'not a shared object' });
   mkdirSync(path.join(root, 'prebuilds', platform), { recursive: true });
   // The addon this process already uses, as the one prebuilt binary (a link: the same module).
   symlinkSync(buildInfo().binary, path.join(root, 'prebuilds', platform, 'eigenlorax.napi.node'));
@@ -85,10 +84,10 @@ test('loadAddon falls back to a prebuilt binary when the source build does not l
     const loaded = loadAddon<{ buildInfo(): { version: string } }>(root, import.meta.url);
     t.is(loaded.kind, `prebuilt ${platform}`);
     t.is(loaded.addon.buildInfo().version, buildInfo().version);
-    const broken = await packageRoot({ 'build/Release/eigenlorax.node': 'not a shared object' });
+    const broken = await packageRoot(t, { 'build/Release/eigenlorax.node': 'not a shared object' });
     const error = t.throws(() => loadAddon(broken, import.meta.url));
     t.regex(error.message, /source .*build\/Release\/eigenlorax\.node: /);
-    const empty = await packageRoot({});
+    const empty = await packageRoot(t, {});
     t.regex(t.throws(() => loadAddon(empty, import.meta.url)).message, /no source build at .* and no prebuilt binary for /);
   } finally {
     if (saved !== undefined) process.env.EIGENLORAX_ADDON = saved;

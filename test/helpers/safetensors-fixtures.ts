@@ -10,8 +10,8 @@ import path from 'node:path';
 import type { ExecutionContext } from 'ava';
 
 /** A fresh temporary folder, removed when the test ends. */
-export async function tempDir(t: ExecutionContext): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), 'eigenlorax-safetensors-'));
+export async function tempDir(t: ExecutionContext, prefix = 'eigenlorax-test-'): Promise<string> {
+  const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   return dir;
 }

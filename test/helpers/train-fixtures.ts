@@ -3,19 +3,11 @@
  * from the formulas (no code shared with lib/train), finite differences, small synthetic
  * data sets, temporary folders, and bit-level comparisons.
  */
-import type { ExecutionContext } from 'ava';
-import { mkdtemp, rm } from 'node:fs/promises';
-import os from 'node:os';
-import path from 'node:path';
 import { matrix, type Matrix } from '../../lib/index.js';
 import { type Dataset } from '../../lib/data/index.js';
 import { gaussian, rng } from './random.js';
 
-export async function tempDir(t: ExecutionContext, prefix = 'eigenlorax-train-'): Promise<string> {
-  const dir = await mkdtemp(path.join(os.tmpdir(), prefix));
-  t.teardown(() => rm(dir, { recursive: true, force: true }));
-  return dir;
-}
+export { tempDir } from './safetensors-fixtures.js';
 
 /** f64 copy of a typed array. */
 export function f64(a: ArrayLike<number>): Float64Array {
