@@ -40,7 +40,8 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { buildSubspace, writeSafetensors, type SafetensorsFloatEntry } from '../lib/index.js';
 import { DEFAULT_MAX_OPEN_FILES } from '../lib/subspace/inputs.js';
-import { cpuSnapshot, machineLines, otherLoadLine, peakRss, sig, table, uniformSource, type Cell } from './common.js';
+import { cpuSnapshot, machineLines, otherLoadLine, peakRss, sig, table, type Cell } from './common.js';
+import { mulberry32 } from '../lib/random.js';
 
 const MB = 1e6;
 const POOL = 12;
@@ -85,7 +86,7 @@ const moduleName = (m: number) => `model.layers.${m}.self_attn.q_proj`;
 
 /** Per module: POOL random unit directions of length d (the shared structure). */
 function directionPool(d: number, seed: number): Float32Array {
-  const u = uniformSource(seed);
+  const u = mulberry32(seed);
   const pool = new Float32Array(POOL * d);
   for (let p = 0; p < POOL; p++) {
     let norm = 0;

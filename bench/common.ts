@@ -5,6 +5,7 @@
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
 import { buildInfo, getThreads, version } from '../lib/index.js';
+import { mulberry32 } from '../lib/random.js';
 
 export function median(values: number[]): number {
   if (values.length === 0) return Number.NaN;
@@ -47,21 +48,10 @@ export function machineLines(): string[] {
   ];
 }
 
-/** mulberry32-seeded xorshift: a cheap generator for test data (not the native one). */
-export function uniformSource(seed: number): () => number {
-  let a = (seed >>> 0) || 0x9e3779b9;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** Fills `out` with N(0, scale^2) draws (Box-Muller); for small and medium arrays. */
 export function fillGaussian(out: Float32Array, seed: number, scale = 1): void {
-  const u = uniformSource(seed);
+  const u = mulberry32(seed);
   for (let i = 0; i < out.length; i += 2) {
     const radius = Math.sqrt(-2 * Math.log(1 - u())) * scale;
     const angle = 2 * Math.PI * u();

@@ -33,7 +33,8 @@ import { fileURLToPath } from 'node:url';
 import { buildSubspace, getThreads, matrix, setThreads, type LoraAdapter, type LoraModule } from '../lib/index.js';
 import { Linear, ReLU, Sequential } from '../lib/train/index.js';
 import { ServedModel, startServer } from '../lib/serve/index.js';
-import { cpuSnapshot, fillGaussian, machineLines, median, otherLoadLine, sig, table, uniformSource } from './common.js';
+import { cpuSnapshot, fillGaussian, machineLines, median, otherLoadLine, sig, table } from './common.js';
+import { mulberry32 } from '../lib/random.js';
 
 const WIDTHS = [784, 256, 256, 10];
 const ADAPTED = ['fc1', 'fc2'];
@@ -180,7 +181,7 @@ function request(agent: http.Agent, port: number, method: string, path: string, 
 
 /** One row per request, a random adapter each: 256 prepared JSON bodies. */
 function bodies(adapters: string[]): Buffer[] {
-  const random = uniformSource(7);
+  const random = mulberry32(7);
   return Array.from({ length: 256 }, () => {
     const inputs = Array.from({ length: WIDTHS[0]! }, () => Number((Math.floor(random() * 256) / 255).toFixed(4)));
     const adapter = adapters[Math.floor(random() * adapters.length)]!;

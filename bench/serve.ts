@@ -47,7 +47,8 @@ import {
   type Subspace,
   type SubspaceModule,
 } from '../lib/index.js';
-import { cpuSnapshot, fillGaussian, machineLines, median, ms, now, otherLoadLine, ratio, sig, table, uniformSource, type Cell } from './common.js';
+import { cpuSnapshot, fillGaussian, machineLines, median, ms, now, otherLoadLine, ratio, sig, table, type Cell } from './common.js';
+import { mulberry32 } from '../lib/random.js';
 
 const MODULE = 'layer';
 const TARGET_LAYER = 0.8;
@@ -231,7 +232,7 @@ async function main(): Promise<void> {
       `${sig((registerMs * 1e3) / maxCount, 3)} us each)`,
   );
 
-  const random = uniformSource(7);
+  const random = mulberry32(7);
   const assignments = o.counts.map((count) => {
     // spread: round robin when count <= rows (exactly `count` distinct adapters), else one
     // adapter per row spread evenly over the whole bank; random: uniform draws.

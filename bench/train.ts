@@ -61,7 +61,8 @@ import {
 } from '../lib/train/index.js';
 import { type Dataset } from '../lib/data/index.js';
 import { native } from '../lib/native.js';
-import { cpuSnapshot, fillGaussian, machineLines, median, otherLoadLine, sig, table, uniformSource, type Cell } from './common.js';
+import { cpuSnapshot, fillGaussian, machineLines, median, otherLoadLine, sig, table, type Cell } from './common.js';
+import { mulberry32 } from '../lib/random.js';
 
 interface Options {
   rounds: number;
@@ -139,7 +140,7 @@ async function randomOrthonormal(rows: number, cols: number, seed: number): Prom
 }
 
 function syntheticData(rows: number, seed: number): Dataset {
-  const u = uniformSource(seed);
+  const u = mulberry32(seed);
   const inputs = matrix(rows, WIDTHS[0] as number);
   for (let i = 0; i < inputs.data.length; i++) inputs.data[i] = u();
   const targets = new Uint8Array(rows);

@@ -6,6 +6,21 @@
 import { EigenLoraxError } from './errors.js';
 import { integer } from './validate.js';
 
+/**
+ * mulberry32: a small seeded generator of uniform [0, 1) draws, for streams that need no
+ * saved state (DARE's drop masks; test and benchmark data). Not the native generator.
+ */
+export function mulberry32(seed: number): () => number {
+  let a = seed >>> 0;
+  return () => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
 function splitmix32(seed: number): () => number {
   let s = seed >>> 0;
   return () => {

@@ -5,6 +5,7 @@
  * buffer), one adapter at a time; the sign election and the merge are element loops.
  */
 import { EigenLoraxError } from '../errors.js';
+import { mulberry32 } from '../random.js';
 import { addLowRank } from '../lowrank.js';
 import { matrix, type Matrix } from '../matrix.js';
 
@@ -25,18 +26,6 @@ export interface DenseTerm {
   weight: number;
   /** The adapter's position in the inputs: part of DARE's seed. */
   index: number;
-}
-
-/** mulberry32: a small seeded generator of uniform [0, 1) draws. */
-export function uniform(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 /** The seed of DARE's mask for one adapter of one module. */
@@ -110,7 +99,7 @@ export function trimByMagnitude(data: Float32Array, density: number, scratch: Fl
  */
 export function dropAndRescale(data: Float32Array, density: number, seed: number): void {
   if (density >= 1) return;
-  const u = uniform(seed);
+  const u = mulberry32(seed);
   const inverse = 1 / density;
   for (let e = 0; e < data.length; e++) {
     if (u() < density) data[e] = data[e]! * inverse;

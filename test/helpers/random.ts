@@ -1,17 +1,9 @@
 /** Seeded random inputs for tests: each test draws fresh data from its own seed. */
 import { matrix, type Matrix } from '../../lib/index.js';
+import { mulberry32 } from '../../lib/random.js';
 
 /** mulberry32: small, fast, seeded; different from the native generator on purpose. */
-export function rng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export const rng = mulberry32;
 
 /** Standard normal draws (Box-Muller). */
 export function gaussian(random: () => number): () => number {
