@@ -1,11 +1,11 @@
 // The CUDA plugin's loading, the device matrix handles, and DeviceJob (device.h).
 #include "device.h"
+#include "shared_external.h"
 
 #include <dlfcn.h>
 
 #include <cstdlib>
 #include <mutex>
-#include <unordered_set>
 
 namespace eigenlorax::addon {
 namespace {
@@ -58,13 +58,6 @@ const char* knownCode(const std::string& c) {
   return code::kInternal;
 }
 
-struct HandleBox {
-  std::shared_ptr<DeviceHandle> handle;
-};
-
-std::mutex registryMutex;
-std::unordered_set<const HandleBox*> registry;
-
 }  // namespace
 
 cuda::Plugin* cudaPlugin(std::string* why, std::string* path) {
@@ -90,26 +83,13 @@ DeviceHandle::~DeviceHandle() {
 }
 
 Napi::Value wrapHandle(Napi::Env env, const cuda::DeviceMatrix& m) {
-  auto* box = new HandleBox{std::make_shared<DeviceHandle>()};
-  box->handle->matrix = m;
-  {
-    std::lock_guard<std::mutex> lock(registryMutex);
-    registry.insert(box);
-  }
-  return Napi::External<HandleBox>::New(env, box, [](Napi::Env, HandleBox* b) {
-    {
-      std::lock_guard<std::mutex> lock(registryMutex);
-      registry.erase(b);
-    }
-    delete b;
-  });
+  auto handle = std::make_shared<DeviceHandle>();
+  handle->matrix = m;
+  return SharedExternal<DeviceHandle>::wrap(env, std::move(handle));
 }
 
 std::shared_ptr<DeviceHandle> findHandle(const Napi::Value& value) {
-  if (!value.IsExternal()) return nullptr;
-  const HandleBox* box = value.As<Napi::External<HandleBox>>().Data();
-  std::lock_guard<std::mutex> lock(registryMutex);
-  return registry.count(box) != 0 ? box->handle : nullptr;
+  return SharedExternal<DeviceHandle>::find(value);
 }
 
 std::shared_ptr<DeviceHandle> unwrapHandle(Napi::Env env, const Napi::Value& value, const std::string& name) {

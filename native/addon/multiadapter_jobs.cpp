@@ -1,30 +1,17 @@
 // Many adapters in one batch (either backend), behind the async boundary. A pair cache
 // (core/pair_cache.h) is an External (registered, so a foreign External is refused) that
 // owns its copy of a bank's components; every job using it holds it until it settles.
-#include <mutex>
-#include <unordered_set>
-
 #include "../core/multiadapter.h"
 #include "../core/pair_cache.h"
 #include "device.h"
 #include "op_args.h"
+#include "shared_external.h"
 
 namespace eigenlorax::addon {
 namespace {
 
-struct CacheBox {
-  std::shared_ptr<PairCache> cache;
-};
-
-std::mutex registryMutex;
-std::unordered_set<const CacheBox*> registry;
-
 std::shared_ptr<PairCache> unwrapCache(Napi::Env env, const Napi::Value& value) {
-  if (value.IsExternal()) {
-    const CacheBox* box = value.As<Napi::External<CacheBox>>().Data();
-    std::lock_guard<std::mutex> lock(registryMutex);
-    if (registry.count(box) != 0) return box->cache;
-  }
+  if (std::shared_ptr<PairCache> cache = SharedExternal<PairCache>::find(value)) return cache;
   badArgument(env, "pairCache", "a pair cache from createPairCache", value);
 }
 
@@ -43,18 +30,7 @@ Napi::Value createPairCache(const Napi::CallbackInfo& info) {
   RowMatF a = ownCopy(env, args, "componentsA");
   RowMatF b = ownCopy(env, args, "componentsB");
   const auto budget = static_cast<size_t>(readInteger(env, args, "budget", 0, int64_t{1} << 50));
-  auto* box = new CacheBox{std::make_shared<PairCache>(std::move(a), std::move(b), budget)};
-  {
-    std::lock_guard<std::mutex> lock(registryMutex);
-    registry.insert(box);
-  }
-  return Napi::External<CacheBox>::New(env, box, [](Napi::Env, CacheBox* b) {
-    {
-      std::lock_guard<std::mutex> lock(registryMutex);
-      registry.erase(b);
-    }
-    delete b;
-  });
+  return SharedExternal<PairCache>::wrap(env, std::make_shared<PairCache>(std::move(a), std::move(b), budget));
 }
 
 // pairCacheStats(cache): { pairs, bytes, budget } now.

@@ -2,12 +2,11 @@
 // is an External (registered, so a foreign External is refused) that jobs share; each job
 // holds it until it settles, and a second job on the same stream while one runs is refused.
 #include <memory>
-#include <mutex>
-#include <unordered_set>
 
 #include "../core/subspace_stream.h"
 #include "job.h"
 #include "op_args.h"
+#include "shared_external.h"
 
 namespace eigenlorax::addon {
 
@@ -19,20 +18,9 @@ namespace {
 
 constexpr int64_t kMaxSafe = 9007199254740991LL;
 
-struct StreamBox {
-  std::shared_ptr<ModuleStream> stream;
-};
-
-std::mutex registryMutex;
-std::unordered_set<const StreamBox*> registry;
-
 std::shared_ptr<ModuleStream> unwrapStream(Napi::Env env, const Napi::Object& args) {
   const Napi::Value value = args.Get("stream");
-  if (value.IsExternal()) {
-    const StreamBox* box = value.As<Napi::External<StreamBox>>().Data();
-    std::lock_guard<std::mutex> lock(registryMutex);
-    if (registry.count(box) != 0) return box->stream;
-  }
+  if (std::shared_ptr<ModuleStream> stream = SharedExternal<ModuleStream>::find(value)) return stream;
   badArgument(env, "stream", "a module stream from createModuleStream", value);
 }
 
@@ -54,19 +42,8 @@ Napi::Value createModuleStream(const Napi::CallbackInfo& info) {
   const Index kB = readInteger(env, args, "kB", 1, kMaxSafe);
   std::shared_ptr<ModuleStream> stream;
   checkNow(env, [&] { stream = std::make_shared<ModuleStream>(dIn, dOut, totalRank, adapters, kA, kB, o); });
-  auto* box = new StreamBox{stream};
-  {
-    std::lock_guard<std::mutex> lock(registryMutex);
-    registry.insert(box);
-  }
   Napi::Object out = Napi::Object::New(env);
-  out.Set("stream", Napi::External<StreamBox>::New(env, box, [](Napi::Env, StreamBox* b) {
-            {
-              std::lock_guard<std::mutex> lock(registryMutex);
-              registry.erase(b);
-            }
-            delete b;
-          }));
+  out.Set("stream", SharedExternal<ModuleStream>::wrap(env, stream));
   out.Set("passes", Napi::Number::New(env, stream->passes()));
   return out;
 }
