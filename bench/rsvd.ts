@@ -45,6 +45,12 @@ const RANK = 64;
 const OVERSAMPLE = 10;
 const POWER_ITERS = 2;
 const SEED = 0;
+/**
+ * Draws of Omega per contender for the accuracy verdict, which compares mean errors: one
+ * draw moves the top-k error by up to 40% (0.027-0.050 over 11 draws at 4096 x 8000, for
+ * our generator and numpy's alike), so one draw, or the median of a few, is a lottery.
+ */
+const ACCURACY_SEEDS = Array.from({ length: 31 }, (_, i) => i);
 
 /** The issue's target against the best of numpy, sklearn and torch: time and top-k error ratios. */
 const PEER_TARGET = { time: 0.6, error: 1.1 };
@@ -265,6 +271,8 @@ interface Row {
   errOurs: number;
   errNumpySame: number;
   errNumpyOwn: number;
+  /** Mean top-k error over ACCURACY_SEEDS for each contender that ran (the target shape only; else NaN). */
+  meanErr: { ours: number; numpy: number; sklearn: number; torch: number };
   agreement: number;
   flops: number;
   gemmFlops: number;
@@ -411,6 +419,29 @@ async function benchShape(shape: Shape, peer: Peer | null, libPeers: LibPeers, o
   let sameOmegaS: number[] | null = null;
   if (peer) sameOmegaS = (await peer.request({ cmd: 'rsvd_same_omega', k, p: OVERSAMPLE, q: POWER_ITERS, seed: SEED })).S as number[];
 
+  // The accuracy verdict (target shape): every contender's mean error over the same draws.
+  const isTarget = m === TARGET.rows && n === TARGET.cols;
+  const meanErrorOver = async (draw: (seed: number) => Promise<ArrayLike<number>>): Promise<number> => {
+    if (!truth || !isTarget) return Number.NaN;
+    let sum = 0;
+    for (const seed of ACCURACY_SEEDS) sum += maxRelativeError(await draw(seed), truth, k);
+    return sum / ACCURACY_SEEDS.length;
+  };
+  const libDraw = (lib: Lib) => {
+    const libPeer = libPeers[lib];
+    return libPeer
+      ? meanErrorOver(async (seed) => (await libPeer.request({ cmd: 'lib_rsvd', lib, k, p: OVERSAMPLE, q: POWER_ITERS, seed, warm: 0, repeat: 1 })).S as number[])
+      : Promise.resolve(Number.NaN);
+  };
+  const meanErr = {
+    ours: await meanErrorOver(async (seed) => (await rsvd(a, { rank: k, oversample: OVERSAMPLE, powerIters: POWER_ITERS, seed })).S),
+    numpy: peer
+      ? await meanErrorOver(async (seed) => (await peer.request({ cmd: 'rsvd', k, p: OVERSAMPLE, q: POWER_ITERS, seed, warm: 0, repeat: 1 })).S as number[])
+      : Number.NaN,
+    sklearn: await libDraw('sklearn'),
+    torch: await libDraw('torch'),
+  };
+
   const passes = 2 * POWER_ITERS + 2;
   return variants.map((variant) => {
     const oursS = lastOurs[variant] as Float32Array;
@@ -435,6 +466,7 @@ async function benchShape(shape: Shape, peer: Peer | null, libPeers: LibPeers, o
       errOurs: truth ? maxRelativeError(oursS, truth, k) : Number.NaN,
       errNumpySame: truth && sameOmegaS ? maxRelativeError(sameOmegaS, truth, k) : Number.NaN,
       errNumpyOwn: truth && lastNumpyS.length ? maxRelativeError(lastNumpyS, truth, k) : Number.NaN,
+      meanErr,
       agreement: sameOmegaS && compareWithNumpy ? maxRelativeError(oursS, sameOmegaS, k) : Number.NaN,
       flops: exactPath ? Number.NaN : passes * 2 * m * n * l,
       gemmFlops: 2 * m * n * l,
@@ -598,13 +630,15 @@ async function main(): Promise<void> {
   }
   if (target && Number.isFinite(bestPeer(target))) {
     const best = bestPeer(target);
-    const errs = [target.errNumpyOwn, target.lib.sklearn.err, target.lib.torch.err].filter((e) => Number.isFinite(e));
+    const { ours: errOurs, ...peerErrs } = target.meanErr;
+    const errs = Object.values(peerErrs).filter((e) => Number.isFinite(e));
     const bestErr = errs.length ? Math.min(...errs) : Number.NaN;
-    const ok = target.ours / best <= PEER_TARGET.time && target.errOurs <= PEER_TARGET.error * bestErr;
+    const ok = target.ours / best <= PEER_TARGET.time && errOurs <= PEER_TARGET.error * bestErr;
     console.log(
-      `peers:    ours / best peer ${ratio(target.ours / best)} (target <= ${PEER_TARGET.time}x), error ours ${exp(target.errOurs)} vs best peer's ` +
-        `${exp(bestErr)} (target <= ${PEER_TARGET.error}x): ${ok ? 'MET' : 'NOT MET'}`,
+      `peers:    ours / best peer ${ratio(target.ours / best)} (target <= ${PEER_TARGET.time}x), mean error over ${ACCURACY_SEEDS.length} draws ` +
+        `ours ${exp(errOurs)} vs the most accurate peer's ${exp(bestErr)} (target <= ${PEER_TARGET.error}x): ${ok ? 'MET' : 'NOT MET'}`,
     );
+    console.log(`          (means: ${Object.entries(target.meanErr).map(([who, e]) => `${who} ${exp(e)}`).join(', ')})`);
   }
   console.log(`\nload average at the end: ${os.loadavg().map((v) => v.toFixed(2)).join(' ')}`);
   console.log(otherLoadLine(before, after));

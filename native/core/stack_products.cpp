@@ -56,17 +56,100 @@ void trimScratch() {
   if (packScratch.capacity() * sizeof(float) > kKeepBytes) std::vector<float>().swap(packScratch);
 }
 
-// --- y = S x: dot products along S's rows ------------------------------------------------
-// Eigen's GEMM packs S (the large operand) at every product, a full extra read and write
-// of it, and its 48 x 4 kernel suits square shapes. Here S is read in place, once, row
-// segments in order; x (thin) is packed so that a tile reads it sequentially.
-constexpr Index kDotRows = 8;    // rows of S per tile
-constexpr Index kDotCols = 3;    // columns of x per tile: 24 accumulators of 16 lanes
+// --- y = S x: rank-one updates along S's columns ----------------------------------------
+// out = A b with A = S (outRows x depth, read in place) and b = x (depth x l) packed row-major,
+// zero-padded to whole vectors of 16. A tile holds MR rows of out (up to 5 vectors of b's
+// columns each) in registers and walks down a block of the depth: each step broadcasts
+// A(r, k) for its MR rows and multiplies b's row k. The depth is blocked so that b's block
+// stays in L2 (without it, x's 2.4 MB at 8000 x 74 came from L3 at every tile: dot products
+// along S's rows ran at 200 GFLOP/s, this at 310-330). The same form for S^T q (S broadcast
+// down its columns) ran at 190-260 against 250-290 for the kernel below: each step of its
+// depth is another row of S, another page.
+// Every entry of out is one sum in the order of k, so its bits depend neither on the
+// blocking nor on the thread count nor on where S lies.
+constexpr Index kPanel = 5;     // vectors of b's columns per tile, at most
+constexpr Index kDepth = 1024;  // depth per block: b's 1024 x 80 (320 KiB) in L2
 
-// The chunks of 16 columns a row is read in start `lead` columns before it, so that they
-// fall on 64-byte lines: a load that straddles two lines costs the dot kernel, whose loads
-// are one in three instructions, about 60% more time (JavaScript's and malloc's buffers
-// are 16-byte aligned). Possible when every row has the same alignment (cols a multiple
+template <int MR, int NV>
+void updateTile(const float* const (&rowsOfA)[MR], Index k0, Index k1, const float* bp, Index ldb,
+                float* out, Index ldo) {
+  __m512 c[MR][NV];
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) c[i][v] = _mm512_loadu_ps(out + i * ldo + 16 * v);
+  for (Index k = k0; k < k1; ++k) {
+    __m512 b[NV];
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) b[v] = _mm512_loadu_ps(bp + k * ldb + 16 * v);
+#pragma GCC unroll 16
+    for (int i = 0; i < MR; ++i) {
+      const __m512 a = _mm512_set1_ps(rowsOfA[i][k]);
+#pragma GCC unroll 16
+      for (int v = 0; v < NV; ++v) c[i][v] = _mm512_fmadd_ps(a, b[v], c[i][v]);
+    }
+  }
+#pragma GCC unroll 16
+  for (int i = 0; i < MR; ++i)
+#pragma GCC unroll 16
+    for (int v = 0; v < NV; ++v) _mm512_storeu_ps(out + i * ldo + 16 * v, c[i][v]);
+}
+
+// Rows per tile for NV vectors: MR NV accumulators, NV vectors of b and a broadcast within
+// the 32 registers (6 x 5 spilled: 149 GFLOP/s at l = 74).
+constexpr int tileRows(int nv) { return nv >= 5 ? 5 : nv == 4 ? 6 : nv == 3 ? 8 : 12; }
+
+// Rows r0..r0+mr-1 of out (row-major, ldo) += A(rows, k0..k1) b(k0..k1, panel): a tile short
+// of rows repeats its last row and drops the copies' results.
+template <int NV>
+void updateRows(const ConstMapF& A, Index r0, Index mr, Index k0, Index k1, const float* bp, Index ldb, float* out, Index ldo) {
+  constexpr int MR = tileRows(NV);
+  const float* rowsOfA[MR];
+  for (int i = 0; i < MR; ++i) rowsOfA[i] = A.data() + std::min<Index>(r0 + i, r0 + mr - 1) * A.cols();
+  if (mr == MR) return updateTile<MR, NV>(rowsOfA, k0, k1, bp, ldb, out + r0 * ldo, ldo);
+  alignas(64) float tail[MR * NV * 16];
+  for (Index i = 0; i < MR; ++i)
+    std::memcpy(tail + i * NV * 16, out + std::min<Index>(r0 + i, r0 + mr - 1) * ldo, sizeof(float) * NV * 16);
+  updateTile<MR, NV>(rowsOfA, k0, k1, bp, ldb, tail, NV * 16);
+  for (Index i = 0; i < mr; ++i) std::memcpy(out + (r0 + i) * ldo, tail + i * NV * 16, sizeof(float) * NV * 16);
+}
+
+void stackTimesVectorised(const ConstMapF& A, const ColMatF& b, ColMatF& result) {
+  const Index outRows = A.rows(), depth = A.cols(), l = b.cols(), vectors = (l + 15) / 16, ld = vectors * 16;
+  // b row-major and zero-padded to whole vectors, then out's rows (row-major) to accumulate in.
+  float* bp = zeroedScratch(static_cast<size_t>((depth + outRows) * ld));
+  float* out = bp + depth * ld;
+  for (Index j = 0; j < l; ++j)
+    for (Index k = 0; k < depth; ++k) bp[k * ld + j] = b(k, j);
+  // Threads split out's rows in whole 16-row units.
+  perThreadRanges((outRows + 15) / 16, 2, [&](Index u0, Index u1) {
+    const Index r0 = u0 * 16, r1 = std::min(outRows, u1 * 16);
+    for (Index k0 = 0; k0 < depth; k0 += kDepth) {
+      const Index k1 = std::min(depth, k0 + kDepth);
+      for (Index v0 = 0; v0 < vectors; v0 += kPanel) {
+        const Index nv = std::min(kPanel, vectors - v0), mr = tileRows(static_cast<int>(nv));
+        for (Index i0 = r0; i0 < r1; i0 += mr) {
+          const Index m = std::min(mr, r1 - i0);
+          const float* panel = bp + 16 * v0;
+          float* outPanel = out + 16 * v0;
+          switch (nv) {
+            case 5: updateRows<5>(A, i0, m, k0, k1, panel, ld, outPanel, ld); break;
+            case 4: updateRows<4>(A, i0, m, k0, k1, panel, ld, outPanel, ld); break;
+            case 3: updateRows<3>(A, i0, m, k0, k1, panel, ld, outPanel, ld); break;
+            case 2: updateRows<2>(A, i0, m, k0, k1, panel, ld, outPanel, ld); break;
+            default: updateRows<1>(A, i0, m, k0, k1, panel, ld, outPanel, ld); break;
+          }
+        }
+      }
+    }
+    for (Index j = 0; j < l; ++j)
+      for (Index i = r0; i < r1; ++i) result(i, j) = out[i * ld + j];
+  });
+}
+
+// The tiles of S^T q start `lead` columns before S's rows, so that their loads fall on
+// 64-byte lines: a load that straddles two lines costs more (JavaScript's and malloc's
+// buffers are 16-byte aligned). Possible when every row has the same alignment (cols a multiple
 // of 16, or one row); otherwise lead = 0 and the loads are unaligned.
 Index leadForAlignment(const float* data, Index rows, Index cols) {
   if (rows > 1 && cols % 16 != 0) return 0;
@@ -74,142 +157,11 @@ Index leadForAlignment(const float* data, Index rows, Index cols) {
   return address % 4 != 0 ? 0 : static_cast<Index>((address % 64) / 4);
 }
 
-// x (cols x l) as groups of 3 columns, each as chunks of 16 rows (chunk c: rows
-// 16 c - lead ... 16 c - lead + 15): [group][chunk][column][16], zero outside [0, cols) and past l.
-const float* packForDots(const ColMatF& x, Index groups, Index chunks, Index lead) {
-  const Index cols = x.rows(), l = x.cols();
-  float* packed = zeroedScratch(static_cast<size_t>(groups * chunks * kDotCols * 16));
-  for (Index g = 0; g < groups; ++g) {
-    for (Index j = 0; j < kDotCols && g * kDotCols + j < l; ++j) {
-      const float* column = x.data() + (g * kDotCols + j) * cols;
-      for (Index ch = 0; ch < chunks; ++ch) {
-        const Index p0 = std::max<Index>(0, ch * 16 - lead), p1 = std::min<Index>(cols, ch * 16 - lead + 16);
-        float* to = packed + ((g * chunks + ch) * kDotCols + j) * 16 + (p0 - (ch * 16 - lead));
-        std::memcpy(to, column + p0, sizeof(float) * (p1 - p0));
-      }
-    }
-  }
-  return packed;
-}
-
-// One chunk of a tile: c[i][j] += s_i(chunk) . x_j(chunk), s read under `mask`.
-template <int MR>
-__attribute__((always_inline)) inline void dotStep(__m512 (&c)[MR][kDotCols], const float* s, Index lds,
-                                                   const float* xc, __mmask16 mask) {
-  __m512 xv[kDotCols];
-#pragma GCC unroll 16
-  for (int j = 0; j < kDotCols; ++j) xv[j] = _mm512_loadu_ps(xc + 16 * j);
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    __m512 av = _mm512_maskz_loadu_ps(mask, s + i * lds);
-    // Keeps av in a register: GCC would otherwise fold the load into each of the three
-    // FMAs, tripling the loads of a kernel that is bound by them.
-    asm("" : "+v"(av));
-#pragma GCC unroll 16
-    for (int j = 0; j < kDotCols; ++j) c[i][j] = _mm512_fmadd_ps(av, xv[j], c[i][j]);
-  }
-}
-
-template <int MR>
-__attribute__((always_inline)) inline void dotStepFull(__m512 (&c)[MR][kDotCols], const float* s, Index lds,
-                                                       const float* xc) {
-  __m512 xv[kDotCols];
-#pragma GCC unroll 16
-  for (int j = 0; j < kDotCols; ++j) xv[j] = _mm512_loadu_ps(xc + 16 * j);
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i) {
-    __m512 av = _mm512_loadu_ps(s + i * lds);
-    // Keeps av in a register: GCC would otherwise fold the load into each of the three
-    // FMAs, tripling the loads of a kernel that is bound by them.
-    asm("" : "+v"(av));
-#pragma GCC unroll 16
-    for (int j = 0; j < kDotCols; ++j) c[i][j] = _mm512_fmadd_ps(av, xv[j], c[i][j]);
-  }
-}
-
-// Pairwise sum of the 16 lanes, taken from lane `rotate` on (a tile's lane holds the columns
-// = lane - lead mod 16; so the sum runs over the same column classes in the same order
-// whatever the lead). GCC 12's _mm512_reduce_add_ps warns from its own header.
-inline float sumLanes(__m512 v, Index rotate) {
-  alignas(64) float lanes[16];
-  float rotated[16];
-  _mm512_store_ps(lanes, v);
-  for (int lane = 0; lane < 16; ++lane) rotated[lane] = lanes[(lane + rotate) % 16];
-  for (int width = 8; width > 0; width /= 2)
-    for (int i = 0; i < width; ++i) rotated[i] += rotated[i + width];
-  return rotated[0];
-}
-
-// MR rows of S (s: the first chunk's start, lds: row stride) against one group of x's
-// columns over `chunks` chunks; the first and last chunks are read under their masks. No
-// blocking over the depth: a tile's rows (8 x 16 KiB at 4096 columns) stay in L2 across
-// x's groups, and each entry is one sum.
-template <int MR>
-void dotTile(const float* s, Index lds, const float* xp, Index chunks, __mmask16 firstMask, __mmask16 lastMask,
-             Index rotate, float out[kDotRows][kDotCols]) {
-  __m512 c[MR][kDotCols];
-#pragma GCC unroll 16
-  for (int i = 0; i < MR; ++i)
-#pragma GCC unroll 16
-    for (int j = 0; j < kDotCols; ++j) c[i][j] = _mm512_setzero_ps();
-  Index begin = 0, end = chunks;
-  if (firstMask != 0xFFFF || chunks == 1) {
-    dotStep<MR>(c, s, lds, xp, chunks == 1 ? __mmask16(firstMask & lastMask) : firstMask);
-    begin = 1;
-  }
-  const bool maskedLast = end > begin && lastMask != 0xFFFF;
-  if (maskedLast) --end;
-  for (Index ch = begin; ch < end; ++ch) dotStepFull<MR>(c, s + ch * 16, lds, xp + ch * kDotCols * 16);
-  if (maskedLast) dotStep<MR>(c, s + end * 16, lds, xp + end * kDotCols * 16, lastMask);
-  for (int i = 0; i < MR; ++i)
-    for (int j = 0; j < kDotCols; ++j) out[i][j] = sumLanes(c[i][j], rotate);
-}
-
-void dotTileRows(Index rows, const float* s, Index lds, const float* xp, Index chunks, __mmask16 firstMask,
-                 __mmask16 lastMask, Index rotate, float out[kDotRows][kDotCols]) {
-  switch (rows) {
-    case 8: return dotTile<8>(s, lds, xp, chunks, firstMask, lastMask, rotate, out);
-    case 7: return dotTile<7>(s, lds, xp, chunks, firstMask, lastMask, rotate, out);
-    case 6: return dotTile<6>(s, lds, xp, chunks, firstMask, lastMask, rotate, out);
-    case 5: return dotTile<5>(s, lds, xp, chunks, firstMask, lastMask, rotate, out);
-    case 4: return dotTile<4>(s, lds, xp, chunks, firstMask, lastMask, rotate, out);
-    case 3: return dotTile<3>(s, lds, xp, chunks, firstMask, lastMask, rotate, out);
-    case 2: return dotTile<2>(s, lds, xp, chunks, firstMask, lastMask, rotate, out);
-    default: return dotTile<1>(s, lds, xp, chunks, firstMask, lastMask, rotate, out);
-  }
-}
-
 // Lanes lo..hi-1 of a 16-lane mask.
 __mmask16 laneRange(Index lo, Index hi) {
   uint32_t bits = 0;
   for (Index lane = std::max<Index>(0, lo); lane < std::min<Index>(16, hi); ++lane) bits |= 1u << lane;
   return static_cast<__mmask16>(bits);
-}
-
-void stackTimesVectorised(const ConstMapF& s, const ColMatF& x, ColMatF& y) {
-  const Index rows = s.rows(), cols = s.cols(), l = x.cols();
-  const Index lead = leadForAlignment(s.data(), rows, cols);
-  const Index groups = (l + kDotCols - 1) / kDotCols, chunks = (cols + lead + 15) / 16;
-  const float* packed = packForDots(x, groups, chunks, lead);
-  // Lanes of the first and last chunks that hold columns of S.
-  const __mmask16 firstMask = laneRange(lead, 16), lastMask = laneRange(0, cols + lead - (chunks - 1) * 16);
-  // Summing each tile's lanes from lane `lead` on makes every entry of y the same sum, in
-  // the same order, as with lead = 0: the bits do not depend on where the buffer lies.
-  const Index tiles = (rows + kDotRows - 1) / kDotRows;
-  perThreadRanges(tiles, 8, [&](Index t0, Index t1) {
-    float out[kDotRows][kDotCols];
-    for (Index tile = t0; tile < t1; ++tile) {
-      const Index i0 = tile * kDotRows, mr = std::min(kDotRows, rows - i0);
-      for (Index g = 0; g < groups; ++g) {
-        dotTileRows(mr, s.data() + i0 * cols - lead, cols, packed + g * chunks * kDotCols * 16, chunks, firstMask,
-                    lastMask, lead, out);
-        for (Index j = 0; j < kDotCols && g * kDotCols + j < l; ++j) {
-          float* column = y.data() + (g * kDotCols + j) * rows + i0;
-          for (Index i = 0; i < mr; ++i) column[i] = out[i][j];
-        }
-      }
-    }
-  });
 }
 
 // --- z = S^T q: rank-one updates along S's rows --------------------------------------------

@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
   double worst = 0;
   for (Index rows : {1, 3, 8, 17, 64, 130})
     for (Index cols : {1, 5, 16, 31, 64, 100, 4100, 8192})
-      for (Index l : {1, 2, 3, 7, 13}) {
+      for (Index l : {1, 2, 3, 7, 13, 42, 74, 90}) {
         RowMatF s(rows, cols);
         ColMatF x(cols, l), q(rows, l);
         fill(s.data(), s.size());
