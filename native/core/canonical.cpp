@@ -82,31 +82,38 @@ void stackedFactors(const FactorPair& p, Stacking stacking, CanonicalWork& w) {
     thinQr(w.at, w.qa, w.ra, w.gram);
   }
   w.core.noalias() = w.rb * w.ra.transpose();
+  const Eigen::Map<const ColMatF> atIn(p.a.data, dIn, r);
+  const ConstMapF bIn = p.b.map();
   if (stacking == Stacking::Raw) {
+    w.atF = atIn;
+    w.bF = bIn;
     w.scale = p.scale;
     w.norm = std::abs(p.scale) * w.core.norm();
     return;
   }
   // Balanced SVD factors: B' = Qb U S^1/2, A'^T = Qa V S^1/2 (Q = X R^-1 on the Gram path).
+  // On the Gram path the d x r product is X (R^-1 U S^1/2): the float input times an r x r
+  // matrix, in float (the results are stored in float; in double, with the casts, it was
+  // a third of a 7B module's build).
   w.core *= p.scale;
   Eigen::JacobiSVD<ColMatD> svd(w.core, Eigen::ComputeThinU | Eigen::ComputeThinV);
   const Eigen::VectorXd root = svd.singularValues().cwiseSqrt();
   const Index c = root.size();
-  const auto balanced = [&](const ColMatD& factors, ColMatD& x, const ColMatD& q, const ColMatD& rInv, Index d) {
+  const auto balanced = [&](const ColMatD& factors, const auto& input, const ColMatD& q, const ColMatD& rInv, Index d,
+                            ColMatF& out) {
     w.tmp.noalias() = factors * root.asDiagonal();
+    out.resize(d, r);
     if (viaGram) {
       w.core.noalias() = rInv.triangularView<Eigen::Upper>() * w.tmp;
-      w.tmp.noalias() = x * w.core;  // x is still the input factor here
+      out.leftCols(c).noalias() = input * w.core.cast<float>();
     } else {
       w.core.noalias() = q * w.tmp;
-      w.tmp.swap(w.core);
+      out.leftCols(c) = w.core.cast<float>();
     }
-    x.resize(d, r);
-    x.leftCols(c) = w.tmp;
-    x.rightCols(r - c).setZero();
+    out.rightCols(r - c).setZero();
   };
-  balanced(svd.matrixU(), w.b, w.qb, w.rbInv, dOut);
-  balanced(svd.matrixV(), w.at, w.qa, w.raInv, dIn);
+  balanced(svd.matrixU(), bIn, w.qb, w.rbInv, dOut, w.bF);
+  balanced(svd.matrixV(), atIn, w.qa, w.raInv, dIn, w.atF);
   w.scale = 1.0;
   w.norm = svd.singularValues().norm();
 }

@@ -12,16 +12,16 @@ namespace eigenlorax {
 struct FactorPair;
 enum class Stacking;
 
-// Scratch of one thread. After stackedFactors: `at` (d_in x r) holds A'^T and `b`
-// (d_out x r) holds B', so dW = scale * b * at^T; norm = ||dW||_F. The canonical rank
-// may be below r: the trailing columns are then zero.
+// Scratch of one thread. After stackedFactors: `atF` (d_in x r, float) holds A'^T and
+// `bF` (d_out x r) holds B', so dW = scale * bF * atF^T; norm = ||dW||_F. The canonical
+// rank may be below r: the trailing columns are then zero.
 struct CanonicalWork {
-  ColMatD at, b;
+  ColMatF atF, bF;
   double scale = 1.0;
   double norm = 0.0;
-  // Scratch (kept to avoid reallocating per adapter).
-  ColMatD qa, qb, ra, rb, raInv, rbInv, gram, core, tmp;
-  ColMatF atF, bF, proj, res, pq;
+  // Scratch (kept to avoid reallocating per adapter): the factors in double, for the Grams.
+  ColMatD at, b, qa, qb, ra, rb, raInv, rbInv, gram, core, tmp;
+  ColMatF proj, res, pq;
 };
 
 // The calling thread's workspace (one per OpenMP thread, alive as long as the thread).

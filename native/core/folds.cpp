@@ -93,13 +93,13 @@ void formStacks(const std::vector<FactorPair>& adapters, const Layout& layout, c
       const Index r = p.a.rows;
       auto sa = Eigen::Map<ColMatF>(a.rows.data() + layout.at[i] * dIn, dIn, r);
       auto sb = Eigen::Map<ColMatF>(b.rows.data() + layout.at[i] * dOut, dOut, r);
-      sa = (weight * w.at).cast<float>();
-      sb = (weight * w.b).cast<float>();
+      sa = static_cast<float>(weight) * w.atF;
+      sb = static_cast<float>(weight) * w.bF;
       a.energy[i] = sa.cast<double>().squaredNorm();
       b.energy[i] = sb.cast<double>().squaredNorm();
       if (factors != nullptr) {
-        Eigen::Map<ColMatF>(factors->a.data() + layout.at[i] * dIn, dIn, r) = w.at.cast<float>();
-        Eigen::Map<ColMatF>(factors->b.data() + layout.at[i] * dOut, dOut, r) = w.b.cast<float>();
+        Eigen::Map<ColMatF>(factors->a.data() + layout.at[i] * dIn, dIn, r) = w.atF;
+        Eigen::Map<ColMatF>(factors->b.data() + layout.at[i] * dOut, dOut, r) = w.bF;
         factors->norm[i] = w.norm;
         factors->scale[i] = w.scale;
       }

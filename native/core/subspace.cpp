@@ -263,11 +263,11 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
     const double weight = equal ? (w.norm > 0 ? 1.0 / std::sqrt(w.norm) : 0.0) : 1.0;
     const Index r = p.a.rows;
     // A'^T (d_in x r, column-major) has the memory layout of the r x d_in rows.
-    Eigen::Map<ColMatF>(stackedA.data() + offsets[i] * dIn, dIn, r) = (weight * w.at).cast<float>();
-    Eigen::Map<ColMatF>(stackedB.data() + offsets[i] * dOut, dOut, r) = (weight * w.b).cast<float>();
+    Eigen::Map<ColMatF>(stackedA.data() + offsets[i] * dIn, dIn, r) = static_cast<float>(weight) * w.atF;
+    Eigen::Map<ColMatF>(stackedB.data() + offsets[i] * dOut, dOut, r) = static_cast<float>(weight) * w.bF;
     if (factors != nullptr) {
-      Eigen::Map<ColMatF>(factors + offsets[i] * dIn, dIn, r) = w.at.cast<float>();
-      Eigen::Map<ColMatF>(factors + total * dIn + offsets[i] * dOut, dOut, r) = w.b.cast<float>();
+      Eigen::Map<ColMatF>(factors + offsets[i] * dIn, dIn, r) = w.atF;
+      Eigen::Map<ColMatF>(factors + total * dIn + offsets[i] * dOut, dOut, r) = w.bF;
       scales[i] = w.scale;
     }
   });
@@ -317,7 +317,7 @@ void projectModule(const std::vector<FactorPair>& adapters, Stacking stacking, c
     }
     CanonicalWork& w = canonicalWork();
     stackedFactors(p, stacking, w);
-    projectOne(w.at.cast<float>(), w.b.cast<float>(), w.norm, w.scale, projection, alphas[i], betas[i], norms[i],
+    projectOne(w.atF, w.bF, w.norm, w.scale, projection, alphas[i], betas[i], norms[i],
                errors[i], w);
   });
 }

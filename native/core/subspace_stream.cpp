@@ -241,8 +241,8 @@ void ModuleStream::add(const std::vector<FactorPair>& chunk) {
     norms_[static_cast<size_t>(first + i)] = w.norm;
     const double weight = equal ? (w.norm > 0 ? 1.0 / std::sqrt(w.norm) : 0.0) : 1.0;
     const Index r = p.a.rows;
-    Eigen::Map<ColMatF>(chunkA_.data() + offsets[i] * dIn_, dIn_, r) = (weight * w.at).cast<float>();
-    Eigen::Map<ColMatF>(chunkB_.data() + offsets[i] * dOut_, dOut_, r) = (weight * w.b).cast<float>();
+    Eigen::Map<ColMatF>(chunkA_.data() + offsets[i] * dIn_, dIn_, r) = static_cast<float>(weight) * w.atF;
+    Eigen::Map<ColMatF>(chunkB_.data() + offsets[i] * dOut_, dOut_, r) = static_cast<float>(weight) * w.bF;
   }
   for (size_t i = 0; i < n; ++i) {
     if (!std::isfinite(norms_[static_cast<size_t>(first) + i])) {
