@@ -65,27 +65,29 @@ void checkComponents(const char* name, ConstMatView m, Index d, Index limit) {
   }
 }
 
-// Column means of `stacked` (rows x d) in double, subtracted from every row; returns the
-// squared Frobenius norm after centring. Parallel over column blocks (the stack is large).
+// Column means of `stacked` (rows x d, rows > 0) in double, written to `mean` and
+// subtracted from every row; returns the squared Frobenius norm after centring. Parallel
+// over column blocks (the stack is large).
 double centerAndEnergy(MapF stacked, float* mean) {
   const Index rows = stacked.rows(), d = stacked.cols();
-  if (mean != nullptr && rows > 0) {
-    std::vector<double> sum(static_cast<size_t>(d), 0.0);
+  std::vector<double> sum(static_cast<size_t>(d), 0.0);
 #pragma omp parallel for schedule(static)
-    for (Index j0 = 0; j0 < d; j0 += 256) {
-      const Index j1 = std::min(d, j0 + 256);
-      for (Index i = 0; i < rows; ++i) {
-        const float* row = stacked.data() + i * d;
-        for (Index j = j0; j < j1; ++j) sum[j] += row[j];
-      }
-      for (Index j = j0; j < j1; ++j) mean[j] = static_cast<float>(sum[j] / static_cast<double>(rows));
+  for (Index j0 = 0; j0 < d; j0 += 256) {
+    const Index j1 = std::min(d, j0 + 256);
+    for (Index i = 0; i < rows; ++i) {
+      const float* row = stacked.data() + i * d;
+      for (Index j = j0; j < j1; ++j) sum[j] += row[j];
     }
-    const Eigen::Map<const Eigen::RowVectorXf> mu(mean, d);
-    stacked.rowwise() -= mu;
+    for (Index j = j0; j < j1; ++j) mean[j] = static_cast<float>(sum[j] / static_cast<double>(rows));
   }
+  const Eigen::Map<const Eigen::RowVectorXf> mu(mean, d);
+  stacked.rowwise() -= mu;
+  // Summed in row order, whatever the threads: the same bits at any thread count.
+  std::vector<double> rowEnergy(static_cast<size_t>(rows));
+#pragma omp parallel for schedule(static)
+  for (Index i = 0; i < rows; ++i) rowEnergy[static_cast<size_t>(i)] = stacked.row(i).cast<double>().squaredNorm();
   double energy = 0;
-#pragma omp parallel for reduction(+ : energy) schedule(static)
-  for (Index i = 0; i < rows; ++i) energy += stacked.row(i).cast<double>().squaredNorm();
+  for (double e : rowEnergy) energy += e;
   return energy;
 }
 
@@ -252,6 +254,7 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
   // projectModule would compute again), and their scales.
   float* factors = project == nullptr ? nullptr : reusableBuffer(kFactorsSlot, static_cast<size_t>(total) * static_cast<size_t>(dIn + dOut));
   std::vector<double> scales(adapters.size(), 1.0);
+  std::vector<double> energies(2 * adapters.size(), 0.0);
   parallelFor(adapters.size(), [&](size_t i) {
     const FactorPair& p = adapters[i];
     if (!allFiniteF(p.a.data, p.a.rows * p.a.cols) || !allFiniteF(p.b.data, p.b.rows * p.b.cols)) {
@@ -263,8 +266,13 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
     const double weight = equal ? (w.norm > 0 ? 1.0 / std::sqrt(w.norm) : 0.0) : 1.0;
     const Index r = p.a.rows;
     // A'^T (d_in x r, column-major) has the memory layout of the r x d_in rows.
-    Eigen::Map<ColMatF>(stackedA.data() + offsets[i] * dIn, dIn, r) = static_cast<float>(weight) * w.atF;
-    Eigen::Map<ColMatF>(stackedB.data() + offsets[i] * dOut, dOut, r) = static_cast<float>(weight) * w.bF;
+    Eigen::Map<ColMatF> blockA(stackedA.data() + offsets[i] * dIn, dIn, r), blockB(stackedB.data() + offsets[i] * dOut, dOut, r);
+    blockA = static_cast<float>(weight) * w.atF;
+    blockB = static_cast<float>(weight) * w.bF;
+    // Uncentred, the energy is the adapters' blocks' (read here while in cache, not in
+    // another pass over both stacks): summed in adapter order below.
+    energies[2 * i] = blockA.cast<double>().squaredNorm();
+    energies[2 * i + 1] = blockB.cast<double>().squaredNorm();
     if (factors != nullptr) {
       Eigen::Map<ColMatF>(factors + offsets[i] * dIn, dIn, r) = w.atF;
       Eigen::Map<ColMatF>(factors + total * dIn + offsets[i] * dOut, dOut, r) = w.bF;
@@ -272,9 +280,15 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
     }
   });
 
-  info.energyA = centerAndEnergy(stackedA, o.center ? out.meanA : nullptr);
+  const auto energy = [&](MapF stacked, float* mean, size_t side) {
+    if (o.center) return centerAndEnergy(stacked, mean);
+    double sum = 0;
+    for (size_t i = 0; i < adapters.size(); ++i) sum += energies[2 * i + side];
+    return sum;
+  };
+  info.energyA = energy(stackedA, out.meanA, 0);
   topComponents({stackedA.data(), total, dIn}, o, o.seed, out.componentsA, out.singularA);
-  info.energyB = centerAndEnergy(stackedB, o.center ? out.meanB : nullptr);
+  info.energyB = energy(stackedB, out.meanB, 1);
   topComponents({stackedB.data(), total, dOut}, o, o.seed + 1, out.componentsB, out.singularB);
   if (project == nullptr) return info;
   const ProjectionBasis basis(ModuleBasis{out.componentsA.view(), out.componentsB.view(), o.center ? out.meanA : nullptr,
