@@ -9,6 +9,7 @@
 #include <new>
 
 #include "../core/errors.h"
+#include "../core/large_buffers.h"
 #include "env.h"
 
 namespace eigenlorax::addon {
@@ -176,19 +177,22 @@ class BlockCache {
 Keep::~Keep() {
   for (const FileInput& f : files_) closeDescriptor(f.fd);
   for (const Block& b : blocks_) {
-    if (!BlockCache::instance().give(b.data, b.capacity)) ::operator delete[](b.data, std::align_val_t{64});
+    if (!BlockCache::instance().give(b.data, b.capacity)) freeLarge(b.data, b.capacity);
   }
 }
 
 unsigned char* Keep::allocate(Napi::Env env, size_t bytes) {
-  size_t capacity = bytes > 0 ? bytes : 1;  // never null, even for no bytes
+  size_t capacity = 0;
   unsigned char* p = BlockCache::instance().take(bytes, capacity);
   try {
-    // 64-byte aligned like Eigen's own allocations.
-    if (p == nullptr) p = static_cast<unsigned char*>(::operator new[](capacity, std::align_val_t{64}));
+    // 64-byte aligned like Eigen's own allocations; large ones in huge pages where offered.
+    if (p == nullptr) {
+      capacity = largeCapacity(bytes > 0 ? bytes : 1);  // never null, even for no bytes
+      p = static_cast<unsigned char*>(allocateLarge(capacity));
+    }
     blocks_.push_back({p, capacity});
   } catch (const std::bad_alloc&) {
-    if (p != nullptr) ::operator delete[](p, std::align_val_t{64});
+    if (p != nullptr) freeLarge(p, capacity);
     throwError(env, code::kOutOfMemory, "out of memory copying " + std::to_string(bytes) + " bytes of arguments");
   }
   return p;

@@ -2,6 +2,7 @@
 
 #include "canonical.h"
 #include "folds.h"
+#include "large_buffers.h"
 
 #include <Eigen/Householder>
 #include <Eigen/QR>
@@ -96,17 +97,17 @@ double centerAndEnergy(MapF stacked, float* mean) {
 // time); releaseScratch() frees them.
 enum BufferSlot { kStackSlot = 0, kFactorsSlot = 1 };
 struct ScratchBuffers {
-  std::unique_ptr<float[]> data[2];
+  LargeFloats data[2];
   size_t capacity[2] = {0, 0};
 };
 thread_local ScratchBuffers scratch;
 
 float* reusableBuffer(BufferSlot slot, size_t count) {
-  std::unique_ptr<float[]>& buffer = scratch.data[slot];
+  LargeFloats& buffer = scratch.data[slot];
   size_t& capacity = scratch.capacity[slot];
   if (count > capacity || count < capacity / 4) {
     buffer.reset();
-    buffer.reset(new float[count]);  // uninitialised: every entry is written before it is read
+    buffer = largeFloats(count);  // uninitialised: every entry is written before it is read
     capacity = count;
   }
   return buffer.get();
