@@ -9,6 +9,7 @@
         "native/core/dtype.cpp",
         "native/core/linalg.cpp",
         "native/core/stack_products.cpp",
+        "native/core/column_dots.cpp",
         "native/core/large_buffers.cpp",
         "native/core/lowrank.cpp",
         "native/core/subspace.cpp",

@@ -55,6 +55,8 @@ class Keep {
   void readFiles() const {
     if (!files_.empty()) readFileInputs(files_.data(), files_.size());
   }
+  // Asks the kernel to read the file inputs' ranges ahead (see prefetchFileInputs).
+  void prefetchFiles() const { prefetchFileInputs(files_.data(), files_.size()); }
 
   // Float32 overflow must not pass silently (an Inf-producing scale, products beyond
   // 3.4e38): on the worker, before the kernel, notes which outputs start finite; after

@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "../core/errors.h"
+#include "../core/finite.h"
 
 #ifndef _WIN32
 #include <fcntl.h>
@@ -57,7 +58,7 @@ void readOne(const FileInput& in) {
     readExactly(in, staging.data(), bytes);
     convert(staging.data(), in.dtype, in.dst, DType::F32, count);
   }
-  if (!in.checkFinite) return;
+  if (!in.checkFinite || allFinite(in.dst, count)) return;
   for (size_t i = 0; i < count; ++i) {
     if (std::isfinite(in.dst[i])) continue;
     throw CoreError(code::kNonFinite, in.where + ": the factor holds " + nonFiniteName(in.dst[i]) + " at [" +
@@ -93,6 +94,19 @@ void closeDescriptor(int fd) {
   if (fd >= 0) ::close(fd);
 #else
   (void)fd;
+#endif
+}
+
+void prefetchFileInputs(const FileInput* inputs, size_t count) {
+#ifndef _WIN32
+  for (size_t i = 0; i < count; ++i) {
+    const FileInput& in = inputs[i];
+    const int64_t bytes = static_cast<int64_t>(in.rows) * in.cols * static_cast<int64_t>(dtypeSize(in.dtype));
+    (void)::posix_fadvise(in.fd, static_cast<off_t>(in.offset), static_cast<off_t>(bytes), POSIX_FADV_WILLNEED);
+  }
+#else
+  (void)inputs;
+  (void)count;
 #endif
 }
 

@@ -28,6 +28,10 @@ bool fileInputsSupported();
 int duplicateDescriptor(int fd);
 void closeDescriptor(int fd);
 
+// Asks the kernel to start reading every input's byte range into the page cache
+// (posix_fadvise WILLNEED) and returns at once; a hint, so failures are ignored.
+void prefetchFileInputs(const FileInput* inputs, size_t count);
+
 // On the worker: reads and converts every input (in parallel). Throws CoreError ERR_IO for
 // a failed or short read, ERR_NON_FINITE (naming the tensor and element) when checkFinite
 // and the tensor holds NaN or Inf.

@@ -68,6 +68,11 @@ class Job : public Napi::AsyncWorker {
 
   void Execute() override {
     guarded([this] {
+      // The job's file ranges are requested from the kernel here, while the compute thread
+      // may still run the job ahead: a cold read becomes the kernel's I/O, not the compute
+      // thread's wait. The bytes are copied and converted on the compute thread, by every
+      // core (on a 2-core machine a reader next to the kernels slowed them more than it saved).
+      keep.prefetchFiles();
       ComputeThread::instance().run([this] {
         useThreads(threads_);
         runChecked();

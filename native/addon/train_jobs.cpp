@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "../core/errors.h"
+#include "../core/finite.h"
 #include "../core/optim.h"
 #include "args.h"
 #include "env.h"

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "column_dots.h"
 #include "linalg.h"
 #include "subspace.h"
 
@@ -22,16 +23,6 @@ void householderQr(const ColMatD& m, ColMatD& q, ColMatD& r) {
 }
 
 }  // namespace
-
-bool allFiniteF(const float* data, Index count) {
-  uint32_t bad = 0;
-  for (Index i = 0; i < count; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, data + i, 4);
-    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
-  }
-  return bad == 0;
-}
 
 CanonicalWork& canonicalWork() {
   thread_local CanonicalWork work;
@@ -50,14 +41,13 @@ namespace {
 // to ~u cond^2 (1e-10 here, in double), far below float32's rounding of the results.
 constexpr double kMaxGramCondition = 1e3;
 
-// R (upper, diag > 0) with R^T R = X^T X, the Gram in double, and R^-1; false where X is
-// not safely well-conditioned: cond_F(R) = ||R||_F ||R^-1||_F bounds cond_2(X) from above.
-bool gramFactor(const ColMatD& x, ColMatD& r, ColMatD& rInv, ColMatD& gram) {
-  const Index c = x.cols();
-  if (x.rows() < c) return false;
+// R (upper, diag > 0) with R^T R = X^T X, the Gram in double (from the float factor x,
+// d x c column-major), and R^-1; false where X is not safely well-conditioned:
+// cond_F(R) = ||R||_F ||R^-1||_F bounds cond_2(X) from above.
+bool gramFactor(const float* x, Index d, Index c, ColMatD& r, ColMatD& rInv, ColMatD& gram) {
+  if (d < c) return false;
   gram.resize(c, c);
-  gram.setZero();
-  gram.selfadjointView<Eigen::Lower>().rankUpdate(x.transpose());
+  columnGram(x, d, c, d, gram.data(), c);
   Eigen::LLT<Eigen::Ref<ColMatD>, Eigen::Lower> llt(gram);  // in place
   if (llt.info() != Eigen::Success) return false;
   r = gram.triangularView<Eigen::Lower>().transpose();
@@ -71,19 +61,22 @@ bool gramFactor(const ColMatD& x, ColMatD& r, ColMatD& rInv, ColMatD& gram) {
 
 void stackedFactors(const FactorPair& p, Stacking stacking, CanonicalWork& w) {
   const Index r = p.a.rows, dIn = p.a.cols, dOut = p.b.rows;
-  // A (r x d_in, row-major) has the memory of A^T (d_in x r, column-major).
-  w.at = Eigen::Map<const ColMatF>(p.a.data, dIn, r).cast<double>();
-  w.b = p.b.map().cast<double>();
+  // A (r x d_in, row-major) has the memory of A^T (d_in x r, column-major); B (d_out x r,
+  // row-major) is copied column-major for the column products (256 KiB at 4096 x 16).
+  w.bCol = p.b.map();
   // Well-conditioned factors (the usual case): only R from the r x r Grams, Q = X R^-1 is
-  // never formed. Otherwise thin QR (CholeskyQR2 or Householder).
-  const bool viaGram = gramFactor(w.b, w.rb, w.rbInv, w.gram) && gramFactor(w.at, w.ra, w.raInv, w.gram);
+  // never formed. Otherwise thin QR (CholeskyQR2 or Householder) of the factors in double.
+  const bool viaGram = gramFactor(w.bCol.data(), dOut, r, w.rb, w.rbInv, w.gram) &&
+                       gramFactor(p.a.data, dIn, r, w.ra, w.raInv, w.gram);
   if (!viaGram) {
+    w.at = Eigen::Map<const ColMatF>(p.a.data, dIn, r).cast<double>();
+    w.b = w.bCol.cast<double>();
     thinQr(w.b, w.qb, w.rb, w.gram);
     thinQr(w.at, w.qa, w.ra, w.gram);
   }
   w.core.noalias() = w.rb * w.ra.transpose();
   const Eigen::Map<const ColMatF> atIn(p.a.data, dIn, r);
-  const ConstMapF bIn = p.b.map();
+  const ColMatF& bIn = w.bCol;
   if (stacking == Stacking::Raw) {
     w.atF = atIn;
     w.bF = bIn;

@@ -21,7 +21,7 @@ struct CanonicalWork {
   double norm = 0.0;
   // Scratch (kept to avoid reallocating per adapter): the factors in double, for the Grams.
   ColMatD at, b, qa, qb, ra, rb, raInv, rbInv, gram, core, tmp;
-  ColMatF proj, res, pq;
+  ColMatF bCol, proj, res, pq;
 };
 
 // The calling thread's workspace (one per OpenMP thread, alive as long as the thread).
@@ -34,8 +34,5 @@ void stackedFactors(const FactorPair& p, Stacking stacking, CanonicalWork& w);
 // the c x c Gram in double; Householder where that is unsafe (rank-deficient or
 // ill-conditioned factors, e.g. B = 0 at LoRA initialisation, or d < c).
 void thinQr(const ColMatD& m, ColMatD& q, ColMatD& r, ColMatD& gram);
-
-// True when every entry is finite (bit test; vectorises).
-bool allFiniteF(const float* data, Index count);
 
 }  // namespace eigenlorax

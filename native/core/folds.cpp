@@ -8,6 +8,7 @@
 #include <string>
 
 #include "canonical.h"
+#include "finite.h"
 #include "random.h"
 #include "stack_products.h"
 
@@ -84,7 +85,7 @@ void formStacks(const std::vector<FactorPair>& adapters, const Layout& layout, c
   for (long i = 0; i < static_cast<long>(adapters.size()); ++i) {
     try {
       const FactorPair& p = adapters[i];
-      if (!allFiniteF(p.a.data, p.a.rows * p.a.cols) || !allFiniteF(p.b.data, p.b.rows * p.b.cols)) {
+      if (!allFinite(p.a) || !allFinite(p.b)) {
         throw CoreError(code::kNonFinite, "adapters[" + std::to_string(i) + "]: factors contain NaN or Inf");
       }
       CanonicalWork& w = canonicalWork();
@@ -406,7 +407,7 @@ void factorOverlaps(const std::vector<FactorPair>& adapters, ConstMatView basisA
   for (long i = 0; i < static_cast<long>(adapters.size()); ++i) {
     try {
       const FactorPair& p = adapters[i];
-      if (!allFiniteF(p.a.data, p.a.rows * p.a.cols) || !allFiniteF(p.b.data, p.b.rows * p.b.cols)) {
+      if (!allFinite(p.a) || !allFinite(p.b)) {
         throw CoreError(code::kNonFinite, "adapters[" + std::to_string(i) + "]: factors contain NaN or Inf");
       }
       overlapA[i] = overlap(p.a.map().transpose(), basisA);

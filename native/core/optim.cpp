@@ -99,10 +99,4 @@ void reluBackward(const float* y, const float* dy, float* dx, size_t n) {
   for (size_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
-bool allFinite(const float* a, size_t n) {
-  bool ok = true;
-  for (size_t i = 0; i < n; i++) ok &= std::isfinite(a[i]);
-  return ok;
-}
-
 }  // namespace eigenlorax

@@ -46,7 +46,5 @@ void sgdStep(const std::vector<OptimTensor>& tensors, const SgdScalars& s);
 void reluForward(const float* x, float* y, size_t n);
 // dx = dy where y > 0, else 0 (dy and dx may be the same array).
 void reluBackward(const float* y, const float* dy, float* dx, size_t n);
-// True when no element is NaN or Inf.
-bool allFinite(const float* a, size_t n);
 
 }  // namespace eigenlorax

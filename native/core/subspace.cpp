@@ -1,6 +1,8 @@
 #include "subspace.h"
 
 #include "canonical.h"
+#include "column_dots.h"
+#include "finite.h"
 #include "folds.h"
 #include "large_buffers.h"
 
@@ -134,23 +136,23 @@ struct SideProjection {
   ColMatD gram;  // 2r x 2r: [X Res]^T [X Res]
 };
 
-// x: the side's factor as stacked, in float (A'^T or B').
+// x: the side's factor as stacked, in float (A'^T or B'); basis: d x K, column-major.
 template <typename X>
-SideProjection projectSide(const X& x, const ConstMapF& basis, const Eigen::Map<const Eigen::VectorXf>& mu,
+SideProjection projectSide(const X& x, const ColMatF& basis, const Eigen::Map<const Eigen::VectorXf>& mu,
                            CanonicalWork& w) {
-  const Index d = x.rows(), r = x.cols();
+  const Index d = x.rows(), r = x.cols(), k = basis.cols();
   SideProjection out;
   w.pq.resize(d, 2 * r);
   auto xs = w.pq.leftCols(r);
   auto res = w.pq.rightCols(r);
   xs = x;
   res = xs.colwise() - mu;
-  out.loadings.noalias() = basis.transpose() * res;
+  out.loadings.resize(k, r);
+  columnDots(basis.data(), d, k, res.data(), d, r, d, out.loadings.data(), k);
   res.noalias() -= basis * out.loadings;
   w.proj.resize(2 * r, 2 * r);
-  w.proj.setZero();
-  w.proj.selfadjointView<Eigen::Lower>().rankUpdate(w.pq.transpose());
-  out.gram = w.proj.selfadjointView<Eigen::Lower>().toDenseMatrix().cast<double>();
+  columnGram(w.pq.data(), d, 2 * r, d, w.proj.data(), 2 * r);
+  out.gram = w.proj.cast<double>();
   return out;
 }
 
@@ -173,9 +175,10 @@ double residualNorm(const SideProjection& a, const SideProjection& b, Index r) {
   return std::sqrt(std::max(0.0, squared));
 }
 
-// A basis as maps, with zero means where it has none.
+// A basis with its components column-major (for the column products), and zero means
+// where it has none.
 struct ProjectionBasis {
-  ConstMapF vA, uB;
+  ColMatF vA, uB;
   Eigen::VectorXf zeroA, zeroB;
   Eigen::Map<const Eigen::VectorXf> muA, muB;
   explicit ProjectionBasis(const ModuleBasis& basis)
@@ -258,7 +261,7 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
   std::vector<double> energies(2 * adapters.size(), 0.0);
   parallelFor(adapters.size(), [&](size_t i) {
     const FactorPair& p = adapters[i];
-    if (!allFiniteF(p.a.data, p.a.rows * p.a.cols) || !allFiniteF(p.b.data, p.b.rows * p.b.cols)) {
+    if (!allFinite(p.a) || !allFinite(p.b)) {
       throw CoreError(code::kNonFinite, adapterName(i) + ": factors contain NaN or Inf");
     }
     CanonicalWork& w = canonicalWork();
@@ -327,7 +330,7 @@ void projectModule(const std::vector<FactorPair>& adapters, Stacking stacking, c
   const ProjectionBasis projection(basis);
   parallelFor(adapters.size(), [&](size_t i) {
     const FactorPair& p = adapters[i];
-    if (!allFiniteF(p.a.data, p.a.rows * p.a.cols) || !allFiniteF(p.b.data, p.b.rows * p.b.cols)) {
+    if (!allFinite(p.a) || !allFinite(p.b)) {
       throw CoreError(code::kNonFinite, adapterName(i) + ": factors contain NaN or Inf");
     }
     CanonicalWork& w = canonicalWork();

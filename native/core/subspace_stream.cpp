@@ -7,6 +7,7 @@
 #include <string>
 
 #include "canonical.h"
+#include "finite.h"
 #include "linalg.h"
 #include "random.h"
 
@@ -232,7 +233,7 @@ void ModuleStream::add(const std::vector<FactorPair>& chunk) {
   for (long i = 0; i < static_cast<long>(n); ++i) {
     const FactorPair& p = chunk[static_cast<size_t>(i)];
     CanonicalWork& w = canonicalWork();
-    const bool finite = allFiniteF(p.a.data, p.a.rows * p.a.cols) && allFiniteF(p.b.data, p.b.rows * p.b.cols);
+    const bool finite = allFinite(p.a) && allFinite(p.b);
     if (!finite) {
       norms_[static_cast<size_t>(first + i)] = NAN;
       continue;

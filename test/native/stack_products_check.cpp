@@ -4,7 +4,7 @@
 // column), at buffer alignments 0, 1, 4 and 15 floats past a 64-byte line, with 1 and 2
 // threads; and, for the AVX-512 kernels, that the bits do not depend on the alignment or
 // the thread count.
-// Run by test/stack-products.test.ts. Usage: eigenlorax_check_stack_products --seed N
+// Run by test/native-checks.test.ts. Usage: eigenlorax_check_stack_products --seed N
 // Prints one line per failure and a summary; exit 1 if anything failed.
 #include <cmath>
 #include <cstdint>
