@@ -89,15 +89,21 @@ for (const dtype of ['BF16', 'F16', 'F32'] as const) {
     }
     const expected = buildArgs(inMemory);
     const expectedInfo = await ops.buildModuleSubspace(expected);
-    const got = buildArgs(fromFiles);
-    const call = ops.buildModuleSubspace(got);
+    // All from files, and every other adapter from a file (the build reads file factors
+    // itself, adapter by adapter, next to factors given in memory).
+    const gotAll = buildArgs(fromFiles);
+    const gotMixed = buildArgs(fromFiles.map((pair, i) => (i % 2 === 0 ? pair : inMemory[i]!)));
+    const calls = [ops.buildModuleSubspace(gotAll), ops.buildModuleSubspace(gotMixed)];
     await Promise.all(closes.map((c) => c())); // the job reads its own duplicates
-    const info = await call;
-    t.deepEqual(info, expectedInfo, `seed ${seed}`);
-    for (const key of ['componentsA', 'componentsB', 'singularA', 'singularB', 'meanA', 'meanB'] as const) {
-      const a = got[key];
-      const b = expected[key];
-      t.deepEqual('data' in a ? a.data : a, 'data' in b ? (b as Matrix).data : b, `seed ${seed}: ${key}`);
+    const infos = await Promise.all(calls);
+    for (const [i, got] of [gotAll, gotMixed].entries()) {
+      const label = `seed ${seed}, ${i === 0 ? 'all from files' : 'mixed'}`;
+      t.deepEqual(infos[i], expectedInfo, label);
+      for (const key of ['componentsA', 'componentsB', 'singularA', 'singularB', 'meanA', 'meanB'] as const) {
+        const a = got[key];
+        const b = expected[key];
+        t.deepEqual('data' in a ? a.data : a, 'data' in b ? (b as Matrix).data : b, `${label}: ${key}`);
+      }
     }
   });
 }
@@ -116,6 +122,28 @@ test('file factors: a bad descriptor, dtype, offset past the end or shape are ty
   await t.throwsAsync(call({ ...pair.A, where: 7 as never }), { code: 'ERR_INVALID_ARGUMENT', message: /adapters\[0\]\.A\.where/ });
   await t.throwsAsync(call({ ...pair.A, offset: 1e9 }), { code: 'ERR_IO', message: /tensor ".*lora_A.*": the file ended at byte 1000000000/ });
   await t.throwsAsync(call({ ...pair.A, rows: pair.A.rows + 1 }), { code: 'ERR_SHAPE_MISMATCH', message: /adapters\[0\]/ });
+});
+
+test("Inf in two files: the error names the lower adapter's file, every time (adapters are read in parallel)", async (t) => {
+  const seed = freshSeed();
+  const dir = await tempDir(t);
+  const paths = await written(dir, adapters(seed, 6), 'BF16');
+  for (const i of [2, 4]) {
+    const file = path.join(paths[i]!, WEIGHTS);
+    const reader = await openSafetensors(file);
+    const info = reader.tensors.get(KEYS.A)!;
+    await reader.close();
+    const poisoned = Buffer.from(await readFile(file));
+    poisoned.writeUInt16LE(0x7f80, info.offset + 2 * (seed % (info.shape[0]! * info.shape[1]!))); // bf16 +Inf
+    await writeFile(file, poisoned);
+  }
+  const first = path.join(paths[2]!, WEIGHTS).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+  for (let run = 0; run < 4; run++) {
+    await t.throwsAsync(buildSubspace(paths, { components: 2, hashSources: false }), {
+      code: 'ERR_NON_FINITE',
+      message: new RegExp(`${first}, tensor ".*lora_A.weight": the factor holds Infinity`),
+    }, `seed ${seed}, run ${run}`);
+  }
 });
 
 test('builds from paths and opened adapters: NaN in a file is ERR_NON_FINITE naming the file, tensor and element; a file truncated after opening is ERR_IO; a closed adapter is ERR_CLOSED', async (t) => {

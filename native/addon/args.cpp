@@ -203,6 +203,10 @@ float* Keep::fileInput(Napi::Env env, FileInput input, const std::string& name) 
   input.fd = duplicateDescriptor(input.fd);
   if (input.fd < 0) throwError(env, code::kInvalidArgument, name + ".fd: not an open file descriptor");
   files_.push_back(input);  // owned from here: closed by the destructor, whatever happens next
+  if (deferred_) {
+    deferredUnchecked_ = deferredUnchecked_ || !input.checkFinite;
+    return nullptr;
+  }
   float* own = reinterpret_cast<float*>(allocate(env, bytes));
   files_.back().dst = own;
   inputs_.push_back({reinterpret_cast<unsigned char*>(own), bytes, Elem::F32});
@@ -216,6 +220,7 @@ void Keep::noteFiniteOutputs() {
 void Keep::requireFiniteResult() const {
   for (const Output& o : outputs_) {
     if (!o.startedFinite || allFinite(o.data, o.bytes, o.elem)) continue;
+    if (deferredUnchecked_) return;  // NaN or Inf may have been given: it propagates
     for (const Span& in : inputs_) {
       if (!allFinite(in.data, in.bytes, in.elem)) return;  // NaN or Inf given: it propagates
     }

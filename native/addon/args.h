@@ -49,11 +49,17 @@ class Keep {
   void writeBack(Napi::Env env) const;
 
   // The job's memory for a float factor stored in a file (see file_inputs.h): `input.fd` is
-  // the caller's descriptor, duplicated now; the memory is filled by readFiles().
+  // the caller's descriptor, duplicated now; the memory is filled by readFiles(). After
+  // deferFileReads(), no memory: null is returned, and the kernel reads the input itself
+  // with readDeferred() when it needs it.
   float* fileInput(Napi::Env env, FileInput input, const std::string& name);
+  void deferFileReads() { deferred_ = true; }
+  size_t fileCount() const { return files_.size(); }
+  // On a worker: file input `index` read and converted into `dst` (rows x cols floats).
+  void readDeferred(size_t index, float* dst) const { readFileInput(files_[index], dst); }
   // On the worker, before the kernel: reads every file input (ERR_IO, ERR_NON_FINITE).
   void readFiles() const {
-    if (!files_.empty()) readFileInputs(files_.data(), files_.size());
+    if (!files_.empty() && !deferred_) readFileInputs(files_.data(), files_.size());
   }
   // Asks the kernel to read the file inputs' ranges ahead (see prefetchFileInputs).
   void prefetchFiles() const { prefetchFileInputs(files_.data(), files_.size()); }
@@ -92,6 +98,8 @@ class Keep {
   std::vector<Span> inputs_;
   std::vector<Output> outputs_;
   std::vector<FileInput> files_;
+  bool deferred_ = false;
+  bool deferredUnchecked_ = false;  // a deferred input may hold NaN or Inf (not checked when read)
 };
 
 // The data pointer of any typed array (over an ArrayBuffer or a SharedArrayBuffer).

@@ -43,33 +43,34 @@ void readExactly(const FileInput& in, unsigned char* out, size_t bytes) {
 // As JavaScript's String(value) writes NaN and the infinities.
 std::string nonFiniteName(float v) { return std::isnan(v) ? "NaN" : v > 0 ? "Infinity" : "-Infinity"; }
 
-void readOne(const FileInput& in) {
+}  // namespace
+
+void readFileInput(const FileInput& in, float* dst) {
 #ifdef _WIN32
   (void)in;
+  (void)dst;
   throw CoreError(code::kInternal, "file inputs are not supported on this platform");
 #else
   const size_t count = static_cast<size_t>(in.rows) * static_cast<size_t>(in.cols);
   const size_t bytes = count * dtypeSize(in.dtype);
   if (in.dtype == DType::F32) {
-    readExactly(in, reinterpret_cast<unsigned char*>(in.dst), bytes);
+    readExactly(in, reinterpret_cast<unsigned char*>(dst), bytes);
   } else {
     thread_local std::vector<unsigned char> staging;  // reused from tensor to tensor
     if (staging.size() < bytes) staging.resize(bytes);
     readExactly(in, staging.data(), bytes);
-    convert(staging.data(), in.dtype, in.dst, DType::F32, count);
+    convert(staging.data(), in.dtype, dst, DType::F32, count);
   }
-  if (!in.checkFinite || allFinite(in.dst, count)) return;
+  if (!in.checkFinite || allFinite(dst, count)) return;
   for (size_t i = 0; i < count; ++i) {
-    if (std::isfinite(in.dst[i])) continue;
-    throw CoreError(code::kNonFinite, in.where + ": the factor holds " + nonFiniteName(in.dst[i]) + " at [" +
+    if (std::isfinite(dst[i])) continue;
+    throw CoreError(code::kNonFinite, in.where + ": the factor holds " + nonFiniteName(dst[i]) + " at [" +
                                           std::to_string(i / static_cast<size_t>(in.cols)) + ", " +
                                           std::to_string(i % static_cast<size_t>(in.cols)) +
                                           "] (pass allowNonFinite: true to read it anyway)");
   }
 #endif
 }
-
-}  // namespace
 
 bool fileInputsSupported() {
 #ifdef _WIN32
@@ -120,7 +121,7 @@ void readFileInputs(const FileInput* inputs, size_t count) {
 #pragma omp parallel for schedule(dynamic)
   for (long i = 0; i < static_cast<long>(count); ++i) {
     try {
-      readOne(inputs[i]);
+      readFileInput(inputs[i], inputs[i].dst);
     } catch (...) {
 #pragma omp critical(eigenlorax_file_inputs_error)
       {

@@ -32,6 +32,10 @@ void closeDescriptor(int fd);
 // (posix_fadvise WILLNEED) and returns at once; a hint, so failures are ignored.
 void prefetchFileInputs(const FileInput* inputs, size_t count);
 
+// On a worker: reads and converts one input into `dst` (rows x cols floats), on this thread;
+// errors as readFileInputs.
+void readFileInput(const FileInput& input, float* dst);
+
 // On the worker: reads and converts every input (in parallel). Throws CoreError ERR_IO for
 // a failed or short read, ERR_NON_FINITE (naming the tensor and element) when checkFinite
 // and the tensor holds NaN or Inf.

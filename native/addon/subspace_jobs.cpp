@@ -1,4 +1,6 @@
 // Per-module EigenLoRAx kernels behind the async boundary.
+#include <vector>
+
 #include "../core/subspace.h"
 #include "job.h"
 #include "op_args.h"
@@ -81,7 +83,13 @@ class BuildModuleJob : public Job {
     Napi::Env env = info.Env();
     const Napi::Object args = requireObject(env, info[0], "arguments");
     Overlaps overlaps;
+    // Factors in files are read by the build itself, adapter by adapter (FactorLoader).
+    keep.deferFileReads();
     adapters_ = readSubspaceAdapters(env, args, keep, overlaps);
+    for (const FactorPair& p : adapters_) {
+      fileA_.push_back(p.a.data == nullptr ? nextFile_++ : -1);
+      fileB_.push_back(p.b.data == nullptr ? nextFile_++ : -1);
+    }
     options_.stacking = readStacking(env, args);
     options_.weighting = readWeighting(env, args);
     options_.center = args.Get("center").ToBoolean();
@@ -104,12 +112,32 @@ class BuildModuleJob : public Job {
   }
 
  protected:
-  void run() override { info_ = buildModuleSubspace(adapters_, options_, out_, projection()); }
+  void run() override {
+    // Adapter i's factors read into this thread's buffers (kept for the next adapter).
+    const FactorLoader load = [this](size_t i) {
+      thread_local std::vector<float> a, b;
+      FactorPair p = adapters_[i];
+      const auto read = [this](long file, ConstMatView& m, std::vector<float>& buffer) {
+        if (file < 0) return;
+        buffer.resize(static_cast<size_t>(m.rows * m.cols));
+        keep.readDeferred(static_cast<size_t>(file), buffer.data());
+        m.data = buffer.data();
+      };
+      read(fileA_[i], p.a, a);
+      read(fileB_[i], p.b, b);
+      return p;
+    };
+    info_ = buildModuleSubspace(adapters_, options_, out_, projection(), nextFile_ > 0 ? &load : nullptr);
+  }
   const ModuleProjectionOutputs* projection() const { return projecting_ ? &project_ : nullptr; }
   Napi::Value result(Napi::Env env) override { return subspaceInfoResult(env, info_); }
 
  private:
   std::vector<FactorPair> adapters_;
+  // Which deferred file input holds each adapter's A and B (-1: given in memory). The
+  // inputs are numbered in the order they were read: A, then B, adapter by adapter.
+  std::vector<long> fileA_, fileB_;
+  long nextFile_ = 0;
   ModuleSubspaceOptions options_;
   ModuleSubspaceOutputs out_;
   ModuleProjectionOutputs project_;

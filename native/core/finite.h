@@ -31,6 +31,19 @@ inline bool allFinite(const double* data, size_t count) {
   return bad == 0;
 }
 
+// The largest |entry| as its bit pattern (for floats, the order of the patterns without the
+// sign is the order of the magnitudes); >= 0x7f800000 means a NaN or Inf is there.
+inline uint32_t maxAbsBits(const float* data, size_t count) {
+  uint32_t top = 0;
+  for (size_t i = 0; i < count; ++i) {
+    uint32_t bits;
+    std::memcpy(&bits, data + i, 4);
+    const uint32_t magnitude = bits & 0x7fffffffu;
+    top = magnitude > top ? magnitude : top;
+  }
+  return top;
+}
+
 inline bool allFinite(ConstMatView m) { return allFinite(m.data, static_cast<size_t>(m.rows * m.cols)); }
 
 }  // namespace eigenlorax

@@ -29,16 +29,13 @@ bool allFiniteParallel(const float* data, Index count) {
   return bad == 0;
 }
 
-// The largest |entry| as its bit pattern (for floats, the order of the patterns without
-// the sign is the order of the magnitudes); >= 0x7f800000 means a NaN or Inf is there.
-// One vectorised pass, like allFinite.
-uint32_t maxAbsBits(const float* data, Index count) {
+// maxAbsBits (finite.h) over blocks of 64 Ki entries on every thread, for large arrays.
+uint32_t maxAbsBitsParallel(const float* data, Index count) {
+  constexpr Index kBlock = Index(1) << 16;
   uint32_t top = 0;
 #pragma omp parallel for reduction(max : top) schedule(static) if (count > (Index(1) << 20))
-  for (Index i = 0; i < count; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, data + i, 4);
-    top = std::max(top, bits & 0x7fffffffu);
+  for (Index b = 0; b < count; b += kBlock) {
+    top = std::max(top, maxAbsBits(data + b, static_cast<size_t>(std::min(kBlock, count - b))));
   }
   return top;
 }
@@ -296,17 +293,9 @@ RsvdInfo randomizedSvd(const ConstMapF& a, const RsvdOptions& o, int exponent, M
   return {false, l};
 }
 
-}  // namespace
-
-void releaseRsvdScratch() {
-  rsvdScratch = RsvdScratch{};
-  releaseStackProductsScratch();
-}
-
-RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatView v) {
-  checkRsvdArguments(av, o, u, v);
+// rsvd after its checks, with top = maxAbsBits(a).
+RsvdInfo checkedRsvd(ConstMatView av, const RsvdOptions& o, uint32_t top, MatView u, float* s, MatView v) {
   const ConstMapF a = av.map();
-  const uint32_t top = maxAbsBits(a.data(), a.size());
   if (top >= 0x7f800000u) throw CoreError(code::kNonFinite, "matrix: contains NaN or Inf");
   const Index m = av.rows, n = av.cols, k = o.rank;
 
@@ -327,6 +316,23 @@ RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatVie
   if (top == 0 || std::abs(exponent) <= 32) return randomizedSvd(a, o, 0, u, s, v);
   const RowMatF scaled = (a.cast<double>() * std::ldexp(1.0, -exponent)).cast<float>();
   return randomizedSvd(ConstMapF(scaled.data(), m, n), o, exponent, u, s, v);
+}
+
+}  // namespace
+
+void releaseRsvdScratch() {
+  rsvdScratch = RsvdScratch{};
+  releaseStackProductsScratch();
+}
+
+RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatView v) {
+  checkRsvdArguments(av, o, u, v);
+  return checkedRsvd(av, o, maxAbsBitsParallel(av.data, av.rows * av.cols), u, s, v);
+}
+
+RsvdInfo rsvdWithMaxAbs(ConstMatView av, const RsvdOptions& o, uint32_t top, MatView u, float* s, MatView v) {
+  checkRsvdArguments(av, o, u, v);
+  return checkedRsvd(av, o, top, u, s, v);
 }
 
 bool choleskyQr2(ColMatD& q, ColMatD& r, ColMatD& gram) {

@@ -33,6 +33,9 @@ void checkRsvdArguments(ConstMatView a, const RsvdOptions& options, MatView u, M
 // Each u column's largest-magnitude entry is made positive (v follows), so results are
 // reproducible and comparable across paths. Throws ERR_NON_FINITE on NaN/Inf input.
 RsvdInfo rsvd(ConstMatView a, const RsvdOptions& options, MatView u, float* s, MatView v);
+// The same for a caller that already knows maxAbsBits(a) (finite.h), e.g. from building a
+// in cache-sized blocks: no pass over a for it.
+RsvdInfo rsvdWithMaxAbs(ConstMatView a, const RsvdOptions& options, uint32_t maxAbsBits, MatView u, float* s, MatView v);
 
 // Frees the work memory rsvd keeps on the calling thread for its next call (up to 64 MiB;
 // see subspace.h's releaseScratch).

@@ -24,20 +24,25 @@ using VecD = Eigen::VectorXd;
 
 std::string adapterName(size_t i) { return "adapters[" + std::to_string(i) + "]"; }
 
-// Runs body(i) for i in [0, count) in parallel; the first exception is rethrown after.
+// Runs body(i) for i in [0, count) in parallel. The exception of the lowest i that threw is
+// rethrown after (the same error from run to run, whichever thread met one first); the
+// iterations after it are skipped.
 template <typename Body>
 void parallelFor(size_t count, Body body) {
-  std::atomic<bool> failed{false};
+  std::atomic<long> failedAt{static_cast<long>(count)};
   std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic)
   for (long i = 0; i < static_cast<long>(count); ++i) {
-    if (failed.load()) continue;
+    if (i > failedAt.load()) continue;
     try {
       body(static_cast<size_t>(i));
     } catch (...) {
 #pragma omp critical(eigenlorax_parallel_for_error)
       {
-        if (!failed.exchange(true)) error = std::current_exception();
+        if (i < failedAt.load()) {
+          failedAt.store(i);
+          error = std::current_exception();
+        }
       }
     }
   }
@@ -68,10 +73,16 @@ void checkComponents(const char* name, ConstMatView m, Index d, Index limit) {
   }
 }
 
+// A side's stack as the rsvd needs it: its squared Frobenius norm and maxAbsBits.
+struct StackStats {
+  double energy = 0;
+  uint32_t top = 0;
+};
+
 // Column means of `stacked` (rows x d, rows > 0) in double, written to `mean` and
-// subtracted from every row; returns the squared Frobenius norm after centring. Parallel
-// over column blocks (the stack is large).
-double centerAndEnergy(MapF stacked, float* mean) {
+// subtracted from every row; returns the stack's stats after centring. Parallel over
+// column blocks (the stack is large).
+StackStats centerAndEnergy(MapF stacked, float* mean) {
   const Index rows = stacked.rows(), d = stacked.cols();
   std::vector<double> sum(static_cast<size_t>(d), 0.0);
 #pragma omp parallel for schedule(static)
@@ -87,11 +98,16 @@ double centerAndEnergy(MapF stacked, float* mean) {
   stacked.rowwise() -= mu;
   // Summed in row order, whatever the threads: the same bits at any thread count.
   std::vector<double> rowEnergy(static_cast<size_t>(rows));
-#pragma omp parallel for schedule(static)
-  for (Index i = 0; i < rows; ++i) rowEnergy[static_cast<size_t>(i)] = stacked.row(i).cast<double>().squaredNorm();
-  double energy = 0;
-  for (double e : rowEnergy) energy += e;
-  return energy;
+  uint32_t top = 0;
+#pragma omp parallel for schedule(static) reduction(max : top)
+  for (Index i = 0; i < rows; ++i) {
+    rowEnergy[static_cast<size_t>(i)] = stacked.row(i).cast<double>().squaredNorm();
+    top = std::max(top, maxAbsBits(stacked.data() + i * d, static_cast<size_t>(d)));
+  }
+  StackStats stats;
+  for (double e : rowEnergy) stats.energy += e;
+  stats.top = top;
+  return stats;
 }
 
 // Float buffers kept by the calling thread (one per slot) and reused by the next module
@@ -115,9 +131,9 @@ float* reusableBuffer(BufferSlot slot, size_t count) {
   return buffer.get();
 }
 
-// Right singular vectors of the stacked side: the components.
-void topComponents(ConstMatView stacked, const ModuleSubspaceOptions& o, uint64_t seed, MatView components,
-                   float* singular) {
+// Right singular vectors of the stacked side: the components. top: maxAbsBits(stacked).
+void topComponents(ConstMatView stacked, uint32_t top, const ModuleSubspaceOptions& o, uint64_t seed,
+                   MatView components, float* singular) {
   const Index k = components.cols;
   RowMatF u(stacked.rows, k);
   RsvdOptions ro;
@@ -125,7 +141,7 @@ void topComponents(ConstMatView stacked, const ModuleSubspaceOptions& o, uint64_
   ro.oversample = o.oversample;
   ro.powerIters = o.powerIters;
   ro.seed = seed;
-  rsvd(stacked, ro, {u.data(), u.rows(), u.cols()}, singular, components);
+  rsvdWithMaxAbs(stacked, ro, top, {u.data(), u.rows(), u.cols()}, singular, components);
 }
 
 // One side of an adapter projected on a basis P (d x K) with mean mu: loadings
@@ -238,7 +254,8 @@ void checkModuleSubspace(const std::vector<FactorPair>& adapters, const ModuleSu
 }
 
 ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, const ModuleSubspaceOptions& o,
-                                       const ModuleSubspaceOutputs& out, const ModuleProjectionOutputs* project) {
+                                       const ModuleSubspaceOutputs& out, const ModuleProjectionOutputs* project,
+                                       const FactorLoader* load) {
   checkModuleSubspace(adapters, o, out, project);
   const Index dIn = adapters[0].a.cols, dOut = adapters[0].b.rows;
   Index total = 0;
@@ -259,8 +276,9 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
   float* factors = project == nullptr ? nullptr : reusableBuffer(kFactorsSlot, static_cast<size_t>(total) * static_cast<size_t>(dIn + dOut));
   std::vector<double> scales(adapters.size(), 1.0);
   std::vector<double> energies(2 * adapters.size(), 0.0);
+  std::vector<uint32_t> tops(2 * adapters.size(), 0);
   parallelFor(adapters.size(), [&](size_t i) {
-    const FactorPair& p = adapters[i];
+    const FactorPair p = load != nullptr ? (*load)(i) : adapters[i];
     if (!allFinite(p.a) || !allFinite(p.b)) {
       throw CoreError(code::kNonFinite, adapterName(i) + ": factors contain NaN or Inf");
     }
@@ -277,6 +295,8 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
     // another pass over both stacks): summed in adapter order below.
     energies[2 * i] = blockA.cast<double>().squaredNorm();
     energies[2 * i + 1] = blockB.cast<double>().squaredNorm();
+    tops[2 * i] = maxAbsBits(blockA.data(), static_cast<size_t>(blockA.size()));
+    tops[2 * i + 1] = maxAbsBits(blockB.data(), static_cast<size_t>(blockB.size()));
     if (factors != nullptr) {
       Eigen::Map<ColMatF>(factors + offsets[i] * dIn, dIn, r) = w.atF;
       Eigen::Map<ColMatF>(factors + total * dIn + offsets[i] * dOut, dOut, r) = w.bF;
@@ -284,16 +304,21 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
     }
   });
 
-  const auto energy = [&](MapF stacked, float* mean, size_t side) {
+  const auto stats = [&](MapF stacked, float* mean, size_t side) {
     if (o.center) return centerAndEnergy(stacked, mean);
-    double sum = 0;
-    for (size_t i = 0; i < adapters.size(); ++i) sum += energies[2 * i + side];
+    StackStats sum;
+    for (size_t i = 0; i < adapters.size(); ++i) {
+      sum.energy += energies[2 * i + side];
+      sum.top = std::max(sum.top, tops[2 * i + side]);
+    }
     return sum;
   };
-  info.energyA = energy(stackedA, out.meanA, 0);
-  topComponents({stackedA.data(), total, dIn}, o, o.seed, out.componentsA, out.singularA);
-  info.energyB = energy(stackedB, out.meanB, 1);
-  topComponents({stackedB.data(), total, dOut}, o, o.seed + 1, out.componentsB, out.singularB);
+  const StackStats statsA = stats(stackedA, out.meanA, 0);
+  info.energyA = statsA.energy;
+  topComponents({stackedA.data(), total, dIn}, statsA.top, o, o.seed, out.componentsA, out.singularA);
+  const StackStats statsB = stats(stackedB, out.meanB, 1);
+  info.energyB = statsB.energy;
+  topComponents({stackedB.data(), total, dOut}, statsB.top, o, o.seed + 1, out.componentsB, out.singularB);
   if (project == nullptr) return info;
   const ProjectionBasis basis(ModuleBasis{out.componentsA.view(), out.componentsB.view(), o.center ? out.meanA : nullptr,
                                           o.center ? out.meanB : nullptr});

@@ -3,6 +3,7 @@
 // matrices, and reconstruction of factors from loadings.
 #pragma once
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "linalg.h"
@@ -16,6 +17,12 @@ struct FactorPair {
   ConstMatView b;
   double scale = 1.0;
 };
+
+// Adapter i's factors with their data, for a build whose adapters are read on demand: called
+// inside the build's loop over adapters, on the thread that canonicalises them next, so each
+// factor is converted into that core's cache rather than to main memory and back. The views
+// stay valid until the calling thread's next call.
+using FactorLoader = std::function<FactorPair(size_t adapter)>;
 
 // Raw: the factors as published, scale left out (as the reference implementation stacks).
 // Canonical: the balanced SVD factors of dW (B' = Qb U S^1/2, A' = S^1/2 V^T Qa^T): the
@@ -64,10 +71,13 @@ void checkModuleSubspace(const std::vector<FactorPair>& adapters, const ModuleSu
                          const ModuleSubspaceOutputs& out, const ModuleProjectionOutputs* project = nullptr);
 // With `project`, also projects every adapter on the components (and means) just built:
 // bit for bit what projectModule writes for them, without canonicalising the factors again
-// (the build keeps each adapter's factors as stacked, in float, for it).
+// (the build keeps each adapter's factors as stacked, in float, for it). With `load`, the
+// adapters' data pointers may be null: their factors come from load(i) (the shapes and
+// scales from `adapters`).
 ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, const ModuleSubspaceOptions& options,
                                        const ModuleSubspaceOutputs& out,
-                                       const ModuleProjectionOutputs* project = nullptr);
+                                       const ModuleProjectionOutputs* project = nullptr,
+                                       const FactorLoader* load = nullptr);
 
 struct ModuleBasis {
   ConstMatView componentsA;       // V_A: d_in x K_A
