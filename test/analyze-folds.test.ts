@@ -9,9 +9,9 @@
  */
 import test from 'ava';
 import { analyzeAdapters, buildSubspace, projectAdapter, type LoraAdapter } from '../lib/index.js';
-import { matrix } from '../lib/matrix.js';
+import { matrix, type Matrix } from '../lib/matrix.js';
 import * as ops from '../lib/native/ops.js';
-import { freshSeed } from './helpers/random.js';
+import { freshSeed, gaussian, rng } from './helpers/random.js';
 import { memoryAdapter, normal, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
 
 const D_IN = 160;
@@ -189,4 +189,80 @@ test('analyze is bit-reproducible: modules finishing in any order give the same 
   const first = await figures();
   t.deepEqual(first.modules.map((m) => m[0]), shapes.map(([name]) => name).sort());
   for (let run = 0; run < 3; run++) t.deepEqual(await figures(), first, `seed ${seed}, run ${run + 2}`);
+});
+
+/** Orthonormal columns spanning `columns` (each of length d), by modified Gram-Schmidt twice, in float64. */
+function orthonormalColumns(columns: Float64Array[]): Float64Array[] {
+  const q = columns.map((c) => Float64Array.from(c));
+  for (let pass = 0; pass < 2; pass++) {
+    for (let j = 0; j < q.length; j++) {
+      for (let i = 0; i < j; i++) {
+        let dot = 0;
+        for (let s = 0; s < q[j]!.length; s++) dot += q[i]![s]! * q[j]![s]!;
+        for (let s = 0; s < q[j]!.length; s++) q[j]![s]! -= dot * q[i]![s]!;
+      }
+      const norm = Math.sqrt(q[j]!.reduce((sum, v) => sum + v * v, 0));
+      for (let s = 0; s < q[j]!.length; s++) q[j]![s]! /= norm;
+    }
+  }
+  return q;
+}
+
+/** ||Q^T P||_F^2 / min(r, K) in float64 for Q spanning the factor's columns and P = basis (d x K). */
+function referenceOverlap(columns: Float64Array[], basis: Matrix): number {
+  const k = basis.cols;
+  let sum = 0;
+  for (const column of orthonormalColumns(columns)) {
+    for (let c = 0; c < k; c++) {
+      let dot = 0;
+      for (let s = 0; s < basis.rows; s++) dot += column[s]! * basis.data[s * k + c]!;
+      sum += dot * dot;
+    }
+  }
+  return Math.min(1, sum / Math.min(columns.length, k));
+}
+
+test('factorOverlaps: each factor span against a float64 reference, well- and ill-conditioned factors alike', async (t) => {
+  const seed = freshSeed();
+  const g = gaussian(rng(seed));
+  const k = 6;
+  const basisOf = (d: number): Matrix => {
+    const q = orthonormalColumns(Array.from({ length: k }, () => Float64Array.from({ length: d }, () => g())));
+    const m = matrix(d, k);
+    for (let s = 0; s < d; s++) for (let j = 0; j < k; j++) m.data[s * k + j] = q[j]![s]!;
+    return m;
+  };
+  const basisA = basisOf(D_IN);
+  const basisB = basisOf(D_OUT);
+  // Adapter 0: random; 1: half of each factor inside the basis; 2: one direction scaled by
+  // 1e-5 (cond far above 1e3: not the Gram path).
+  const adapters = [0, 1, 2].map((kind) => {
+    const A = matrix(RANK, D_IN);
+    const B = matrix(D_OUT, RANK);
+    for (let i = 0; i < A.data.length; i++) A.data[i] = g();
+    for (let i = 0; i < B.data.length; i++) B.data[i] = g();
+    if (kind === 1) {
+      for (let r = 0; r < RANK / 2; r++) {
+        for (let s = 0; s < D_IN; s++) A.data[r * D_IN + s] = basisA.data[s * k + r]! * 3;
+        for (let s = 0; s < D_OUT; s++) B.data[s * RANK + r] = basisB.data[s * k + r]! * 2;
+      }
+    }
+    if (kind === 2) {
+      for (let s = 0; s < D_IN; s++) A.data[3 * D_IN + s] = A.data[3 * D_IN + s]! * 1e-5;
+      for (let s = 0; s < D_OUT; s++) B.data[s * RANK + 5] = B.data[s * RANK + 5]! * 1e-5;
+    }
+    return { A, B, scale: 1 };
+  });
+  const overlapA = new Float64Array(adapters.length);
+  const overlapB = new Float64Array(adapters.length);
+  await ops.factorOverlaps({ adapters, basisA, basisB, overlapA, overlapB });
+  for (const [i, a] of adapters.entries()) {
+    const columnsA = Array.from({ length: RANK }, (_, r) => Float64Array.from(a.A.data.subarray(r * D_IN, (r + 1) * D_IN)));
+    const columnsB = Array.from({ length: RANK }, (_, r) => Float64Array.from({ length: D_OUT }, (_, s) => a.B.data[s * RANK + r]!));
+    const wantA = referenceOverlap(columnsA, basisA);
+    const wantB = referenceOverlap(columnsB, basisB);
+    t.true(Math.abs(overlapA[i]! - wantA) <= 1e-5, `seed ${seed}: adapter ${i} A ${overlapA[i]} against ${wantA}`);
+    t.true(Math.abs(overlapB[i]! - wantB) <= 1e-5, `seed ${seed}: adapter ${i} B ${overlapB[i]} against ${wantB}`);
+  }
+  t.true(overlapA[1]! > 0.5 && overlapB[1]! > 0.5, `seed ${seed}: half inside the basis`);
 });

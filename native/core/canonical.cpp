@@ -35,15 +35,10 @@ void thinQr(const ColMatD& m, ColMatD& q, ColMatD& r, ColMatD& gram) {
   householderQr(m, q, r);
 }
 
-namespace {
-
-// Bound on cond(X) for the Gram path below: one CholeskyQR step leaves X R^-1 orthonormal
+// Bound on cond(X) for gramFactor: one CholeskyQR step leaves X R^-1 orthonormal
 // to ~u cond^2 (1e-10 here, in double), far below float32's rounding of the results.
 constexpr double kMaxGramCondition = 1e3;
 
-// R (upper, diag > 0) with R^T R = X^T X, the Gram in double (from the float factor x,
-// d x c column-major), and R^-1; false where X is not safely well-conditioned:
-// cond_F(R) = ||R||_F ||R^-1||_F bounds cond_2(X) from above.
 bool gramFactor(const float* x, Index d, Index c, ColMatD& r, ColMatD& rInv, ColMatD& gram) {
   if (d < c) return false;
   gram.resize(c, c);
@@ -56,8 +51,6 @@ bool gramFactor(const float* x, Index d, Index c, ColMatD& r, ColMatD& rInv, Col
   const double bound = r.norm() * rInv.norm();
   return std::isfinite(bound) && bound <= kMaxGramCondition;
 }
-
-}  // namespace
 
 void stackedFactors(const FactorPair& p, Stacking stacking, CanonicalWork& w) {
   const Index r = p.a.rows, dIn = p.a.cols, dOut = p.b.rows;

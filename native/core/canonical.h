@@ -30,6 +30,12 @@ CanonicalWork& canonicalWork();
 // Fills w for one adapter. Single-threaded: called from inside a parallel loop over adapters.
 void stackedFactors(const FactorPair& p, Stacking stacking, CanonicalWork& w);
 
+// R (upper, diag > 0) with R^T R = X^T X, the Gram in double (from the float factor x,
+// d x c column-major), and R^-1; false where X is not safely well-conditioned (cond_F(R) =
+// ||R||_F ||R^-1||_F, an upper bound of cond_2(X), above 1e3): then Q = X R^-1 is
+// orthonormal to about 1e-10, far below float32's rounding.
+bool gramFactor(const float* x, Index d, Index c, ColMatD& r, ColMatD& rInv, ColMatD& gram);
+
 // m (d x c) = Q (d x c') R (c' x c), c' = min(d, c): q, r overwritten. CholeskyQR2 with
 // the c x c Gram in double; Householder where that is unsafe (rank-deficient or
 // ill-conditioned factors, e.g. B = 0 at LoRA initialisation, or d < c).

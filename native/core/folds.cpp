@@ -5,9 +5,11 @@
 #include <Eigen/SVD>
 #include <algorithm>
 #include <cmath>
+#include <memory>
 #include <string>
 
 #include "canonical.h"
+#include "column_dots.h"
 #include "finite.h"
 #include "random.h"
 #include "stack_products.h"
@@ -286,15 +288,35 @@ void side(const Stack& stack, const Layout& layout, const int32_t* folds, const 
 thread_local RowMatF keptStacks[2];
 thread_local FactorsAsStacked keptFactors;
 
-// ||Q^T P||_F^2 / min(r, K) for Q the orthonormalisation of factor (d x r) and P = basis;
-// 1 when r >= d or K >= d.
-double spanOverlap(const RowMatF& factor, ConstMatView basis) {
-  const Index d = factor.rows(), r = factor.cols(), k = basis.cols;
+// ||Q^T P||_F^2 / min(r, K) for Q the orthonormalisation of the factor x (d x r, column-major)
+// and P = basis (d x K, column-major); 1 when r >= d or K >= d. Well-conditioned factors (the
+// usual case) through R from the Gram in double: Q^T P = R^-T (X^T P), no Q formed, in the
+// thread's scratch (fresh 256 KiB matrices per call cost more in page faults than the work).
+double spanOverlap(const float* x, Index d, Index r, const ColMatF& basis) {
+  const Index k = basis.cols();
   if (r >= d || k >= d) return 1.0;
-  RowMatF q(d, r);
-  orthonormalize({factor.data(), d, r}, {q.data(), d, r});
-  const ColMatD c = (q.transpose() * basis.map()).cast<double>();
+  thread_local ColMatD factor, factorInv, gram, c;
+  thread_local ColMatF xp;
+  if (gramFactor(x, d, r, factor, factorInv, gram)) {
+    xp.resize(r, k);
+    columnDots(x, d, r, basis.data(), d, k, d, xp.data(), r);
+    c.noalias() = factorInv.transpose() * xp.cast<double>();
+  } else {
+    const RowMatF rows = Eigen::Map<const ColMatF>(x, d, r);
+    RowMatF q(d, r);
+    orthonormalize({rows.data(), d, r}, {q.data(), d, r});
+    c = (q.transpose() * basis).cast<double>();
+  }
   return std::min(1.0, c.squaredNorm() / static_cast<double>(std::min(r, k)));
+}
+
+// Both factors' overlaps with a basis (col-major components): A^T is A's memory; B
+// (row-major) is copied column-major.
+void pairOverlaps(const FactorPair& p, const ColMatF& basisA, const ColMatF& basisB, double& overlapA, double& overlapB) {
+  thread_local ColMatF bCol;
+  bCol = p.b.map();
+  overlapA = spanOverlap(p.a.data, p.a.cols, p.a.rows, basisA);
+  overlapB = spanOverlap(bCol.data(), bCol.rows(), bCol.cols(), basisB);
 }
 
 }  // namespace
@@ -361,24 +383,30 @@ FoldBases foldBases(const std::vector<FactorPair>& adapters, const int32_t* fold
   if (factors == nullptr) return out;
   // Each adapter on its own fold's basis: as projectModule and factorOverlaps would give.
   out.heldOut.assign(adapters.size(), HeldOutProjection{});
+  // Every fold's basis as the projection reads it, prepared once for its adapters.
+  std::vector<std::unique_ptr<ProjectionBasis>> foldBasis(out.present.size());
+  for (size_t f = 0; f < foldBasis.size(); ++f) {
+    if (!out.present[f]) continue;
+    const SideBasis &sa = out.foldA[f], &sb = out.foldB[f];
+    foldBasis[f] = std::make_unique<ProjectionBasis>(
+        ModuleBasis{{sa.components.data(), dIn, sa.k}, {sb.components.data(), dOut, sb.k}, nullptr, nullptr});
+  }
   std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic)
   for (long i = 0; i < static_cast<long>(adapters.size()); ++i) {
     const int32_t f = folds[i];
     if (!out.present[f]) continue;
     try {
-      const SideBasis &sa = out.foldA[f], &sb = out.foldB[f];
-      const ModuleBasis basis{{sa.components.data(), dIn, sa.k}, {sb.components.data(), dOut, sb.k}, nullptr, nullptr};
+      const ProjectionBasis& basis = *foldBasis[f];
+      const Index ka = basis.vA.cols(), kb = basis.uB.cols();
       HeldOutProjection& h = out.heldOut[i];
       const Index r = layout.rank[i];
-      h.alpha.resize(sa.k, r);
-      h.beta.resize(sb.k, r);
+      h.alpha.resize(ka, r);
+      h.beta.resize(kb, r);
       projectStackedFactors(factors->a.data() + layout.at[i] * dIn, factors->b.data() + layout.at[i] * dOut, r,
-                            factors->norm[i], factors->scale[i], basis, {h.alpha.data(), sa.k, r},
-                            {h.beta.data(), sb.k, r}, h.norm, h.error);
-      const FactorPair& p = adapters[i];
-      h.overlapA = spanOverlap(p.a.map().transpose(), basis.componentsA);
-      h.overlapB = spanOverlap(p.b.map(), basis.componentsB);
+                            factors->norm[i], factors->scale[i], basis, {h.alpha.data(), ka, r},
+                            {h.beta.data(), kb, r}, h.norm, h.error);
+      pairOverlaps(adapters[i], basis.vA, basis.uB, h.overlapA, h.overlapB);
       h.present = true;
     } catch (...) {
 #pragma omp critical(eigenlorax_folds_error)
@@ -401,7 +429,7 @@ void factorOverlaps(const std::vector<FactorPair>& adapters, ConstMatView basisA
     requireShape((name + ".B").c_str(), adapters[i].b.rows, adapters[i].b.cols, dOut, r);
   }
   if (basisA.cols < 1 || basisB.cols < 1) throw CoreError(code::kInvalidArgument, "basisA, basisB: expected at least one column");
-  const auto overlap = [](const RowMatF& factor, ConstMatView basis) { return spanOverlap(factor, basis); };
+  const ColMatF componentsA = basisA.map(), componentsB = basisB.map();
   std::exception_ptr error;
 #pragma omp parallel for schedule(dynamic)
   for (long i = 0; i < static_cast<long>(adapters.size()); ++i) {
@@ -410,8 +438,7 @@ void factorOverlaps(const std::vector<FactorPair>& adapters, ConstMatView basisA
       if (!allFinite(p.a) || !allFinite(p.b)) {
         throw CoreError(code::kNonFinite, "adapters[" + std::to_string(i) + "]: factors contain NaN or Inf");
       }
-      overlapA[i] = overlap(p.a.map().transpose(), basisA);
-      overlapB[i] = overlap(p.b.map(), basisB);
+      pairOverlaps(p, componentsA, componentsB, overlapA[i], overlapB[i]);
     } catch (...) {
 #pragma omp critical(eigenlorax_folds_error)
       if (!error) error = std::current_exception();

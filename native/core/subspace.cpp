@@ -191,21 +191,6 @@ double residualNorm(const SideProjection& a, const SideProjection& b, Index r) {
   return std::sqrt(std::max(0.0, squared));
 }
 
-// A basis with its components column-major (for the column products), and zero means
-// where it has none.
-struct ProjectionBasis {
-  ColMatF vA, uB;
-  Eigen::VectorXf zeroA, zeroB;
-  Eigen::Map<const Eigen::VectorXf> muA, muB;
-  explicit ProjectionBasis(const ModuleBasis& basis)
-      : vA(basis.componentsA.map()),
-        uB(basis.componentsB.map()),
-        zeroA(Eigen::VectorXf::Zero(basis.meanA ? 0 : basis.componentsA.rows)),
-        zeroB(Eigen::VectorXf::Zero(basis.meanB ? 0 : basis.componentsB.rows)),
-        muA(basis.meanA ? basis.meanA : zeroA.data(), basis.componentsA.rows),
-        muB(basis.meanB ? basis.meanB : zeroB.data(), basis.componentsB.rows) {}
-};
-
 // One adapter's loadings, norm and error from its factors as stacked, in float (at = A'^T,
 // b = B'): loadings and residuals in float (BLAS-3, K x r and d x r), the r x r algebra of
 // the error in double.
@@ -365,11 +350,18 @@ void projectModule(const std::vector<FactorPair>& adapters, Stacking stacking, c
   });
 }
 
-void projectStackedFactors(const float* at, const float* b, Index r, double norm, double scale, const ModuleBasis& basis,
-                           MatView alpha, MatView beta, double& normOut, double& errorOut) {
-  const ProjectionBasis projection(basis);
-  const Eigen::Map<const ColMatF> atMap(at, basis.componentsA.rows, r), bMap(b, basis.componentsB.rows, r);
-  projectOne(atMap, bMap, norm, scale, projection, alpha, beta, normOut, errorOut, canonicalWork());
+ProjectionBasis::ProjectionBasis(const ModuleBasis& basis)
+    : vA(basis.componentsA.map()),
+      uB(basis.componentsB.map()),
+      zeroA(Eigen::VectorXf::Zero(basis.meanA ? 0 : basis.componentsA.rows)),
+      zeroB(Eigen::VectorXf::Zero(basis.meanB ? 0 : basis.componentsB.rows)),
+      muA(basis.meanA ? basis.meanA : zeroA.data(), basis.componentsA.rows),
+      muB(basis.meanB ? basis.meanB : zeroB.data(), basis.componentsB.rows) {}
+
+void projectStackedFactors(const float* at, const float* b, Index r, double norm, double scale,
+                           const ProjectionBasis& basis, MatView alpha, MatView beta, double& normOut, double& errorOut) {
+  const Eigen::Map<const ColMatF> atMap(at, basis.vA.rows(), r), bMap(b, basis.uB.rows(), r);
+  projectOne(atMap, bMap, norm, scale, basis, alpha, beta, normOut, errorOut, canonicalWork());
 }
 
 void releaseScratch() {

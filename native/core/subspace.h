@@ -98,11 +98,22 @@ void projectModule(const std::vector<FactorPair>& adapters, Stacking stacking, c
                    const std::vector<MatView>& alphas, const std::vector<MatView>& betas, double* norms,
                    double* errors);
 
+// A basis as the projection reads it: its components column-major (for the column
+// products), zero means where it has none. Built once per basis, shared by every adapter.
+struct ProjectionBasis {
+  ColMatF vA, uB;
+  Eigen::VectorXf zeroA, zeroB;
+  Eigen::Map<const Eigen::VectorXf> muA, muB;
+  explicit ProjectionBasis(const ModuleBasis& basis);
+  ProjectionBasis(const ProjectionBasis&) = delete;  // the means may point at its own zeros
+  ProjectionBasis& operator=(const ProjectionBasis&) = delete;
+};
+
 // One adapter's loadings, norm and error as projectModule computes them, from its factors
 // as stacked, in float (at = A'^T, d_in x r; b = B', d_out x r; column-major), its norm
 // ||dW||_F and the scale outside them (1 for canonical stacking).
-void projectStackedFactors(const float* at, const float* b, Index r, double norm, double scale, const ModuleBasis& basis,
-                           MatView alpha, MatView beta, double& normOut, double& errorOut);
+void projectStackedFactors(const float* at, const float* b, Index r, double norm, double scale,
+                           const ProjectionBasis& basis, MatView alpha, MatView beta, double& normOut, double& errorOut);
 
 // Frees what the build and analyze kernels keep from module to module on the calling
 // thread (the stacks, the factors kept for projecting, the rsvd's work matrices): call it
