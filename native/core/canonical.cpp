@@ -1,5 +1,6 @@
 #include "canonical.h"
 
+#include <Eigen/Eigenvalues>
 #include <Eigen/Householder>
 #include <Eigen/QR>
 #include <Eigen/SVD>
@@ -20,6 +21,36 @@ void householderQr(const ColMatD& m, ColMatD& q, ColMatD& r) {
   q = ColMatD::Identity(d, c);
   q.applyOnTheLeft(qr.householderQ());
   r = qr.matrixQR().topRows(c).template triangularView<Eigen::Upper>();
+}
+
+// Thin SVD core = U diag(sigma) V^T of the small core. Square cores (the usual case) through
+// the eigendecomposition of core^T core (16 x 16: 11 us against 55 for Jacobi, a tenth of
+// a 7B module's canonicalisation): V from its eigenvectors, largest first; U from the
+// Householder QR of core V (= U S), orthonormal even where S is tiny (core V / S is noise
+// there); sigma = |diag R| = ||core v_j||, accurate to eps ||core|| (the eigenvalues' square
+// roots only to eps ||core||^2 / sigma). Non-square ones (factors shorter than their rank)
+// by Jacobi.
+void coreSvd(const ColMatD& core, ColMatD& u, Eigen::VectorXd& sigma, ColMatD& v) {
+  const Index c = core.cols();
+  if (core.rows() != c) {
+    Eigen::JacobiSVD<ColMatD> svd(core, Eigen::ComputeThinU | Eigen::ComputeThinV);
+    u = svd.matrixU();
+    v = svd.matrixV();
+    sigma = svd.singularValues();
+    return;
+  }
+  const Eigen::SelfAdjointEigenSolver<ColMatD> eig(core.transpose() * core);
+  v = eig.eigenvectors().rowwise().reverse();
+  u.noalias() = core * v;
+  Eigen::HouseholderQR<Eigen::Ref<ColMatD>> qr(u);  // in place
+  sigma = qr.matrixQR().diagonal();
+  ColMatD q = ColMatD::Identity(c, c);
+  q.applyOnTheLeft(qr.householderQ());
+  for (Index j = 0; j < c; ++j) {
+    if (sigma(j) < 0) q.col(j) = -q.col(j);
+  }
+  sigma = sigma.cwiseAbs();
+  u.swap(q);
 }
 
 }  // namespace
@@ -82,8 +113,8 @@ void stackedFactors(const FactorPair& p, Stacking stacking, CanonicalWork& w) {
   // matrix, in float (the results are stored in float; in double, with the casts, it was
   // a third of a 7B module's build).
   w.core *= p.scale;
-  Eigen::JacobiSVD<ColMatD> svd(w.core, Eigen::ComputeThinU | Eigen::ComputeThinV);
-  const Eigen::VectorXd root = svd.singularValues().cwiseSqrt();
+  coreSvd(w.core, w.u, w.sigma, w.v);
+  const Eigen::VectorXd root = w.sigma.cwiseSqrt();
   const Index c = root.size();
   const auto balanced = [&](const ColMatD& factors, const auto& input, const ColMatD& q, const ColMatD& rInv, Index d,
                             ColMatF& out) {
@@ -98,10 +129,10 @@ void stackedFactors(const FactorPair& p, Stacking stacking, CanonicalWork& w) {
     }
     out.rightCols(r - c).setZero();
   };
-  balanced(svd.matrixU(), bIn, w.qb, w.rbInv, dOut, w.bF);
-  balanced(svd.matrixV(), atIn, w.qa, w.raInv, dIn, w.atF);
+  balanced(w.u, bIn, w.qb, w.rbInv, dOut, w.bF);
+  balanced(w.v, atIn, w.qa, w.raInv, dIn, w.atF);
   w.scale = 1.0;
-  w.norm = svd.singularValues().norm();
+  w.norm = w.sigma.norm();
 }
 
 }  // namespace eigenlorax

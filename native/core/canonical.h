@@ -20,7 +20,8 @@ struct CanonicalWork {
   double scale = 1.0;
   double norm = 0.0;
   // Scratch (kept to avoid reallocating per adapter): the factors in double, for the Grams.
-  ColMatD at, b, qa, qb, ra, rb, raInv, rbInv, gram, core, tmp;
+  ColMatD at, b, qa, qb, ra, rb, raInv, rbInv, gram, core, tmp, u, v;
+  Eigen::VectorXd sigma;
   ColMatF bCol, proj, res, pq;
 };
 
