@@ -123,21 +123,35 @@ for (const stacking of ['raw', 'canonical'] as const) {
   }
 }
 
+/** dW = B A with singular values (2, 2, 1, 1) x scale: A's rows and B's columns on coordinate axes. */
+function repeatedSingularValues(): { A: Matrix; B: Matrix } {
+  const A = matrix(4, dIn);
+  const B = matrix(dOut, 4);
+  [2, 2, 1, 1].forEach((s, j) => {
+    A.data[j * dIn + 3 * j + 1] = 1;
+    B.data[(2 * j + 5) * 4 + j] = s;
+  });
+  return { A, B };
+}
+
 // Canonical factors across conditioning: well-conditioned factors take R from the r x r
 // Grams (no Q formed), cond ~1e5 takes CholeskyQR2, ~1e7 and a zero column Householder.
 // With a complete basis (K = total rank) the reconstruction is the canonical pair itself:
 // B' A' = dW and B'^T B' = A' A'^T = diag(singular values of dW), against f64 references.
-for (const [label, spread, zeroColumn] of [
-  ['well-conditioned', 3, false],
-  ['cond ~1e5', 300, false],
-  ['cond ~1e7', 3000, false],
-  ['rank-deficient B', 3, true],
+// Repeated singular values: the core's SVD is unique only up to rotations inside each pair.
+for (const [label, spread, zeroColumn, repeated] of [
+  ['well-conditioned', 3, false, false],
+  ['cond ~1e5', 300, false, false],
+  ['cond ~1e7', 3000, false, false],
+  ['rank-deficient B', 3, true, false],
+  ['repeated singular values', 3, false, true],
 ] as const) {
   test(`canonical factors of ${label} adapters are balanced SVD factors of dW (f64 reference)`, async (t) => {
     const seed = freshSeed();
     const r = 4;
     const list = adapters(seed, 3, [r]).map((p, i) => {
-      const g = regauge(p.A, p.B, invertible(r, seed + 10 * i, spread));
+      const { A, B } = repeated ? repeatedSingularValues() : p;
+      const g = regauge(A, B, invertible(r, seed + 10 * i, spread));
       if (zeroColumn) for (let j = 0; j < dOut; j++) g.B.data[j * r + r - 1] = 0;
       return { ...g, scale: p.scale };
     });
