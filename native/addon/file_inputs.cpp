@@ -99,7 +99,7 @@ void closeDescriptor(int fd) {
 }
 
 void prefetchFileInputs(const FileInput* inputs, size_t count) {
-#ifndef _WIN32
+#if !defined(_WIN32) && defined(POSIX_FADV_WILLNEED)  // not on macOS
   for (size_t i = 0; i < count; ++i) {
     const FileInput& in = inputs[i];
     const int64_t bytes = static_cast<int64_t>(in.rows) * in.cols * static_cast<int64_t>(dtypeSize(in.dtype));

@@ -1,6 +1,7 @@
 #include "column_dots.h"
 
 #include <algorithm>
+#include <type_traits>
 
 #ifdef __AVX512F__
 #include <immintrin.h>

@@ -11,24 +11,22 @@
 
 namespace eigenlorax {
 
-inline bool allFinite(const float* data, size_t count) {
-  uint32_t bad = 0;
+// True when no entry has every exponent bit set (kExponent: the exponent's mask).
+template <typename Float, typename Bits, Bits kExponent>
+bool allFiniteBits(const Float* data, size_t count) {
+  static_assert(sizeof(Float) == sizeof(Bits), "bit pattern of the float's size");
+  Bits bad = 0;
   for (size_t i = 0; i < count; ++i) {
-    uint32_t bits;
-    std::memcpy(&bits, data + i, 4);
-    bad |= static_cast<uint32_t>((bits & 0x7f800000u) == 0x7f800000u);
+    Bits bits;
+    std::memcpy(&bits, data + i, sizeof bits);
+    bad |= static_cast<Bits>((bits & kExponent) == kExponent);
   }
   return bad == 0;
 }
 
+inline bool allFinite(const float* data, size_t count) { return allFiniteBits<float, uint32_t, 0x7f800000u>(data, count); }
 inline bool allFinite(const double* data, size_t count) {
-  uint64_t bad = 0;
-  for (size_t i = 0; i < count; ++i) {
-    uint64_t bits;
-    std::memcpy(&bits, data + i, 8);
-    bad |= static_cast<uint64_t>((bits & 0x7ff0000000000000ull) == 0x7ff0000000000000ull);
-  }
-  return bad == 0;
+  return allFiniteBits<double, uint64_t, 0x7ff0000000000000ull>(data, count);
 }
 
 // The largest |entry| as its bit pattern (for floats, the order of the patterns without the

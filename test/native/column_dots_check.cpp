@@ -14,6 +14,7 @@
 #include <string>
 #include <vector>
 
+#include "check_args.h"
 #include "core/column_dots.h"
 
 using namespace eigenlorax;
@@ -34,10 +35,7 @@ bool sameBits(float a, float b) { return std::memcmp(&a, &b, sizeof a) == 0; }
 }  // namespace
 
 int main(int argc, char** argv) {
-  uint64_t seed = 1;
-  for (int i = 1; i + 1 < argc; ++i)
-    if (std::string(argv[i]) == "--seed") seed = std::strtoull(argv[i + 1], nullptr, 10);
-  std::mt19937_64 rng(seed);
+  std::mt19937_64 rng(seedArgument(argc, argv));
   std::normal_distribution<float> normal;
 #ifdef __AVX512F__
   const bool bitChecks = true;

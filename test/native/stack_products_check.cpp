@@ -15,15 +15,14 @@
 #include <string>
 #include <vector>
 
+#include "check_args.h"
 #include "core/stack_products.h"
 #include "core/threads.h"
 
 using namespace eigenlorax;
 
 int main(int argc, char** argv) {
-  uint64_t seed = 1;
-  for (int i = 1; i + 1 < argc; ++i)
-    if (std::string(argv[i]) == "--seed") seed = std::strtoull(argv[i + 1], nullptr, 10);
+  const uint64_t seed = seedArgument(argc, argv);
   std::mt19937_64 rng(seed);
   std::normal_distribution<float> normal;
   const auto fill = [&](float* data, Index count) {
