@@ -54,7 +54,6 @@ class Keep {
   // with readDeferred() when it needs it.
   float* fileInput(Napi::Env env, FileInput input, const std::string& name);
   void deferFileReads() { deferred_ = true; }
-  size_t fileCount() const { return files_.size(); }
   // On a worker: file input `index` read and converted into `dst` (rows x cols floats).
   void readDeferred(size_t index, float* dst) const { readFileInput(files_[index], dst); }
   // On the worker, before the kernel: reads every file input (ERR_IO, ERR_NON_FINITE).
