@@ -3,6 +3,7 @@
  * read, factors read module by module when asked), and {@link loadAdapter} (open + read
  * everything + close).
  */
+import type { Stats } from 'node:fs';
 import { readdir, stat } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
@@ -241,16 +242,24 @@ interface Located {
   configFile: string | null;
 }
 
-/** Finds the weights (and PEFT config) for `target` (a folder or a .safetensors file). */
-async function locate(target: string, forced: AdapterFormat | undefined): Promise<Located> {
-  let stats;
+/** What is at `target` (links followed), after putting back a folder an interrupted swap left aside. */
+async function statTarget(target: string): Promise<Stats> {
+  try {
+    return await stat(target);
+  } catch (cause) {
+    if ((cause as NodeJS.ErrnoException).code !== 'ENOENT') throw ioError(cause, target, 'open the adapter');
+  }
   try {
     // A writer killed in the middle of a folder swap leaves the old version aside.
-    if (!(await exists(target))) await recoverInterruptedSwap(target);
-    stats = await stat(target);
+    await recoverInterruptedSwap(target);
+    return await stat(target);
   } catch (cause) {
     throw ioError(cause, target, 'open the adapter');
   }
+}
+
+/** Finds the weights (and PEFT config) for `target` (a folder or a .safetensors file; `stats` its own). */
+async function locate(target: string, stats: Stats, forced: AdapterFormat | undefined): Promise<Located> {
   if (stats.isDirectory()) {
     const configFile = path.join(target, PEFT_CONFIG_NAME);
     if ((forced === undefined || forced === 'peft') && (await exists(configFile))) {
@@ -361,11 +370,15 @@ export async function openAdapter(target: string, options: OpenAdapterOptions = 
   if (typeof target !== 'string' || target.length === 0) throw invalid('a path (non-empty string)', 'path', target);
   const { format: forced, allowNonFinite } = checkOptions(options, 'options');
   const where = path.resolve(target);
-  if (forced === 'gguf' || (forced === undefined && (await isGgufFile(where)))) {
+  const openGguf = async () => {
     const { plan, reader } = await openGgufAdapter(where);
     return new OpenedAdapter(plan, reader, { path: where, files: [...reader.files] }, reader.path, allowNonFinite);
-  }
-  const located = await locate(where, forced);
+  };
+  if (forced === 'gguf') return openGguf();
+  const stats = await statTarget(where);
+  // Only a file can be GGUF: a folder is not sniffed (each sniff is three trips through libuv's pool).
+  if (forced === undefined && stats.isFile() && (await isGgufFile(where))) return openGguf();
+  const located = await locate(where, stats, forced);
   let config: PeftConfigFile | null = null;
   if (located.format === 'peft' && located.configFile !== null) config = await readPeftConfig(located.configFile);
   const reader = await openSafetensors(located.weightsFile);

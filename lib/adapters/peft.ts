@@ -182,16 +182,17 @@ export function planPeft(reader: SafetensorsReader, weightsFile: string, configF
   const extras: string[] = [];
   for (const key of reader.tensors.keys()) {
     const rest = key.startsWith(PEFT_PREFIX) ? key.slice(PEFT_PREFIX.length) : key;
-    const parts = rest.split('.');
-    const at = parts.findIndex((p) => p.startsWith('lora_'));
-    if (at < 0) {
+    // The LoRA part starts at the first dot-separated segment that starts with lora_
+    // (string searches, not split and join: thousands of keys per file).
+    const at = rest.startsWith('lora_') ? 0 : rest.indexOf('.lora_') + 1;
+    if (at === 0 && !rest.startsWith('lora_')) {
       extras.push(key);
       continue;
     }
-    if (parts.includes('lora_magnitude_vector')) {
+    if (`.${rest}.`.includes('.lora_magnitude_vector.')) {
       throw keyError('ERR_ADAPTER_UNSUPPORTED', weightsFile, key, 'DoRA adapters (lora_magnitude_vector) are not supported');
     }
-    const tail = parts.slice(at).join('.');
+    const tail = rest.slice(at);
     const role: Role | undefined = (
       { 'lora_A.weight': 'A', 'lora_B.weight': 'B', lora_embedding_A: 'embA', lora_embedding_B: 'embB' } as Record<string, Role>
     )[tail];
@@ -205,7 +206,7 @@ export function planPeft(reader: SafetensorsReader, weightsFile: string, configF
       );
     }
     if (at === 0) throw keyError('ERR_ADAPTER_FORMAT', weightsFile, key, 'the key names no module before its LoRA part');
-    const name = parts.slice(0, at).join('.');
+    const name = rest.slice(0, at - 1);
     const entry = found.get(name) ?? {};
     if (entry[role] !== undefined) {
       throw keyError('ERR_ADAPTER_FORMAT', weightsFile, key, `module ${JSON.stringify(name)} already has this factor under key ${JSON.stringify(entry[role])}`);

@@ -191,11 +191,13 @@ function kindName(stats: Stats): string {
 }
 
 /**
- * Opens `file` for reading, refusing anything but a regular file with an ERR_IO naming it.
- * O_NONBLOCK keeps the open of a FIFO from waiting for a writer forever; the check is an
- * fstat of the opened descriptor, so the file cannot be swapped between check and use.
+ * Opens `file` for reading, refusing anything but a regular file with an ERR_IO naming it;
+ * returns the handle and the file's size. O_NONBLOCK keeps the open of a FIFO from waiting
+ * for a writer forever; the check is an fstat of the opened descriptor, so the file cannot
+ * be swapped between check and use (and its size is that descriptor's: no second fstat,
+ * each a trip through libuv's pool).
  */
-export async function openRegularFile(file: string, doing = 'open'): Promise<FileHandle> {
+export async function openRegularFile(file: string, doing = 'open'): Promise<{ handle: FileHandle; size: number }> {
   let handle: FileHandle;
   try {
     handle = await open(file, constants.O_RDONLY | constants.O_NONBLOCK);
@@ -215,7 +217,7 @@ export async function openRegularFile(file: string, doing = 'open'): Promise<Fil
     await handle.close().catch(() => undefined);
     throw fileError('ERR_IO', file, `cannot ${doing}: it is ${kindName(stats)}, not a regular file`);
   }
-  return handle;
+  return { handle, size: stats.size };
 }
 
 /**
@@ -227,14 +229,8 @@ export async function readRegularFile(
   doing: string,
   limit?: { maxBytes: number; tooLong: (size: number) => Error },
 ): Promise<Buffer> {
-  const handle = await openRegularFile(file, doing);
+  const { handle, size } = await openRegularFile(file, doing);
   try {
-    let size: number;
-    try {
-      size = (await handle.stat()).size;
-    } catch (cause) {
-      throw ioError(cause, file, doing);
-    }
     if (limit !== undefined && size > limit.maxBytes) throw limit.tooLong(size);
     const bytes = Buffer.alloc(size);
     await readFully(handle, bytes, 0, file);

@@ -232,7 +232,7 @@ export async function isGgufFile(file: string): Promise<boolean> {
   let handle: FileHandle | undefined;
   try {
     // Non-blocking and regular files only: a FIFO here must not hang the sniffing.
-    handle = await openRegularFile(file, 'read');
+    handle = (await openRegularFile(file, 'read')).handle;
     const head = new Uint8Array(4);
     const { bytesRead } = await handle.read(head, 0, 4, 0);
     return bytesRead === 4 && Buffer.from(head).toString('latin1') === 'GGUF';
@@ -257,20 +257,13 @@ export async function openGguf(target: string): Promise<GgufReader> {
   if (typeof target !== 'string' || target.length === 0) throw invalid('a path (non-empty string)', 'path', target);
   if (os.endianness() !== 'LE') throw new EigenLoraxError('GGUF I/O needs a little-endian machine', 'ERR_INTERNAL');
   const file = path.resolve(target);
-  let handle: FileHandle;
   try {
     if ((await stat(file)).isDirectory()) throw fileError('ERR_INVALID_ARGUMENT', file, 'expected a .gguf file, not a folder');
   } catch (cause) {
     throw ioError(cause, file, 'open');
   }
-  handle = await openRegularFile(file, 'open');
+  const { handle, size } = await openRegularFile(file, 'open');
   try {
-    let size: number;
-    try {
-      size = (await handle.stat()).size;
-    } catch (cause) {
-      throw ioError(cause, file, 'stat');
-    }
     const header = await parseHeader(handle, file, size);
     return new GgufReader(file, handle, header);
   } catch (error) {

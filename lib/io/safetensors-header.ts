@@ -5,7 +5,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { EigenLoraxError } from '../errors.js';
 import { describe } from '../validate.js';
-import { fileError, ioError, openRegularFile, readFully } from './files.js';
+import { fileError, openRegularFile, readFully } from './files.js';
 import { findDuplicateKey } from './json-keys.js';
 import { dtypeRank, SAFETENSORS_MAX_HEADER_BYTES, safetensorsDtypeBytes, safetensorsDtypes, type SafetensorsDType } from './safetensors-format.js';
 
@@ -61,14 +61,8 @@ export function toEntryMap(file: ParsedFile): Map<string, Entry> {
  * tensor, each a trip through libuv's pool, cost more than their bytes.
  */
 export async function openFile(file: string, wholeBelow = 0): Promise<ParsedFile> {
-  const handle = await openRegularFile(file);
+  const { handle, size } = await openRegularFile(file);
   try {
-    let size: number;
-    try {
-      size = (await handle.stat()).size;
-    } catch (cause) {
-      throw ioError(cause, file, 'stat');
-    }
     let whole: Uint8Array | null = null;
     if (size <= wholeBelow) {
       whole = new Uint8Array(size);
@@ -152,7 +146,7 @@ export function parseHeader(
   if (duplicate !== undefined) throw bad(`the header lists the key twice${duplicate.path ? ` in ${duplicate.path}` : ''} (JSON.parse would keep only the last)`, duplicate.key);
 
   let metadata: Record<string, string> = {};
-  const tensors: Array<{ name: string; info: SafetensorsTensorInfo; begin: number; end: number }> = [];
+  const tensors: Array<{ name: string; info: SafetensorsTensorInfo }> = [];
   for (const [name, value] of Object.entries(header)) {
     if (name === '__metadata__') {
       metadata = parseMetadata(value, (message) => bad(message));
@@ -198,29 +192,27 @@ export function parseHeader(
     }
     tensors.push({
       name,
-      begin,
-      end,
       info: Object.freeze({
         dtype: dtype as SafetensorsDType,
-        shape: Object.freeze([...dims]),
+        // JSON.parse made the array: nothing else holds it.
+        shape: Object.freeze(dims),
         byteLength: end - begin,
         file,
         offset: dataStart + begin,
       }),
     });
   }
-  tensors.sort((a, b) => a.begin - b.begin || a.end - b.end);
+  // By data offset (a tensor's begin is its offset - dataStart).
+  tensors.sort((a, b) => a.info.offset - b.info.offset || a.info.byteLength - b.info.byteLength);
+  const span = (t: SafetensorsTensorInfo) => `[${t.offset - dataStart}, ${t.offset - dataStart + t.byteLength}]`;
   for (let i = 1; i < tensors.length; i++) {
-    const previous = tensors[i - 1] as (typeof tensors)[number];
-    const current = tensors[i] as (typeof tensors)[number];
-    if (current.begin < previous.end) {
-      throw bad(
-        `data_offsets [${current.begin}, ${current.end}] overlap those of tensor ${JSON.stringify(previous.name)} [${previous.begin}, ${previous.end}]`,
-        current.name,
-      );
+    const previous = tensors[i - 1]!;
+    const current = tensors[i]!;
+    if (current.info.offset < previous.info.offset + previous.info.byteLength) {
+      throw bad(`data_offsets ${span(current.info)} overlap those of tensor ${JSON.stringify(previous.name)} ${span(previous.info)}`, current.name);
     }
   }
-  return { metadata, tensors: tensors.map(({ name, info }) => ({ name, info })) };
+  return { metadata, tensors };
 }
 
 export function parseMetadata(value: unknown, bad: (message: string) => EigenLoraxError): Record<string, string> {
