@@ -7,13 +7,15 @@
  * that one too, each in its own process; prints both and their ratio.
  *
  *   npm run build && node dist/bench/boundary.js [--baseline path/to/old/eigenlorax.node] [--rounds-scale X]
+ *   node dist/bench/boundary.js --help      the flags
  *
  * Prints tables; never passes or fails on time.
  */
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
+import { Option } from 'commander';
 import { loraForward, matrix, rsvd, toFloat32, type Matrix } from '../lib/index.js';
-import { cpuSnapshot, fillGaussian, machineLines, median, ms, now, otherLoadLine, ratio, table } from './common.js';
+import { benchCommand, cpuSnapshot, fillGaussian, machineLines, median, ms, now, numberArg, otherLoadLine, ratio, table } from './common.js';
 
 interface Case {
   name: string;
@@ -114,16 +116,18 @@ function measure(addon: string | undefined, scale: number): number[] {
   return JSON.parse(r.stdout.trim().split('\n').pop() as string) as number[];
 }
 
-const args = process.argv.slice(2);
-const flag = (name: string) => {
-  const i = args.indexOf(name);
-  return i >= 0 ? args[i + 1] : undefined;
-};
-const scale = Number(flag('--rounds-scale') ?? 1);
-if (args.includes('--child')) {
+const options = benchCommand('boundary.js', 'what the memory-safe boundary costs: loraForward, rsvd and toFloat32 through the addon, against a baseline addon')
+  .addOption(new Option('--baseline <addon.node>', 'an addon built from the code before the change, timed in its own process (default: none)'))
+  .addOption(new Option('--rounds-scale <x>', 'multiplies the timed calls of every case (at least 3 each)').default(1).argParser(numberArg({ above: 0 })))
+  // The child that measure() starts: times the cases through the addon it loads, prints one JSON line.
+  .addOption(new Option('--child').hideHelp())
+  .parse(process.argv.slice(2), { from: 'user' })
+  .opts<{ baseline?: string; roundsScale: number; child?: true }>();
+const scale = options.roundsScale;
+if (options.child) {
   await child(scale);
 } else {
-  const baseline = flag('--baseline');
+  const baseline = options.baseline;
   console.log(machineLines().join('\n'));
   const before = cpuSnapshot();
   const old = baseline ? measure(baseline, scale) : null;

@@ -4,6 +4,7 @@
  *   npm run bench:build
  *   node dist/bench/build.js [--adapters 1000] [--modules 24] [--dim 1024] [--rank 16]
  *                            [--components 16] [--counts 6,24] [--no-hash] [--no-open-all] [--keep]
+ *   node dist/bench/build.js --help      the flags
  *
  * 1. Writes N synthetic PEFT adapters (default 1000), each with M modules (default 24) of
  *    d x d (d = 1024) at rank r (16), factors stored as bf16 (1000 x 24 x 2 x 16 x 1024 x 2 B
@@ -38,9 +39,10 @@ import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Option } from 'commander';
 import { buildSubspace, writeSafetensors, type SafetensorsFloatEntry } from '../lib/index.js';
 import { DEFAULT_MAX_OPEN_FILES } from '../lib/subspace/inputs.js';
-import { cpuSnapshot, machineLines, otherLoadLine, peakRss, sig, table, type Cell } from './common.js';
+import { benchCommand, cpuSnapshot, integerArg, integerListArg, machineLines, otherLoadLine, peakRss, sig, table, type Cell } from './common.js';
 import { mulberry32 } from '../lib/random.js';
 
 const MB = 1e6;
@@ -54,31 +56,26 @@ interface Options {
   components: number;
   counts: number[];
   hash: boolean;
-  keep: boolean;
+  /** --keep: the temporary folder stays (unset: removed). */
+  keep?: boolean;
   /** Also build with every adapter kept open (maxOpenFiles = N) at the largest module count. */
   openAll: boolean;
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { adapters: 1000, modules: 24, dim: 1024, rank: 16, components: 16, counts: [6, 24], hash: true, keep: false, openAll: true };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i]!;
-    if (flag === '--no-hash') o.hash = false;
-    else if (flag === '--keep') o.keep = true;
-    else if (flag === '--no-open-all') o.openAll = false;
-    else if (flag === '--counts') o.counts = (argv[++i] ?? '').split(',').map(Number);
-    else {
-      const value = Number(argv[++i]);
-      if (!Number.isInteger(value) || value < 1) throw new Error(`${flag}: expected a positive integer`);
-      if (flag === '--adapters') o.adapters = value;
-      else if (flag === '--modules') o.modules = value;
-      else if (flag === '--dim') o.dim = value;
-      else if (flag === '--rank') o.rank = value;
-      else if (flag === '--components') o.components = value;
-      else throw new Error(`unknown option ${flag}`);
-    }
-  }
-  if (!o.counts.every((c) => Number.isInteger(c) && c >= 1 && c <= o.modules)) throw new Error(`--counts: module counts from 1 to ${o.modules}`);
+  const program = benchCommand('build.js', 'buildSubspace on N synthetic PEFT adapters: wall time, time outside the native kernels, peak memory')
+    .addOption(new Option('--adapters <n>', 'synthetic PEFT adapters to write').default(1000).argParser(integerArg()))
+    .addOption(new Option('--modules <n>', 'modules per adapter').default(24).argParser(integerArg()))
+    .addOption(new Option('--dim <n>', 'side d of each d x d module').default(1024).argParser(integerArg()))
+    .addOption(new Option('--rank <n>', 'rank r of each adapter').default(16).argParser(integerArg()))
+    .addOption(new Option('--components <n>', 'components K of the subspace').default(16).argParser(integerArg()))
+    .addOption(new Option('--counts <list>', 'module counts to build with, one child each (the first m modules of the same files)').default([6, 24], '6,24').argParser(integerListArg()))
+    .option('--no-hash', 'do not hash the source files (eigenlorax build does)')
+    .option('--no-open-all', 'skip the extra build with every adapter kept open (maxOpenFiles = N)')
+    .option('--keep', 'keep the temporary folder of adapters')
+    .parse(argv, { from: 'user' });
+  const o = program.opts<Options>();
+  if (!o.counts.every((c) => c <= o.modules)) program.error(`error: option '--counts <list>': expected module counts from 1 to ${o.modules} (--modules)`);
   return o;
 }
 
@@ -225,6 +222,7 @@ const pct = (x: number) => `${(100 * x).toFixed(1)}%`;
 const mb = (x: number) => sig(x / MB, 3);
 
 async function main(): Promise<void> {
+  // Child mode (runChild): positional arguments after --child, read here before the flags are parsed.
   const at = process.argv.indexOf('--child');
   if (at >= 0) {
     const [listFile, modules, components, hash, maxOpenFiles] = process.argv.slice(at + 1);

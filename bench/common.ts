@@ -1,9 +1,12 @@
 /**
- * Shared pieces of the benchmarks: the machine record, medians, seeded test data and
- * plain-text tables. Benchmarks print numbers and ratios; they never pass or fail on time.
+ * Shared pieces of the benchmarks: the command line (commander, with the flag-value parsers
+ * every benchmark uses), the machine record, medians, seeded test data and plain-text
+ * tables. Benchmarks print numbers and ratios; they never pass or fail on time.
  */
 import os from 'node:os';
 import { readFileSync } from 'node:fs';
+import { Command, InvalidArgumentError } from 'commander';
+import { parseChoice, parseInteger, parseNumber, UsageError, type NumberRange } from '../lib/cli/options.js';
 import { buildInfo, getThreads, version } from '../lib/index.js';
 import { mulberry32 } from '../lib/random.js';
 
@@ -173,3 +176,49 @@ export function peakRss(): number {
   }
   return process.resourceUsage().maxRSS * 1024;
 }
+
+// ------------------------------------------------------------------------------------
+// Command line
+
+/**
+ * The command line of a benchmark, `node dist/bench/<script>`, with `description` (one
+ * line) at the top of its --help. commander prints --help (exit 0) and every mistake: an
+ * unknown flag, a missing value, a positional argument, or a value that a parser below
+ * rejects (`option '--dim <n>' argument 'x' is invalid. expected a positive integer`),
+ * then exits with code 1. Parse with `.parse(argv, { from: 'user' })` and read `.opts()`.
+ */
+export function benchCommand(script: string, description: string): Command {
+  return new Command(`node dist/bench/${script}`)
+    .description(description)
+    .helpOption('-h, --help', 'print this help')
+    .showHelpAfterError('(--help lists the flags)')
+    .allowExcessArguments(false);
+}
+
+// commander argParser forms of the `eigenlorax` commands' own value parsers
+// (lib/cli/options.ts): `.argParser(integerArg(0))`. commander's message names the flag and
+// the value; the parser's says what was expected.
+
+/** `parse` as an argParser: its UsageError becomes commander's InvalidArgumentError. */
+const asArgument =
+  <T>(parse: (text: string) => T) =>
+  (text: string): T => {
+    try {
+      return parse(text);
+    } catch (error) {
+      if (error instanceof UsageError) throw new InvalidArgumentError(error.message);
+      throw error;
+    }
+  };
+
+/** A whole number >= min (default 1: a positive integer). */
+export const integerArg = (min = 1) => asArgument((text) => parseInteger('the value', text, { min }));
+
+/** A comma-separated list of whole numbers >= min (default 1), as 6,24. */
+export const integerListArg = (min = 1) => asArgument((text) => text.split(',').map((part) => parseInteger('each entry', part, { min })));
+
+/** A finite number: above 0 with `{ above: 0 }`, at least 0 with `{ min: 0 }`. */
+export const numberArg = (range: NumberRange) => asArgument((text) => parseNumber('the value', text, range));
+
+/** One of `choices`, compared as given, or upper-cased first with `upper` (bf16 -> BF16). */
+export const choiceArg = <T extends string>(choices: readonly T[], upper = false) => asArgument((text) => parseChoice('the value', text, choices, upper));

@@ -5,6 +5,7 @@
  *   npm run bench:extract
  *   node dist/bench/extract.js [--side 4096] [--modules 32] [--rank 16] [--dtype bf16|f32]
  *                              [--python python3] [--no-peer] [--dir DIR]
+ *   node dist/bench/extract.js --help      the flags
  *
  * 1. Writes base.safetensors and tuned.safetensors (N tensors `layers.i.proj.weight`,
  *    side x side, bf16 by default: 32 x 32 MiB = 1 GiB each at 4096) to a scratch folder,
@@ -17,14 +18,16 @@
  * 4. numpy's exact SVD (np.linalg.svd, LAPACK gesdd in float32) of module 0's difference,
  *    in a python3 child whose OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE are unset (its BLAS
  *    threads = eigenlorax's); the captured energy of its top R against ours.
- * The scratch folder is removed at the end. Prints tables; never passes or fails on time.
+ * The scratch folder is removed at the end (one given with --dir is kept). Prints tables;
+ * never passes or fails on time.
  */
 import { spawnSync } from 'node:child_process';
 import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { Option } from 'commander';
 import { addLowRank, extractLora, getThreads, matrix, openSafetensors, writeSafetensors, type SafetensorsEntry } from '../lib/index.js';
-import { addUniformNoise, cpuSnapshot, fillGaussian, machineLines, median, ms, now, otherLoadLine, ratio, sig, table } from './common.js';
+import { addUniformNoise, benchCommand, choiceArg, cpuSnapshot, fillGaussian, integerArg, machineLines, median, ms, now, otherLoadLine, ratio, sig, table } from './common.js';
 
 interface Options {
   side: number;
@@ -37,23 +40,16 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = { side: 4096, modules: 32, rank: 16, dtype: 'BF16', python: 'python3', peer: true, dir: null };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '--no-peer') o.peer = false;
-    else if (flag === '--python') o.python = argv[++i] ?? 'python3';
-    else if (flag === '--dir') o.dir = argv[++i] ?? null;
-    else if (flag === '--dtype') {
-      const d = (argv[++i] ?? '').toUpperCase();
-      if (d !== 'BF16' && d !== 'F32') throw new Error('--dtype: expected bf16 or f32');
-      o.dtype = d;
-    } else if (flag === '--side' || flag === '--modules' || flag === '--rank') {
-      const v = Number(argv[++i]);
-      if (!Number.isInteger(v) || v < 1) throw new Error(`${flag}: expected a positive integer`);
-      o[flag.slice(2) as 'side' | 'modules' | 'rank'] = v;
-    } else throw new Error(`unknown option ${flag}`);
-  }
-  return o;
+  return benchCommand('extract.js', "extractLora on a synthetic base/tuned pair: time per module against reading it, and numpy's exact SVD of one module")
+    .addOption(new Option('--side <n>', 'side of each square module (side x side)').default(4096).argParser(integerArg()))
+    .addOption(new Option('--modules <n>', 'modules (tensors) in each file').default(32).argParser(integerArg()))
+    .addOption(new Option('--rank <n>', 'rank R to extract').default(16).argParser(integerArg()))
+    .addOption(new Option('--dtype <bf16|f32>', 'dtype of the written weights').default('BF16', 'bf16').argParser(choiceArg(['BF16', 'F32'], true)))
+    .addOption(new Option('--python <path>', "interpreter for numpy's exact SVD").default('python3'))
+    .option('--no-peer', "skip numpy's exact SVD")
+    .addOption(new Option('--dir <dir>', 'scratch folder to write the pair in; kept at the end').default(null, 'a temporary folder, removed at the end'))
+    .parse(argv, { from: 'user' })
+    .opts<Options>();
 }
 
 const PLANTED = 64;

@@ -3,6 +3,7 @@
  *
  *   npm run bench:io
  *   node dist/bench/io.js [--gib X] [--repeats N] [--sparse-gib N]
+ *   node dist/bench/io.js --help      the flags
  *
  * 1. Writes a bf16 safetensors file of about 1 GiB (4096 x 4096 tensors, 32 MiB each) to a
  *    temporary folder with writeSafetensors (lazy producers, f32 -> bf16 natively).
@@ -28,8 +29,9 @@ import { mkdtemp, open, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Option } from 'commander';
 import { openSafetensors, writeSafetensors, type SafetensorsFloatEntry } from '../lib/index.js';
-import { addUniformNoise, machineLines, peakRss, median, now, ratio, sig, table, type Cell } from './common.js';
+import { addUniformNoise, benchCommand, machineLines, numberArg, peakRss, median, now, ratio, sig, table, type Cell } from './common.js';
 
 const SIDE = 4096;
 const TENSOR_BYTES = SIDE * SIDE * 2;
@@ -38,16 +40,12 @@ const GB = 1e9;
 const PEAK_TARGET_BYTES = 200 * MB;
 
 function parseOptions(argv: string[]) {
-  const options = { gib: 1, repeats: 9, sparseGib: 8 };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    const value = Number(argv[++i]);
-    if (flag === '--gib') options.gib = value;
-    else if (flag === '--repeats') options.repeats = value;
-    else if (flag === '--sparse-gib') options.sparseGib = value;
-    else throw new Error(`unknown option ${flag}`);
-    if (!(value > 0)) throw new Error(`${flag}: expected a positive number`);
-  }
+  const options = benchCommand('io.js', 'safetensors I/O: readFloat32 against plain reads of the same bytes; peak memory of a header-only open')
+    .addOption(new Option('--gib <x>', 'size of the bf16 file to read, in GiB (4096 x 4096 tensors of 32 MiB)').default(1).argParser(numberArg({ above: 0 })))
+    .addOption(new Option('--repeats <n>', 'timed rounds of every method (rounded, at least 1); medians reported').default(9).argParser(numberArg({ above: 0 })))
+    .addOption(new Option('--sparse-gib <x>', 'size in GiB of the sparse file whose header a child process opens').default(8).argParser(numberArg({ above: 0 })))
+    .parse(argv, { from: 'user' })
+    .opts<{ gib: number; repeats: number; sparseGib: number }>();
   options.repeats = Math.max(1, Math.round(options.repeats));
   return options;
 }
@@ -114,6 +112,7 @@ async function writeSparse(file: string, count: number): Promise<number> {
 }
 
 async function main(): Promise<void> {
+  // Child modes (runChild, step 3), read here before the flags are parsed.
   const childAt = process.argv.indexOf('--inspect-child');
   if (childAt >= 0) {
     await inspectChild(process.argv[childAt + 1] ?? null);

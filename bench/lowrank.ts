@@ -6,6 +6,7 @@
  *
  *   npm run bench:lowrank
  *   node dist/bench/lowrank.js [--rounds-scale X] [--skip-build]
+ *   node dist/bench/lowrank.js --help      the flags
  *
  * Prints tables; never passes or fails on time.
  */
@@ -14,8 +15,9 @@ import { existsSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Option } from 'commander';
 import { eigenLoraForward, matrix, type EigenLoraLayer, type Matrix } from '../lib/index.js';
-import { cpuSnapshot, fillGaussian, machineLines, median, ms, now, otherLoadLine, table, type Cell } from './common.js';
+import { benchCommand, cpuSnapshot, fillGaussian, machineLines, median, ms, now, numberArg, otherLoadLine, table, type Cell } from './common.js';
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..');
 const TARGET = 'eigenlorax_bench_lowrank';
@@ -41,14 +43,12 @@ interface NativeResult {
 }
 
 function parseOptions(argv: string[]) {
-  const options = { roundsScale: 1, build: true };
-  for (let i = 0; i < argv.length; i++) {
-    if (argv[i] === '--rounds-scale') options.roundsScale = Number(argv[++i]);
-    else if (argv[i] === '--skip-build') options.build = false;
-    else throw new Error(`unknown option ${argv[i]}`);
-  }
-  if (!(options.roundsScale > 0)) throw new Error('--rounds-scale: expected a positive number');
-  return options;
+  const flags = benchCommand('lowrank.js', 'the EigenLoRA layer: the C++ benchmark of the core (built first), then the same layer through the Node addon')
+    .addOption(new Option('--rounds-scale <x>', 'multiplies the timed calls of every case (passed to the C++ benchmark too)').default(1).argParser(numberArg({ above: 0 })))
+    .option('--skip-build', `run build/${TARGET} as it is, without building it first`)
+    .parse(argv, { from: 'user' })
+    .opts<{ roundsScale: number; skipBuild?: boolean }>();
+  return { roundsScale: flags.roundsScale, build: flags.skipBuild !== true };
 }
 
 /**

@@ -3,6 +3,7 @@
  *
  *   npm run bench:merge
  *   node dist/bench/merge.js [--gib X] [--repeats N] [--rank R]
+ *   node dist/bench/merge.js --help      the flags
  *
  * 1. Writes a bf16 safetensors file of about 1 GiB (4096 x 4096 tensors, 32 MiB each) and a
  *    PEFT adapter (f32, rank 16) on half of its tensors, to a temporary folder.
@@ -27,10 +28,11 @@ import { copyFile, mkdir, mkdtemp, open, rm, stat, unlink, writeFile } from 'nod
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { Option } from 'commander';
 import { mergeIntoBase, openSafetensors, writeSafetensors, type SafetensorsEntry } from '../lib/index.js';
 import { native } from '../lib/native.js';
 import { addLowRankUpdates, type UpdateTerm } from '../lib/merge/update.js';
-import { addUniformNoise, cpuSnapshot, fillGaussian, machineLines, median, now, otherLoadLine, peakRss, ratio, sig, table, type Cell } from './common.js';
+import { addUniformNoise, benchCommand, cpuSnapshot, fillGaussian, machineLines, median, now, numberArg, otherLoadLine, peakRss, ratio, sig, table, type Cell } from './common.js';
 
 const SIDE = 4096;
 const TENSOR_BYTES = SIDE * SIDE * 2;
@@ -39,16 +41,12 @@ const GB = 1e9;
 const COPY_CHUNK = 8 << 20;
 
 function parseOptions(argv: string[]) {
-  const options = { gib: 1, repeats: 5, rank: 16 };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    const value = Number(argv[++i]);
-    if (flag === '--gib') options.gib = value;
-    else if (flag === '--repeats') options.repeats = value;
-    else if (flag === '--rank') options.rank = value;
-    else throw new Error(`unknown option ${flag}`);
-    if (!(value > 0)) throw new Error(`${flag}: expected a positive number`);
-  }
+  const options = benchCommand('merge.js', "mergeIntoBase on a bf16 checkpoint against copying the file; where one changed tensor's time goes; peak memory")
+    .addOption(new Option('--gib <x>', 'size of the bf16 checkpoint in GiB (4096 x 4096 tensors of 32 MiB, at least 2 of them)').default(1).argParser(numberArg({ above: 0 })))
+    .addOption(new Option('--repeats <n>', 'timed rounds of every method (rounded, at least 1); medians reported').default(5).argParser(numberArg({ above: 0 })))
+    .addOption(new Option('--rank <r>', 'rank of the adapter on half of the tensors (rounded, at least 1)').default(16).argParser(numberArg({ above: 0 })))
+    .parse(argv, { from: 'user' })
+    .opts<{ gib: number; repeats: number; rank: number }>();
   options.repeats = Math.max(1, Math.round(options.repeats));
   options.rank = Math.max(1, Math.round(options.rank));
   return options;
@@ -105,6 +103,7 @@ async function readWriteCopy(from: string, to: string, buffer: Buffer): Promise<
 }
 
 async function main(): Promise<void> {
+  // Child mode (runChild, step 4): positional arguments after --merge-child, read here before the flags are parsed.
   const childAt = process.argv.indexOf('--merge-child');
   if (childAt >= 0) {
     await mergeChild(process.argv.slice(childAt + 1));

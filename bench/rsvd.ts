@@ -14,6 +14,7 @@
  *          --exact-all        numpy float64 SVD on every shape (default: all but 16384 x 4096)
  *          --no-peer          skip numpy, sklearn and torch
  *          --python PATH      interpreter for the peers (default: python3)
+ *          --help             the flags
  *
  * Prints tables; never passes or fails on time.
  */
@@ -23,9 +24,11 @@ import os from 'node:os';
 import path from 'node:path';
 import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
+import { InvalidArgumentError, Option } from 'commander';
 import { getThreads, loraForward, matrix, rsvd, type Matrix } from '../lib/index.js';
 import {
   addUniformNoise,
+  benchCommand,
   cpuSnapshot,
   exp,
   fillGaussian,
@@ -87,28 +90,34 @@ const MAX_BURST = 20;
 
 interface Options {
   shapes: Shape[];
-  exactAll: boolean;
+  /** --exact-all (unset: the exact SVD on the affordable shapes only). */
+  exactAll?: boolean;
   peer: boolean;
   python: string;
 }
 
+/** --shapes: MxN,... (empty entries skipped); a shape of SHAPES keeps its rounds, any other gets 5. */
+function parseShapes(list: string): Shape[] {
+  return list
+    .split(',')
+    .filter(Boolean)
+    .map((text) => {
+      const [rows, cols] = text.split('x').map(Number);
+      if (!Number.isSafeInteger(rows) || !Number.isSafeInteger(cols)) throw new InvalidArgumentError(`cannot read "${text}" (expected MxN,..., as 4096x8000)`);
+      return SHAPES.find((s) => s.rows === rows && s.cols === cols) ?? { rows: rows as number, cols: cols as number, rounds: 5 };
+    });
+}
+
 function parseOptions(argv: string[]): Options {
-  const options: Options = { shapes: SHAPES, exactAll: false, peer: true, python: 'python3' };
-  for (let i = 0; i < argv.length; i++) {
-    const arg = argv[i];
-    if (arg === '--exact-all') options.exactAll = true;
-    else if (arg === '--no-peer') options.peer = false;
-    else if (arg === '--python') options.python = argv[++i] ?? 'python3';
-    else if (arg === '--shapes') {
-      const wanted = (argv[++i] ?? '').split(',').filter(Boolean);
-      options.shapes = wanted.map((text) => {
-        const [rows, cols] = text.split('x').map(Number);
-        if (!Number.isSafeInteger(rows) || !Number.isSafeInteger(cols)) throw new Error(`--shapes: cannot read "${text}"`);
-        return SHAPES.find((s) => s.rows === rows && s.cols === cols) ?? { rows: rows as number, cols: cols as number, rounds: 5 };
-      });
-    } else throw new Error(`unknown option ${arg}`);
-  }
-  return options;
+  return benchCommand('rsvd.js', "eigenlorax's rsvd against the same algorithm in numpy, and against sklearn's randomized_svd and torch.svd_lowrank")
+    .addOption(
+      new Option('--shapes <MxN,...>', 'only these shapes').default(SHAPES, SHAPES.map((s) => `${s.rows}x${s.cols}`).join(',')).argParser(parseShapes),
+    )
+    .option('--exact-all', "numpy's exact float64 SVD on every shape (default: all but 16384 x 4096)")
+    .option('--no-peer', 'skip numpy, sklearn and torch')
+    .addOption(new Option('--python <path>', 'interpreter for the peers (sklearn and torch, where they do not import there: /usr/bin/python3)').default('python3'))
+    .parse(argv, { from: 'user' })
+    .opts<Options>();
 }
 
 // ------------------------------------------------------------------------------------

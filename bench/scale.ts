@@ -4,6 +4,7 @@
  *   npm run bench:scale                        # N = 64, 256, 1024; 2 layers (see below)
  *   node dist/bench/scale.js --adapters 16 --layers 1 --dim 1024      # a quick run
  *   node dist/bench/scale.js --module-only     # only the single-module measurement
+ *   node dist/bench/scale.js --help            # the flags
  *
  * 1. One module of the Llama-7B shape (d = 4096 -> 4096, r = 16, N = 256 adapters in
  *    memory, K = 32): wall and process CPU time of the native build and projection (as two
@@ -30,9 +31,10 @@
 import { mkdtemp, readdir, readFile, rm } from 'node:fs/promises';
 import os from 'node:os';
 import path from 'node:path';
+import { InvalidArgumentError, Option } from 'commander';
 import { analyzeAdapters, buildSubspace, gatherShards, matrix, rsvd, saveAdapter, writeBuildFolder, type LoraAdapter } from '../lib/index.js';
 import { native } from '../lib/native.js';
-import { fillGaussian, machineLines, peakRss, sig, table, type Cell } from './common.js';
+import { benchCommand, fillGaussian, integerArg, integerListArg, machineLines, peakRss, sig, table, type Cell } from './common.js';
 
 interface Options {
   adapters: number[];
@@ -41,43 +43,43 @@ interface Options {
   rank: number;
   components: number;
   moduleAdapters: number;
-  moduleOnly: boolean;
+  /** --module-only (unset: the zoos too). */
+  moduleOnly?: boolean;
   memoryBudget: string;
-  skipOutOfCore: boolean;
+  skipOutOfCore?: boolean;
   heldOut: 'auto' | 'leave-one-out' | number;
-  keep: boolean;
+  keep?: boolean;
   repeats: number;
   /** A zoo written by an earlier run (--keep): its first N adapters are used instead of writing new ones. */
   zoo: string | null;
 }
 
+/** --held-out: auto, loo (leave-one-out) or a number of folds k >= 2 (analyzeAdapters also caps it at N). */
+function parseHeldOut(text: string): Options['heldOut'] {
+  if (text === 'auto') return 'auto';
+  if (text === 'loo') return 'leave-one-out';
+  const folds = Number(text);
+  if (!Number.isSafeInteger(folds) || folds < 2) throw new InvalidArgumentError('expected auto, loo or a number of folds >= 2');
+  return folds;
+}
+
 function parse(argv: string[]): Options {
-  const o: Options = { adapters: [64, 256, 1024], layers: 2, dim: 4096, rank: 16, components: 32, moduleAdapters: 256, moduleOnly: false, memoryBudget: '64MB', keep: false, repeats: 3, skipOutOfCore: false, heldOut: 'auto', zoo: null };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i]!;
-    if (flag === '--module-only') o.moduleOnly = true;
-    else if (flag === '--keep') o.keep = true;
-    else if (flag === '--skip-out-of-core') o.skipOutOfCore = true;
-    else if (flag === '--held-out') {
-      const v = argv[++i] ?? '';
-      o.heldOut = v === 'loo' ? 'leave-one-out' : v === 'auto' ? 'auto' : Number(v);
-    }
-    else if (flag === '--adapters') o.adapters = (argv[++i] ?? '').split(',').map(Number);
-    else if (flag === '--memory-budget') o.memoryBudget = argv[++i] ?? '';
-    else if (flag === '--zoo') o.zoo = argv[++i] ?? '';
-    else {
-      const v = Number(argv[++i]);
-      if (!Number.isInteger(v) || v < 1) throw new Error(`${flag}: expected a positive integer`);
-      if (flag === '--layers') o.layers = v;
-      else if (flag === '--dim') o.dim = v;
-      else if (flag === '--rank') o.rank = v;
-      else if (flag === '--components') o.components = v;
-      else if (flag === '--module-adapters') o.moduleAdapters = v;
-      else if (flag === '--repeats') o.repeats = v;
-      else throw new Error(`unknown option ${flag}`);
-    }
-  }
-  return o;
+  return benchCommand('scale.js', 'subspaces at scale: one Llama-7B-shaped module in memory, then zoos of N bf16 PEFT adapters (build, analyze, out of core, 4 shards + gather)')
+    .addOption(new Option('--adapters <list>', 'zoo sizes N, one zoo each').default([64, 256, 1024], '64,256,1024').argParser(integerListArg()))
+    .addOption(new Option('--layers <n>', 'layers of q/k/v/o_proj in each zoo adapter (32: the real model)').default(2).argParser(integerArg()))
+    .addOption(new Option('--dim <n>', 'side d of every module (d -> d)').default(4096).argParser(integerArg()))
+    .addOption(new Option('--rank <n>', 'rank r of every adapter').default(16).argParser(integerArg()))
+    .addOption(new Option('--components <n>', 'components K of every build').default(32).argParser(integerArg()))
+    .addOption(new Option('--module-adapters <n>', 'adapters in memory for the single-module measurement').default(256).argParser(integerArg()))
+    .option('--module-only', 'only the single-module measurement, no zoo')
+    .addOption(new Option('--repeats <n>', 'interleaved build and analyze runs per zoo (medians)').default(3).argParser(integerArg()))
+    .addOption(new Option('--held-out <auto|loo|k>', "analyze's held-out scheme (auto: leave-one-out up to 20 adapters, else 5-fold)").default('auto').argParser(parseHeldOut))
+    .addOption(new Option('--memory-budget <size>', 'memory budget of the out-of-core build').default('64MB'))
+    .option('--skip-out-of-core', 'skip the out-of-core build')
+    .option('--keep', 'keep the scratch folders (the zoos) instead of removing them')
+    .addOption(new Option('--zoo <dir>', 'use the first N adapters of a zoo an earlier run kept (same --layers, --dim, --rank) instead of writing one').default(null, 'write a new zoo'))
+    .parse(argv, { from: 'user' })
+    .opts<Options>();
 }
 
 /** GFLOP/s of one float32 product of the rsvd's shape (rows x d times d x l), best of three, through the addon's GEMM. */

@@ -5,6 +5,7 @@
  *   npm run bench:serve-load
  *   node dist/bench/serve-load.js [--clients 32] [--adapters 64] [--k 16] [--rank 8] [--rounds 3]
  *                                 [--seconds 3] [--requests 20000] [--max-batch 64] [--window 1] [--threads 1]
+ *   node dist/bench/serve-load.js --help      the flags
  *
  * The model has the demo's shapes: a 784-256-256-10 ReLU MLP (random weights), and a
  * subspace with K = 16 components per side over both hidden layers (fc1, fc2), built by
@@ -30,10 +31,11 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import { fileURLToPath } from 'node:url';
+import { Option } from 'commander';
 import { buildSubspace, getThreads, matrix, setThreads, type LoraAdapter, type LoraModule } from '../lib/index.js';
 import { Linear, ReLU, Sequential } from '../lib/train/index.js';
 import { ServedModel, startServer } from '../lib/serve/index.js';
-import { cpuSnapshot, fillGaussian, machineLines, median, otherLoadLine, sig, table } from './common.js';
+import { benchCommand, cpuSnapshot, fillGaussian, integerArg, machineLines, median, numberArg, otherLoadLine, sig, table } from './common.js';
 import { mulberry32 } from '../lib/random.js';
 
 const WIDTHS = [784, 256, 256, 10];
@@ -53,36 +55,22 @@ interface Options {
   threads: number;
 }
 
-function parseOptions(argv: string[]): Options & { serve: boolean } {
-  const o = { clients: 32, adapters: 64, k: 16, rank: 8, rounds: 3, seconds: 3, requests: 20_000, maxBatch: 64, window: 1, threads: 1, serve: false };
-  const integers: Record<string, keyof Options> = {
-    '--clients': 'clients',
-    '--adapters': 'adapters',
-    '--k': 'k',
-    '--rank': 'rank',
-    '--rounds': 'rounds',
-    '--requests': 'requests',
-    '--max-batch': 'maxBatch',
-    '--threads': 'threads',
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i]!;
-    if (flag === '--serve') {
-      o.serve = true;
-      continue;
-    }
-    const value = Number(argv[++i]);
-    if (flag in integers) {
-      if (!Number.isSafeInteger(value) || value < (flag === '--threads' ? 0 : 1)) throw new Error(`${flag}: expected a positive integer`);
-      o[integers[flag]!] = value;
-    } else if (flag === '--seconds' || flag === '--window') {
-      if (!Number.isFinite(value) || value < 0) throw new Error(`${flag}: expected a number >= 0`);
-      o[flag === '--seconds' ? 'seconds' : 'window'] = value;
-    } else {
-      throw new Error(`unknown option ${flag}`);
-    }
-  }
-  return o;
+function parseOptions(argv: string[]): Options & { serve?: boolean } {
+  return benchCommand('serve-load.js', 'the HTTP server (eigenlorax serve) under load on loopback: micro-batching on against off (max batch 1)')
+    .addOption(new Option('--clients <n>', 'concurrent keep-alive clients').default(32).argParser(integerArg()))
+    .addOption(new Option('--adapters <n>', 'random rank-r LoRA adapters the subspace is built from, all registered').default(64).argParser(integerArg()))
+    .addOption(new Option('--k <n>', 'components K per side (fc1, fc2)').default(16).argParser(integerArg()))
+    .addOption(new Option('--rank <n>', 'rank r of the adapters').default(8).argParser(integerArg()))
+    .addOption(new Option('--rounds <n>', 'rounds, each measuring both servers (medians)').default(3).argParser(integerArg()))
+    .addOption(new Option('--seconds <s>', 'length of one measurement in seconds (or --requests, whichever comes first)').default(3).argParser(numberArg({ min: 0 })))
+    .addOption(new Option('--requests <n>', 'requests in one measurement (or --seconds, whichever comes first)').default(20_000).argParser(integerArg()))
+    .addOption(new Option('--max-batch <n>', 'rows per batch of the batching server').default(64).argParser(integerArg()))
+    .addOption(new Option('--window <ms>', "batching server's window in ms after the first waiting request").default(1).argParser(numberArg({ min: 0 })))
+    .addOption(new Option('--threads <n>', "each server's kernel threads (0: the library default, all cores)").default(1).argParser(integerArg(0)))
+    // The server child that startChild starts with the flags above: builds the model, serves it, prints its URL.
+    .addOption(new Option('--serve').hideHelp())
+    .parse(argv, { from: 'user' })
+    .opts<Options & { serve?: boolean }>();
 }
 
 /** A random LoRA adapter of rank `rank` on fc1 and fc2 (what buildSubspace reads). */

@@ -4,6 +4,7 @@
  *
  *   npm run bench:serve
  *   node dist/bench/serve.js [--rows 256] [--d 4096] [--k 64] [--r 16] [--counts 1,16,256,1024] [--rounds 7] [--assign spread|random] [--threads N]
+ *   node dist/bench/serve.js --help      the flags
  *
  * One layer, d_in = d_out = d, components K_A = K_B = K, adapters of rank r (coefficient
  * sets alpha, beta: K x r, scale 1, on random orthonormal components: the values do not
@@ -32,6 +33,7 @@
  * times a short burst of calls after one untimed call). Prints tables; never passes or
  * fails on time.
  */
+import { Option } from 'commander';
 import {
   AdapterBank,
   LoraBank,
@@ -47,7 +49,7 @@ import {
   type Subspace,
   type SubspaceModule,
 } from '../lib/index.js';
-import { cpuSnapshot, fillGaussian, machineLines, median, ms, now, otherLoadLine, ratio, sig, table, type Cell } from './common.js';
+import { benchCommand, choiceArg, cpuSnapshot, fillGaussian, integerArg, integerListArg, machineLines, median, ms, now, otherLoadLine, ratio, sig, table, type Cell } from './common.js';
 import { mulberry32 } from '../lib/random.js';
 
 const MODULE = 'layer';
@@ -58,28 +60,21 @@ const ROTATING_SET = 16;
 const ROTATING_SETS = 4;
 
 function parseOptions(argv: string[]) {
-  const options = { rows: 256, d: 4096, k: 64, r: 16, counts: [1, 16, 256, 1024], rounds: 7, assign: 'spread' as 'spread' | 'random', threads: 0 };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    const value = argv[++i] ?? '';
-    if (flag === '--counts') options.counts = value.split(',').map(Number);
-    else if (flag === '--rows') options.rows = Number(value);
-    else if (flag === '--d') options.d = Number(value);
-    else if (flag === '--k') options.k = Number(value);
-    else if (flag === '--r') options.r = Number(value);
-    else if (flag === '--rounds') options.rounds = Number(value);
-    else if (flag === '--threads') options.threads = Number(value);
-    else if (flag === '--assign') {
-      if (value !== 'spread' && value !== 'random') throw new Error('--assign: spread or random');
-      options.assign = value;
-      continue;
-    } else throw new Error(`unknown option ${flag}`);
-  }
-  for (const v of [options.rows, options.d, options.k, options.r, options.rounds, ...options.counts]) {
-    if (!Number.isSafeInteger(v) || v < 1) throw new Error('options: expected positive integers');
-  }
-  if (!Number.isSafeInteger(options.threads) || options.threads < 0) throw new Error('--threads: expected a non-negative integer (0: the default)');
-  return options;
+  return benchCommand('serve.js', 'many adapters in one batch: the EigenLoRA AdapterBank against one adapter for the whole batch and against the per-row LoRA baseline LoraBank')
+    .addOption(new Option('--rows <n>', 'rows per batch').default(256).argParser(integerArg()))
+    .addOption(new Option('--d <n>', "the layer's d_in = d_out").default(4096).argParser(integerArg()))
+    .addOption(new Option('--k <n>', 'components K_A = K_B').default(64).argParser(integerArg()))
+    .addOption(new Option('--r <n>', 'rank r of the adapters').default(16).argParser(integerArg()))
+    .addOption(new Option('--counts <list>', 'adapter counts N, one row of each table per count (max N registered in both banks)').default([1, 16, 256, 1024], '1,16,256,1024').argParser(integerListArg()))
+    .addOption(new Option('--rounds <n>', 'rounds, contenders interleaved (medians)').default(7).argParser(integerArg()))
+    .addOption(
+      new Option('--assign <spread|random>', "each row's adapter: round robin / spread evenly over the N, or uniformly at random (seeded)")
+        .default('spread')
+        .argParser(choiceArg(['spread', 'random'] as const)),
+    )
+    .addOption(new Option('--threads <n>', "the kernels' threads (setThreads) for the whole run; 0: the library default, all cores").default(0).argParser(integerArg(0)))
+    .parse(argv, { from: 'user' })
+    .opts<{ rows: number; d: number; k: number; r: number; counts: number[]; rounds: number; assign: 'spread' | 'random'; threads: number }>();
 }
 
 function gaussian(rows: number, cols: number, seed: number, scale = 1): Matrix {

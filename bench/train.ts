@@ -2,7 +2,8 @@
  * Training throughput of the demo's model: a 784-256-256-10 ReLU MLP at batch 128.
  *
  *   npm run bench:train
- *   node dist/bench/train.js [--rounds 21] [--steps 25] [--batch 128] [--k 16] [--augment 64] [--threads N] [--json PATH] [--python PATH] [--no-peer]
+ *   node dist/bench/train.js [--rounds 21] [--steps 25] [--batch 128] [--k 16] [--augment 64] [--rank 8] [--threads N] [--json PATH] [--python PATH] [--no-peer]
+ *   node dist/bench/train.js --help      the flags
  *
  * Contenders, each trained by `trainModel` (AdamW with lr 1e-4, see LR; softmax
  * cross-entropy) on the same synthetic batches (inputs uniform in [0, 1], random labels),
@@ -45,6 +46,7 @@ import { createInterface } from 'node:readline';
 import { fileURLToPath } from 'node:url';
 import os from 'node:os';
 import path from 'node:path';
+import { Option } from 'commander';
 import { getThreads, linearForward, matrix, orthonormalize, setThreads, type Matrix } from '../lib/index.js';
 import {
   crossEntropyLoss,
@@ -61,7 +63,7 @@ import {
 } from '../lib/train/index.js';
 import { type Dataset } from '../lib/data/index.js';
 import { native } from '../lib/native.js';
-import { cpuSnapshot, fillGaussian, machineLines, median, otherLoadLine, sig, table, type Cell } from './common.js';
+import { benchCommand, cpuSnapshot, fillGaussian, integerArg, machineLines, median, otherLoadLine, sig, table, type Cell } from './common.js';
 import { mulberry32 } from '../lib/random.js';
 
 interface Options {
@@ -78,48 +80,23 @@ interface Options {
 }
 
 function parseOptions(argv: string[]): Options {
-  const o: Options = {
-    rounds: 21,
-    steps: 25,
-    batch: 128,
-    k: 16,
-    augment: 64,
-    rank: 8,
-    threads: 0,
-    json: path.join(os.tmpdir(), 'eigenlorax-bench', 'train.json'),
-    python: '/usr/bin/python3',
-    peer: true,
-  };
-  for (let i = 0; i < argv.length; i++) {
-    const flag = argv[i];
-    if (flag === '--no-peer') {
-      o.peer = false;
-      continue;
-    }
-    if (flag === '--python') {
-      o.python = argv[++i] ?? o.python;
-      continue;
-    }
-    const value = argv[++i] ?? '';
-    if (flag === '--json') {
-      o.json = path.resolve(value);
-      continue;
-    }
-    const n = Number(value);
-    if (!Number.isSafeInteger(n) || n < 0) throw new Error(`${flag}: expected a non-negative integer, not ${JSON.stringify(value)}`);
-    if (flag === '--rounds') o.rounds = n;
-    else if (flag === '--steps') o.steps = n;
-    else if (flag === '--batch') o.batch = n;
-    else if (flag === '--k') o.k = n;
-    else if (flag === '--augment') o.augment = n;
-    else if (flag === '--rank') o.rank = n;
-    else if (flag === '--threads') o.threads = n;
-    else throw new Error(`unknown option ${flag}`);
-  }
-  for (const [name, v] of Object.entries({ rounds: o.rounds, steps: o.steps, batch: o.batch, k: o.k, rank: o.rank })) {
-    if (v < 1) throw new Error(`--${name}: expected an integer >= 1`);
-  }
-  return o;
+  return benchCommand('train.js', "training throughput of the demo's 784-256-256-10 MLP: full training, LoRA, EigenLoRA, EigenLoRAx (and a PyTorch peer)")
+    .addOption(new Option('--rounds <n>', 'plain rounds (and as many instrumented ones); medians over rounds').default(21).argParser(integerArg()))
+    .addOption(new Option('--steps <n>', 'updates per contender per round').default(25).argParser(integerArg()))
+    .addOption(new Option('--batch <n>', 'batch size').default(128).argParser(integerArg()))
+    .addOption(new Option('--k <n>', 'components K per side of EigenLoRA and EigenLoRAx').default(16).argParser(integerArg()))
+    .addOption(new Option('--augment <n>', "EigenLoRAx's augmented directions P per side").default(64).argParser(integerArg(0)))
+    .addOption(new Option('--rank <n>', 'rank r of LoRA, EigenLoRA and EigenLoRAx').default(8).argParser(integerArg()))
+    .addOption(new Option('--threads <n>', 'kernel threads (setThreads); 0: the library default, all cores').default(0).argParser(integerArg(0)))
+    .addOption(
+      new Option('--json <path>', 'where to write the numbers as JSON')
+        .default(path.join(os.tmpdir(), 'eigenlorax-bench', 'train.json'))
+        .argParser((text) => path.resolve(text)),
+    )
+    .addOption(new Option('--python <path>', 'interpreter for the PyTorch peer').default('/usr/bin/python3'))
+    .option('--no-peer', 'skip the PyTorch peer')
+    .parse(argv, { from: 'user' })
+    .opts<Options>();
 }
 
 const WIDTHS = [784, 256, 256, 10];
