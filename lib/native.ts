@@ -152,6 +152,8 @@ export interface NativeAddon {
   setThreads(threads: number): void;
   getThreads(): number;
   buildInfo(): NativeBuildInfo;
+  /** `bytes` uninitialised bytes, in huge pages when large (native/core/large_buffers.h). */
+  largeBuffer(bytes: number): ArrayBuffer;
   rsvd(
     args: OnDevice<
       { matrix: Matrix; rank: number; oversample: number; powerIters: number; seed: number; method: NativeSvdMethod },

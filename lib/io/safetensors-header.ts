@@ -5,7 +5,7 @@
 import type { FileHandle } from 'node:fs/promises';
 import type { EigenLoraxError } from '../errors.js';
 import { describe } from '../validate.js';
-import { fileError, openRegularFile, readFully } from './files.js';
+import { fileError, openRegularFile, readBuffer, readFully } from './files.js';
 import { findDuplicateKey } from './json-keys.js';
 import { dtypeRank, SAFETENSORS_MAX_HEADER_BYTES, safetensorsDtypeBytes, safetensorsDtypes, type SafetensorsDType } from './safetensors-format.js';
 
@@ -65,7 +65,7 @@ export async function openFile(file: string, wholeBelow = 0): Promise<ParsedFile
   try {
     let whole: Uint8Array | null = null;
     if (size <= wholeBelow) {
-      whole = new Uint8Array(size);
+      whole = readBuffer(size);
       await readFully(handle, whole, 0, file);
     }
     const read = async (length: number, at: number) => {

@@ -39,7 +39,7 @@ import { readdir, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import * as ops from '../native/ops.js';
 import { describe, invalid, knownKeys, object } from '../validate.js';
-import { fileError, ioError, readFully, readRegularFile } from './files.js';
+import { fileError, ioError, readBuffer, readFully, readRegularFile } from './files.js';
 import { assertLittleEndian, dtypeRank, floatDtypes, isSafetensorsFloatDtype, SAFETENSORS_MAX_HEADER_BYTES, safetensorsDtypeBytes, safetensorsDtypes, type SafetensorsDType, type SafetensorsFloatDType } from './safetensors-format.js';
 export { assertLittleEndian, dtypeRank, isSafetensorsFloatDtype, SAFETENSORS_MAX_HEADER_BYTES, safetensorsDtypeBytes, safetensorsDtypes, type SafetensorsDType, type SafetensorsFloatDType };
 import { readConverted } from './safetensors-convert.js';
@@ -214,7 +214,7 @@ export class SafetensorsReader {
     }
     const handle = this.#handle(source, name);
     const shape = [...info.shape];
-    const data = out ?? new Float32Array(count);
+    const data = out ?? new Float32Array(readBuffer(count * 4).buffer);
     const held = heldBytes(source, info);
     if (held !== null) {
       if (dtype === 'F32') new Uint8Array(data.buffer, data.byteOffset, data.byteLength).set(held);
@@ -257,7 +257,7 @@ export class SafetensorsReader {
       throw fileError('ERR_SHAPE_MISMATCH', source.path, `options.out has ${out.byteLength} bytes but the tensor has ${info.byteLength}`, name);
     }
     const handle = this.#handle(source, name);
-    const bytes = out ?? new Uint8Array(info.byteLength);
+    const bytes = out ?? readBuffer(info.byteLength);
     const held = heldBytes(source, info);
     if (held !== null) bytes.set(held);
     else await readFully(handle, bytes, info.offset, source.path, name);

@@ -55,6 +55,7 @@ export { addonPath, addonKind } from '../native.js';
 export const buildInfo = (): ReturnType<NativeAddon['buildInfo']> => native.buildInfo();
 export const setThreads = (threads: number): void => native.setThreads(threads);
 export const getThreads = (): number => native.getThreads();
+export const largeBuffer = (bytes: number): ArrayBuffer => native.largeBuffer(bytes);
 
 // ---- linear algebra
 export const rsvd = (device: NativeDevice, args: Args<'rsvd'>): Result<'rsvd'> => callNative(() => native.rsvd({ ...args, device }));
