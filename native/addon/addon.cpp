@@ -79,6 +79,7 @@ Napi::Value largeBuffer(const Napi::CallbackInfo& info) {
 }
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
+  tuneProcessAllocator();
   Eigen::initParallel();
   envState(env);
   exports.Set("setErrorClass", Napi::Function::New(env, setErrorClass));

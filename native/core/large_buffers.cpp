@@ -1,9 +1,15 @@
 #include "large_buffers.h"
 
+#include <cstdlib>
+#include <cstring>
+#include <mutex>
 #include <new>
 
 #ifdef __linux__
 #include <sys/mman.h>
+#endif
+#ifdef __GLIBC__
+#include <malloc.h>
 #endif
 
 namespace eigenlorax {
@@ -26,6 +32,18 @@ void* allocateLarge(size_t bytes) {
   madvise(p, capacity, MADV_HUGEPAGE);  // advice only: without THP the pages stay small
 #endif
   return p;
+}
+
+void tuneProcessAllocator() {
+  static std::once_flag once;
+  std::call_once(once, [] {
+#ifdef __GLIBC__
+    const char* setting = std::getenv("EIGENLORAX_MALLOC_TUNING");
+    if (setting != nullptr && std::strcmp(setting, "0") == 0) return;
+    mallopt(M_MMAP_THRESHOLD, 32 << 20);
+    mallopt(M_TOP_PAD, 16 << 20);
+#endif
+  });
 }
 
 void freeLarge(void* p, size_t bytes) noexcept {
