@@ -12,6 +12,7 @@ import { openSafetensors } from '../lib/io/safetensors.js';
 import { findDuplicateKey } from '../lib/io/json-keys.js';
 import { compareUtf8 } from '../lib/io/safetensors-write.js';
 import { freshSeed, rng } from './helpers/random.js';
+import { safetensorsBytes } from './helpers/safetensors-fixtures.js';
 
 /** Characters that stress the scanner and the comparison: quotes, backslashes, controls, 2-4 byte UTF-8. */
 const ALPHABET = ['a', 'b', 'z', '.', '_', '0', '9', '"', '\\', '/', '\n', '\u0001', 'é', '\u07ff', '\u0800', '\uffee', '\uff21', '\ue000', '𝄞', '😀', '\ud7ff'];
@@ -91,10 +92,7 @@ test('a header whose tensors overlap is refused naming both and their spans', as
   t.teardown(() => rm(dir, { recursive: true, force: true }));
   const file = path.join(dir, 'overlap.safetensors');
   const header = '{"b":{"dtype":"F32","shape":[2],"data_offsets":[4,12]},"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}';
-  const json = Buffer.from(header.padEnd(Math.ceil(header.length / 8) * 8, ' '));
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(json.length));
-  await writeFile(file, Buffer.concat([length, json, Buffer.alloc(12)]));
+  await writeFile(file, safetensorsBytes(header, new Uint8Array(12)));
   const error = await t.throwsAsync(() => openSafetensors(file));
   t.is((error as { code?: string }).code, 'ERR_SAFETENSORS_FORMAT');
   t.regex(error!.message, /"b".*data_offsets \[4, 12\] overlap those of tensor "a" \[0, 8\]/);

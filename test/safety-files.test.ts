@@ -27,6 +27,7 @@ import { Linear, loadCheckpoint, Sequential, trainModel } from '../lib/train/ind
 import { DATA_DIGEST_KEY } from '../lib/io/digest.js';
 import { cleanStaleTemporaries, ioError } from '../lib/io/files.js';
 import { basePeftConfig, peftTensors, tempDir, writePeft } from './helpers/adapter-fixtures.js';
+import { safetensorsBytes } from './helpers/safetensors-fixtures.js';
 import { memoryAdapter, plantedBases, plantedFactors } from './helpers/subspace-fixtures.js';
 import { blobs } from './helpers/train-fixtures.js';
 
@@ -285,15 +286,10 @@ test('a safetensors header listing a key twice is refused naming the key', async
   const dir = await tempDir(t);
   const file = path.join(dir, 'dup.safetensors');
   const header = '{"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"u":{"dtype":"F32","shape":[1],"data_offsets":[4,8]},"t":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}';
-  const json = Buffer.from(header.padEnd(Math.ceil(header.length / 8) * 8, ' '));
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(json.length));
-  await writeFile(file, Buffer.concat([length, json, Buffer.alloc(8)]));
+  await writeFile(file, safetensorsBytes(header, new Uint8Array(8)));
   await refused(t, () => openSafetensors(file), 'ERR_SAFETENSORS_FORMAT', [file, '"t"', 'twice']);
   // Escaped spellings of the same key are the same key.
   const escaped = '{"\\u0074":{"dtype":"F32","shape":[1],"data_offsets":[0,4]},"t":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}';
-  const json2 = Buffer.from(escaped.padEnd(Math.ceil(escaped.length / 8) * 8, ' '));
-  length.writeBigUInt64LE(BigInt(json2.length));
-  await writeFile(file, Buffer.concat([length, json2, Buffer.alloc(4)]));
+  await writeFile(file, safetensorsBytes(escaped, new Uint8Array(4)));
   await refused(t, () => openSafetensors(file), 'ERR_SAFETENSORS_FORMAT', ['twice']);
 });

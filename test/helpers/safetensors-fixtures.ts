@@ -98,16 +98,21 @@ export async function writeFixture(dir: string, name: string, bytes: Uint8Array 
   return file;
 }
 
+/** A safetensors file's bytes from its header text as given (padded with spaces to 8) and its data section. */
+export function safetensorsBytes(header: string, data: Uint8Array): Buffer {
+  const json = Buffer.from(header, 'utf8');
+  const padded = Buffer.alloc(json.length + ((8 - (json.length % 8)) % 8), 0x20);
+  json.copy(padded);
+  const length = Buffer.alloc(8);
+  length.writeBigUInt64LE(BigInt(padded.length));
+  return Buffer.concat([length, padded, data]);
+}
+
 /** A saved PEFT weights file re-laid without eigenlorax.config_sha256 (compact header, padded to 8). */
 export async function withoutConfigDigest(file: string): Promise<Buffer> {
   const bytes = await readFile(file);
   const n = Number(bytes.readBigUInt64LE(0));
   const header = JSON.parse(bytes.toString('utf8', 8, 8 + n)) as { __metadata__: Record<string, string> };
   delete header.__metadata__['eigenlorax.config_sha256'];
-  const json = Buffer.from(JSON.stringify(header), 'utf8');
-  const padded = Buffer.alloc(json.length + ((8 - (json.length % 8)) % 8), 0x20);
-  json.copy(padded);
-  const length = Buffer.alloc(8);
-  length.writeBigUInt64LE(BigInt(padded.length));
-  return Buffer.concat([length, padded, bytes.subarray(8 + n)]);
+  return safetensorsBytes(JSON.stringify(header), bytes.subarray(8 + n));
 }
