@@ -28,6 +28,16 @@ test('readBuffer: the size asked, below and above the large-buffer threshold, wr
   }
 });
 
+test('largeBuffer gives ArrayBuffers of the size asked, empty to huge-page sized', (t) => {
+  for (const bytes of [0, 100, (9 << 20) + 1]) {
+    const b = native.largeBuffer(bytes);
+    t.true(b instanceof ArrayBuffer);
+    t.is(b.byteLength, bytes);
+    new Uint8Array(b).fill(0xab);
+    t.true(new Uint8Array(b).every((v) => v === 0xab));
+  }
+});
+
 test('largeBuffer refuses what is not a byte count, with ERR_INVALID_ARGUMENT', (t) => {
   for (const bad of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 60, '8', null, undefined]) {
     const error = t.throws(() => native.largeBuffer(bad as number));

@@ -3,6 +3,7 @@
 
 #include <Eigen/Core>
 
+#include "../core/errors.h"
 #include "../core/large_buffers.h"
 #include "../core/threads.h"
 #include "args.h"
@@ -73,9 +74,14 @@ Napi::Value largeBuffer(const Napi::CallbackInfo& info) {
   try {
     data = allocateLarge(bytes);
   } catch (const std::bad_alloc&) {
-    throwError(env, "ERR_OUT_OF_MEMORY", "largeBuffer: cannot allocate " + std::to_string(bytes) + " bytes");
+    throwError(env, code::kOutOfMemory, "largeBuffer: cannot allocate " + std::to_string(bytes) + " bytes");
   }
-  return Napi::ArrayBuffer::New(env, data, bytes, [bytes](Napi::Env, void* p) { freeLarge(p, bytes); });
+  try {
+    return Napi::ArrayBuffer::New(env, data, bytes, [bytes](Napi::Env, void* p) { freeLarge(p, bytes); });
+  } catch (...) {
+    freeLarge(data, bytes);  // refused (a runtime without native-backed buffers): not handed over
+    throw;
+  }
 }
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
