@@ -34,12 +34,21 @@ inline void store(unsigned char* p, size_t i, T v) {
   std::memcpy(p + i * sizeof(T), &v, sizeof(T));
 }
 
+// f32 bits to bf16 bits, round to nearest even. NaN: truncating could clear every mantissa
+// bit left and make it Inf, so it stays a quiet NaN. A select, not a branch, and inline:
+// called through the exported f32ToBf16, the loop below ran at 2 ns an element.
+inline uint16_t bf16BitsOf(uint32_t u) {
+  const uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16;  // ties to even
+  const uint32_t quietNan = (u >> 16) | 0x0040u;
+  return static_cast<uint16_t>((u & 0x7fffffffu) > 0x7f800000u ? quietNan : rounded);
+}
+
 // Each converter handles [begin, end). Plain loops over memcpy loads: GCC vectorises them.
 void bf16Range(const unsigned char* s, float* d, size_t b, size_t e) {
   for (size_t i = b; i < e; ++i) d[i] = floatOf(static_cast<uint32_t>(load<uint16_t>(s, i)) << 16);
 }
 void toBf16Range(const unsigned char* s, unsigned char* d, size_t b, size_t e) {
-  for (size_t i = b; i < e; ++i) store<uint16_t>(d, i, f32ToBf16(load<float>(s, i)));
+  for (size_t i = b; i < e; ++i) store<uint16_t>(d, i, bf16BitsOf(load<uint32_t>(s, i)));
 }
 void f64Range(const unsigned char* s, float* d, size_t b, size_t e) {
   for (size_t i = b; i < e; ++i) d[i] = static_cast<float>(load<double>(s, i));
@@ -113,13 +122,7 @@ const char* dtypeName(DType dtype) {
 
 float bf16ToF32(uint16_t bits) { return floatOf(static_cast<uint32_t>(bits) << 16); }
 
-uint16_t f32ToBf16(float value) {
-  const uint32_t u = bitsOf(value);
-  // NaN: truncating could clear every mantissa bit left and make it Inf; keep it a quiet NaN.
-  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x0040u);
-  const uint32_t roundingBias = 0x7fffu + ((u >> 16) & 1u);  // ties to even
-  return static_cast<uint16_t>((u + roundingBias) >> 16);
-}
+uint16_t f32ToBf16(float value) { return bf16BitsOf(bitsOf(value)); }
 
 float f16ToF32(uint16_t h) {
   const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
