@@ -22,6 +22,7 @@
         "native/addon/addon.cpp",
         "native/addon/args.cpp",
         "native/addon/file_inputs.cpp",
+        "native/addon/dispatch.cpp",
         "native/addon/env.cpp",
         "native/addon/dtype_jobs.cpp",
         "native/addon/linalg_jobs.cpp",

@@ -191,21 +191,50 @@ test.serial('worker threads load the addon, keep their own thread count, and agr
   }
 });
 
-test.serial('terminating a worker thread while its rsvd runs does not crash the process', async (t) => {
-  const script = fileURLToPath(new URL('./helpers/terminate-worker.js', import.meta.url));
-  const child = spawn(process.execPath, [script], { stdio: ['ignore', 'pipe', 'pipe'] });
+/** Runs a script of test/helpers in its own process; its exit code, signal and output. */
+async function runHelper(name: string, args: string[]): Promise<{ code: number | null; signal: NodeJS.Signals | null; stdout: string; stderr: string }> {
+  const script = fileURLToPath(new URL(`./helpers/${name}`, import.meta.url));
+  const child = spawn(process.execPath, [script, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
   let stdout = '';
   let stderr = '';
   child.stdout.on('data', (chunk: Buffer) => (stdout += chunk));
   child.stderr.on('data', (chunk: Buffer) => (stderr += chunk));
-  const timer = setTimeout(() => child.kill('SIGKILL'), 20_000);
+  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
   const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) =>
     child.once('close', (c, s) => resolve([c, s])),
   );
   clearTimeout(timer);
-  // Regression: a job that finished while the worker's environment was torn down once let
-  // a Napi::Error escape libuv's callback, and std::terminate aborted the whole process.
-  t.true(code === 0 && stdout.includes('survived'), `child exited with ${code} (signal ${signal}); stderr: ${stderr.trim()}`);
+  return { code, signal, stdout, stderr };
+}
+
+// The scenarios cover a job that runs, jobs still waiting for the compute thread, and jobs
+// that read files (in libuv's pool or on the compute thread when the worker goes).
+for (const scenario of ['rsvd', 'queued', 'files']) {
+  test.serial(`terminating a worker thread while its native work runs does not crash the process (${scenario})`, async (t) => {
+    const { code, signal, stdout, stderr } = await runHelper('terminate-worker.js', [scenario]);
+    // Regression: a job that finished while the worker's environment was torn down once let
+    // a Napi::Error escape libuv's callback, and std::terminate aborted the whole process.
+    t.true(code === 0 && stdout.includes('survived'), `child exited with ${code} (signal ${signal}); stderr: ${stderr.trim()}`);
+  });
+}
+
+test.serial('a job in flight keeps the process alive until it settles, and a settled one does not', async (t) => {
+  const source = `
+    const lib = await import(${JSON.stringify(new URL('../lib/index.js', import.meta.url).href)});
+    const a = lib.matrix(800, 600);
+    for (let i = 0; i < a.data.length; i++) a.data[i] = Math.cos(i * 0.11);
+    lib.rsvd(a, { rank: 6, method: 'randomized', powerIters: 8 }).then((r) => console.log('settled', r.S.length));
+  `;
+  const child = spawn(process.execPath, ['--input-type=module', '-e', source], { stdio: ['ignore', 'pipe', 'pipe'] });
+  let stdout = '';
+  child.stdout.on('data', (chunk: Buffer) => (stdout += chunk));
+  const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+  const [code, signal] = await new Promise<[number | null, NodeJS.Signals | null]>((resolve) => child.once('close', (c, s) => resolve([c, s])));
+  clearTimeout(timer);
+  // Exited by itself (not killed by the timer) after the promise settled.
+  t.is(signal, null);
+  t.is(code, 0);
+  t.is(stdout.trim(), 'settled 6');
 });
 
 /** A callable gc: global.gc under --expose-gc, or exposed at run time. */

@@ -60,6 +60,7 @@ class Keep {
   void readFiles() const {
     if (!files_.empty() && !deferred_) readFileInputs(files_.data(), files_.size());
   }
+  bool hasFiles() const { return !files_.empty(); }
   // Asks the kernel to read the file inputs' ranges ahead (see prefetchFileInputs).
   void prefetchFiles() const { prefetchFileInputs(files_.data(), files_.size()); }
 

@@ -1,15 +1,14 @@
-// All kernels run on one process-wide compute thread, one job at a time.
+// All kernels run on one process-wide compute thread, one job at a time, in the order
+// they were posted.
 //
-// Why: OpenMP keeps a thread team per calling thread. Jobs queued on libuv's pool land
+// Why: OpenMP keeps a thread team per calling thread. Jobs run on libuv's pool would land
 // on whichever pool thread is free, so each would wake (or create) its own team, which
 // costs milliseconds per call here; one caller keeps one warm team. Each kernel already
-// uses every core, so running jobs one after another loses nothing. The libuv thread that
-// runs a Job waits here while its kernel runs; the JS thread never does.
+// uses every core, so running jobs one after another loses nothing.
 #pragma once
 #include <condition_variable>
 #include <deque>
 #include <functional>
-#include <future>
 #include <mutex>
 #include <thread>
 
@@ -24,37 +23,53 @@ class ComputeThread {
     return *thread;
   }
 
-  // Runs `task` on the compute thread and waits; rethrows what it threw.
-  void run(std::function<void()> task) {
-    std::packaged_task<void()> packaged(std::move(task));
-    std::future<void> done = packaged.get_future();
+  // Queues `task` and returns at once. `owner` tags it for cancel(). The task must not
+  // throw (it would end the process).
+  void post(const void* owner, std::function<void()> task) {
     {
       std::lock_guard<std::mutex> lock(mutex_);
-      queue_.push_back(std::move(packaged));
+      queue_.push_back({owner, std::move(task)});
     }
     wake_.notify_one();
-    done.get();
+  }
+
+  // Drops `owner`'s tasks that have not started, and waits until the one of its tasks
+  // that runs now (if any) has returned. For an environment's teardown.
+  void cancel(const void* owner) {
+    std::unique_lock<std::mutex> lock(mutex_);
+    for (auto it = queue_.begin(); it != queue_.end();) it = it->owner == owner ? queue_.erase(it) : it + 1;
+    idle_.wait(lock, [this, owner] { return running_ != owner; });
   }
 
  private:
+  struct Task {
+    const void* owner;
+    std::function<void()> run;
+  };
+
   ComputeThread() : worker_([this] { loop(); }) { worker_.detach(); }
 
   void loop() {
+    std::unique_lock<std::mutex> lock(mutex_);
     for (;;) {
-      std::packaged_task<void()> task;
-      {
-        std::unique_lock<std::mutex> lock(mutex_);
-        wake_.wait(lock, [this] { return !queue_.empty(); });
-        task = std::move(queue_.front());
-        queue_.pop_front();
-      }
-      task();  // exceptions are stored in the task's future
+      wake_.wait(lock, [this] { return !queue_.empty(); });
+      Task task = std::move(queue_.front());
+      queue_.pop_front();
+      running_ = task.owner;
+      lock.unlock();
+      task.run();
+      task.run = nullptr;  // what it captured goes before its owner may be told it ended
+      lock.lock();
+      running_ = nullptr;
+      idle_.notify_all();
     }
   }
 
   std::mutex mutex_;
   std::condition_variable wake_;
-  std::deque<std::packaged_task<void()>> queue_;
+  std::condition_variable idle_;
+  std::deque<Task> queue_;
+  const void* running_ = nullptr;
   std::thread worker_;
 };
 

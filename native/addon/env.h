@@ -7,9 +7,12 @@
 
 namespace eigenlorax::addon {
 
+class Dispatch;
+
 struct EnvState {
   int threads = 1;                  // kernel threads for calls made from this environment
   Napi::FunctionReference errorClass;  // EigenLoraxError, registered by lib/native.ts
+  Dispatch* dispatch = nullptr;        // made on the first queued job; owned by its thread-safe function
 };
 
 EnvState& envState(Napi::Env env);

@@ -1,7 +1,7 @@
-// Every heavy call is a Job: queued on libuv's thread pool, which hands the kernel to the
-// compute thread (compute_thread.h), resolving a promise. Kernels work on the job's own
-// copies of the arguments' arrays (Keep), outputs copied back on the JS thread when the job
-// ends; errors thrown by the core become the library's typed JS error on the JS thread.
+// Every heavy call is a Job: run on the compute thread (dispatch.h), resolving a promise.
+// Kernels work on the job's own copies of the arguments' arrays (Keep), outputs copied
+// back on the JS thread when the job ends; errors thrown by the core become the library's
+// typed JS error on the JS thread.
 #pragma once
 #include <napi.h>
 
@@ -11,23 +11,23 @@
 #include "../core/errors.h"
 #include "../core/threads.h"
 #include "args.h"
-#include "compute_thread.h"
+#include "dispatch.h"
 #include "env.h"
 
 namespace eigenlorax::addon {
 
-class Job : public Napi::AsyncWorker {
+class Job {
  public:
   Job(Napi::Env env, const char* name)
-      : Napi::AsyncWorker(env, name),
-        name_(name),
-        deferred_(Napi::Promise::Deferred::New(env)),
-        threads_(envState(env).threads) {}
+      : env_(env), name_(name), deferred_(Napi::Promise::Deferred::New(env)), threads_(envState(env).threads) {}
+  Job(const Job&) = delete;
+  Job& operator=(const Job&) = delete;
+  virtual ~Job() = default;
 
   Keep keep;
 
-  // Queues the job, or runs it at once when it is tiny (see kInlineWork); the returned
-  // promise settles when it ends. Takes ownership: the job deletes itself.
+  // Dispatches the job, or runs it at once when it is tiny (see kInlineWork); the returned
+  // promise settles when it ends. Takes ownership: the job is deleted once settled.
   Napi::Promise start() {
     Napi::Promise promise = deferred_.Promise();
     if (work() < kInlineWork) {
@@ -35,21 +35,26 @@ class Job : public Napi::AsyncWorker {
         useThreads(1);
         runChecked();
       });
-      OnOK();
+      settle();
       delete this;
     } else {
-      Queue();
+      try {
+        Dispatch::of(env_).submit(env_, this);
+      } catch (...) {
+        delete this;
+        throw;
+      }
     }
     return promise;
   }
 
  protected:
   // Below this many multiply-adds (about 0.1 ms on one core) a job runs on the JS thread,
-  // single-threaded: the hand-off to the compute thread and back costs more (~50-100 us)
-  // than the work. DESIGN §3 sends only work above about a millisecond off the event loop.
+  // single-threaded: the hand-off to the compute thread and back costs more than the
+  // work. DESIGN §3 sends only work above about a millisecond off the event loop.
   static constexpr double kInlineWork = 2e5;
 
-  virtual void run() = 0;  // on a worker thread: no Napi calls here
+  virtual void run() = 0;  // on the compute thread: no Napi calls here
   virtual Napi::Value result(Napi::Env env) { return env.Undefined(); }
   // Multiply-adds (or element operations) the job will do; unknown = always queued.
   virtual double work() const { return kInlineWork; }
@@ -58,6 +63,8 @@ class Job : public Napi::AsyncWorker {
   virtual bool finiteResult() const { return true; }
 
  private:
+  friend class Dispatch;
+
   void runChecked() {
     keep.readFiles();
     const bool check = finiteResult();
@@ -66,17 +73,11 @@ class Job : public Napi::AsyncWorker {
     if (check) keep.requireFiniteResult();
   }
 
-  void Execute() override {
+  // On the compute thread.
+  void compute() {
     guarded([this] {
-      // The job's file ranges are requested from the kernel here, while the compute thread
-      // may still run the job ahead: a cold read becomes the kernel's I/O, not the compute
-      // thread's wait. The bytes are copied and converted on the compute thread, by every
-      // core (on a 2-core machine a reader next to the kernels slowed them more than it saved).
-      keep.prefetchFiles();
-      ComputeThread::instance().run([this] {
-        useThreads(threads_);
-        runChecked();
-      });
+      useThreads(threads_);
+      runChecked();
     });
   }
 
@@ -90,15 +91,17 @@ class Job : public Napi::AsyncWorker {
       fail(code::kOutOfMemory, "out of memory");
     } catch (const std::exception& e) {
       fail(code::kInternal, e.what());
+    } catch (...) {
+      fail(code::kInternal, "unknown error");
     }
   }
 
-  // Settles the promise. When the environment is being torn down (a worker thread
-  // terminated while the job ran) no JavaScript can run: every Napi call may throw, and
-  // nothing is left to tell, so those errors are dropped rather than let out of libuv's
-  // callback, where they would terminate the process.
-  void OnOK() override {
-    Napi::Env env = Env();
+  // On the JS thread: settles the promise. While the environment is being torn down (a
+  // worker thread terminated while the job ran) no JavaScript can run: every Napi call may
+  // throw, and nothing is left to tell, so those errors are dropped rather than let out
+  // of the loop's callback, where they would terminate the process.
+  void settle() noexcept {
+    Napi::Env env = env_;
     try {
       Napi::HandleScope scope(env);
       if (failed_) {
@@ -116,19 +119,13 @@ class Job : public Napi::AsyncWorker {
     }
   }
 
-  void OnError(const Napi::Error& e) override {
-    try {
-      deferred_.Reject(e.Value());
-    } catch (...) {
-    }
-  }
-
   void fail(const char* errorCode, const std::string& message) {
     failed_ = true;
     code_ = errorCode;
     message_ = message;
   }
 
+  napi_env env_;
   std::string name_;
   Napi::Promise::Deferred deferred_;
   int threads_;
