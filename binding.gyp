@@ -24,6 +24,7 @@
         "native/addon/file_inputs.cpp",
         "native/addon/dispatch.cpp",
         "native/addon/env.cpp",
+        "native/addon/owned_buffers.cpp",
         "native/addon/dtype_jobs.cpp",
         "native/addon/linalg_jobs.cpp",
         "native/addon/lowrank_jobs.cpp",

@@ -150,8 +150,8 @@ async function main(): Promise<void> {
   console.log(`\nfixed cost of one async call (16 x 16 layer, K = 4, r = 2, n = 1, 2000 calls): ${(tinyTime * 1e6).toFixed(1)} us median`);
   console.log(`\n${otherLoadLine(before, cpuSnapshot())}`);
   console.log('C++ core = "ours" of the whole-layer table above (another process, seconds earlier), so a difference of a few');
-  console.log('percent is run-to-run noise; the fixed-cost line measures the async call itself (libuv pool thread, then');
-  console.log("the addon's one compute thread, then the promise).");
+  console.log('percent is run-to-run noise; the fixed-cost line measures the async call itself (posted to the');
+  console.log("addon's one compute thread, settled back on the JS thread).");
 }
 
 await main();

@@ -22,7 +22,7 @@
  * loraForward/Backward, eigenLoraForward/Backward that models the fused jobs cannot run use) and the
  * loss and optimiser with timers, to split a step into:
  *   - native: wall time from each native call to its promise's resolution (the kernel plus
- *     the hand-off to and from libuv's thread pool);
+ *     the hand-off to and from the compute thread);
  *   - ReLU, loss and optimiser: the ReLU layers (0 when fused into the layer jobs), AdamW (one synchronous native call,
  *     lib/train/kernels.ts) and the softmax cross-entropy (a JavaScript loop);
  *   - other: the rest (batch gathering, finiteness checks, events, awaits, argument checks).
@@ -219,8 +219,8 @@ function timedAdamW(lr: number) {
 }
 
 /**
- * Hand-off latency of a queued native call (JS thread -> libuv pool -> compute thread ->
- * promise), microseconds. Calls under about 2e5 multiply-adds run inline on the JS thread
+ * Hand-off latency of a queued native call (JS thread -> compute thread -> back to the JS
+ * thread, native/addon/dispatch.h), microseconds. Calls under about 2e5 multiply-adds run inline on the JS thread
  * (native/addon/job.h), so this times 1-row linear layers of 256k, 512k and 1M
  * multiply-adds (all queued) and takes the intercept of the line through them.
  */

@@ -28,7 +28,7 @@ export {
 } from './lowrank.js';
 export { eigenBankApply, loraBankApply, mixingMatrix, PairCache, type EigenAdapterBank } from './multiadapter.js';
 export { toFloat32, fromFloat32, dtypes, dtypeBytes, type DType } from './dtype.js';
-export { buildInfo, setThreads, getThreads, type BuildInfo } from './runtime.js';
+export { buildInfo, setThreads, getThreads, ownedMatrix, type BuildInfo } from './runtime.js';
 export { version } from './version.js';
 export {
   openSafetensors,

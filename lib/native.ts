@@ -152,8 +152,11 @@ export interface NativeAddon {
   setThreads(threads: number): void;
   getThreads(): number;
   buildInfo(): NativeBuildInfo;
-  /** `bytes` uninitialised bytes, in huge pages when large (native/core/large_buffers.h). */
-  largeBuffer(bytes: number): ArrayBuffer;
+  /**
+   * `bytes` bytes the addon owns (native/addon/owned_buffers.h), zero-filled when asked:
+   * jobs read them without copying; in huge pages when large.
+   */
+  ownedBuffer(bytes: number, zeroed: boolean): ArrayBuffer;
   rsvd(
     args: OnDevice<
       { matrix: Matrix; rank: number; oversample: number; powerIters: number; seed: number; method: NativeSvdMethod },

@@ -1,6 +1,7 @@
 /** Build facts and the per-environment thread count of the native kernels. */
 import * as ops from './native/ops.js';
 import { addonPath, addonKind } from './native/ops.js';
+import type { Matrix } from './matrix.js';
 import { integer } from './validate.js';
 
 export interface BuildInfo {
@@ -34,4 +35,14 @@ export function setThreads(threads: number): void {
 
 export function getThreads(): number {
   return ops.getThreads();
+}
+
+/**
+ * A zero-filled matrix that calls read in place instead of copying (memory the addon owns,
+ * from 64 KiB; an ordinary matrix below that or where the runtime refuses native-backed
+ * buffers): for buffers a loop hands to the kernels again and again. Do not write into
+ * one while a call that reads it is in flight.
+ */
+export function ownedMatrix(rows: number, cols: number): Matrix {
+  return ops.ownedMatrix(integer(rows, 'rows', 1), integer(cols, 'cols', 1));
 }

@@ -28,9 +28,9 @@ test('readBuffer: the size asked, below and above the large-buffer threshold, wr
   }
 });
 
-test('largeBuffer gives ArrayBuffers of the size asked, empty to huge-page sized', (t) => {
+test('ownedBuffer gives ArrayBuffers of the size asked, empty to huge-page sized', (t) => {
   for (const bytes of [0, 100, (9 << 20) + 1]) {
-    const b = native.largeBuffer(bytes);
+    const b = native.ownedBuffer(bytes, false);
     t.true(b instanceof ArrayBuffer);
     t.is(b.byteLength, bytes);
     new Uint8Array(b).fill(0xab);
@@ -38,9 +38,9 @@ test('largeBuffer gives ArrayBuffers of the size asked, empty to huge-page sized
   }
 });
 
-test('largeBuffer refuses what is not a byte count, with ERR_INVALID_ARGUMENT', (t) => {
+test('ownedBuffer refuses what is not a byte count, with ERR_INVALID_ARGUMENT', (t) => {
   for (const bad of [-1, 1.5, Number.NaN, Number.POSITIVE_INFINITY, 2 ** 60, '8', null, undefined]) {
-    const error = t.throws(() => native.largeBuffer(bad as number));
+    const error = t.throws(() => native.ownedBuffer(bad as number, false));
     t.is((error as { code?: string }).code, 'ERR_INVALID_ARGUMENT', String(bad));
   }
 });

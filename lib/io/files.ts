@@ -11,7 +11,7 @@ import { constants, type Stats } from 'node:fs';
 import { copyFile, link, lstat, mkdir, open, readdir, rename, rm, stat, unlink, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError, type ErrorCode } from '../errors.js';
-import { largeBuffer } from '../native/ops.js';
+import { ownedBuffer } from '../native/ops.js';
 
 /** One read or write call moves at most this many bytes (Node refuses more than 2 GiB - 1). */
 const MAX_IO_CHUNK = 1 << 30;
@@ -204,7 +204,7 @@ const LARGE_READ_BYTES = 8 << 20;
 export function readBuffer(bytes: number): Uint8Array {
   if (bytes >= LARGE_READ_BYTES) {
     try {
-      return new Uint8Array(largeBuffer(bytes));
+      return new Uint8Array(ownedBuffer(bytes, false));
     } catch {
       // A runtime that refuses native-backed buffers (Electron's sandbox), or no memory
       // left there: an ordinary buffer (which throws RangeError if there is none either).

@@ -7,6 +7,7 @@
  * be device operands (DeviceMatrix.operand) when it is 'cuda'.
  */
 import { EigenLoraxError, withCallerStack } from '../errors.js';
+import { matrix, type Matrix } from '../matrix.js';
 import { native, type NativeAddon, type NativeDevice, type NativeDeviceOperand } from '../native.js';
 
 export type {
@@ -55,7 +56,28 @@ export { addonPath, addonKind } from '../native.js';
 export const buildInfo = (): ReturnType<NativeAddon['buildInfo']> => native.buildInfo();
 export const setThreads = (threads: number): void => native.setThreads(threads);
 export const getThreads = (): number => native.getThreads();
-export const largeBuffer = (bytes: number): ArrayBuffer => native.largeBuffer(bytes);
+export const ownedBuffer = (bytes: number, zeroed: boolean): ArrayBuffer => native.ownedBuffer(bytes, zeroed);
+
+/** Below this many bytes an array is copied for a job faster than owned memory is made. */
+const OWNED_MIN_BYTES = 64 << 10;
+
+/**
+ * A zero-filled matrix in memory the addon owns when it is large enough to matter, which
+ * jobs then read without copying it (native/addon/owned_buffers.h): for buffers a loop
+ * passes to the kernels again and again (a model's weights, its activations). An ordinary
+ * one when small, or where the runtime refuses native-backed buffers (Electron's sandbox).
+ */
+export function ownedMatrix(rows: number, cols: number): Matrix {
+  const bytes = rows * cols * 4;
+  if (bytes >= OWNED_MIN_BYTES) {
+    try {
+      return { rows, cols, data: new Float32Array(native.ownedBuffer(bytes, true)) };
+    } catch {
+      // refused, or no memory there: an ordinary array below (which throws if there is none either)
+    }
+  }
+  return matrix(rows, cols);
+}
 
 // ---- linear algebra
 export const rsvd = (device: NativeDevice, args: Args<'rsvd'>): Result<'rsvd'> => callNative(() => native.rsvd({ ...args, device }));

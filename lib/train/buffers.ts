@@ -2,7 +2,8 @@
  * Reusable work buffers keyed by name and batch size: a training loop runs the same
  * shapes step after step, so layers allocate their outputs once per batch size.
  */
-import { matrix, type Matrix } from '../matrix.js';
+import type { Matrix } from '../matrix.js';
+import { ownedMatrix } from '../native/ops.js';
 
 /** At most this many buffers per pool; the oldest is dropped beyond it. */
 const MAX_BUFFERS = 32;
@@ -19,7 +20,7 @@ export class BufferPool {
         const oldest = this.#buffers.keys().next().value as string;
         this.#buffers.delete(oldest);
       }
-      m = matrix(rows, cols);
+      m = ownedMatrix(rows, cols); // passed to the kernels again and again: read there without a copy
       this.#buffers.set(key, m);
     }
     return m;

@@ -11,8 +11,8 @@
  * per-layer path.
  */
 import { EigenLoraxError } from '../errors.js';
-import { checkMatrix, matrix, type Matrix } from '../matrix.js';
-import { trainModelBackward, trainModelForward, type NativeModelLayer } from '../native/ops.js';
+import { checkMatrix, type Matrix } from '../matrix.js';
+import { ownedMatrix, trainModelBackward, trainModelForward, type NativeModelLayer } from '../native/ops.js';
 import { ReLU } from './activations.js';
 import { noForward, type Layer } from './layer.js';
 import { EigenLoRA, Linear, LoRA } from './layers.js';
@@ -107,7 +107,8 @@ export class FusedPasses {
     let outputs = this.#outputs.get(x.rows);
     if (outputs === undefined) {
       if (this.#outputs.size >= MAX_BATCH_SIZES) this.#outputs.clear();
-      outputs = this.#stages.map((s) => matrix(x.rows, s.layer.outFeatures));
+      // Owned memory: the backward job reads the activations without copying them.
+      outputs = this.#stages.map((s) => ownedMatrix(x.rows, s.layer.outFeatures));
       this.#outputs.set(x.rows, outputs);
     }
     await trainModelForward({ x, layers: this.#forwardLayers, outputs });

@@ -31,6 +31,7 @@ import {
   type ProductOrder,
 } from '../lowrank.js';
 import { checkMatrix, checkVector, matrix, type Matrix } from '../matrix.js';
+import { ownedMatrix } from '../native/ops.js';
 import { finiteNumber, integer, invalid, knownKeys, object, oneOf } from '../validate.js';
 import { BufferPool } from './buffers.js';
 import { checkDy, checkInput, checkName, noForward, type BackwardOptions, type Layer, type NamedTensor, type Parameter } from './layer.js';
@@ -118,7 +119,7 @@ export class Linear implements Layer {
     const dIn = integer(inFeatures, 'inFeatures', 1);
     const dOut = integer(outFeatures, 'outFeatures', 1);
     const random = new Random(integer(o.seed ?? 0, 'options.seed', 0));
-    const weight = matrix(dOut, dIn);
+    const weight = ownedMatrix(dOut, dIn); // every call reads it: owned memory spares the copy
     kaimingUniform(weight.data, dIn, random);
     const bias = o.bias === false ? null : kaimingUniform(new Float32Array(dOut), dIn, random);
     return new Linear(name, { weight, bias, trainable: o.trainable !== false });

@@ -6,7 +6,7 @@
  *
  * This file checks the options and the data and sets up the run's state (fresh, or
  * resumed: checkpoint.ts); run.ts makes the updates, in named steps. Every update awaits
- * the native layer kernels (on libuv's thread pool), so the event loop keeps turning while
+ * the native layer kernels (on the addon's compute thread), so the event loop keeps turning while
  * a model trains: a model of Linear, LoRA, EigenLoRA and ReLU layers in one job per pass
  * (fused.ts), other models one job per layer. The optimiser and the finiteness scan are
  * one synchronous native call each (kernels.ts), the loss a short JS loop.

@@ -8,6 +8,7 @@
 #include "../core/threads.h"
 #include "args.h"
 #include "env.h"
+#include "owned_buffers.h"
 
 namespace eigenlorax::addon {
 
@@ -61,27 +62,16 @@ Napi::Value buildInfo(const Napi::CallbackInfo& info) {
   return out;
 }
 
-// An ArrayBuffer of `bytes` uninitialised bytes from allocateLarge (huge pages when large),
-// freed when JavaScript collects it: the file readers' whole-file buffers, which a read
-// fills entirely before anything looks at them. Fresh 4 KiB pages cost about 8 us each at
-// their first touch on the VMs here, more than reading the file from the page cache.
-Napi::Value largeBuffer(const Napi::CallbackInfo& info) {
+// ownedBuffer(bytes, zeroed): an ArrayBuffer over memory the addon owns (owned_buffers.h):
+// jobs read it without copying, and large ones are in huge pages, which matters for the
+// file readers' whole-file buffers: fresh 4 KiB pages cost about 8 us each at their first
+// touch on the VMs here, more than reading the file from the page cache.
+Napi::Value ownedBufferCall(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   Napi::Object args = Napi::Object::New(env);
   args.Set("bytes", info[0]);
   const auto bytes = static_cast<size_t>(readInteger(env, args, "bytes", 0, int64_t{1} << 48));
-  void* data = nullptr;
-  try {
-    data = allocateLarge(bytes);
-  } catch (const std::bad_alloc&) {
-    throwError(env, code::kOutOfMemory, "largeBuffer: cannot allocate " + std::to_string(bytes) + " bytes");
-  }
-  try {
-    return Napi::ArrayBuffer::New(env, data, bytes, [bytes](Napi::Env, void* p) { freeLarge(p, bytes); });
-  } catch (...) {
-    freeLarge(data, bytes);  // refused (a runtime without native-backed buffers): not handed over
-    throw;
-  }
+  return ownedBuffer(env, bytes, info[1].ToBoolean());
 }
 
 Napi::Object init(Napi::Env env, Napi::Object exports) {
@@ -92,7 +82,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   exports.Set("setThreads", Napi::Function::New(env, setThreads));
   exports.Set("getThreads", Napi::Function::New(env, getThreads));
   exports.Set("buildInfo", Napi::Function::New(env, buildInfo));
-  exports.Set("largeBuffer", Napi::Function::New(env, largeBuffer));
+  exports.Set("ownedBuffer", Napi::Function::New(env, ownedBufferCall));
   registerLinalg(env, exports);
   registerLowrank(env, exports);
   registerDtype(env, exports);

@@ -160,6 +160,7 @@ class BlockCache {
 }  // namespace
 
 Keep::~Keep() {
+  for (OwnedBlock* b : lent_) returnOwned(b);
   for (const FileInput& f : files_) closeDescriptor(f.fd);
   for (const Block& b : blocks_) {
     if (!BlockCache::instance().give(b.data, b.capacity)) freeLarge(b.data, b.capacity);
@@ -184,6 +185,14 @@ unsigned char* Keep::allocate(Napi::Env env, size_t bytes) {
 }
 
 void* Keep::input(Napi::Env env, const void* data, size_t bytes, Elem elem) {
+  if (bytes > 0) {
+    lent_.reserve(lent_.size() + 1);  // so that push_back cannot throw with a count taken
+    if (OwnedBlock* block = lendOwned(data, bytes)) {
+      lent_.push_back(block);
+      inputs_.push_back({static_cast<const unsigned char*>(data), bytes, elem});
+      return const_cast<void*>(data);
+    }
+  }
   unsigned char* own = allocate(env, bytes);
   if (bytes > 0) std::memcpy(own, data, bytes);
   inputs_.push_back({own, bytes, elem});

@@ -11,6 +11,7 @@
 
 #include "../core/matrix.h"
 #include "file_inputs.h"
+#include "owned_buffers.h"
 
 namespace eigenlorax::addon {
 
@@ -39,7 +40,8 @@ class Keep {
   ~Keep();
 
   void add(const Napi::Value& value) { refs_.push_back(Napi::Persistent(value.As<Napi::Object>())); }
-  // The job's copy of the array's `bytes` at `data` (read now; never null).
+  // The job's copy of the array's `bytes` at `data` (read now; never null), or `data`
+  // itself when it lies in an owned buffer (owned_buffers.h), then held until the job ends.
   void* input(Napi::Env env, const void* data, size_t bytes, Elem elem);
   // The job's memory for an output array, filled from it; copied back by writeBack.
   void* output(Napi::Env env, const Napi::TypedArray& array, const std::string& name, const void* data,
@@ -95,6 +97,7 @@ class Keep {
 
   std::vector<Napi::ObjectReference> refs_;
   std::vector<Block> blocks_;
+  std::vector<OwnedBlock*> lent_;
   std::vector<Span> inputs_;
   std::vector<Output> outputs_;
   std::vector<FileInput> files_;
