@@ -220,22 +220,23 @@ function timedAdamW(lr: number) {
 
 /**
  * Hand-off latency of a queued native call (JS thread -> compute thread -> back to the JS
- * thread, native/addon/dispatch.h), microseconds. Calls under about 2e5 multiply-adds run inline on the JS thread
- * (native/addon/job.h), so this times 1-row linear layers of 256k, 512k and 1M
- * multiply-adds (all queued) and takes the intercept of the line through them.
+ * thread, native/addon/dispatch.h), microseconds. Calls under about 2e5 multiply-adds run
+ * inline on the JS thread (native/addon/job.h), so this times linear layers of 64, 128 and
+ * 256 rows through a 64 x 64 weight (262k-1M multiply-adds, all queued, arguments of 16-64
+ * KiB so that copies hardly count) and takes the intercept of the line through them.
  */
 async function handOffUs(): Promise<number> {
-  const sizes = [256, 512, 1024];
+  const sizes = [64, 128, 256];
   const times: number[] = [];
-  for (const out of sizes) {
-    const x = matrix(1, 1024);
+  const weight = matrix(64, 64);
+  weight.data.fill(0.25);
+  for (const rows of sizes) {
+    const x = matrix(rows, 64);
     x.data.fill(0.5);
-    const weight = matrix(out, 1024);
-    weight.data.fill(0.25);
-    const y = matrix(1, out);
+    const y = matrix(rows, 64);
     const samples: number[] = [];
     for (let burst = 0; burst < 9; burst++) {
-      const calls = 50;
+      const calls = 100;
       await linearForward(x, { weight }, { out: y });
       const start = performance.now();
       for (let i = 0; i < calls; i++) await linearForward(x, { weight }, { out: y });
@@ -517,7 +518,7 @@ async function main(): Promise<void> {
   console.log(
     table(['instrumented step', 'ms/step', 'in native calls', 'calls', 'ReLU', 'loss', 'optimiser', 'other JS', 'hand-off', 'outside calls', 'outside kernels'], split),
   );
-  console.log(`hand-off    a queued native call spends ${sig(dispatchUs, 3)} us in hand-offs (intercept of 1-row layers of 256k-1M multiply-adds; before and after the rounds)`);
+  console.log(`hand-off    a queued native call spends ${sig(dispatchUs, 3)} us in hand-offs (intercept of 64-256-row layers through a 64 x 64 weight; before and after the rounds)`);
   const eigen = rows[2] as (typeof rows)[number];
   const stepMet = eigen.vsLora <= 1;
   const overheadMet = rows.filter((r) => r.name !== rows[0]?.name).every((r) => r.outsideKernelShare <= 0.2);

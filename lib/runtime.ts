@@ -38,10 +38,11 @@ export function getThreads(): number {
 }
 
 /**
- * A zero-filled matrix that calls read in place instead of copying (memory the addon owns,
- * from 64 KiB; an ordinary matrix below that or where the runtime refuses native-backed
- * buffers): for buffers a loop hands to the kernels again and again. Do not write into
- * one while a call that reads it is in flight.
+ * A zero-filled matrix that calls read and write in place instead of copying (memory the
+ * addon owns, from 64 KiB; an ordinary matrix below that or where the runtime refuses
+ * native-backed buffers): for buffers a loop hands to the kernels again and again. Do not
+ * touch one while a call that uses it is in flight; a call that fails may have written
+ * part of an owned output.
  */
 export function ownedMatrix(rows: number, cols: number): Matrix {
   return ops.ownedMatrix(integer(rows, 'rows', 1), integer(cols, 'cols', 1));

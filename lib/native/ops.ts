@@ -63,7 +63,7 @@ const OWNED_MIN_BYTES = 64 << 10;
 
 /**
  * A zero-filled matrix in memory the addon owns when it is large enough to matter, which
- * jobs then read without copying it (native/addon/owned_buffers.h): for buffers a loop
+ * jobs then read and write without copying it (native/addon/owned_buffers.h): for buffers a loop
  * passes to the kernels again and again (a model's weights, its activations). An ordinary
  * one when small, or where the runtime refuses native-backed buffers (Electron's sandbox).
  */

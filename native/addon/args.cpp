@@ -201,6 +201,16 @@ void* Keep::input(Napi::Env env, const void* data, size_t bytes, Elem elem) {
 
 void* Keep::output(Napi::Env env, const Napi::TypedArray& array, const std::string& name, const void* data,
                    size_t bytes, Elem elem) {
+  if (bytes > 0) {
+    lent_.reserve(lent_.size() + 1);
+    outputs_.reserve(outputs_.size() + 1);  // neither push_back may throw with a count taken
+    if (OwnedBlock* block = lendOwned(data, bytes)) {
+      lent_.push_back(block);
+      outputs_.push_back({Napi::Persistent(array), name, static_cast<unsigned char*>(const_cast<void*>(data)), bytes, elem});
+      outputs_.back().inPlace = true;
+      return const_cast<void*>(data);
+    }
+  }
   unsigned char* own = allocate(env, bytes);
   if (bytes > 0) std::memcpy(own, data, bytes);
   outputs_.push_back({Napi::Persistent(array), name, own, bytes, elem});
@@ -248,12 +258,13 @@ void Keep::writeBack(Napi::Env env) const {
     if (detached || now != o.bytes) {
       throwError(env, "ERR_DETACHED_BUFFER",
                  o.name + ": the output's buffer was detached, transferred or resized while the call ran (" +
-                     std::to_string(o.bytes) + " bytes then, " + std::to_string(now) + " now); nothing was written");
+                     std::to_string(o.bytes) + " bytes then, " + std::to_string(now) + " now); " +
+                     (o.inPlace ? "the result is lost" : "nothing was written"));
     }
     targets.push_back(typedArrayData(env, array));
   }
   for (size_t i = 0; i < outputs_.size(); ++i) {
-    if (outputs_[i].bytes > 0) std::memcpy(targets[i], outputs_[i].data, outputs_[i].bytes);
+    if (outputs_[i].bytes > 0 && !outputs_[i].inPlace) std::memcpy(targets[i], outputs_[i].data, outputs_[i].bytes);
   }
 }
 

@@ -43,7 +43,9 @@ class Keep {
   // The job's copy of the array's `bytes` at `data` (read now; never null), or `data`
   // itself when it lies in an owned buffer (owned_buffers.h), then held until the job ends.
   void* input(Napi::Env env, const void* data, size_t bytes, Elem elem);
-  // The job's memory for an output array, filled from it; copied back by writeBack.
+  // The job's memory for an output array, filled from it; copied back by writeBack. An
+  // owned buffer is written in place instead (held until the job ends): a call that fails
+  // may then have written part of it.
   void* output(Napi::Env env, const Napi::TypedArray& array, const std::string& name, const void* data,
                size_t bytes, Elem elem);
   // On the JS thread after the kernel ran: copies every output back, or throws
@@ -92,6 +94,7 @@ class Keep {
     size_t bytes;
     Elem elem;
     bool startedFinite = true;
+    bool inPlace = false;  // an owned buffer, written where it is
   };
   unsigned char* allocate(Napi::Env env, size_t bytes);
 

@@ -5,10 +5,11 @@
 // finalizer) and each job that reads it another, so it is freed when the last of them lets
 // go, whatever JavaScript does with the buffer meanwhile (collect, detach, transfer).
 //
-// What a job reads in place is what the array holds while the job runs: JavaScript that
-// writes into such an input during the call races with the kernel (the memory stays
-// valid). The library's training buffers (weights, activations, batches) are only written
-// between calls. Outputs are still copied, so a failed call writes nothing.
+// A job reads and writes such arrays in place: JavaScript that writes into one during the
+// call races with the kernel, and one that reads an output sees it change (the memory
+// stays valid either way). A call that fails may have written part of an owned output,
+// where an ordinary output is written only by a call that succeeds. The library's training
+// buffers (weights, activations, batches, gradients) are only touched between calls.
 #pragma once
 #include <napi.h>
 
