@@ -75,11 +75,15 @@ void Dispatch::post(Job* job) {
 }
 
 void Dispatch::finished(Job* job) {
-  std::lock_guard<std::mutex> lock(mutex_);
-  finished_.push_back(job);
-  if (closing_ || signalled_) return;
-  signalled_ = true;
-  // Only fails when the function is closing, which teardown() (run first) rules out.
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    finished_.push_back(job);
+    if (closing_ || signalled_) return;
+    signalled_ = true;
+  }
+  // Outside the lock: the call wakes the JS thread, which takes the lock at once. Still
+  // safe if teardown() starts meanwhile: it waits for this task to return, and the
+  // function is closed only after it. Fails only when closing, which that rules out.
   napi_call_threadsafe_function(settle_, nullptr, napi_tsfn_nonblocking);
 }
 
