@@ -4,7 +4,9 @@
  * detach, transfer, resize or collection during the call can make native code touch freed
  * memory. Times loraForward, rsvd and toFloat32 at a few sizes through the addon under
  * test and, given --baseline <addon.node> (a build of the code before the change), through
- * that one too, each in its own process; prints both and their ratio.
+ * that one too, each in its own process; prints both and their ratio. The "owned" rows pass
+ * arrays over memory the addon owns (ownedMatrix), which it uses in place (0 MB copied);
+ * with an addon that has no owned buffers they are ordinary arrays.
  *
  *   npm run build && node dist/bench/boundary.js [--baseline path/to/old/eigenlorax.node] [--rounds-scale X]
  *   node dist/bench/boundary.js --help      the flags
@@ -14,7 +16,7 @@
 import { spawnSync } from 'node:child_process';
 import { fileURLToPath } from 'node:url';
 import { Option } from 'commander';
-import { loraForward, matrix, rsvd, toFloat32, type Matrix } from '../lib/index.js';
+import { loraForward, matrix, ownedMatrix, rsvd, toFloat32, type Matrix } from '../lib/index.js';
 import { benchCommand, cpuSnapshot, fillGaussian, machineLines, median, ms, now, numberArg, otherLoadLine, ratio, table } from './common.js';
 
 interface Case {
@@ -25,23 +27,24 @@ interface Case {
   setup: () => () => Promise<unknown>;
 }
 
-const m = (rows: number, cols: number, seed: number): Matrix => {
-  const a = matrix(rows, cols);
+/** An ordinary matrix, or one the addon owns (used in place, not copied; an ordinary one from an addon without them). */
+const m = (rows: number, cols: number, seed: number, owned = false): Matrix => {
+  const a = owned ? ownedMatrix(rows, cols) : matrix(rows, cols);
   fillGaussian(a.data, seed);
   return a;
 };
 
-function lora(n: number, d: number, r: number, withWeight: boolean): Case {
+function lora(n: number, d: number, r: number, withWeight: boolean, owned = false): Case {
   const inMB = ((n * d + 2 * r * d + (withWeight ? d * d : 0)) * 4) / 2 ** 20;
   const outMB = (2 * n * d * 4) / 2 ** 20; // copied in (in-out semantics) and back
   return {
-    name: `loraForward n=${n} d=${d} r=${r}${withWeight ? ' +W' : ''}`,
-    copiedMB: inMB + outMB,
+    name: `loraForward n=${n} d=${d} r=${r}${withWeight ? ' +W' : ''}${owned ? ' owned' : ''}`,
+    copiedMB: owned ? 0 : inMB + outMB,
     rounds: n === 1 ? 60 : 20,
     setup: () => {
-      const x = m(n, d, 1);
-      const layer = { A: m(r, d, 2), B: m(d, r, 3), scale: 0.5, ...(withWeight ? { weight: m(d, d, 4) } : {}) };
-      const out = matrix(n, d);
+      const x = m(n, d, 1, owned);
+      const layer = { A: m(r, d, 2, owned), B: m(d, r, 3, owned), scale: 0.5, ...(withWeight ? { weight: m(d, d, 4, owned) } : {}) };
+      const out = owned ? ownedMatrix(n, d) : matrix(n, d);
       return () => loraForward(x, layer, { out });
     },
   };
@@ -78,6 +81,8 @@ function cases(scale: number): Case[] {
     lora(64, 4096, 16, true),
     lora(64, 4096, 16, false),
     lora(1024, 1024, 16, true),
+    lora(64, 4096, 16, true, true),
+    lora(1024, 1024, 16, true, true),
     svd(1024, 32),
     svd(2048, 64),
     convert(1 << 20),

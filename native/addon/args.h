@@ -1,6 +1,7 @@
 // Reading and checking the arguments of a call: every size and type is checked here, on
-// the JS thread, before any work is queued. Kernels never see JS memory: `Keep` gives each
-// job its own copy of the typed arrays it reads and writes (see there why).
+// the JS thread, before any work is queued. Kernels never see memory JavaScript can free:
+// `Keep` gives each job its own copy of the typed arrays it reads and writes (see there
+// why), or a count on the addon's own memory for arrays over it (owned_buffers.h).
 #pragma once
 #include <napi.h>
 
@@ -28,7 +29,8 @@ namespace eigenlorax::addon {
 // attached and as long as it was; otherwise the call fails with ERR_DETACHED_BUFFER and
 // writes nothing. Reading everything into the job's memory at once also closes the gap
 // where a getter on a later argument detaches an earlier one. SharedArrayBuffers are
-// copied the same way. Cost: bench/boundary.ts.
+// copied the same way. Cost: bench/boundary.ts. The exception is memory the addon owns
+// (owned_buffers.h), which it can hold: arrays over it are used in place.
 class Keep {
  public:
   // What the elements are, for the finiteness checks (Raw: not checked).
