@@ -1,7 +1,7 @@
 // Every heavy call is a Job: run on the compute thread (dispatch.h), resolving a promise.
-// Kernels work on the job's own copies of the arguments' arrays (Keep), outputs copied
-// back on the JS thread when the job ends; errors thrown by the core become the library's
-// typed JS error on the JS thread.
+// Kernels work on the job's own copies of the arguments' arrays (Keep; arrays over owned
+// memory in place), outputs copied back on the JS thread when the job ends; errors thrown
+// by the core become the library's typed JS error on the JS thread.
 #pragma once
 #include <napi.h>
 
