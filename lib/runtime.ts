@@ -42,7 +42,8 @@ export function getThreads(): number {
  * addon owns, from 64 KiB; an ordinary matrix below that or where the runtime refuses
  * native-backed buffers): for buffers a loop hands to the kernels again and again. Do not
  * touch one while a call that uses it is in flight; a call that fails may have written
- * part of an owned output.
+ * part of an owned output. Its buffer cannot be transferred to another thread (Node 24
+ * refuses, Node 20 copies): post a copy.
  */
 export function ownedMatrix(rows: number, cols: number): Matrix {
   return ops.ownedMatrix(integer(rows, 'rows', 1), integer(cols, 'cols', 1));
