@@ -460,10 +460,18 @@ test('Sequential: gradients of every trainable tensor through Linear, GELU, LoRA
   };
   for (const p of model.parameters()) {
     const values = v[p.name] as Float64Array;
-    const idx = sampleIndices(values.length, 25, seed + 8);
+    const sampled = sampleIndices(values.length, 25, seed + 8);
+    // Where a ReLU input lies within the step of zero the loss has a kink there, and a
+    // central difference across it is no derivative: such entries are those whose
+    // differences at two steps disagree; they are left out (a few at most).
+    const fine = finiteDifferences(loss, values, sampled, 1e-5);
+    const finer = finiteDifferences(loss, values, sampled, 1e-6);
+    const scale = Math.max(...fine.map(Math.abs), 1e-12);
+    const smooth = sampled.map((_, k) => k).filter((k) => Math.abs((fine[k] as number) - (finer[k] as number)) <= 1e-4 * scale);
+    t.true(smooth.length >= sampled.length - 3, `${p.name}: ${sampled.length - smooth.length} of ${sampled.length} entries at a kink`);
     const err = gradientError(
-      idx.map((i) => p.grad[i] as number),
-      finiteDifferences(loss, values, idx, 1e-5),
+      smooth.map((k) => p.grad[sampled[k] as number] as number),
+      smooth.map((k) => fine[k] as number),
     );
     t.true(err < 1e-3, `${p.name}: relative error ${err}`);
   }
