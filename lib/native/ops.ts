@@ -31,8 +31,8 @@ type Result<K extends keyof NativeAddon> = ReturnType<NativeAddon[K]>;
  * Starts a native call at once (so a device matrix is held before the caller can dispose
  * of it) and appends the caller's stack, captured now, to its error: the addon settles
  * from the compute thread's hand-back (native/addon/dispatch.h), where no JavaScript stack
- * exists. Anything the addon throws that
- * is not already an EigenLoraxError becomes one (ERR_INTERNAL), with the original as cause.
+ * exists. Anything the addon throws that is not already an EigenLoraxError becomes one
+ * (ERR_INTERNAL), with the original as cause.
  */
 export function callNative<T>(call: () => Promise<T>): Promise<T> {
   const callSite = new Error();
