@@ -230,6 +230,52 @@ test('same input twice gives identical bytes, whatever the entry order and eager
   t.deepEqual(await readFile(a), await readFile(b), `seed ${seed}`);
 });
 
+test('writer: thousands of small tensors and a few over 1 MiB, some from a producer that reuses one buffer, give the reference layout and digest', async (t) => {
+  // The writer packs pieces under 1 MiB into one chunk and writes larger ones where they
+  // lie; the bytes, their order and the digest must not depend on where chunks end.
+  const dir = await tempDir(t);
+  const seed = freshSeed();
+  const r = rng(seed);
+  const shared = new Float32Array(600_000);
+  const tensors: Array<{ name: string; values: Float32Array; lazy: boolean }> = [];
+  for (let i = 0; i < 3000; i++) {
+    const big = r() < 0.002;
+    const count = big ? 262_144 + Math.floor(r() * 300_000) : 1 + Math.floor(r() * (r() < 0.05 ? 60_000 : 700));
+    tensors.push({ name: `t${String(i).padStart(4, '0')}`, values: randomF32(count, seed + i), lazy: r() < 0.3 });
+  }
+  tensors.push({ name: 'z.big', values: randomF32(300_000, seed - 1), lazy: true });
+  const entries: SafetensorsEntry[] = tensors.map(({ name, values, lazy }) => ({
+    name,
+    shape: [values.length],
+    data: lazy
+      ? () => {
+          shared.set(values);
+          return shared.subarray(0, values.length);
+        }
+      : values,
+  }));
+  const out = path.join(dir, 'many.safetensors');
+  await writeSafetensors(out, entries, { metadata: { k: 'v' }, digest: true });
+
+  // The reference, built independently: names in order, offsets summed, data concatenated.
+  const data = concat(...tensors.map((x) => f32le(x.values)));
+  const hash = startDigest({ k: 'v' }, tensors.map((x) => ({ name: x.name, dtype: 'F32', shape: [x.values.length] })));
+  hash.update(data);
+  let at = 0;
+  const layoutJson = tensors.map((x) => `"${x.name}":{"dtype":"F32","shape":[${x.values.length}],"data_offsets":[${at},${(at += 4 * x.values.length)}]}`);
+  const header = `{"__metadata__":{"${DATA_DIGEST_KEY}":"${hash.digest('hex')}","k":"v"},${layoutJson.join(',')}}`;
+  const written = new Uint8Array(await readFile(out));
+  const expected = assemble(padHeader(header), data);
+  t.is(written.byteLength, expected.byteLength, `seed ${seed}`);
+  t.true(Buffer.compare(written, expected) === 0, `seed ${seed}: the file differs from the reference layout`);
+  const reader = await openSafetensors(out);
+  try {
+    t.is(await verifyDigest(reader), 'verified');
+  } finally {
+    await reader.close();
+  }
+});
+
 // ---------------------------------------------------------------------------------------
 // Round trips
 

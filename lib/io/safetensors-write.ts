@@ -2,6 +2,7 @@
  * The safetensors writer (see the top of safetensors.ts for the layout it shares with the
  * reference crate). Split from the reader by concern; safetensors.ts re-exports it.
  */
+import type { Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fromFloat32 } from '../dtype.js';
@@ -67,6 +68,8 @@ interface PlannedEntry {
   name: string;
   shape: number[];
   dtype: SafetensorsDType;
+  /** The dtype's place in the layout order (wider first). */
+  rank: number;
   count: number;
   byteLength: number;
   begin: number;
@@ -76,6 +79,8 @@ interface PlannedEntry {
 }
 
 const loneSurrogate = /\p{Cs}/u;
+/** Any surrogate: names without one skip the slower test above and sort natively. */
+const surrogate = /[\uD800-\uDFFF]/;
 
 /**
  * Orders strings as their UTF-8 bytes compare (code point order), without encoding them: a
@@ -107,14 +112,19 @@ function plan(file: string, entries: unknown, options: WriteSafetensorsOptions):
   const defaultDtype: SafetensorsFloatDType = options.dtype ?? 'F32';
   const seen = new Set<string>();
   const planned: PlannedEntry[] = [];
+  let anySurrogate = false;
   entries.forEach((raw: unknown, i: number) => {
-    const entry = object(raw, `entries[${i}]`);
+    if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) throw invalid('an entry object', `entries[${i}]`, raw);
+    const entry = raw as Record<string, unknown>;
     const name = entry.name;
     if (typeof name !== 'string') throw invalid('a tensor name (string)', `entries[${i}].name`, name);
     const argError = (message: string, code: 'ERR_INVALID_ARGUMENT' | 'ERR_SHAPE_MISMATCH' = 'ERR_INVALID_ARGUMENT') =>
       fileError(code, file, message, name);
     if (name === '__metadata__') throw argError('the name __metadata__ is reserved by the format for the metadata map');
-    if (loneSurrogate.test(name)) throw argError('the name holds a lone UTF-16 surrogate, which UTF-8 cannot encode');
+    if (surrogate.test(name)) {
+      anySurrogate = true;
+      if (loneSurrogate.test(name)) throw argError('the name holds a lone UTF-16 surrogate, which UTF-8 cannot encode');
+    }
     if (seen.has(name)) throw argError('two entries have this name');
     seen.add(name);
     const shape = entry.shape;
@@ -148,6 +158,7 @@ function plan(file: string, entries: unknown, options: WriteSafetensorsOptions):
       name,
       shape: [...(shape as number[])],
       dtype,
+      rank: dtypeRank.get(dtype) as number,
       count,
       byteLength,
       begin: 0,
@@ -158,7 +169,9 @@ function plan(file: string, entries: unknown, options: WriteSafetensorsOptions):
     planned.push(p);
   });
 
-  planned.sort((a, b) => (dtypeRank.get(b.dtype) as number) - (dtypeRank.get(a.dtype) as number) || compareUtf8(a.name, b.name));
+  // Without surrogates, UTF-16 order (the engine's own comparison) is UTF-8 order.
+  const byName = anySurrogate ? compareUtf8 : (a: string, b: string) => (a < b ? -1 : a > b ? 1 : 0);
+  planned.sort((a, b) => b.rank - a.rank || byName(a.name, b.name));
   let offset = 0;
   const parts: string[] = [];
   if (options.metadata !== undefined) {
@@ -209,51 +222,62 @@ function checkSourceLength(file: string, p: PlannedEntry, value: unknown): void 
   }
 }
 
-/** The stored bytes of one planned entry (produced and converted now). */
-/** Pieces under this size are gathered into one write (see GatheredWrites). */
-const GATHER_BELOW = 1 << 20;
+/** Pieces under this size are packed into one write (see PackedWrites). */
+const PACK_BELOW = 1 << 20;
 
 /**
- * Writes at consecutive offsets gathered into one while they add up to under 1 MiB: a
- * coefficients file is 17 small pieces (header, 16 tensors), and each write is a trip
- * through libuv's pool that cost more than its bytes. Pieces are copied: a lazy entry's
- * producer may reuse its buffer.
+ * The data section written in file order: pieces under 1 MiB are copied into one 1 MiB
+ * chunk, written (and hashed) when it fills, so a file of thousands of small tensors (a
+ * shard's coefficients bundle holds 16,384) takes a few writes and a few hash updates, not
+ * one trip through libuv's pool and one hash call per tensor; larger pieces are hashed and
+ * written from where they lie. Copying also lets a lazy entry's producer reuse its buffer.
  */
-class GatheredWrites {
-  readonly #parts: Uint8Array[] = [];
-  #start = 0;
+class PackedWrites {
+  readonly #chunk = Buffer.allocUnsafe(PACK_BELOW);
+  #start: number;
   #bytes = 0;
   constructor(
     private readonly handle: FileHandle,
     private readonly file: string,
-  ) {}
+    private readonly hash: Hash | null,
+    at: number,
+  ) {
+    this.#start = at;
+  }
 
-  async write(data: ArrayBufferView, at: number): Promise<void> {
+  /** Appends `data` at the next offset: null when it was only copied, else a promise to await. */
+  write(data: ArrayBufferView): Promise<void> | null {
     const view = new Uint8Array(data.buffer, data.byteOffset, data.byteLength);
-    if (this.#bytes > 0 && at !== this.#start + this.#bytes) await this.flush();
-    if (view.byteLength >= GATHER_BELOW) {
-      await this.flush();
-      await writeFully(this.handle, view, at, this.file);
+    if (this.#bytes + view.byteLength > PACK_BELOW) return this.#writeThrough(view);
+    this.#chunk.set(view, this.#bytes);
+    this.#bytes += view.byteLength;
+    return null;
+  }
+
+  async #writeThrough(view: Uint8Array): Promise<void> {
+    await this.flush();
+    if (view.byteLength < PACK_BELOW) {
+      this.#chunk.set(view, 0);
+      this.#bytes = view.byteLength;
       return;
     }
-    if (this.#bytes === 0) this.#start = at;
-    this.#parts.push(view.slice());
-    this.#bytes += view.byteLength;
-    if (this.#bytes >= GATHER_BELOW) await this.flush();
+    if (this.hash !== null) await updateDigest(this.hash, view);
+    await writeFully(this.handle, view, this.#start, this.file);
+    this.#start += view.byteLength;
   }
 
   async flush(): Promise<void> {
     if (this.#bytes === 0) return;
-    const joined = Buffer.concat(this.#parts, this.#bytes);
-    const at = this.#start;
-    this.#parts.length = 0;
+    const piece = this.#chunk.subarray(0, this.#bytes);
+    this.hash?.update(piece);
+    await writeFully(this.handle, piece, this.#start, this.file);
+    this.#start += this.#bytes;
     this.#bytes = 0;
-    await writeFully(this.handle, joined, at, this.file);
   }
 }
 
-async function encode(file: string, p: PlannedEntry): Promise<ArrayBufferView> {
-  const value = typeof p.source === 'function' ? await p.source() : p.source;
+/** The stored bytes of one planned entry, from its value: F32 and raw bytes as they are, other dtypes converted natively (a promise). */
+function encode(file: string, p: PlannedEntry, value: unknown): ArrayBufferView | Promise<ArrayBufferView> {
   checkSourceLength(file, p, value);
   if (p.kind === 'raw') return value as ArrayBufferView;
   const data = value as Float32Array;
@@ -316,12 +340,14 @@ export async function writeSafetensors(
   // holds a placeholder of the digest's length, overwritten in place at the end.
   const hash = options.digest === true ? startDigest(metadata ?? {}, planned) : null;
   await withAtomicFile(file, async (handle) => {
-    const writes = new GatheredWrites(handle, file);
-    await writes.write(header, 0);
+    await writeFully(handle, header, 0, file);
+    const writes = new PackedWrites(handle, file, hash, header.byteLength);
     for (const p of planned) {
-      const bytes = await encode(file, p);
-      if (hash !== null) await updateDigest(hash, bytes);
-      await writes.write(bytes, header.byteLength + p.begin);
+      // Lazy entries are produced here, one at a time; values given directly take no await.
+      const value = typeof p.source === 'function' ? await p.source() : p.source;
+      const encoded = encode(file, p, value);
+      const writing = writes.write(encoded instanceof Promise ? await encoded : encoded);
+      if (writing !== null) await writing;
     }
     await writes.flush();
     if (hash !== null) {
