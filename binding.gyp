@@ -7,6 +7,7 @@
       "target_name": "eigenlorax",
       "sources": [
         "native/core/dtype.cpp",
+        "native/core/sha256.cpp",
         "native/core/linalg.cpp",
         "native/core/stack_products.cpp",
         "native/core/column_dots.cpp",
@@ -26,6 +27,7 @@
         "native/addon/env.cpp",
         "native/addon/owned_buffers.cpp",
         "native/addon/dtype_jobs.cpp",
+        "native/addon/hash_jobs.cpp",
         "native/addon/linalg_jobs.cpp",
         "native/addon/lowrank_jobs.cpp",
         "native/addon/subspace_jobs.cpp",

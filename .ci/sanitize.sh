@@ -26,7 +26,7 @@ if [ ${#tests[@]} -eq 0 ]; then
   tests=(dist/test/detach.test.js dist/test/rsvd.test.js dist/test/lowrank.test.js dist/test/linalg.test.js
     dist/test/dtype.test.js dist/test/multiadapter.test.js dist/test/subspace-native.test.js
     dist/test/errors.test.js dist/test/train-kernels.test.js dist/test/train-fused.test.js dist/test/native-boundary.test.js
-    dist/test/subspace-files.test.js dist/test/async.test.js dist/test/owned-buffers.test.js)
+    dist/test/subspace-files.test.js dist/test/async.test.js dist/test/owned-buffers.test.js dist/test/sha256.test.js)
 fi
 echo "Testing the sanitizer build: $addon" >&2
 # new/delete-type mismatch checks trip on libstdc++ inside node, which ASan does not see.

@@ -239,14 +239,14 @@ async function zooMeasurement(o: Options, n: number): Promise<Cell[][]> {
     // The GEMM rate in this run: the rsvd's product shape (N r x d times d x (K + p)), float32, all threads.
     const gemm = await gemmRate(n * o.rank, o.dim, o.components + 10);
     // Build and analyze interleaved, three times each (median): the machine may be shared.
-    const builds: Array<{ wall: number; cpu: number; value: Awaited<ReturnType<typeof buildSubspace>> }> = [];
+    const builds: Array<{ wall: number; cpu: number; value: Awaited<ReturnType<typeof buildSubspace>> | null }> = [];
     const analyses: Array<{ wall: number; cpu: number }> = [];
     let analysis: Awaited<ReturnType<typeof analyzeAdapters>> | null = null;
     for (let rep = 0; rep < o.repeats; rep++) {
       builds.push(await timed(() => buildSubspace(paths, opts)));
       const a = await timed(() => analyzeAdapters(paths, { components: o.components, heldOut: o.heldOut }));
       analysis = a.value;
-      analyses.push(a);
+      analyses.push({ wall: a.wall, cpu: a.cpu });
     }
     const whole = middle(builds);
     // rsvd arithmetic of the build: per module and side (2q + 2) products of 2 (N r) d (K + p) flops.
@@ -258,8 +258,12 @@ async function zooMeasurement(o: Options, n: number): Promise<Cell[][]> {
     row(`analyze (held out: ${folds === n || folds === 'leave-one-out' ? 'leave-one-out' : `${String(folds)}-fold`})`, analyzed, `${sig(analyzed.wall / whole.wall)} x build (medians of ${o.repeats}; process CPU ${sig(analyzed.cpu / whole.cpu)} x); held-out error ${sig(analysis!.heldOutError)}`);
     // The one-machine folder, timed: the sharded run below writes folders too (four shards and
     // the gathered one), so its work is compared with build + write.
-    const written = await timed(() => writeBuildFolder(whole.value, path.join(dir, 'whole')));
+    const written = await timed(() => writeBuildFolder(whole.value!, path.join(dir, 'whole')));
     const oneMachine = { wall: whole.wall + written.wall };
+    // The sharded run below stands for separate processes: the builds and the analysis above
+    // must not stay in its heap (every garbage collection of the gather would walk them).
+    for (const b of builds) b.value = null;
+    analysis = null;
     row('build + write folder', oneMachine, `write ${sig(written.wall)} s`);
     if (!o.skipOutOfCore) {
       const streamed = await timed(() => buildSubspace(paths, { ...opts, memoryBudget: o.memoryBudget }));

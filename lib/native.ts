@@ -143,6 +143,8 @@ type OnDevice<In, Out> = {
 /** An opaque cache of an adapter bank's rank pairs, owning a copy of its components (createPairCache). */
 export type NativePairCache = { readonly __pairCache: unique symbol };
 
+/** An opaque SHA-256 stream (sha256Stream). */
+export type NativeHashStream = { readonly __hashStream: unique symbol };
 /** An opaque out-of-core module build (createModuleStream). */
 export type NativeModuleStream = { readonly __moduleStream: unique symbol };
 
@@ -236,6 +238,13 @@ export interface NativeAddon {
     inputGrad: boolean;
   }): OrderName;
   convert(args: { src: ArrayBufferView; from: NativeDType; dst: ArrayBufferView; to: NativeDType }): Promise<void>;
+  sha256Stream(): NativeHashStream;
+  /** Queued behind the stream's earlier calls; the parts are the job's own once called. */
+  sha256Update(args: { stream: NativeHashStream; parts: ArrayBufferView[] }): Promise<void>;
+  /** The lowercase hex digest; the stream is spent afterwards. */
+  sha256Digest(args: { stream: NativeHashStream }): Promise<string>;
+  /** Whether the CPU's SHA extensions are used. */
+  sha256Accelerated(): boolean;
 
   /**
    * Principal components of one module (DESIGN §1). Stacks the adapters' A rows

@@ -10,40 +10,45 @@
  * unchecked: refusing them would strand every existing file, and the digest guards against
  * corruption and torn copies, not against a forger (who could recompute it).
  */
-import { createHash, type Hash } from 'node:crypto';
 import { fileError } from './files.js';
 import type { SafetensorsReader } from './safetensors.js';
+import { Sha256Stream } from './sha256.js';
 
 /** The `__metadata__` key holding the content digest. */
 export const DATA_DIGEST_KEY = 'eigenlorax.data_sha256';
 
-/** Hashing runs in slices of this many bytes, yielding between them (never a long block). */
+/** Data is hashed in slices of this many bytes: a slice not in owned memory is copied for the hashing thread, and at most a few slices are in flight. */
 const SLICE = 8 << 20;
 
 /** The digest placeholder the writer fills in once the data is written (same length). */
 export const DIGEST_PLACEHOLDER = '0'.repeat(64);
 
-/** Starts a digest: the header's meaning (metadata other than the digest, sorted; tensors in file order). */
-export function startDigest(
+/** The header's meaning, hashed (as UTF-8) before the data: the metadata other than the digest, sorted; the tensors in file order. */
+export function digestPreamble(
   metadata: Readonly<Record<string, string>>,
   tensors: ReadonlyArray<{ name: string; dtype: string; shape: readonly number[] }>,
-): Hash {
+): string {
   const meta = Object.entries(metadata)
     .filter(([k]) => k !== DATA_DIGEST_KEY)
     .sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0));
   const layout = tensors.map((t) => [t.name, t.dtype, [...t.shape]]);
-  const hash = createHash('sha256');
-  hash.update(JSON.stringify({ metadata: meta, tensors: layout }), 'utf8');
+  return JSON.stringify({ metadata: meta, tensors: layout });
+}
+
+/** Starts a digest (hashed off the event loop, see sha256.ts) with the header's meaning. */
+export function startDigest(
+  metadata: Readonly<Record<string, string>>,
+  tensors: ReadonlyArray<{ name: string; dtype: string; shape: readonly number[] }>,
+): Sha256Stream {
+  const hash = new Sha256Stream();
+  void hash.update([digestPreamble(metadata, tensors)]);
   return hash;
 }
 
-/** Feeds `bytes` to `hash` in slices, yielding to the event loop between them. */
-export async function updateDigest(hash: Hash, bytes: ArrayBufferView): Promise<void> {
+/** Queues `bytes` to `hash` in slices, waiting while too many are in flight. */
+export async function updateDigest(hash: Sha256Stream, bytes: ArrayBufferView): Promise<void> {
   const view = new Uint8Array(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-  for (let at = 0; at < view.byteLength; at += SLICE) {
-    hash.update(view.subarray(at, Math.min(view.byteLength, at + SLICE)));
-    if (at + SLICE < view.byteLength) await new Promise((resolve) => setImmediate(resolve));
-  }
+  for (let at = 0; at < view.byteLength; at += SLICE) await hash.update([view.subarray(at, Math.min(view.byteLength, at + SLICE))]);
 }
 
 /**
@@ -63,7 +68,7 @@ export async function verifyDigest(reader: SafetensorsReader): Promise<'verified
   const held = reader.heldData();
   if (held !== null) await updateDigest(hash, held);
   else for (const t of tensors) await updateDigest(hash, (await reader.readRaw(t.name)).bytes);
-  const actual = hash.digest('hex');
+  const actual = await hash.digest();
   if (actual !== recorded) {
     throw fileError(
       'ERR_INTEGRITY',

@@ -2,13 +2,13 @@
  * The safetensors writer (see the top of safetensors.ts for the layout it shares with the
  * reference crate). Split from the reader by concern; safetensors.ts re-exports it.
  */
-import type { Hash } from 'node:crypto';
 import type { FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { fromFloat32 } from '../dtype.js';
 import { EigenLoraxError } from '../errors.js';
 import { describe, invalid, knownKeys, object, oneOf } from '../validate.js';
 import { DATA_DIGEST_KEY, DIGEST_PLACEHOLDER, startDigest, updateDigest } from './digest.js';
+import type { Sha256Stream } from './sha256.js';
 import { fileError, withAtomicFile, writeFully } from './files.js';
 import {
   assertLittleEndian,
@@ -239,7 +239,7 @@ class PackedWrites {
   constructor(
     private readonly handle: FileHandle,
     private readonly file: string,
-    private readonly hash: Hash | null,
+    private readonly hash: Sha256Stream | null,
     at: number,
   ) {
     this.#start = at;
@@ -269,7 +269,8 @@ class PackedWrites {
   async flush(): Promise<void> {
     if (this.#bytes === 0) return;
     const piece = this.#chunk.subarray(0, this.#bytes);
-    this.hash?.update(piece);
+    // The hashing thread takes its own copy now: the chunk is free again after the write.
+    if (this.hash !== null) await this.hash.update([piece]);
     await writeFully(this.handle, piece, this.#start, this.file);
     this.#start += this.#bytes;
     this.#bytes = 0;
@@ -352,7 +353,7 @@ export async function writeSafetensors(
     await writes.flush();
     if (hash !== null) {
       const at = header.indexOf(`${JSON.stringify(DATA_DIGEST_KEY)}:"${DIGEST_PLACEHOLDER}"`) + DATA_DIGEST_KEY.length + 4;
-      await writeFully(handle, Buffer.from(hash.digest('hex'), 'latin1'), at, file);
+      await writeFully(handle, Buffer.from(await hash.digest(), 'latin1'), at, file);
     }
   });
 }

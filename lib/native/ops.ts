@@ -140,3 +140,9 @@ export const trainReluBackward: NativeAddon['trainReluBackward'] = (y, dy, dx) =
 export const trainAllFinite: NativeAddon['trainAllFinite'] = (arrays) => native.trainAllFinite(arrays);
 export const trainModelForward = (args: Args<'trainModelForward'>): Result<'trainModelForward'> => callNative(() => native.trainModelForward(args));
 export const trainModelBackward = (args: Args<'trainModelBackward'>): Result<'trainModelBackward'> => callNative(() => native.trainModelBackward(args));
+
+// ---- hashing (wrapped by lib/io/sha256.ts)
+export const sha256Stream = (): ReturnType<NativeAddon['sha256Stream']> => native.sha256Stream();
+export const sha256Update = (args: Args<'sha256Update'>): Result<'sha256Update'> => callNative(() => native.sha256Update(args));
+export const sha256Digest = (args: Args<'sha256Digest'>): Result<'sha256Digest'> => callNative(() => native.sha256Digest(args));
+export const sha256Accelerated = (): boolean => native.sha256Accelerated();

@@ -152,7 +152,7 @@ export async function buildFromInputs(
     coefficients: [],
     report,
   };
-  subspace.id = subspaceId(subspace);
+  subspace.id = await subspaceId(subspace);
 
   const perAdapter = new Map(adapters.map((a) => [a, new Map<string, ModuleCoefficients>()]));
   plans.forEach((plan, p) => {

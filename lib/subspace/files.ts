@@ -60,14 +60,17 @@ export async function saveSubspace(subspace: Subspace, destination: string): Pro
   const s = checkSubspace(subspace);
   if (typeof destination !== 'string' || destination.length === 0) throw invalid('a folder path (non-empty string)', 'destination', destination);
   for (const [name, m] of s.modules) checkModuleForSave(m, name);
-  const id = subspaceId(s);
-  if (id !== s.id) {
-    throw invalid(
-      `a subspace whose contents match its id ${s.id.slice(0, 12)} (it was changed after it was built or loaded; the contents give ${id.slice(0, 12)})`,
-      'subspace',
-      subspace,
-    );
-  }
+  // Hashed while the files are written; checked before they are swapped in.
+  const idChecked = subspaceId(s).then((id) => {
+    if (id !== s.id) {
+      throw invalid(
+        `a subspace whose contents match its id ${s.id.slice(0, 12)} (it was changed after it was built or loaded; the contents give ${id.slice(0, 12)})`,
+        'subspace',
+        subspace,
+      );
+    }
+  });
+  idChecked.catch(() => undefined); // awaited below, unless something fails first
   const folder = path.resolve(destination);
   if ((await kindOf(folder)) === 'file') throw fileError('ERR_INVALID_ARGUMENT', folder, 'a subspace is written to a folder, and this is a file');
   const entries: SafetensorsEntry[] = [];
@@ -87,7 +90,13 @@ export async function saveSubspace(subspace: Subspace, destination: string): Pro
   const metadata = { format: SUBSPACE_FORMAT, 'eigenlorax.formatVersion': String(s.formatVersion), 'eigenlorax.id': s.id };
   // Both files are swapped in together (a staging folder renamed over the old one).
   const [tensorsFile, sidecarFile] = await writeFolderAtomic(folder, [
-    { name: SUBSPACE_TENSORS_NAME, write: (file) => writeSafetensors(file, entries, { metadata, digest: true }) },
+    {
+      name: SUBSPACE_TENSORS_NAME,
+      write: async (file) => {
+        await writeSafetensors(file, entries, { metadata, digest: true });
+        await idChecked;
+      },
+    },
     { name: SUBSPACE_SIDECAR_NAME, write: (file) => writeFileAtomic(file, sidecar) },
   ]);
   return { files: [sidecarFile as string, tensorsFile as string] };
@@ -154,8 +163,8 @@ async function readModule(reader: SafetensorsReader, file: string, p: SidecarMod
 }
 
 /** The id recorded in the sidecar against the one the contents give. */
-function checkIdentity(subspace: Subspace, sidecarFile: string): void {
-  const actual = subspaceId(subspace);
+async function checkIdentity(subspace: Subspace, sidecarFile: string): Promise<void> {
+  const actual = await subspaceId(subspace);
   if (actual !== subspace.id) {
     throw mismatch(
       filePlace(sidecarFile, 'ERR_SUBSPACE_FORMAT'),
@@ -193,7 +202,7 @@ export async function loadSubspace(target: string): Promise<Subspace> {
     // After the structure (reported as such first), before the id: a damaged file is
     // told apart from a sidecar that does not belong.
     await verifyDigest(reader);
-    checkIdentity(subspace, sidecarFile);
+    await checkIdentity(subspace, sidecarFile);
     return subspace;
   } finally {
     await reader.close();

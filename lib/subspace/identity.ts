@@ -3,7 +3,7 @@
  * sha256 of the sidecar's fields and of every tensor, so that a changed byte anywhere, or
  * a sidecar paired with another build's tensors, is noticed.
  */
-import { createHash } from 'node:crypto';
+import { Sha256Stream } from '../io/sha256.js';
 import type { SubspaceSidecar } from './sidecar.js';
 import type { Subspace } from './types.js';
 
@@ -85,16 +85,18 @@ const bytesOf = (a: Float32Array) => new Uint8Array(a.buffer, a.byteOffset, a.by
 
 /**
  * The identity of a subspace: sha256 (hex) of its sidecar (with `id` blank) and of every
- * module's tensors (components, singular values, means) in module order.
+ * module's tensors (components, singular values, means) in module order. Hashed off the
+ * event loop (io/sha256.ts); the arrays are read when this is called.
  */
-export function subspaceId(subspace: Subspace): string {
-  const hash = createHash('sha256');
-  hash.update(JSON.stringify({ ...sidecarOf(subspace), id: '' }));
+export async function subspaceId(subspace: Subspace): Promise<string> {
+  const hash = new Sha256Stream();
+  await hash.update([JSON.stringify({ ...sidecarOf(subspace), id: '' })]);
   for (const m of subspace.modules.values()) {
-    hash.update(`\n${m.name}\n`);
+    const parts: Array<Uint8Array | string> = [`\n${m.name}\n`];
     for (const part of [m.componentsA.data, m.componentsB.data, m.singularA, m.singularB, m.meanA, m.meanB]) {
-      hash.update(part === null ? 'null' : bytesOf(part));
+      parts.push(part === null ? 'null' : bytesOf(part));
     }
+    await hash.update(parts);
   }
-  return hash.digest('hex');
+  return hash.digest();
 }

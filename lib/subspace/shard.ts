@@ -165,12 +165,18 @@ export async function gatherShards(folders: readonly string[], out: string): Pro
     throw invalid('a non-empty array of shard folders', 'folders', folders);
   }
   if (typeof out !== 'string' || out.length === 0) throw invalid('a folder path (non-empty string)', 'out', out);
-  const shards: LoadedShard[] = [];
-  for (const f of folders) {
-    const folder = path.resolve(f);
-    const record = await readRecord(folder);
-    shards.push({ folder, record, subspace: await loadSubspace(folder) });
-  }
+  // All at once: one shard's hashing (on the compute thread) overlaps another's reading
+  // and parsing. The first failure in the order given is reported.
+  const loaded = await Promise.allSettled(
+    folders.map(async (f) => {
+      const folder = path.resolve(f);
+      const record = await readRecord(folder);
+      return { folder, record, subspace: await loadSubspace(folder) };
+    }),
+  );
+  const failed = loaded.find((r) => r.status === 'rejected');
+  if (failed !== undefined) throw failed.reason;
+  const shards: LoadedShard[] = loaded.map((r) => (r as PromiseFulfilledResult<LoadedShard>).value);
   checkAgreement(shards);
   shards.sort((a, b) => a.record.index - b.record.index);
   const first = shards[0]!;
@@ -190,7 +196,9 @@ export async function gatherShards(folders: readonly string[], out: string): Pro
     coefficients: [],
     report: null,
   };
-  subspace.id = subspaceId(subspace);
+  // Hashed while the bundles are read.
+  const id = subspaceId(subspace);
+  id.catch(() => undefined); // awaited below, unless a bundle fails first
 
   // Each adapter's coefficients: its modules from every shard, in module order; skipped
   // are the modules no shard built.
@@ -205,6 +213,7 @@ export async function gatherShards(folders: readonly string[], out: string): Pro
     }
     list.forEach((c, j) => (perShard[si]![first + j] = c));
   });
+  subspace.id = await id;
   subspace.coefficients = base.sources.map((source, i) => {
     const merged = new Map<string, ModuleCoefficients>();
     for (const [name, index] of first.record.modules) {

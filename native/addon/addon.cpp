@@ -15,6 +15,7 @@ namespace eigenlorax::addon {
 void registerLinalg(Napi::Env env, Napi::Object exports);
 void registerLowrank(Napi::Env env, Napi::Object exports);
 void registerDtype(Napi::Env env, Napi::Object exports);
+void registerHash(Napi::Env env, Napi::Object exports);
 void registerSubspace(Napi::Env env, Napi::Object exports);
 void registerFolds(Napi::Env env, Napi::Object exports);
 void registerMultiAdapter(Napi::Env env, Napi::Object exports);
@@ -86,6 +87,7 @@ Napi::Object init(Napi::Env env, Napi::Object exports) {
   registerLinalg(env, exports);
   registerLowrank(env, exports);
   registerDtype(env, exports);
+  registerHash(env, exports);
   registerSubspace(env, exports);
   registerFolds(env, exports);
   registerMultiAdapter(env, exports);

@@ -416,6 +416,11 @@ Bytes readBytes(Napi::Env env, const Napi::Object& args, const char* name, bool 
   return {track(env, ta, name, writable, keep, overlaps), ta.ByteLength()};
 }
 
+Bytes readBytesValue(Napi::Env env, const Napi::Value& value, const std::string& name, Keep& keep, Overlaps& overlaps) {
+  const Napi::TypedArray ta = requireTypedArray(env, value, name, false);
+  return {track(env, ta, name, false, keep, overlaps), ta.ByteLength()};
+}
+
 double readScaleValue(Napi::Env env, const Napi::Value& v, const std::string& name) {
   const char* expected = "a number finite in float32 (|x| <= 3.4e38)";
   if (!v.IsNumber()) badArgument(env, name, expected, v);

@@ -171,6 +171,8 @@ struct Bytes {
 };
 Bytes readBytes(Napi::Env env, const Napi::Object& args, const char* name, bool writable, Keep& keep,
                 Overlaps& overlaps);
+// Any typed array given as a value (an array element), read-only, named `name` in errors.
+Bytes readBytesValue(Napi::Env env, const Napi::Value& value, const std::string& name, Keep& keep, Overlaps& overlaps);
 
 double readNumber(Napi::Env env, const Napi::Object& args, const char* name);
 // A scale factor: a number that is finite in float32 (|x| <= 3.4e38: 1e39 is Inf there).
