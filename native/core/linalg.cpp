@@ -224,18 +224,21 @@ namespace {
 // its 140), and calls of one shape (the modules of a model) reuse them. Over
 // kKeepScratchBytes they are freed at the end of the call.
 struct RsvdScratch {
-  ColMatF omega, q, z, uk;
+  ColMatF omega, q, z, uk, weighted;
   ColMatD workQ, workZ, r, gram, qb, vk;
   size_t bytes() const {
-    return sizeof(float) * static_cast<size_t>(omega.size() + q.size() + z.size() + uk.size()) +
+    return sizeof(float) * static_cast<size_t>(omega.size() + q.size() + z.size() + uk.size() + weighted.size()) +
            sizeof(double) * static_cast<size_t>(workQ.size() + workZ.size() + r.size() + gram.size() + qb.size() + vk.size());
   }
 };
 thread_local RsvdScratch rsvdScratch;
 constexpr size_t kKeepScratchBytes = size_t(64) << 20;
 
-// The randomized path on `a`, whose singular values are 2^-exponent times the caller's.
-RsvdInfo randomizedSvd(const ConstMapF& a, const RsvdOptions& o, int exponent, MatView u, float* s, MatView v) {
+// The randomized path on diag(weights) a (a itself when weights is null), whose singular
+// values are 2^-exponent times the caller's. With weights, S x = W (a x) and
+// S^T y = a^T (W y): the m x l products are weighed, not a.
+RsvdInfo randomizedSvd(const ConstMapF& a, const RsvdOptions& o, int exponent, MatView u, float* s, MatView v,
+                       const float* weights = nullptr) {
   const Index m = a.rows(), n = a.cols(), k = o.rank;
   RsvdScratch& ws = rsvdScratch;
   struct ReleaseWhenLarge {
@@ -251,21 +254,33 @@ RsvdInfo randomizedSvd(const ConstMapF& a, const RsvdOptions& o, int exponent, M
   fillGaussianColumns(omega, o.seed);
 
   // Range finder: Q spans (A A^T)^q A Omega, re-orthonormalised at every half step.
+  const auto rowWeights = [&] { return Eigen::Map<const Eigen::VectorXf>(weights, m).array(); };
+  // S x and S^T y for S = diag(weights) a.
+  const auto times = [&](const ColMatF& x, ColMatF& y) {
+    stackTimes(a, x, y);
+    if (weights != nullptr) y.array().colwise() *= rowWeights();
+  };
+  const auto transposeTimes = [&](const ColMatF& y, ColMatF& x) {
+    if (weights == nullptr) return stackTransposeTimes(a, y, x);
+    ws.weighted = y;
+    ws.weighted.array().colwise() *= rowWeights();
+    stackTransposeTimes(a, ws.weighted, x);
+  };
   ColMatF& q = ws.q;
   ColMatD &r = ws.r, &gram = ws.gram;
-  stackTimes(a, omega, q);
+  times(omega, q);
   orthonormalizeSketch(q, ws.workQ, r, gram);
   ColMatF& z = ws.z;
   for (int it = 0; it < o.powerIters; ++it) {
-    stackTransposeTimes(a, q, z);
+    transposeTimes(q, z);
     orthonormalizeSketch(z, ws.workZ, r, gram);
-    stackTimes(a, z, q);
+    times(z, q);
     orthonormalizeSketch(q, ws.workQ, r, gram);
   }
 
   // B = Q^T A, computed as B^T = A^T Q (n x l). SVD of B through QR of B^T:
   // B^T = Qb R  =>  B = R^T Qb^T = Ur S (Qb Vr)^T, with the l x l core in double.
-  stackTransposeTimes(a, q, z);
+  transposeTimes(q, z);
   ColMatD& qb = ws.qb;
   qb = z.cast<double>();
   Eigen::JacobiSVD<ColMatD> core;
@@ -293,8 +308,10 @@ RsvdInfo randomizedSvd(const ConstMapF& a, const RsvdOptions& o, int exponent, M
   return {false, l};
 }
 
-// rsvd after its checks, with top = maxAbsBits(a).
-RsvdInfo checkedRsvd(ConstMatView av, const RsvdOptions& o, uint32_t top, MatView u, float* s, MatView v) {
+// rsvd of diag(weights) a (a when weights is null) after its checks, with top = maxAbsBits
+// of that matrix.
+RsvdInfo checkedRsvd(ConstMatView av, const RsvdOptions& o, uint32_t top, MatView u, float* s, MatView v,
+                     const float* weights = nullptr) {
   const ConstMapF a = av.map();
   if (top >= 0x7f800000u) throw CoreError(code::kNonFinite, "matrix: contains NaN or Inf");
   const Index m = av.rows, n = av.cols, k = o.rank;
@@ -302,7 +319,12 @@ RsvdInfo checkedRsvd(ConstMatView av, const RsvdOptions& o, uint32_t top, MatVie
   const bool exact = o.method == SvdMethod::Exact ||
                      (o.method == SvdMethod::Auto && rsvdPrefersExact(m, n, k, o.oversample));
   if (exact) {  // in double: no float32 overflow inside
-    exactSvd(a, k, 0, u, s, v);
+    if (weights == nullptr) {
+      exactSvd(a, k, 0, u, s, v);
+    } else {
+      const RowMatF weighted = Eigen::Map<const Eigen::VectorXf>(weights, m).asDiagonal() * a;
+      exactSvd(ConstMapF(weighted.data(), m, n), k, 0, u, s, v);
+    }
     return {true, 0};
   }
   // The float products of the randomized path overflow (or their squares, in the
@@ -313,8 +335,13 @@ RsvdInfo checkedRsvd(ConstMatView av, const RsvdOptions& o, uint32_t top, MatVie
   std::memcpy(&largest, &top, 4);
   int exponent = 0;
   std::frexp(static_cast<double>(largest), &exponent);
-  if (top == 0 || std::abs(exponent) <= 32) return randomizedSvd(a, o, 0, u, s, v);
-  const RowMatF scaled = (a.cast<double>() * std::ldexp(1.0, -exponent)).cast<float>();
+  if (top == 0 || std::abs(exponent) <= 32) return randomizedSvd(a, o, 0, u, s, v, weights);
+  // With weights, a's own scale is not the weighted matrix's: scale their product.
+  const RowMatF scaled =
+      weights == nullptr
+          ? RowMatF((a.cast<double>() * std::ldexp(1.0, -exponent)).cast<float>())
+          : RowMatF(((Eigen::Map<const Eigen::VectorXf>(weights, m).asDiagonal() * a).cast<double>() * std::ldexp(1.0, -exponent))
+                        .cast<float>());
   return randomizedSvd(ConstMapF(scaled.data(), m, n), o, exponent, u, s, v);
 }
 
@@ -333,6 +360,12 @@ RsvdInfo rsvd(ConstMatView av, const RsvdOptions& o, MatView u, float* s, MatVie
 RsvdInfo rsvdWithMaxAbs(ConstMatView av, const RsvdOptions& o, uint32_t top, MatView u, float* s, MatView v) {
   checkRsvdArguments(av, o, u, v);
   return checkedRsvd(av, o, top, u, s, v);
+}
+
+RsvdInfo rsvdRowWeighted(ConstMatView av, const float* rowWeights, const RsvdOptions& o, uint32_t top, MatView u,
+                         float* s, MatView v) {
+  checkRsvdArguments(av, o, u, v);
+  return checkedRsvd(av, o, top, u, s, v, rowWeights);
 }
 
 bool choleskyQr2(ColMatD& q, ColMatD& r, ColMatD& gram) {

@@ -36,6 +36,12 @@ RsvdInfo rsvd(ConstMatView a, const RsvdOptions& options, MatView u, float* s, M
 // The same for a caller that already knows maxAbsBits(a) (finite.h), e.g. from building a
 // in cache-sized blocks: no pass over a for it.
 RsvdInfo rsvdWithMaxAbs(ConstMatView a, const RsvdOptions& options, uint32_t maxAbsBits, MatView u, float* s, MatView v);
+// rsvd of diag(rowWeights) a (a: m x n, rowWeights: m finite floats >= 0) without forming
+// it: the randomized path weighs the rows of its m x l products instead (a pass over a
+// saved per module of a subspace build); the exact path forms it, fl(w_i a_ij) as a
+// caller would. maxAbsBits is that of the weighted matrix.
+RsvdInfo rsvdRowWeighted(ConstMatView a, const float* rowWeights, const RsvdOptions& options, uint32_t maxAbsBits,
+                         MatView u, float* s, MatView v);
 
 // Frees the work memory rsvd keeps on the calling thread for its next call (up to 64 MiB;
 // see subspace.h's releaseScratch).

@@ -13,6 +13,7 @@
 #include <atomic>
 #include <memory>
 #include <cmath>
+#include <cstring>
 #include <new>
 #include <string>
 #include <vector>
@@ -131,9 +132,10 @@ float* reusableBuffer(BufferSlot slot, size_t count) {
   return buffer.get();
 }
 
-// Right singular vectors of the stacked side: the components. top: maxAbsBits(stacked).
-void topComponents(ConstMatView stacked, uint32_t top, const ModuleSubspaceOptions& o, uint64_t seed,
-                   MatView components, float* singular) {
+// Right singular vectors of the stacked side, diag(rowWeights) stacked (stacked itself when
+// rowWeights is null): the components. top: maxAbsBits of that side.
+void topComponents(ConstMatView stacked, const float* rowWeights, uint32_t top, const ModuleSubspaceOptions& o,
+                   uint64_t seed, MatView components, float* singular) {
   const Index k = components.cols;
   RowMatF u(stacked.rows, k);
   RsvdOptions ro;
@@ -141,7 +143,7 @@ void topComponents(ConstMatView stacked, uint32_t top, const ModuleSubspaceOptio
   ro.oversample = o.oversample;
   ro.powerIters = o.powerIters;
   ro.seed = seed;
-  rsvdWithMaxAbs(stacked, ro, top, {u.data(), u.rows(), u.cols()}, singular, components);
+  rsvdRowWeighted(stacked, rowWeights, ro, top, {u.data(), u.rows(), u.cols()}, singular, components);
 }
 
 // One side of an adapter projected on a basis P (d x K) with mean mu: loadings
@@ -249,7 +251,12 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
   for (size_t i = 0; i < adapters.size(); ++i) offsets[i + 1] = offsets[i] + adapters[i].a.rows;
 
   // Both stacks at once, written by the loop over adapters that canonicalises them: rows
-  // of side A are w_i A'_i, rows of side B are w_i B'_i^T.
+  // of side A are w_i A'_i, rows of side B are w_i B'_i^T. Uncentred, the stacks hold the
+  // unweighted factors and the rsvd weighs its products' rows (rowWeights): one copy of
+  // the factors serves both the rsvd and the projection (two copies, 256 MiB a module of a
+  // 7B zoo, were written before). Centred, the mean is of the weighted rows and is taken
+  // out of the stacks in place: weighted stacks, and the factors copied apart.
+  const bool weighOnTheFly = !o.center;
   float* buffer = reusableBuffer(kStackSlot, static_cast<size_t>(total) * static_cast<size_t>(dIn + dOut));
   MapF stackedA(buffer, total, dIn);
   MapF stackedB(buffer + total * dIn, total, dOut);
@@ -258,7 +265,10 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
   info.norms.assign(adapters.size(), 0.0);
   // For the projection: every adapter's factors as stacked, unweighted, in float (what
   // projectModule would compute again), and their scales.
-  float* factors = project == nullptr ? nullptr : reusableBuffer(kFactorsSlot, static_cast<size_t>(total) * static_cast<size_t>(dIn + dOut));
+  float* factors = project == nullptr ? nullptr
+                   : weighOnTheFly    ? buffer
+                                      : reusableBuffer(kFactorsSlot, static_cast<size_t>(total) * static_cast<size_t>(dIn + dOut));
+  std::vector<float> rowWeights(weighOnTheFly ? static_cast<size_t>(total) : 0);
   std::vector<double> scales(adapters.size(), 1.0);
   std::vector<double> energies(2 * adapters.size(), 0.0);
   std::vector<uint32_t> tops(2 * adapters.size(), 0);
@@ -271,11 +281,36 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
     stackedFactors(p, o.stacking, w);
     info.norms[i] = w.norm;
     const double weight = equal ? (w.norm > 0 ? 1.0 / std::sqrt(w.norm) : 0.0) : 1.0;
+    const float weightF = static_cast<float>(weight);
     const Index r = p.a.rows;
     // A'^T (d_in x r, column-major) has the memory layout of the r x d_in rows.
     Eigen::Map<ColMatF> blockA(stackedA.data() + offsets[i] * dIn, dIn, r), blockB(stackedB.data() + offsets[i] * dOut, dOut, r);
-    blockA = static_cast<float>(weight) * w.atF;
-    blockB = static_cast<float>(weight) * w.bF;
+    if (weighOnTheFly) {
+      blockA = w.atF;
+      blockB = w.bF;
+      std::fill(rowWeights.begin() + offsets[i], rowWeights.begin() + offsets[i + 1], weightF);
+      // The weighted blocks' energy and largest entry, from the unweighted ones: w^2 ||x||^2,
+      // and fl(w max|x|), which is max fl(w |x_j|) (rounding keeps order), bit for bit.
+      const double w2 = static_cast<double>(weightF) * static_cast<double>(weightF);
+      energies[2 * i] = w2 * blockA.cast<double>().squaredNorm();
+      energies[2 * i + 1] = w2 * blockB.cast<double>().squaredNorm();
+      const auto weighedTop = [&](const float* x, Index count) {
+        const uint32_t bits = maxAbsBits(x, static_cast<size_t>(count));
+        if (bits >= 0x7f800000u) return bits;  // NaN or Inf: reported by the rsvd
+        float largest;
+        std::memcpy(&largest, &bits, 4);
+        largest *= weightF;
+        uint32_t out;
+        std::memcpy(&out, &largest, 4);
+        return out;
+      };
+      tops[2 * i] = weighedTop(blockA.data(), blockA.size());
+      tops[2 * i + 1] = weighedTop(blockB.data(), blockB.size());
+      scales[i] = w.scale;
+      return;
+    }
+    blockA = weightF * w.atF;
+    blockB = weightF * w.bF;
     // Uncentred, the energy is the adapters' blocks' (read here while in cache, not in
     // another pass over both stacks): summed in adapter order below.
     energies[2 * i] = blockA.cast<double>().squaredNorm();
@@ -300,10 +335,11 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
   };
   const StackStats statsA = stats(stackedA, out.meanA, 0);
   info.energyA = statsA.energy;
-  topComponents({stackedA.data(), total, dIn}, statsA.top, o, o.seed, out.componentsA, out.singularA);
+  const float* weightsOrNull = weighOnTheFly ? rowWeights.data() : nullptr;
+  topComponents({stackedA.data(), total, dIn}, weightsOrNull, statsA.top, o, o.seed, out.componentsA, out.singularA);
   const StackStats statsB = stats(stackedB, out.meanB, 1);
   info.energyB = statsB.energy;
-  topComponents({stackedB.data(), total, dOut}, statsB.top, o, o.seed + 1, out.componentsB, out.singularB);
+  topComponents({stackedB.data(), total, dOut}, weightsOrNull, statsB.top, o, o.seed + 1, out.componentsB, out.singularB);
   if (project == nullptr) return info;
   const ProjectionBasis basis(ModuleBasis{out.componentsA.view(), out.componentsB.view(), o.center ? out.meanA : nullptr,
                                           o.center ? out.meanB : nullptr});
