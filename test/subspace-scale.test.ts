@@ -26,6 +26,7 @@ import {
 } from '../lib/index.js';
 import { assignShards } from '../lib/subspace/shard-plan.js';
 import { loadCoefficientsBundle } from '../lib/subspace/coefficients-file.js';
+import { openSafetensors, writeSafetensors, type SafetensorsFloatEntry } from '../lib/io/safetensors.js';
 import * as ops from '../lib/native/ops.js';
 import { tempDir } from './helpers/safetensors-fixtures.js';
 import { freshSeed } from './helpers/random.js';
@@ -287,7 +288,7 @@ test('gatherShards refuses shards that do not make one build, naming the shard a
   await t.throwsAsync(gatherShards([], out), { instanceOf: EigenLoraxError, code: 'ERR_INVALID_ARGUMENT' });
 });
 
-test('a shard folder holds its coefficients in one bundle per 256 adapters, equal to the per-adapter files; gather refuses a bundle that does not hold what shard.json lists, or whose bytes changed; a one-machine build over a shard folder leaves no bundle', async (t) => {
+test('a shard folder holds its coefficients in one bundle per 256 adapters, equal to the per-adapter files; gather refuses a bundle that does not hold what shard.json lists, whose tensors are not the loadings its records size, or whose bytes changed; a one-machine build over a shard folder leaves no bundle', async (t) => {
   const seed = freshSeed();
   const dir = await tempDir(t);
   const paths = await writeZoo(dir, zoo(seed, 5, MODULES.slice(0, 3)));
@@ -316,6 +317,23 @@ test('a shard folder holds its coefficients in one bundle per 256 adapters, equa
   });
   // Against another subspace: refused as coefficients of another subspace are.
   await t.throwsAsync(loadCoefficientsBundle(bundle, shards[1]!), { code: 'ERR_SUBSPACE_MISMATCH' });
+  // Adapter j's tensor `<j>` holds exactly the loadings its record sizes, and nothing else
+  // is in the file (rewritten with the same records and a digest of their own).
+  const written = await openSafetensors(bundle);
+  const metadata: Record<string, string> = { ...written.metadata };
+  delete metadata['eigenlorax.data_sha256'];
+  const flats = await Promise.all([...written.tensors.keys()].map(async (name) => ({ name, data: (await written.readFloat32(name)).data.slice() })));
+  await written.close();
+  t.deepEqual(flats.map((f) => f.name).sort(), ['0', '1', '2', '3', '4']);
+  const rewritten = async (name: string, edit: (entries: SafetensorsFloatEntry[]) => SafetensorsFloatEntry[]) => {
+    const file = path.join(dir, name);
+    await writeSafetensors(file, edit(flats.map((f) => ({ name: f.name, shape: [f.data.length], data: f.data }))), { metadata, digest: true });
+    return file;
+  };
+  const short = await rewritten('short.safetensors', (e) => e.map((x) => (x.name === '2' ? { ...x, shape: [x.shape[0]! - 1], data: (x.data as Float32Array).subarray(1) } : x)));
+  await t.throwsAsync(loadCoefficientsBundle(short, shards[0]!), { code: 'ERR_SUBSPACE_FORMAT', message: /tensor "2".*expected shape \[\d+\]/ });
+  const extra = await rewritten('extra.safetensors', (e) => [...e, { name: '5', shape: [1], data: new Float32Array(1) }]);
+  await t.throwsAsync(loadCoefficientsBundle(extra, shards[0]!), { code: 'ERR_SUBSPACE_FORMAT', message: /tensor "5".*unexpected tensor/ });
 
   const out = path.join(dir, 'out');
   const recordFile = path.join(folders[1]!, 'shard.json');

@@ -77,13 +77,13 @@ export async function saveCoefficients(coefficients: AdapterCoefficients, destin
   return { file };
 }
 
-/** One adapter's loadings as safetensors entries, their names after `prefix`. */
-function coefficientEntries(c: AdapterCoefficients, prefix = ''): SafetensorsEntry[] {
+/** One adapter's loadings as safetensors entries. */
+function coefficientEntries(c: AdapterCoefficients): SafetensorsEntry[] {
   return [...c.modules.values()].flatMap((m) => {
     const k = subspaceKeys(m.name);
     return [
-      { name: prefix + k.loadingsA, shape: [m.alpha.rows, m.rank], data: m.alpha.data },
-      { name: prefix + k.loadingsB, shape: [m.beta.rows, m.rank], data: m.beta.data },
+      { name: k.loadingsA, shape: [m.alpha.rows, m.rank], data: m.alpha.data },
+      { name: k.loadingsB, shape: [m.beta.rows, m.rank], data: m.beta.data },
     ];
   });
 }
@@ -91,17 +91,22 @@ function coefficientEntries(c: AdapterCoefficients, prefix = ''): SafetensorsEnt
 /** The `format` of a file that holds the coefficients of several adapters (a shard's). */
 export const COEFFICIENTS_BUNDLE_FORMAT = 'eigenlorax-coefficients-bundle';
 
-/** The tensor names of adapter `j` of a bundle start with this. */
-const bundlePrefix = (j: number) => `${j}/`;
+/** The tensor of adapter `j` of a bundle. */
+const bundleTensor = (j: number) => String(j);
+
+/** Floats of one adapter's loadings in a bundle: every module's alpha then beta, in record order. */
+const loadingsCount = (modules: ReadonlyArray<{ kA: number; kB: number; rank: number }>) => modules.reduce((n, m) => n + (m.kA + m.kB) * m.rank, 0);
 
 /**
  * Writes the coefficients of several adapters to one safetensors file: adapter j's
- * loadings as `<j>/<m>.eigenlora_A.loadings` and `<j>/<m>.eigenlora_B.loadings`, and the
- * JSON array of their records in `__metadata__["eigenlorax.coefficients"]`; atomic, with
- * a content digest. A shard's folder holds these instead of one file per adapter: each
- * file costs about a millisecond of the event loop to write and again to read, which made
- * a 4-way sharded build plus gather of 256 adapters x 8 modules a third slower than the
- * one-machine build.
+ * loadings as one F32 tensor `<j>`, every module's `K_A x r` alpha then `K_B x r` beta in
+ * the order its record lists the modules, and the JSON array of the records in
+ * `__metadata__["eigenlorax.coefficients"]`; atomic, with a content digest. A shard's
+ * folder holds these instead of one file per adapter: each file costs about a millisecond
+ * of the event loop to write and again to read, which made a 4-way sharded build plus
+ * gather of 256 adapters x 8 modules a third slower than the one-machine build; and one
+ * tensor per adapter, not two per module (16,384 in a bundle of a 7B shard), keeps the
+ * header small: a bundle took 240 ms to load, mostly parsing and checking its header.
  */
 export async function saveCoefficientsBundle(list: readonly AdapterCoefficients[], destination: string): Promise<{ file: string }> {
   if (!Array.isArray(list) || list.length === 0) throw invalid('a non-empty array of adapter coefficients', 'list', list);
@@ -109,7 +114,27 @@ export async function saveCoefficientsBundle(list: readonly AdapterCoefficients[
   if (typeof destination !== 'string' || destination.length === 0) throw invalid('a file path (non-empty string)', 'destination', destination);
   const file = path.resolve(destination);
   const metadata = { format: COEFFICIENTS_BUNDLE_FORMAT, [COEFFICIENTS_METADATA_KEY]: JSON.stringify(list.map(recordOf)) };
-  await writeSafetensors(file, list.flatMap((c, j) => coefficientEntries(c, bundlePrefix(j))), { metadata, digest: true });
+  // Each adapter's tensor is assembled when the writer reaches it, in one reused array
+  // (the writer copies or writes it before asking for the next).
+  let scratch = new Float32Array(0);
+  const entries: SafetensorsEntry[] = list.map((c, j) => {
+    const modules = [...c.modules.values()];
+    const count = loadingsCount(modules.map((m) => ({ kA: m.alpha.rows, kB: m.beta.rows, rank: m.rank })));
+    const data = () => {
+      if (scratch.length < count) scratch = new Float32Array(count);
+      const flat = scratch.subarray(0, count);
+      let at = 0;
+      for (const m of modules) {
+        flat.set(m.alpha.data, at);
+        at += m.alpha.data.length;
+        flat.set(m.beta.data, at);
+        at += m.beta.data.length;
+      }
+      return flat;
+    };
+    return { name: bundleTensor(j), shape: [count], data };
+  });
+  await writeSafetensors(file, entries, { metadata, digest: true });
   return { file };
 }
 
@@ -145,7 +170,14 @@ export async function loadCoefficients(file: string, subspace?: Subspace): Promi
     const record = parseCoefficientsRecord(raw, filePlace(`${where}, ${key}`, 'ERR_SUBSPACE_FORMAT'));
     if (s !== undefined) checkBelongs(record, s, where);
     const expected = new Set<string>();
-    const coefficients = await readAdapter(reader, where, record, '', expected);
+    const coefficients = await readAdapter(record, async (m) => {
+      const k = subspaceKeys(m.name);
+      expected.add(k.loadingsA).add(k.loadingsB);
+      return {
+        alpha: await readTensor(reader, where, k.loadingsA, [m.kA, m.rank], `K_A x r of module ${m.name}`),
+        beta: await readTensor(reader, where, k.loadingsB, [m.kB, m.rank], `K_B x r of module ${m.name}`),
+      };
+    });
     checkNoOtherTensors(reader, where, expected, 'the record');
     // Last, so that a broken structure or a wrong subspace is reported as such first.
     await verifyDigest(reader);
@@ -158,7 +190,8 @@ export async function loadCoefficients(file: string, subspace?: Subspace): Promi
 /**
  * Reads a file written by {@link saveCoefficientsBundle}: the adapters' coefficients in
  * their order there, each checked as {@link loadCoefficients} checks one (the record at
- * index j names the tensors `<j>/...`), all against `subspace`.
+ * index j and the tensor `<j>`, which must hold exactly the loadings the record sizes),
+ * all against `subspace`. The loadings are views of the file's copy.
  */
 export async function loadCoefficientsBundle(file: string, subspace: Subspace): Promise<AdapterCoefficients[]> {
   if (typeof file !== 'string' || file.length === 0) throw invalid('a path (non-empty string)', 'path', file);
@@ -174,7 +207,14 @@ export async function loadCoefficientsBundle(file: string, subspace: Subspace): 
     for (const record of records) checkBelongs(record, s, where);
     const expected = new Set<string>();
     const list: AdapterCoefficients[] = [];
-    for (const [j, record] of records.entries()) list.push(await readAdapter(reader, where, record, bundlePrefix(j), expected));
+    for (const [j, record] of records.entries()) {
+      const key = bundleTensor(j);
+      expected.add(key);
+      const flat = await readTensor(reader, where, key, [loadingsCount(record.modules)], `the loadings of the ${record.modules.length} modules record ${j} lists`);
+      let at = 0;
+      const slice = (count: number) => flat.subarray(at, (at += count));
+      list.push(await readAdapter(record, (m) => ({ alpha: slice(m.kA * m.rank), beta: slice(m.kB * m.rank) })));
+    }
     checkNoOtherTensors(reader, where, expected, 'the records');
     await verifyDigest(reader);
     return list;
@@ -195,16 +235,15 @@ function recordJson(reader: SafetensorsReader, where: string, what: string): { r
   }
 }
 
-/** One adapter's modules as its record names them, tensors named after `prefix` (added to `expected`). */
-async function readAdapter(reader: SafetensorsReader, where: string, record: CoefficientsRecord, prefix: string, expected: Set<string>): Promise<AdapterCoefficients> {
+/** One adapter's coefficients from its record, each module's loadings given by `loadings` (in record order). */
+async function readAdapter(
+  record: CoefficientsRecord,
+  loadings: (m: CoefficientsRecord['modules'][number]) => { alpha: Float32Array; beta: Float32Array } | Promise<{ alpha: Float32Array; beta: Float32Array }>,
+): Promise<AdapterCoefficients> {
   const modules = new Map<string, ModuleCoefficients>();
   for (const m of record.modules) {
-    const k = subspaceKeys(m.name);
-    const keyA = prefix + k.loadingsA;
-    const keyB = prefix + k.loadingsB;
-    expected.add(keyA).add(keyB);
-    const alpha = await readTensor(reader, where, keyA, [m.kA, m.rank], `K_A x r of module ${m.name}`);
-    const beta = await readTensor(reader, where, keyB, [m.kB, m.rank], `K_B x r of module ${m.name}`);
+    const got = loadings(m);
+    const { alpha, beta } = got instanceof Promise ? await got : got;
     const { name, rank, scale, adapterAlpha, rslora, adapterScale, norm, error } = m;
     modules.set(name, {
       name,

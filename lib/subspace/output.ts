@@ -17,7 +17,7 @@ import type { Subspace } from './types.js';
 export const COEFFICIENTS_FOLDER = 'coefficients';
 export const SHARD_RECORD_NAME = 'shard.json';
 export const SHARD_FORMAT = 'eigenlorax-shard';
-export const SHARD_FORMAT_VERSION = 2;
+export const SHARD_FORMAT_VERSION = 3;
 /** At most this many adapters (bounds the JSON header) and bytes of loadings per bundle. */
 const BUNDLE_ADAPTERS = 256;
 const BUNDLE_BYTES = 32 << 20;
