@@ -17,13 +17,19 @@ import { Sha256Stream } from './sha256.js';
 /** The `__metadata__` key holding the content digest. */
 export const DATA_DIGEST_KEY = 'eigenlorax.data_sha256';
 
-/** Data is hashed in slices of this many bytes: a slice not in owned memory is copied for the hashing thread, and at most a few slices are in flight. */
+/**
+ * Data is hashed in slices of this many bytes: a slice not in owned memory is copied for
+ * the hashing thread, and at most a few slices are in flight.
+ */
 const SLICE = 8 << 20;
 
 /** The digest placeholder the writer fills in once the data is written (same length). */
 export const DIGEST_PLACEHOLDER = '0'.repeat(64);
 
-/** The header's meaning, hashed (as UTF-8) before the data: the metadata other than the digest, sorted; the tensors in file order. */
+/**
+ * The header's meaning, hashed (as UTF-8) before the data: the metadata other than the
+ * digest, sorted; the tensors in file order.
+ */
 export function digestPreamble(
   metadata: Readonly<Record<string, string>>,
   tensors: ReadonlyArray<{ name: string; dtype: string; shape: readonly number[] }>,

@@ -7,7 +7,7 @@
  */
 import * as ops from '../native/ops.js';
 
-/** Updates queued at once before `update` waits for the oldest (each holds a copy of its parts unless they are owned memory). */
+/** Updates queued before `update` waits for the oldest (each holds a copy of its parts, unless owned memory). */
 const UPDATES_IN_FLIGHT = 4;
 
 /**
@@ -24,10 +24,10 @@ export class Sha256Stream {
   #failure: { error: unknown } | null = null;
 
   /**
-   * Queues `parts` (strings as UTF-8) behind the earlier updates. They are the job's own once this returns (a
-   * copy, or owned memory held): the caller may change or reuse them at once. The promise
-   * resolves when another update may be queued; waiting for it keeps at most a few updates'
-   * copies alive.
+   * Queues `parts` (strings as UTF-8) behind the earlier updates. They are the job's own
+   * once this returns (a copy, or owned memory held): the caller may change or reuse them
+   * at once. The promise resolves when another update may be queued; waiting for it keeps
+   * at most a few updates' copies alive.
    */
   update(parts: ReadonlyArray<ArrayBufferView | string>): Promise<void> {
     let textBytes = 0;
