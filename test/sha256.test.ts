@@ -6,10 +6,17 @@
 import test from 'ava';
 import { spawn } from 'node:child_process';
 import { createHash } from 'node:crypto';
-import { Sha256Stream, sha256Of } from '../lib/io/sha256.js';
+import { Sha256Stream } from '../lib/io/sha256.js';
 import { ownedMatrix } from '../lib/index.js';
 import * as ops from '../lib/native/ops.js';
 import { freshSeed, rng } from './helpers/random.js';
+
+/** The digest of `parts` in one update. */
+async function sha256Of(parts: ReadonlyArray<ArrayBufferView | string>): Promise<string> {
+  const stream = new Sha256Stream();
+  await stream.update(parts);
+  return stream.digest();
+}
 
 function randomBytes(count: number, r: () => number): Uint8Array {
   const out = new Uint8Array(count);

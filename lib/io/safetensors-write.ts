@@ -277,7 +277,10 @@ class PackedWrites {
   }
 }
 
-/** The stored bytes of one planned entry, from its value: F32 and raw bytes as they are, other dtypes converted natively (a promise). */
+/**
+ * The stored bytes of one planned entry, from its value: F32 and raw bytes as they are,
+ * other dtypes converted natively (a promise).
+ */
 function encode(file: string, p: PlannedEntry, value: unknown): ArrayBufferView | Promise<ArrayBufferView> {
   checkSourceLength(file, p, value);
   if (p.kind === 'raw') return value as ArrayBufferView;

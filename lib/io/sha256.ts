@@ -58,10 +58,3 @@ export class Sha256Stream {
     return digest;
   }
 }
-
-/** The SHA-256 (lowercase hex) of `parts` in order (strings as UTF-8). */
-export async function sha256Of(parts: ReadonlyArray<ArrayBufferView | string>): Promise<string> {
-  const stream = new Sha256Stream();
-  await stream.update(parts);
-  return stream.digest();
-}

@@ -119,7 +119,7 @@ export async function saveCoefficientsBundle(list: readonly AdapterCoefficients[
   let scratch = new Float32Array(0);
   const entries: SafetensorsEntry[] = list.map((c, j) => {
     const modules = [...c.modules.values()];
-    const count = loadingsCount(modules.map((m) => ({ kA: m.alpha.rows, kB: m.beta.rows, rank: m.rank })));
+    const count = modules.reduce((n, m) => n + m.alpha.data.length + m.beta.data.length, 0);
     const data = () => {
       if (scratch.length < count) scratch = new Float32Array(count);
       const flat = scratch.subarray(0, count);
