@@ -13,6 +13,7 @@
 #include "finite.h"
 #include "random.h"
 #include "stack_products.h"
+#include "sum_squares.h"
 
 namespace eigenlorax {
 namespace {
@@ -98,8 +99,8 @@ void formStacks(const std::vector<FactorPair>& adapters, const Layout& layout, c
       auto sb = Eigen::Map<ColMatF>(b.rows.data() + layout.at[i] * dOut, dOut, r);
       sa = static_cast<float>(weight) * w.atF;
       sb = static_cast<float>(weight) * w.bF;
-      a.energy[i] = sa.cast<double>().squaredNorm();
-      b.energy[i] = sb.cast<double>().squaredNorm();
+      a.energy[i] = sumOfSquares(sa.data(), static_cast<size_t>(sa.size()));
+      b.energy[i] = sumOfSquares(sb.data(), static_cast<size_t>(sb.size()));
       if (factors != nullptr) {
         Eigen::Map<ColMatF>(factors->a.data() + layout.at[i] * dIn, dIn, r) = w.atF;
         Eigen::Map<ColMatF>(factors->b.data() + layout.at[i] * dOut, dOut, r) = w.bF;

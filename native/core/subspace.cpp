@@ -5,6 +5,7 @@
 #include "finite.h"
 #include "folds.h"
 #include "large_buffers.h"
+#include "sum_squares.h"
 
 #include <Eigen/Householder>
 #include <Eigen/QR>
@@ -102,7 +103,7 @@ StackStats centerAndEnergy(MapF stacked, float* mean) {
   uint32_t top = 0;
 #pragma omp parallel for schedule(static) reduction(max : top)
   for (Index i = 0; i < rows; ++i) {
-    rowEnergy[static_cast<size_t>(i)] = stacked.row(i).cast<double>().squaredNorm();
+    rowEnergy[static_cast<size_t>(i)] = sumOfSquares(stacked.data() + i * d, static_cast<size_t>(d));
     top = std::max(top, maxAbsBits(stacked.data() + i * d, static_cast<size_t>(d)));
   }
   StackStats stats;
@@ -292,8 +293,8 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
       // The weighted blocks' energy and largest entry, from the unweighted ones: w^2 ||x||^2,
       // and fl(w max|x|), which is max fl(w |x_j|) (rounding keeps order), bit for bit.
       const double w2 = static_cast<double>(weightF) * static_cast<double>(weightF);
-      energies[2 * i] = w2 * blockA.cast<double>().squaredNorm();
-      energies[2 * i + 1] = w2 * blockB.cast<double>().squaredNorm();
+      energies[2 * i] = w2 * sumOfSquares(blockA.data(), static_cast<size_t>(blockA.size()));
+      energies[2 * i + 1] = w2 * sumOfSquares(blockB.data(), static_cast<size_t>(blockB.size()));
       const auto weighedTop = [&](const float* x, Index count) {
         const uint32_t bits = maxAbsBits(x, static_cast<size_t>(count));
         if (bits >= 0x7f800000u) return bits;  // NaN or Inf: reported by the rsvd
@@ -313,8 +314,8 @@ ModuleSubspaceInfo buildModuleSubspace(const std::vector<FactorPair>& adapters, 
     blockB = weightF * w.bF;
     // Uncentred, the energy is the adapters' blocks' (read here while in cache, not in
     // another pass over both stacks): summed in adapter order below.
-    energies[2 * i] = blockA.cast<double>().squaredNorm();
-    energies[2 * i + 1] = blockB.cast<double>().squaredNorm();
+    energies[2 * i] = sumOfSquares(blockA.data(), static_cast<size_t>(blockA.size()));
+    energies[2 * i + 1] = sumOfSquares(blockB.data(), static_cast<size_t>(blockB.size()));
     tops[2 * i] = maxAbsBits(blockA.data(), static_cast<size_t>(blockA.size()));
     tops[2 * i + 1] = maxAbsBits(blockB.data(), static_cast<size_t>(blockB.size()));
     if (factors != nullptr) {

@@ -10,6 +10,7 @@
 #include "finite.h"
 #include "linalg.h"
 #include "random.h"
+#include "sum_squares.h"
 
 namespace eigenlorax {
 namespace {
@@ -261,7 +262,7 @@ void ModuleStream::add(const std::vector<FactorPair>& chunk) {
       case Stage::Sketch:
         if (side->center) block.rowwise() -= side->mean.transpose();
         if (pass_ == (options_.center ? 1 : 0)) {
-          for (Index i = 0; i < rows; ++i) side->energy += block.row(i).cast<double>().squaredNorm();
+          for (Index i = 0; i < rows; ++i) side->energy += sumOfSquares(block.row(i).data(), static_cast<size_t>(side->d));
         }
         side->sketch(data, rows);
         break;
