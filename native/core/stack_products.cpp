@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <array>
 #include <cstring>
-#include <exception>
 #include <vector>
 
 #ifdef __AVX512F__
@@ -14,32 +13,6 @@
 
 namespace eigenlorax {
 namespace {
-
-// Splits [0, units) into one contiguous range per thread (at least minPerThread units
-// each) and runs body(begin, end) on each: no barriers between the threads. An exception
-// (bad_alloc) is rethrown after the region, never out of it.
-template <typename Body>
-void perThreadRanges(Index units, Index minPerThread, Body body) {
-  const int threads =
-      static_cast<int>(std::min<Index>(currentThreads(), std::max<Index>(1, units / std::max<Index>(1, minPerThread))));
-  std::exception_ptr error;
-#pragma omp parallel num_threads(threads)
-  {
-#ifdef _OPENMP
-    const Index t = omp_get_thread_num(), count = omp_get_num_threads();
-#else
-    const Index t = 0, count = 1;
-#endif
-    const Index begin = units * t / count, end = units * (t + 1) / count;
-    try {
-      if (end > begin) body(begin, end);
-    } catch (...) {
-#pragma omp critical(eigenlorax_stack_products_error)
-      if (!error) error = std::current_exception();
-    }
-  }
-  if (error) std::rethrow_exception(error);
-}
 
 #ifdef __AVX512F__
 
