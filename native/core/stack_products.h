@@ -18,6 +18,8 @@ void stackTransposeTimes(const ConstMapF& s, const ColMatF& q, ColMatF& z);
 bool stackProductsVectorised();
 
 // Frees the packing buffers the products keep on the calling thread (see releaseRsvdScratch).
+// Each thread of S^T q also keeps its block of 64 packed rows of S (64 x cols / threads
+// floats: 512 KiB per thread at 4096 columns and 2 threads), reused by every later product.
 void releaseStackProductsScratch();
 
 }  // namespace eigenlorax
