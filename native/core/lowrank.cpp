@@ -10,11 +10,12 @@ namespace {
 using RowVecF = Eigen::Matrix<float, 1, Eigen::Dynamic>;
 
 // dst (=|+=) alpha * lhs * rhs. With several threads, each computes a contiguous block of
-// dst's columns (or of its rows, when rhs is the larger operand's partner: each thread
-// then reads all of rhs) as a single-threaded Eigen product, with no barrier between them.
-// Eigen's parallel GEMM shares packed blocks between the threads and synchronises on each:
-// the training step's products, 2 threads, C++ driver: 128 x 784 x 256 241-295 -> 200-210
-// us, 128 x 256 x 256 91-98 -> 67-71 us, 128 x 256 x 10 12 -> 7-8 us.
+// dst's columns (or of its rows, when dst has more rows or too few columns to split) as a
+// single-threaded Eigen product, with no barrier between the threads: a column block reads
+// all of lhs, a row block all of rhs, so the split reads the smaller operand twice. Eigen's
+// parallel GEMM shares packed blocks between the threads and synchronises on each: the
+// training step's products, 2 threads, C++ driver: 128 x 784 x 256 241-295 -> 200-210 us,
+// 128 x 256 x 256 91-98 -> 67-71 us, 128 x 256 x 10 12 -> 7-8 us.
 constexpr Index kMinRowsPerThread = 16;
 constexpr Index kMinColsPerThread = 32;
 
@@ -26,8 +27,6 @@ void product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, float alpha, bool accumu
   };
   const Index rows = dst.rows(), cols = dst.cols();
   const bool threaded = currentThreads() > 1;
-  // Split the side whose partner is smaller to read twice: columns when there are more
-  // of them (each thread reads all of lhs), rows otherwise (each reads all of rhs).
   if (threaded && cols >= rows && cols >= 2 * kMinColsPerThread) {
     perThreadRanges(cols, kMinColsPerThread, [&](Index c0, Index c1) {
       run(dst.middleCols(c0, c1 - c0), lhs, rhs.middleCols(c0, c1 - c0));
@@ -35,10 +34,6 @@ void product(Dst&& dst, const Lhs& lhs, const Rhs& rhs, float alpha, bool accumu
   } else if (threaded && rows >= 2 * kMinRowsPerThread) {
     perThreadRanges(rows, kMinRowsPerThread, [&](Index r0, Index r1) {
       run(dst.middleRows(r0, r1 - r0), lhs.middleRows(r0, r1 - r0), rhs);
-    });
-  } else if (threaded && cols >= 2 * kMinColsPerThread) {
-    perThreadRanges(cols, kMinColsPerThread, [&](Index c0, Index c1) {
-      run(dst.middleCols(c0, c1 - c0), lhs, rhs.middleCols(c0, c1 - c0));
     });
   } else {
     run(dst, lhs, rhs);
