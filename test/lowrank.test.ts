@@ -25,8 +25,9 @@ import { native } from '../lib/native.js';
 import { add, addRow, dot, matmul, relativeError, scale, toDense, transpose, type Dense } from './helpers/dense.js';
 import { freshSeed, randomMatrix, rng } from './helpers/random.js';
 
-// A fixed thread count makes the few-rows path (n < 4 rows: output columns split by hand
-// across threads once cols >= 64 * threads) run on every machine; 3 gives uneven splits.
+// A fixed thread count makes the split products run on every machine (an output's columns
+// split across threads when it has at least as many columns as rows and 64 or more, its
+// rows when it has 32 or more); 3 gives uneven splits.
 setThreads(3);
 
 const FORWARD_TOL = 1e-5;
@@ -375,6 +376,7 @@ function checkGradient(
 const loraGradShapes: LoraShape[] = [
   { n: 2, dIn: 200, dOut: 24, r: 3 }, // few rows: dx columns split across threads
   { n: 9, dIn: 30, dOut: 20, r: 4 },
+  { n: 40, dIn: 70, dOut: 48, r: 5 }, // rows split (h, dh, dB), columns split (dx, dA)
 ];
 
 for (const [index, shape] of loraGradShapes.entries()) {
@@ -419,6 +421,7 @@ test('loraBackward without a base weight: dx is the adapter path alone', async (
 const eigenGradShapes: EigenShape[] = [
   { n: 2, dIn: 200, dOut: 210, kA: 9, kB: 6, r: 3 }, // few rows
   { n: 12, dIn: 40, dOut: 30, kA: 7, kB: 5, r: 4 },
+  { n: 40, dIn: 70, dOut: 48, kA: 9, kB: 6, r: 3 }, // rows split (x V_A, dy U_B), columns split (dx)
 ];
 
 for (const [index, shape] of eigenGradShapes.entries()) {
