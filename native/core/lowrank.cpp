@@ -243,13 +243,13 @@ ProductOrder eigenLoraForward(ConstMatView xv, const EigenLoraLayer& l, MatView 
   MapF y = yv.map();
   baseForward(x, l.weight, l.bias, y);
   if (order == ProductOrder::Rebuild) {
-    const ColMatF aT = vA * alpha;  // d_in x r
-    const ColMatF b = uB * beta;    // d_out x r
-    const RowMatF z = productOf(x, aT);  // n x r
+    const RowMatF aT = productOf(vA, alpha);  // d_in x r
+    const RowMatF b = productOf(uB, beta);    // d_out x r
+    const RowMatF z = productOf(x, aT);       // n x r
     product(y, z, b.transpose(), l.scale, true);
   } else {
-    const RowMatF h = productOf(x, vA);         // n x K_A
-    const RowMatF t = (h * alpha) * beta.transpose();  // n x K_B
+    const RowMatF h = productOf(x, vA);                                    // n x K_A
+    const RowMatF t = productOf(productOf(h, alpha), beta.transpose());   // n x K_B
     product(y, t, uB.transpose(), l.scale, true);
   }
   return order;
@@ -267,30 +267,30 @@ ProductOrder eigenLoraBackward(ConstMatView xv, ConstMatView dyv, const EigenLor
   MapF dAlpha = dAlphaV.map(), dBeta = dBetaV.map();
 
   if (order == ProductOrder::Rebuild) {
-    const ColMatF aT = vA * alpha;                     // d_in x r
-    const ColMatF b = uB * beta;                       // d_out x r
-    const RowMatF z = productOf(x, aT);                // n x r
-    const RowMatF dz = productOf(dy, b, s);            // n x r
-    const ColMatF xTdz = x.transpose() * dz;           // d_in x r
-    dAlpha.noalias() = vA.transpose() * xTdz;
-    const ColMatF dyTz = dy.transpose() * z;           // d_out x r
-    dBeta.noalias() = s * (uB.transpose() * dyTz);
+    const RowMatF aT = productOf(vA, alpha);            // d_in x r
+    const RowMatF b = productOf(uB, beta);              // d_out x r
+    const RowMatF z = productOf(x, aT);                 // n x r
+    const RowMatF dz = productOf(dy, b, s);             // n x r
+    const RowMatF xTdz = productOf(x.transpose(), dz);  // d_in x r
+    product(dAlpha, vA.transpose(), xTdz, 1.0f, false);
+    const RowMatF dyTz = productOf(dy.transpose(), z);  // d_out x r
+    product(dBeta, uB.transpose(), dyTz, s, false);
     if (!dxv.empty()) {
       MapF dx = dxv.map();
       baseBackward(dy, l.weight, dx);
       product(dx, dz, aT.transpose(), 1.0f, true);
     }
   } else {
-    const RowMatF h = productOf(x, vA);                // n x K_A
-    const RowMatF z = h * alpha;                       // n x r
-    const RowMatF g = productOf(dy, uB);               // n x K_B
-    dBeta.noalias() = s * (g.transpose() * z);
-    const RowMatF dz = s * (g * beta);                 // n x r
-    dAlpha.noalias() = h.transpose() * dz;
+    const RowMatF h = productOf(x, vA);                 // n x K_A
+    const RowMatF z = productOf(h, alpha);              // n x r
+    const RowMatF g = productOf(dy, uB);                // n x K_B
+    product(dBeta, g.transpose(), z, s, false);
+    const RowMatF dz = productOf(g, beta, s);           // n x r
+    product(dAlpha, h.transpose(), dz, 1.0f, false);
     if (!dxv.empty()) {
       MapF dx = dxv.map();
       baseBackward(dy, l.weight, dx);
-      const RowMatF dh = dz * alpha.transpose();       // n x K_A
+      const RowMatF dh = productOf(dz, alpha.transpose());  // n x K_A
       product(dx, dh, vA.transpose(), 1.0f, true);
     }
   }
