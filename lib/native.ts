@@ -394,11 +394,24 @@ export interface NativeAddon {
   trainReluForward(x: Float32Array, y: Float32Array): void;
   trainReluBackward(y: Float32Array, dy: Float32Array, dx: Float32Array): void;
   trainAllFinite(arrays: readonly Float32Array[]): boolean;
+  /** Mean softmax cross-entropy of logits (rows x classes) against labels (checked: ERR_INVALID_ARGUMENT out of range); grad = (softmax - onehot) / rows. */
+  trainSoftmaxCrossEntropy(logits: Float32Array, rows: number, classes: number, labels: Uint8Array | Uint16Array | Int32Array, grad: Float32Array | null): { loss: number; correct: number };
+  /** Mean squared error over all elements; grad = 2 (output - target) / count. */
+  trainMeanSquaredError(output: Float32Array, target: Float32Array, grad: Float32Array | null): number;
   // A sequential model's passes, one job each (native/addon/train_model_jobs.cpp).
   /** Every layer (its ReLU in place on its output) into outputs[i]. */
   trainModelForward(args: { x: Matrix; layers: readonly NativeModelLayer[]; outputs: readonly Matrix[] }): Promise<void>;
   /** Every trainable layer's gradients from dy (dL/d outputs[last]), through the layers after the first trainable one. */
   trainModelBackward(args: { x: Matrix; layers: readonly NativeModelLayer[]; outputs: readonly Matrix[]; dy: Matrix }): Promise<void>;
+  /** Forward, the loss (dL/d outputs[last] into grad), backward: one training step's passes; no backward when the loss is not finite. */
+  trainModelStep(args: {
+    x: Matrix;
+    layers: readonly NativeModelLayer[];
+    outputs: readonly Matrix[];
+    loss: 'cross-entropy' | 'mse';
+    targets: Uint8Array | Uint16Array | Int32Array | Matrix;
+    grad: Matrix;
+  }): Promise<{ loss: number; correct: number | null }>;
 }
 
 /** One layer of trainModelForward/Backward; biases (and dBias) as 1 x d_out matrices. Gradients: backward only. */

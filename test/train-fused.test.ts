@@ -8,7 +8,7 @@
 import test from 'ava';
 import { EigenLoraxError, matrix, orthonormalize, type ErrorCode, type Matrix } from '../lib/index.js';
 import { native } from '../lib/native.js';
-import { EigenLoRA, GELU, Linear, LoRA, ReLU, Sequential, type Layer } from '../lib/train/index.js';
+import { crossEntropyLoss, EigenLoRA, GELU, Linear, LoRA, mseLoss, ReLU, Sequential, type Layer, type Loss, type LossValue, type Targets } from '../lib/train/index.js';
 import { freshSeed, randomMatrix } from './helpers/random.js';
 
 /** The per-layer forward and backward (Sequential's path for layers it cannot fuse). */
@@ -16,7 +16,12 @@ async function perLayer(layers: readonly Layer[], x: Matrix, dy: Matrix | null):
   let h = x;
   for (const l of layers) h = await l.forward(h);
   const out = matrix(h.rows, h.cols, h.data.slice());
-  if (dy === null) return out;
+  if (dy !== null) await perLayerBackward(layers, dy);
+  return out;
+}
+
+/** The per-layer backward from dy through the layers' last forward. */
+async function perLayerBackward(layers: readonly Layer[], dy: Matrix): Promise<void> {
   const trainableBefore: boolean[] = [];
   let any = false;
   for (const l of layers) {
@@ -31,7 +36,24 @@ async function perLayer(layers: readonly Layer[], x: Matrix, dy: Matrix | null):
     g = await l.backward(g as Matrix, { inputGrad });
     if (!inputGrad) break;
   }
-  return out;
+}
+
+/** A training step the per-layer way: forward, the loss, backward; no backward for a loss that is not finite. */
+async function perLayerStep(layers: readonly Layer[], x: Matrix, loss: Loss, targets: Targets): Promise<{ value: LossValue; grad: Matrix }> {
+  let h = x;
+  for (const l of layers) h = await l.forward(h);
+  const grad = matrix(h.rows, h.cols);
+  const value = loss.compute(h, targets, grad);
+  if (Number.isFinite(value.loss)) await perLayerBackward(layers, grad);
+  return { value, grad };
+}
+
+/** Labels in [0, classes) for the cross-entropy, a target matrix for mse. */
+function targetsFor(loss: Loss, rows: number, classes: number, seed: number): Targets {
+  if (loss === mseLoss) return randomMatrix(rows, classes, seed);
+  const labels = new Uint16Array(rows);
+  for (let i = 0; i < rows; i++) labels[i] = (seed + 7 * i) % classes;
+  return labels;
 }
 
 function grads(model: Sequential): Float32Array[] {
@@ -127,6 +149,52 @@ for (const [name, build] of models) {
     });
   }
 }
+
+for (const [name, build] of models) {
+  for (const loss of [crossEntropyLoss, mseLoss]) {
+    test(`a whole training step (one job: forward, ${loss.name}, backward) equals the per-layer path bit for bit: ${name}`, async (t) => {
+      const seed = freshSeed();
+      const layers = await build(seed);
+      const model = new Sequential(layers);
+      for (const rows of [1, 64]) {
+        const x = randomMatrix(rows, widths[0] as number, seed + 100 + rows);
+        const targets = targetsFor(loss, rows, model.outFeatures, seed + rows);
+        const grad = matrix(rows, model.outFeatures);
+        for (const p of model.parameters()) p.grad.fill(Number.NaN);
+        const value = await model.trainStep(x, targets, loss, grad);
+        const fusedGrads = grads(model);
+        for (const p of model.parameters()) p.grad.fill(Number.NaN);
+        const reference = await perLayerStep(layers, x, loss, targets);
+        t.deepEqual(value, reference.value, `seed ${seed}, ${rows} rows`);
+        t.deepEqual(grad.data, reference.grad.data, `seed ${seed}, ${rows} rows`);
+        t.deepEqual(fusedGrads, grads(model), `seed ${seed}, ${rows} rows`);
+        t.true(fusedGrads.every((g) => g.every(Number.isFinite)), `seed ${seed}: every gradient written`);
+      }
+    });
+  }
+}
+
+test('a training step whose loss is not finite writes no gradient, fused or not; a custom loss takes the separate passes', async (t) => {
+  const seed = freshSeed();
+  const model = new Sequential(withRelu(bases(seed, true)));
+  const x = randomMatrix(3, 13, seed);
+  x.data[4] = Number.NaN;
+  const custom: Loss = { ...crossEntropyLoss, name: 'custom', classification: true, compute: (y, tg, g) => crossEntropyLoss.compute(y, tg, g), checkTargets: () => undefined };
+  for (const loss of [crossEntropyLoss, custom]) {
+    for (const p of model.parameters()) p.grad.fill(7);
+    const value = await model.trainStep(x, new Uint8Array([0, 1, 2]), loss, matrix(3, 4));
+    t.true(Number.isNaN(value.loss), `${loss.name}: ${value.loss}`);
+    t.true(model.parameters().every((p) => p.grad.every((v) => v === 7)), `${loss.name}: a gradient was written`);
+  }
+  // A finite step with the custom loss equals the built-in one.
+  const y = randomMatrix(3, 13, seed + 1);
+  const labels = new Uint8Array([3, 1, 0]);
+  const a = await model.trainStep(y, labels, crossEntropyLoss, matrix(3, 4));
+  const ga = grads(model);
+  const b = await model.trainStep(y, labels, custom, matrix(3, 4));
+  t.deepEqual(a, b);
+  t.deepEqual(ga, grads(model));
+});
 
 test('fused passes equal the per-layer path bit for bit at sizes that run queued and multi-threaded (LoRA, EigenLoRA)', async (t) => {
   const seed = freshSeed();
@@ -255,6 +323,44 @@ test('trainModelBackward refuses missing gradients, a bad dy and gradients of th
   await nativeError(t, bad((a) => ({ ...a, outputs: [matrix(2, 4)] })), 'ERR_SHAPE_MISMATCH', /outputs: expected one matrix per layer/);
   const lora = { kind: 'lora', relu: false, weight: layers[1]?.weight, bias: null, A: matrix(2, 4), B: matrix(3, 2), scale: 1, dA: matrix(2, 4) };
   await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], lora] })), 'ERR_INVALID_ARGUMENT', /layers\[1\]\.dB: expected a matrix/);
+});
+
+test('trainModelStep refuses a bad loss, targets that do not fit, a bad grad and a model without gradients', async (t) => {
+  const x = randomMatrix(2, 5, 3);
+  const layers = [linearLayer(5, 4, true), { ...linearLayer(4, 3), dWeight: matrix(3, 4), dBias: matrix(1, 3) }];
+  const ok = () => ({ x, layers: layers.map((l) => ({ ...l })), outputs: [matrix(2, 4), matrix(2, 3)], loss: 'cross-entropy', targets: new Uint8Array([2, 0]) as unknown, grad: matrix(2, 3) });
+  const value = await native.trainModelStep(ok() as never);
+  t.true(Number.isFinite(value.loss) && (value.correct === 0 || value.correct === 1 || value.correct === 2));
+  const bad = (edit: (a: ReturnType<typeof ok>) => unknown) => () => native.trainModelStep(edit(ok()) as never);
+  await nativeError(t, bad((a) => ({ ...a, loss: 'hinge' })), 'ERR_INVALID_ARGUMENT', /loss: expected one of 'cross-entropy', 'mse'/);
+  await nativeError(t, bad((a) => ({ ...a, targets: new Uint8Array([2, 3]) })), 'ERR_INVALID_ARGUMENT', /targets: label 3 at row 1 is out of range: the model has 3 outputs/);
+  await nativeError(t, bad((a) => ({ ...a, targets: new Int32Array([-1, 0]) })), 'ERR_INVALID_ARGUMENT', /targets: label -1 at row 0/);
+  await nativeError(t, bad((a) => ({ ...a, targets: new Uint16Array([1]) })), 'ERR_SHAPE_MISMATCH', /targets: 1 labels for 2 rows/);
+  await nativeError(t, bad((a) => ({ ...a, targets: new Float32Array([1, 0]) })), 'ERR_INVALID_ARGUMENT', /targets: expected class labels/);
+  await nativeError(t, bad((a) => ({ ...a, loss: 'mse', targets: new Uint8Array([1, 0]) })), 'ERR_INVALID_ARGUMENT', /targets/);
+  await nativeError(t, bad((a) => ({ ...a, loss: 'mse', targets: matrix(2, 4) })), 'ERR_SHAPE_MISMATCH', /targets: expected shape 2 x 3/);
+  await nativeError(t, bad((a) => ({ ...a, grad: matrix(2, 4) })), 'ERR_SHAPE_MISMATCH', /dy: expected shape 2 x 3/);
+  await nativeError(t, bad((a) => ({ ...a, grad: a.outputs[1] })), 'ERR_INVALID_ARGUMENT', /share memory/);
+  await nativeError(t, bad((a) => ({ ...a, layers: [a.layers[0], linearLayer(4, 3)] })), 'ERR_INVALID_ARGUMENT', /layers: expected at least one layer with gradients/);
+  const mse = await native.trainModelStep({ ...ok(), loss: 'mse', targets: randomMatrix(2, 3, 9) } as never);
+  t.is(mse.correct, null);
+});
+
+test('the synchronous losses refuse arrays that do not fit and labels out of range', (t) => {
+  const logits = randomMatrix(2, 3, 4).data;
+  const call = (f: () => unknown, code: ErrorCode, message: RegExp) => {
+    const e = t.throws(f) as EigenLoraxError;
+    t.is(e.code, code, e.message);
+    t.regex(e.message, message);
+  };
+  call(() => native.trainSoftmaxCrossEntropy(logits, 2, 4, new Uint8Array([0, 1]), null), 'ERR_SHAPE_MISMATCH', /logits: 6 values for 2 x 4/);
+  call(() => native.trainSoftmaxCrossEntropy(logits, 2, 3, new Uint8Array([0, 3]), null), 'ERR_INVALID_ARGUMENT', /labels: label 3 at row 1/);
+  call(() => native.trainSoftmaxCrossEntropy(logits, 2, 3, new Uint8Array([0]), null), 'ERR_SHAPE_MISMATCH', /labels: 1 labels for 2 rows/);
+  call(() => native.trainSoftmaxCrossEntropy(logits, 2, 3, new Float32Array(2) as never, null), 'ERR_INVALID_ARGUMENT', /labels: expected class labels/);
+  call(() => native.trainSoftmaxCrossEntropy(logits, 2, 3, new Uint8Array([0, 1]), new Float32Array(5)), 'ERR_SHAPE_MISMATCH', /grad: 5 values/);
+  call(() => native.trainSoftmaxCrossEntropy(logits, 1.5, 3, new Uint8Array([0, 1]), null), 'ERR_INVALID_ARGUMENT', /rows and classes/);
+  call(() => native.trainMeanSquaredError(logits, new Float32Array(5), null), 'ERR_SHAPE_MISMATCH', /target has 5 values but output has 6/);
+  call(() => native.trainMeanSquaredError(logits, logits, new Float32Array(2)), 'ERR_SHAPE_MISMATCH', /grad has 2 values/);
 });
 
 test('an output detached while the job runs is refused; an input detached meanwhile does not change the result', async (t) => {

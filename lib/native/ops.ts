@@ -138,8 +138,11 @@ export const trainSgdStep: NativeAddon['trainSgdStep'] = (...args) => native.tra
 export const trainReluForward: NativeAddon['trainReluForward'] = (x, y) => native.trainReluForward(x, y);
 export const trainReluBackward: NativeAddon['trainReluBackward'] = (y, dy, dx) => native.trainReluBackward(y, dy, dx);
 export const trainAllFinite: NativeAddon['trainAllFinite'] = (arrays) => native.trainAllFinite(arrays);
+export const trainSoftmaxCrossEntropy: NativeAddon['trainSoftmaxCrossEntropy'] = (...args) => native.trainSoftmaxCrossEntropy(...args);
+export const trainMeanSquaredError: NativeAddon['trainMeanSquaredError'] = (...args) => native.trainMeanSquaredError(...args);
 export const trainModelForward = (args: Args<'trainModelForward'>): Result<'trainModelForward'> => callNative(() => native.trainModelForward(args));
 export const trainModelBackward = (args: Args<'trainModelBackward'>): Result<'trainModelBackward'> => callNative(() => native.trainModelBackward(args));
+export const trainModelStep = (args: Args<'trainModelStep'>): Result<'trainModelStep'> => callNative(() => native.trainModelStep(args));
 
 // ---- hashing (wrapped by lib/io/sha256.ts)
 export const sha256Stream = (): ReturnType<NativeAddon['sha256Stream']> => native.sha256Stream();

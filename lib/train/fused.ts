@@ -1,9 +1,10 @@
 /**
- * A Sequential model's forward and backward passes as one native job each
+ * A Sequential model's forward and backward passes as one native job each, or a whole
+ * training step (forward, built-in loss, backward) as one
  * (native/addon/train_model_jobs.cpp), when every layer is a Linear, LoRA or EigenLoRA
  * layer, each optionally followed by one ReLU: the ReLU runs in the layer's epilogue, and
- * the gradients flowing between layers stay in native memory. One hand-off per direction
- * instead of one per layer, and no per-layer argument building in JavaScript.
+ * the gradients flowing between layers stay in native memory. One hand-off per step or
+ * direction instead of one per layer, and no per-layer argument building in JavaScript.
  *
  * The job calls the same kernels as the layers' own forward/backward, in the same order
  * and with the same thread counts, so the numbers are the same bit for bit
@@ -12,7 +13,8 @@
  */
 import { EigenLoraxError } from '../errors.js';
 import { checkMatrix, type Matrix } from '../matrix.js';
-import { ownedMatrix, trainModelBackward, trainModelForward, type NativeModelLayer } from '../native/ops.js';
+import { ownedMatrix, trainModelBackward, trainModelForward, trainModelStep, type NativeModelLayer } from '../native/ops.js';
+import type { LossValue, Targets } from './losses.js';
 import { ReLU } from './activations.js';
 import { noForward, type Layer } from './layer.js';
 import { EigenLoRA, Linear, LoRA } from './layers.js';
@@ -102,18 +104,42 @@ export class FusedPasses {
     return stages.length === 0 ? null : new FusedPasses(stages);
   }
 
-  /** The model's output for `x` (checked by the caller), in a buffer overwritten by the next forward of the same batch size. */
-  async forward(x: Matrix): Promise<Matrix> {
-    let outputs = this.#outputs.get(x.rows);
+  /** The activations of a batch of `rows`. */
+  #outputsFor(rows: number): Matrix[] {
+    let outputs = this.#outputs.get(rows);
     if (outputs === undefined) {
       if (this.#outputs.size >= MAX_BATCH_SIZES) this.#outputs.clear();
       // Owned memory: the backward job reads the activations without copying them.
-      outputs = this.#stages.map((s) => ownedMatrix(x.rows, s.layer.outFeatures));
-      this.#outputs.set(x.rows, outputs);
+      outputs = this.#stages.map((s) => ownedMatrix(rows, s.layer.outFeatures));
+      this.#outputs.set(rows, outputs);
     }
+    return outputs;
+  }
+
+  /** The model's output for `x` (checked by the caller), in a buffer overwritten by the next forward of the same batch size. */
+  async forward(x: Matrix): Promise<Matrix> {
+    const outputs = this.#outputsFor(x.rows);
     await trainModelForward({ x, layers: this.#forwardLayers, outputs });
     this.#last = { x, outputs };
     return outputs[outputs.length - 1] as Matrix;
+  }
+
+  /** Whether a layer has gradients (else there is no backward pass to fuse). */
+  trainable(): boolean {
+    return this.#backward().any;
+  }
+
+  /**
+   * Forward, the built-in `loss` (dL/doutput into `grad`) and backward as one job; no
+   * backward when the loss is not finite. `x` and `grad` are checked by the caller, the
+   * targets by the job (labels in range, the target matrix's shape).
+   */
+  async step(x: Matrix, loss: 'cross-entropy' | 'mse', targets: Targets, grad: Matrix): Promise<LossValue> {
+    const outputs = this.#outputsFor(x.rows);
+    this.#last = null; // the activations are being rewritten
+    const value = await trainModelStep({ x, layers: this.#backward().layers, outputs, loss, targets, grad });
+    this.#last = { x, outputs };
+    return value;
   }
 
   /** The backward job's layers, remade only when a Linear layer was made trainable or frozen. */

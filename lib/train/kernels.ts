@@ -1,11 +1,12 @@
 /**
- * The per-element work of training, in one place. The optimiser updates, ReLU and the
- * finiteness scan run in native code (native/core/optim.h, native/addon/train_jobs.cpp),
- * synchronously on the caller's arrays: one call updates every parameter of a model. GELU,
- * the losses and the gradient norm are plain loops over typed arrays, f64 arithmetic and
- * f32 storage. The large products (everything of cost n x d_in x d_out) go through the
- * native low-rank kernels.
+ * The per-element work of training, in one place. The optimiser updates, ReLU, the losses
+ * and the finiteness scan run in native code (native/core/optim.h,
+ * native/addon/train_jobs.cpp), synchronously on the caller's arrays: one call updates
+ * every parameter of a model. GELU and the gradient norm are plain loops over typed
+ * arrays, f64 arithmetic and f32 storage. The large products (everything of cost n x d_in
+ * x d_out) go through the native low-rank kernels.
  */
+import type { Labels } from '../data/dataset.js';
 import * as kernels from '../native/ops.js';
 
 /** y = max(x, 0), keeping NaN (x and y may be the same array). */
@@ -90,58 +91,19 @@ export function geluTanhBackward(x: Float32Array, aux: Float32Array, dy: Float32
 
 /**
  * Mean softmax cross-entropy of `logits` (n x c) against integer labels, computed stably
- * (log-sum-exp with the row maximum subtracted). Writes dL/dlogits = (softmax - onehot) / n
- * into `grad` when given. Returns the mean loss and the number of rows whose argmax (first
- * maximum) is the label. Labels must be checked by the caller.
+ * (log-sum-exp with the row maximum subtracted, f64). Writes dL/dlogits = (softmax -
+ * onehot) / n into `grad` when given. Returns the mean loss and the number of rows whose
+ * argmax (first maximum) is the label. The same native kernel as the fused training step
+ * (native/core/optim.h), so both give the same bits; a label outside [0, c) is an
+ * ERR_INVALID_ARGUMENT naming its row.
  */
-export function softmaxCrossEntropy(
-  logits: Float32Array,
-  n: number,
-  c: number,
-  labels: ArrayLike<number>,
-  grad: Float32Array | null,
-): { loss: number; correct: number } {
-  let total = 0;
-  let correct = 0;
-  const inv = 1 / n;
-  for (let i = 0; i < n; i++) {
-    const row = i * c;
-    let max = -Infinity;
-    let arg = 0;
-    for (let j = 0; j < c; j++) {
-      const v = logits[row + j] as number;
-      if (v > max) {
-        max = v;
-        arg = j;
-      }
-    }
-    const label = labels[i] as number;
-    if (arg === label) correct++;
-    let sum = 0;
-    for (let j = 0; j < c; j++) sum += Math.exp((logits[row + j] as number) - max);
-    const logSum = Math.log(sum) + max;
-    total += logSum - (logits[row + label] as number);
-    if (grad !== null) {
-      for (let j = 0; j < c; j++) {
-        const p = Math.exp((logits[row + j] as number) - logSum);
-        grad[row + j] = (j === label ? p - 1 : p) * inv;
-      }
-    }
-  }
-  return { loss: total * inv, correct };
+export function softmaxCrossEntropy(logits: Float32Array, n: number, c: number, labels: Labels, grad: Float32Array | null): { loss: number; correct: number } {
+  return kernels.trainSoftmaxCrossEntropy(logits, n, c, labels, grad);
 }
 
 /** Mean squared error over all elements (PyTorch `reduction='mean'`); grad = 2 (y - t) / count. */
 export function meanSquaredError(output: Float32Array, target: Float32Array, grad: Float32Array | null): number {
-  const count = output.length;
-  let total = 0;
-  const k = 2 / count;
-  for (let i = 0; i < count; i++) {
-    const d = (output[i] as number) - (target[i] as number);
-    total += d * d;
-    if (grad !== null) grad[i] = k * d;
-  }
-  return total / count;
+  return kernels.trainMeanSquaredError(output, target, grad);
 }
 
 /** sum of squares, in f64. */

@@ -12,7 +12,7 @@ import { integer, invalid, knownKeys, object } from '../validate.js';
 import { checkDataset, type Dataset } from '../data/dataset.js';
 import { FusedPasses } from './fused.js';
 import type { Layer, NamedTensor, Parameter } from './layers.js';
-import { isLabels, resolveLoss, type Labels, type Loss, type LossName, type Targets } from './losses.js';
+import { crossEntropyLoss, isLabels, mseLoss, resolveLoss, type Labels, type Loss, type LossName, type LossValue, type Targets } from './losses.js';
 
 /** A tensor of a state dict: its shape and row-major f32 values. */
 export interface StateTensor {
@@ -114,6 +114,29 @@ export class Sequential {
     if (this.#fused !== null) return this.#fused.forward(h);
     for (const layer of this.layers) h = await layer.forward(h);
     return h;
+  }
+
+  /**
+   * One training step's passes on a batch: forward, `loss` against `targets` (writing
+   * dL/doutput into `grad`, `n x out`), then backward, unless the loss is not finite (then
+   * no gradient is written). A fused model (fused.ts) with a built-in loss runs the three as
+   * one native job, one hand-off per step; any other model or loss runs forward(),
+   * loss.compute() and backward(). The same numbers either way.
+   */
+  async trainStep(x: Matrix, targets: Targets, loss: Loss, grad: Matrix): Promise<LossValue> {
+    const h = checkMatrix(x, 'x');
+    if (h.cols !== this.inFeatures) {
+      throw new EigenLoraxError(`x has ${h.cols} features but the model takes ${this.inFeatures}`, 'ERR_SHAPE_MISMATCH');
+    }
+    const builtIn = loss === crossEntropyLoss ? 'cross-entropy' : loss === mseLoss ? 'mse' : null;
+    if (this.#fused !== null && builtIn !== null && this.#fused.trainable()) {
+      checkMatrix(grad, 'grad', { rows: h.rows, cols: this.outFeatures });
+      return this.#fused.step(h, builtIn, targets, grad);
+    }
+    const y = await this.forward(h);
+    const v = loss.compute(y, targets, grad);
+    if (Number.isFinite(v.loss)) await this.backward(grad);
+    return v;
   }
 
   /**

@@ -173,13 +173,11 @@ export class TrainingRun {
     gatherRows(this.#train, order, start, end, x, t);
 
     await this.#yieldToEventLoop();
-    const y = await this.#model.forward(x);
     const grad = this.#pool.get('grad', rows, this.#model.outFeatures);
-    const v = o.loss.compute(y, t, grad);
+    const v = await this.#model.trainStep(x, t, o.loss, grad);
     if (!Number.isFinite(v.loss)) {
       throw this.#nonFinite(`the loss is ${v.loss}`, '; lower the learning rate, clip gradients (clipGradNorm) or check the inputs for NaN');
     }
-    await this.#model.backward(grad);
     let gradNorm: number | null = null;
     if (o.clip !== null) {
       gradNorm = clipGradNorm(this.#params, o.clip);

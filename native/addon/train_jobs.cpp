@@ -1,4 +1,4 @@
-// The per-element steps of training (optimiser updates, ReLU, finiteness), called
+// The per-element steps of training (optimiser updates, ReLU, losses, finiteness), called
 // synchronously on the JS thread and working on the caller's arrays in place.
 //
 // Why not a Job: these are a few passes over memory (an AdamW step over 270k parameters
@@ -17,6 +17,7 @@
 #include "../core/optim.h"
 #include "args.h"
 #include "env.h"
+#include "train_losses.h"
 
 namespace eigenlorax::addon {
 namespace {
@@ -175,6 +176,91 @@ Napi::Value trainAllFinite(const Napi::CallbackInfo& info) {
 
 }  // namespace
 
+Napi::Value readLabelsValue(Napi::Env env, const Napi::Value& value, const std::string& name) {
+  if (value.IsTypedArray()) {
+    const napi_typedarray_type t = value.As<Napi::TypedArray>().TypedArrayType();
+    if (t == napi_uint8_array || t == napi_uint16_array || t == napi_int32_array) return value;
+  }
+  badArgument(env, name, "class labels (Uint8Array, Uint16Array or Int32Array)", value);
+}
+
+LabelsView labelsOf(Napi::Env env, const Napi::Value& value, const std::string& name, size_t rows, size_t classes) {
+  const Napi::TypedArray array = value.As<Napi::TypedArray>();
+  LabelsView v;
+  v.type = array.TypedArrayType();
+  v.data = typedArrayData(env, array);
+  v.length = array.ElementLength();
+  if (v.length != rows) {
+    throwError(env, code::kShapeMismatch, name + ": " + std::to_string(v.length) + " labels for " + std::to_string(rows) + " rows");
+  }
+  for (size_t i = 0; i < v.length; i++) {
+    const int64_t label = v.at(i);
+    if (label < 0 || static_cast<size_t>(label) >= classes) {
+      throwError(env, code::kInvalidArgument,
+                 name + ": label " + std::to_string(label) + " at row " + std::to_string(i) + " is out of range: the model has " +
+                     std::to_string(classes) + " outputs, so labels must be in [0, " + std::to_string(classes - 1) + "]");
+    }
+  }
+  return v;
+}
+
+LossValue softmaxCrossEntropyOf(const LabelsView& labels, const float* logits, size_t n, size_t c, float* grad) {
+  switch (labels.type) {
+    case napi_uint8_array:
+      return softmaxCrossEntropy(logits, n, c, static_cast<const uint8_t*>(labels.data), grad);
+    case napi_uint16_array:
+      return softmaxCrossEntropy(logits, n, c, static_cast<const uint16_t*>(labels.data), grad);
+    default:
+      return softmaxCrossEntropy(logits, n, c, static_cast<const int32_t*>(labels.data), grad);
+  }
+}
+
+namespace {
+
+// trainSoftmaxCrossEntropy(logits, rows, classes, labels, grad | null): { loss, correct }
+Napi::Value trainSoftmaxCrossEntropy(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Napi::Value logitsValue = readFloat32Value(env, info[0], "logits", false);
+  const double rows = numberArg(info, 1, "rows"), classes = numberArg(info, 2, "classes");
+  const Napi::Value labelsValue = readLabelsValue(env, info[3], "labels");
+  const Napi::Value gradValue = readFloat32Value(env, info[4], "grad", true);
+  if (rows < 0 || classes < 1 || rows != std::floor(rows) || classes != std::floor(classes)) {
+    throwError(env, code::kInvalidArgument, "rows and classes: expected integers, rows >= 0 and classes >= 1");
+  }
+  const size_t n = static_cast<size_t>(rows), c = static_cast<size_t>(classes);
+  size_t logitsLength = 0, gradLength = 0;
+  const float* logits = dataOf(env, logitsValue, logitsLength);
+  float* grad = dataOf(env, gradValue, gradLength);
+  if (logitsLength != n * c) {
+    throwError(env, code::kShapeMismatch, "logits: " + std::to_string(logitsLength) + " values for " + shapeString(n, c));
+  }
+  if (grad != nullptr && gradLength != n * c) {
+    throwError(env, code::kShapeMismatch, "grad: " + std::to_string(gradLength) + " values for " + shapeString(n, c));
+  }
+  const LabelsView labels = labelsOf(env, labelsValue, "labels", n, c);
+  const LossValue v = softmaxCrossEntropyOf(labels, logits, n, c, grad);
+  Napi::Object out = Napi::Object::New(env);
+  out.Set("loss", Napi::Number::New(env, v.loss));
+  out.Set("correct", Napi::Number::New(env, static_cast<double>(v.correct)));
+  return out;
+}
+
+// trainMeanSquaredError(output, target, grad | null): the mean loss
+Napi::Value trainMeanSquaredError(const Napi::CallbackInfo& info) {
+  static const char* const names[] = {"output", "target"};
+  Napi::Env env = info.Env();
+  const Napi::Value gradValue = readFloat32Value(env, info[2], "grad", true);
+  size_t n = 0, gradLength = 0;
+  const std::vector<float*> a = sameLengthArrays(info, names, 2, n);
+  float* grad = dataOf(env, gradValue, gradLength);
+  if (grad != nullptr && gradLength != n) {
+    throwError(env, code::kShapeMismatch, "grad has " + std::to_string(gradLength) + " values but output has " + std::to_string(n));
+  }
+  return Napi::Number::New(env, meanSquaredError(a[0], a[1], n, grad));
+}
+
+}  // namespace
+
 // train_model_jobs.cpp: whole-model forward and backward jobs.
 void registerTrainModel(Napi::Env env, Napi::Object exports);
 
@@ -184,6 +270,8 @@ void registerTrain(Napi::Env env, Napi::Object exports) {
   exports.Set("trainSgdStep", Napi::Function::New(env, trainSgdStep, "trainSgdStep"));
   exports.Set("trainReluForward", Napi::Function::New(env, trainReluForward, "trainReluForward"));
   exports.Set("trainReluBackward", Napi::Function::New(env, trainReluBackward, "trainReluBackward"));
+  exports.Set("trainSoftmaxCrossEntropy", Napi::Function::New(env, trainSoftmaxCrossEntropy, "trainSoftmaxCrossEntropy"));
+  exports.Set("trainMeanSquaredError", Napi::Function::New(env, trainMeanSquaredError, "trainMeanSquaredError"));
   exports.Set("trainAllFinite", Napi::Function::New(env, trainAllFinite, "trainAllFinite"));
 }
 

@@ -4,15 +4,19 @@
 //                       ReLU applied in place on its output (the epilogue), into `outputs`;
 //   trainModelBackward: from dL/d(last output), every layer in reverse: the ReLU mask, the
 //                       layer's gradients into the caller's gradient arrays, and the input
-//                       gradient for the layer before, which stays in the job's own memory.
+//                       gradient for the layer before, which stays in the job's own memory;
+//   trainModelStep:     both, with a built-in loss (softmax cross-entropy or mean squared
+//                       error, core/optim.h) between them: one job per training step.
 //
-// One hand-off per direction instead of one per layer and activation (each costs tens of
-// microseconds, more on a loaded machine). The kernels are the per-layer ones
+// One hand-off per step or direction instead of one per layer and activation (each costs
+// tens of microseconds, more on a loaded machine). The kernels are the per-layer ones
 // (core/lowrank.h, core/optim.h), called in the same order with the same thread counts as
 // the per-layer jobs (lowrank_jobs.cpp) would use, so the numbers are the same bit for bit.
 // Memory: as every Job, the arguments are copied into the job's memory on the JS thread
 // (Keep) and the outputs copied back when it ends (refused if one was detached meanwhile).
 #include <algorithm>
+#include <cmath>
+#include <cstdint>
 #include <memory>
 #include <new>
 #include <string>
@@ -21,6 +25,7 @@
 #include "../core/lowrank.h"
 #include "../core/optim.h"
 #include "job.h"
+#include "train_losses.h"
 
 namespace eigenlorax::addon {
 namespace {
@@ -269,6 +274,109 @@ class ModelJob : public Job {
 
   ConstMatView input(size_t i) const { return i == 0 ? x_ : outputs_[i - 1].view(); }
 
+  // Every layer (and its ReLU) into outputs_.
+  void runForward() {
+    for (size_t i = 0; i < layers_.size(); i++) {
+      const ModelLayer& l = layers_[i];
+      const MatView y = outputs_[i];
+      withThreadsFor(forwardWork(x_.rows, l), [&] {
+        if (l.kind == Kind::Lora) loraForward(input(i), loraOf(l), y);
+        else if (l.kind == Kind::EigenLora) eigenLoraForward(input(i), eigenOf(l), y, l.order);
+        else linearForward(input(i), l.weight, l.bias, y);
+      });
+      if (l.relu) reluForward(y.data, y.data, static_cast<size_t>(y.rows * y.cols));
+    }
+  }
+
+  // Every layer's gradients from dL/d(last output) `dy`, down to layer `first` (which
+  // gets no input gradient).
+  void runBackward(const float* dy, size_t first) {
+    const Index n = x_.rows;
+    Index width = 0;
+    for (const ModelLayer& l : layers_) width = std::max(width, std::max(l.dIn, l.dOut));
+    // Two buffers for the gradient flowing down (n x width), 64-byte aligned as the
+    // per-layer jobs' copies are.
+    const size_t bytes = static_cast<size_t>(n) * static_cast<size_t>(width) * sizeof(float);
+    struct Free {
+      void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
+    };
+    std::unique_ptr<float, Free> buffers[2] = {
+        std::unique_ptr<float, Free>(static_cast<float*>(::operator new[](bytes, std::align_val_t{64}))),
+        std::unique_ptr<float, Free>(static_cast<float*>(::operator new[](bytes, std::align_val_t{64})))};
+    const float* g = dy;
+    int free = 0;  // the buffer g does not use
+    for (size_t i = layers_.size(); i-- > first;) {
+      const ModelLayer& l = layers_[i];
+      const size_t count = static_cast<size_t>(n * l.dOut);
+      if (l.relu) {
+        float* masked = buffers[free].get();
+        reluBackward(outputs_[i].data, g, masked, count);
+        g = masked;
+        free = 1 - free;
+      }
+      const bool inputGrad = i > first;
+      const MatView dx = inputGrad ? MatView{buffers[free].get(), n, l.dIn} : MatView{};
+      const ConstMatView dy{g, n, l.dOut};
+      withThreadsFor(backwardWork(n, l, inputGrad), [&] {
+        if (l.kind == Kind::Lora) loraBackward(input(i), dy, loraOf(l), dx, l.grad0, l.grad1);
+        else if (l.kind == Kind::EigenLora) eigenLoraBackward(input(i), dy, eigenOf(l), dx, l.grad0, l.grad1, l.order);
+        else linearBackward(input(i), dy, l.weight, dx, l.grad0, l.dBias);
+      });
+      if (!inputGrad) break;
+      g = dx.data;
+      free = 1 - free;
+    }
+  }
+
+  double totalForwardWork() const {
+    double total = 0;
+    for (const ModelLayer& l : layers_) total += forwardWork(x_.rows, l);
+    return total;
+  }
+
+  double totalBackwardWork(size_t first) const {
+    double total = 0;
+    for (size_t i = first; i < layers_.size(); i++) total += backwardWork(x_.rows, layers_[i], i > first);
+    return total;
+  }
+
+  // The first layer with gradients, or layers_.size().
+  size_t firstTrainable() const {
+    for (size_t i = 0; i < layers_.size(); i++) {
+      if (layers_[i].trainable()) return i;
+    }
+    return layers_.size();
+  }
+
+  // The forward kernels' shape checks, named by layer.
+  void checkForward(Napi::Env env) const {
+    for (size_t i = 0; i < layers_.size(); i++) {
+      const ModelLayer& l = layers_[i];
+      checkLayer(env, i, [&] {
+        if (l.kind == Kind::Lora) checkLoraForward(input(i), loraOf(l), outputs_[i].view());
+        else if (l.kind == Kind::EigenLora) checkEigenLoraForward(input(i), eigenOf(l), outputs_[i].view());
+        else checkLinearForward(input(i), l.weight, outputs_[i].view());
+      });
+    }
+  }
+
+  // The backward kernels' shape checks from layer `first` on, named by layer.
+  void checkBackward(Napi::Env env, ConstMatView dyAll, size_t first) const {
+    checkLayer(env, layers_.size() - 1, [&] { requireShape("dy", dyAll.rows, dyAll.cols, x_.rows, layers_.back().dOut); });
+    for (size_t i = first; i < layers_.size(); i++) {
+      const ModelLayer& l = layers_[i];
+      const bool inputGrad = i > first;
+      const ConstMatView dx = inputGrad ? ConstMatView{x_.data, x_.rows, l.dIn} : ConstMatView{};  // shape only
+      const ConstMatView dy{dyAll.data, x_.rows, l.dOut};
+      checkLayer(env, i, [&] {
+        if (l.kind == Kind::Lora) checkLoraBackward(input(i), dy, loraOf(l), dx, l.grad0.view(), l.grad1.view());
+        else if (l.kind == Kind::EigenLora) checkEigenLoraBackward(input(i), dy, eigenOf(l), dx, l.grad0.view(), l.grad1.view());
+        else checkLinearBackward(input(i), dy, l.weight, dx, l.grad0.view());
+      });
+    }
+  }
+
+
   // Runs `fn` with the thread count the per-layer job of `work` multiply-adds would get.
   template <typename Fn>
   void withThreadsFor(double work, Fn fn) {
@@ -296,35 +404,15 @@ class ModelForwardJob : public ModelJob {
     readModel(info, false, true, [](uint32_t) { return true; }, overlaps);
     overlaps.check(env);
     checkChain(env);
-    for (size_t i = 0; i < layers_.size(); i++) {
-      const ModelLayer& l = layers_[i];
-      checkLayer(env, i, [&] {
-        if (l.kind == Kind::Lora) checkLoraForward(input(i), loraOf(l), outputs_[i].view());
-        else if (l.kind == Kind::EigenLora) checkEigenLoraForward(input(i), eigenOf(l), outputs_[i].view());
-        else checkLinearForward(input(i), l.weight, outputs_[i].view());
-      });
-    }
+    checkForward(env);
   }
 
  protected:
   void run() override {
     noteThreads();
-    for (size_t i = 0; i < layers_.size(); i++) {
-      const ModelLayer& l = layers_[i];
-      const MatView y = outputs_[i];
-      withThreadsFor(forwardWork(x_.rows, l), [&] {
-        if (l.kind == Kind::Lora) loraForward(input(i), loraOf(l), y);
-        else if (l.kind == Kind::EigenLora) eigenLoraForward(input(i), eigenOf(l), y, l.order);
-        else linearForward(input(i), l.weight, l.bias, y);
-      });
-      if (l.relu) reluForward(y.data, y.data, static_cast<size_t>(y.rows * y.cols));
-    }
+    runForward();
   }
-  double work() const override {
-    double total = 0;
-    for (const ModelLayer& l : layers_) total += forwardWork(x_.rows, l);
-    return total;
-  }
+  double work() const override { return totalForwardWork(); }
 };
 
 class ModelBackwardJob : public ModelJob {
@@ -349,80 +437,91 @@ class ModelBackwardJob : public ModelJob {
     }
     const size_t planned = first_;
     readModel(info, true, false, [this](uint32_t i) { return i > first_; }, overlaps);
-    first_ = layers_.size();
-    for (size_t i = 0; i < layers_.size() && first_ == layers_.size(); i++) {
-      if (layers_[i].trainable()) first_ = i;
-    }
+    first_ = firstTrainable();
     if (first_ == layers_.size()) badArgument(env, "layers", "at least one layer with gradients", list);
     // A getter that changed the layers between the two reads: refuse rather than run
     // without a weight the input gradient needs.
     if (first_ != planned) throwError(env, code::kInvalidArgument, "layers: changed while they were read");
-    const ModelLayer& last = layers_.back();
     dy_ = readMatrix(env, args, "dy", keep, overlaps);
     overlaps.check(env);
     checkChain(env);
-    checkLayer(env, layers_.size() - 1, [&] { requireShape("dy", dy_.rows, dy_.cols, x_.rows, last.dOut); });
-    for (size_t i = first_; i < layers_.size(); i++) {
-      const ModelLayer& l = layers_[i];
-      const bool inputGrad = i > first_;
-      const ConstMatView dx = inputGrad ? ConstMatView{x_.data, x_.rows, l.dIn} : ConstMatView{};  // shape only
-      const ConstMatView dy{dy_.data, x_.rows, l.dOut};
-      checkLayer(env, i, [&] {
-        if (l.kind == Kind::Lora) checkLoraBackward(input(i), dy, loraOf(l), dx, l.grad0.view(), l.grad1.view());
-        else if (l.kind == Kind::EigenLora) checkEigenLoraBackward(input(i), dy, eigenOf(l), dx, l.grad0.view(), l.grad1.view());
-        else checkLinearBackward(input(i), dy, l.weight, dx, l.grad0.view());
-      });
+    checkBackward(env, dy_, first_);
+  }
+
+ protected:
+  void run() override {
+    noteThreads();
+    runBackward(dy_.data, first_);
+  }
+  double work() const override { return totalBackwardWork(first_); }
+
+ private:
+  ConstMatView dy_;
+  size_t first_ = 0;
+};
+
+// forward, loss, backward: { x, layers (with their gradients), outputs, loss, targets
+// (labels for 'cross-entropy', an n x out matrix for 'mse'), grad (n x out, receives
+// dL/d(last output)) }. Resolves to { loss, correct } (correct: null for 'mse'). A loss
+// that is not finite stops the job before the backward pass: no gradient is written.
+class ModelStepJob : public ModelJob {
+ public:
+  using ModelJob::ModelJob;
+  void prepare(const Napi::CallbackInfo& info) {
+    Napi::Env env = info.Env();
+    Overlaps overlaps;
+    const Napi::Object args = readModel(info, true, true, [](uint32_t) { return true; }, overlaps);
+    first_ = firstTrainable();
+    if (first_ == layers_.size()) badArgument(env, "layers", "at least one layer with gradients", args.Get("layers"));
+    static const char* const losses[] = {"cross-entropy", "mse"};
+    classification_ = readChoiceValue(env, args.Get("loss"), "loss", losses) == 0;
+    const Napi::Value targets = args.Get("targets");
+    const Napi::Value labels = classification_ ? readLabelsValue(env, targets, "targets") : env.Null();
+    if (!classification_) targets_ = readMatrixValue(env, targets, "targets", keep, overlaps);
+    grad_ = readOutMatrix(env, args, "grad", keep, overlaps);
+    overlaps.check(env);
+    checkChain(env);
+    checkForward(env);
+    checkBackward(env, grad_.view(), first_);
+    const Index outs = layers_.back().dOut;
+    if (!classification_) {
+      checkLayer(env, layers_.size() - 1, [&] { requireShape("targets", targets_.rows, targets_.cols, x_.rows, outs); });
+    } else {
+      // Copied: the job runs after this call returns, when the array may be gone.
+      const LabelsView view = labelsOf(env, labels, "targets", static_cast<size_t>(x_.rows), static_cast<size_t>(outs));
+      labels_.resize(view.length);
+      for (size_t i = 0; i < view.length; i++) labels_[i] = static_cast<int32_t>(view.at(i));
     }
   }
 
  protected:
   void run() override {
     noteThreads();
-    const Index n = x_.rows;
-    Index width = 0;
-    for (const ModelLayer& l : layers_) width = std::max(width, std::max(l.dIn, l.dOut));
-    // Two buffers for the gradient flowing down (n x width), 64-byte aligned as the
-    // per-layer jobs' copies are.
-    const size_t bytes = static_cast<size_t>(n) * static_cast<size_t>(width) * sizeof(float);
-    struct Free {
-      void operator()(float* p) const { ::operator delete[](p, std::align_val_t{64}); }
-    };
-    std::unique_ptr<float, Free> buffers[2] = {
-        std::unique_ptr<float, Free>(static_cast<float*>(::operator new[](bytes, std::align_val_t{64}))),
-        std::unique_ptr<float, Free>(static_cast<float*>(::operator new[](bytes, std::align_val_t{64})))};
-    const float* g = dy_.data;
-    int free = 0;  // the buffer g does not use
-    for (size_t i = layers_.size(); i-- > first_;) {
-      const ModelLayer& l = layers_[i];
-      const size_t count = static_cast<size_t>(n * l.dOut);
-      if (l.relu) {
-        float* masked = buffers[free].get();
-        reluBackward(outputs_[i].data, g, masked, count);
-        g = masked;
-        free = 1 - free;
-      }
-      const bool inputGrad = i > first_;
-      const MatView dx = inputGrad ? MatView{buffers[free].get(), n, l.dIn} : MatView{};
-      const ConstMatView dy{g, n, l.dOut};
-      withThreadsFor(backwardWork(n, l, inputGrad), [&] {
-        if (l.kind == Kind::Lora) loraBackward(input(i), dy, loraOf(l), dx, l.grad0, l.grad1);
-        else if (l.kind == Kind::EigenLora) eigenLoraBackward(input(i), dy, eigenOf(l), dx, l.grad0, l.grad1, l.order);
-        else linearBackward(input(i), dy, l.weight, dx, l.grad0, l.dBias);
-      });
-      if (!inputGrad) break;
-      g = dx.data;
-      free = 1 - free;
+    runForward();
+    const MatView& y = outputs_.back();
+    const size_t count = static_cast<size_t>(y.rows * y.cols);
+    if (classification_) {
+      value_ = softmaxCrossEntropy(y.data, static_cast<size_t>(y.rows), static_cast<size_t>(y.cols), labels_.data(), grad_.data);
+    } else {
+      value_.loss = meanSquaredError(y.data, targets_.data, count, grad_.data);
     }
+    if (std::isfinite(value_.loss)) runBackward(grad_.data, first_);
   }
-  double work() const override {
-    double total = 0;
-    for (size_t i = first_; i < layers_.size(); i++) total += backwardWork(x_.rows, layers_[i], i > first_);
-    return total;
+  double work() const override { return totalForwardWork() + totalBackwardWork(first_); }
+  Napi::Value result(Napi::Env env) override {
+    Napi::Object out = Napi::Object::New(env);
+    out.Set("loss", Napi::Number::New(env, value_.loss));
+    out.Set("correct", classification_ ? Napi::Value(Napi::Number::New(env, static_cast<double>(value_.correct))) : env.Null());
+    return out;
   }
 
  private:
-  ConstMatView dy_;
+  bool classification_ = true;
+  std::vector<int32_t> labels_;
+  ConstMatView targets_;
+  MatView grad_;
   size_t first_ = 0;
+  LossValue value_;
 };
 
 }  // namespace
@@ -430,6 +529,7 @@ class ModelBackwardJob : public ModelJob {
 void registerTrainModel(Napi::Env env, Napi::Object exports) {
   exportJob<ModelForwardJob>(env, exports, "trainModelForward");
   exportJob<ModelBackwardJob>(env, exports, "trainModelBackward");
+  exportJob<ModelStepJob>(env, exports, "trainModelStep");
 }
 
 }  // namespace eigenlorax::addon

@@ -99,4 +99,52 @@ void reluBackward(const float* y, const float* dy, float* dx, size_t n) {
   for (size_t i = 0; i < n; i++) dx[i] = y[i] > 0.0f ? dy[i] : 0.0f;
 }
 
+template <typename Label>
+LossValue softmaxCrossEntropy(const float* logits, size_t n, size_t c, const Label* labels, float* grad) {
+  LossValue out;
+  double total = 0.0;
+  const double inv = 1.0 / static_cast<double>(n);
+  for (size_t i = 0; i < n; i++) {
+    const float* row = logits + i * c;
+    double max = -INFINITY;
+    size_t arg = 0;
+    for (size_t j = 0; j < c; j++) {
+      if (row[j] > max) {
+        max = row[j];
+        arg = j;
+      }
+    }
+    const size_t label = static_cast<size_t>(labels[i]);
+    if (arg == label) out.correct++;
+    double sum = 0.0;
+    for (size_t j = 0; j < c; j++) sum += std::exp(static_cast<double>(row[j]) - max);
+    const double logSum = std::log(sum) + max;
+    total += logSum - static_cast<double>(row[label]);
+    if (grad != nullptr) {
+      float* g = grad + i * c;
+      for (size_t j = 0; j < c; j++) {
+        const double p = std::exp(static_cast<double>(row[j]) - logSum);
+        g[j] = static_cast<float>((j == label ? p - 1.0 : p) * inv);
+      }
+    }
+  }
+  out.loss = total * inv;
+  return out;
+}
+
+template LossValue softmaxCrossEntropy<uint8_t>(const float*, size_t, size_t, const uint8_t*, float*);
+template LossValue softmaxCrossEntropy<uint16_t>(const float*, size_t, size_t, const uint16_t*, float*);
+template LossValue softmaxCrossEntropy<int32_t>(const float*, size_t, size_t, const int32_t*, float*);
+
+double meanSquaredError(const float* output, const float* target, size_t count, float* grad) {
+  double total = 0.0;
+  const double k = 2.0 / static_cast<double>(count);
+  for (size_t i = 0; i < count; i++) {
+    const double d = static_cast<double>(output[i]) - static_cast<double>(target[i]);
+    total += d * d;
+    if (grad != nullptr) grad[i] = static_cast<float>(k * d);
+  }
+  return total / static_cast<double>(count);
+}
+
 }  // namespace eigenlorax
