@@ -396,6 +396,8 @@ export interface NativeAddon {
   trainAllFinite(arrays: readonly Float32Array[]): boolean;
   /** Mean softmax cross-entropy of logits (rows x classes) against labels (checked: ERR_INVALID_ARGUMENT out of range); grad = (softmax - onehot) / rows. */
   trainSoftmaxCrossEntropy(logits: Float32Array, rows: number, classes: number, labels: Uint8Array | Uint16Array | Int32Array, grad: Float32Array | null): { loss: number; correct: number };
+  /** dst's row k = src's row order[start + k] (src: rows of `cols`); ERR_INVALID_ARGUMENT for an index past src's rows. */
+  trainGatherRows(src: Float32Array, cols: number, order: Uint32Array, start: number, end: number, dst: Float32Array): void;
   /** Mean squared error over all elements; grad = 2 (output - target) / count. */
   trainMeanSquaredError(output: Float32Array, target: Float32Array, grad: Float32Array | null): number;
   // A sequential model's passes, one job each (native/addon/train_model_jobs.cpp).

@@ -17,6 +17,8 @@ import {
   transformDataset,
   transformImages,
 } from '../lib/data/index.js';
+import { native } from '../lib/native.js';
+import { freshSeed, randomMatrix } from './helpers/random.js';
 import { tempDir } from './helpers/train-fixtures.js';
 
 function packageInstalled(): boolean {
@@ -176,4 +178,36 @@ test('data-set helpers: slices are views, subsets copy in the given order', (t) 
   t.deepEqual([...(subset.targets as Uint8Array)], [1, 0]);
   t.throws(() => subsetDataset({ inputs, targets }, [5]), { code: 'ERR_INVALID_ARGUMENT' });
   t.throws(() => sliceDataset({ inputs, targets: new Uint8Array(4) }, 0, 1), { code: 'ERR_SHAPE_MISMATCH' });
+});
+
+test('gathering rows (the training batches) equals row-by-row indexing, for label and matrix targets', (t) => {
+  const seed = freshSeed();
+  const inputs = randomMatrix(300, 37, seed);
+  const matrixTargets = randomMatrix(300, 3, seed + 1);
+  const order = Uint32Array.from({ length: 500 }, (_, i) => (i * 7919 + seed) % 300);
+  for (const targets of [Int32Array.from({ length: 300 }, (_, i) => (i * 31) % 10), matrixTargets]) {
+    const subset = subsetDataset({ inputs, targets }, order.subarray(20, 148));
+    for (let k = 0; k < 128; k++) {
+      const row = order[20 + k] as number;
+      t.deepEqual(subset.inputs.data.subarray(k * 37, (k + 1) * 37), inputs.data.subarray(row * 37, (row + 1) * 37), `seed ${seed}, row ${k}`);
+      if (targets instanceof Int32Array) t.is((subset.targets as Int32Array)[k], targets[row]);
+      else t.deepEqual((subset.targets as Matrix).data.subarray(k * 3, k * 3 + 3), targets.data.subarray(row * 3, row * 3 + 3));
+    }
+  }
+});
+
+test('trainGatherRows refuses indices past the rows, ranges past the order and buffers that do not fit', (t) => {
+  const src = new Float32Array(12); // 4 rows of 3
+  const dst = new Float32Array(6);
+  const refuses = (f: () => void, code: string, message: RegExp) => {
+    const e = t.throws(f) as Error & { code: string };
+    t.is(e.code, code, e.message);
+    t.regex(e.message, message);
+  };
+  t.notThrows(() => native.trainGatherRows(src, 3, new Uint32Array([3, 0]), 0, 2, dst));
+  refuses(() => native.trainGatherRows(src, 3, new Uint32Array([1, 4]), 0, 2, dst), 'ERR_INVALID_ARGUMENT', /order\[1\]: row 4 of a matrix of 4 rows/);
+  refuses(() => native.trainGatherRows(src, 3, new Uint32Array([1]), 0, 2, dst), 'ERR_INVALID_ARGUMENT', /start <= end <= order.length \(1\)/);
+  refuses(() => native.trainGatherRows(src, 5, new Uint32Array([1, 2]), 0, 2, dst), 'ERR_SHAPE_MISMATCH', /src: 12 values are not rows of 5/);
+  refuses(() => native.trainGatherRows(src, 3, new Uint32Array([1, 2]), 0, 1, dst), 'ERR_SHAPE_MISMATCH', /dst: 6 values for 1 x 3/);
+  refuses(() => native.trainGatherRows(src, 3, [1, 2] as unknown as Uint32Array, 0, 2, dst), 'ERR_INVALID_ARGUMENT', /order: expected a Uint32Array/);
 });

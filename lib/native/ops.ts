@@ -139,6 +139,7 @@ export const trainReluForward: NativeAddon['trainReluForward'] = (x, y) => nativ
 export const trainReluBackward: NativeAddon['trainReluBackward'] = (y, dy, dx) => native.trainReluBackward(y, dy, dx);
 export const trainAllFinite: NativeAddon['trainAllFinite'] = (arrays) => native.trainAllFinite(arrays);
 export const trainSoftmaxCrossEntropy: NativeAddon['trainSoftmaxCrossEntropy'] = (...args) => native.trainSoftmaxCrossEntropy(...args);
+export const trainGatherRows: NativeAddon['trainGatherRows'] = (...args) => native.trainGatherRows(...args);
 export const trainMeanSquaredError: NativeAddon['trainMeanSquaredError'] = (...args) => native.trainMeanSquaredError(...args);
 export const trainModelForward = (args: Args<'trainModelForward'>): Result<'trainModelForward'> => callNative(() => native.trainModelForward(args));
 export const trainModelBackward = (args: Args<'trainModelBackward'>): Result<'trainModelBackward'> => callNative(() => native.trainModelBackward(args));

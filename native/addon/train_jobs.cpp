@@ -9,6 +9,7 @@
 // (reading an array element may run a getter, which may detach an array read before it);
 // only then are pointers and lengths taken, and checked.
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -245,6 +246,49 @@ Napi::Value trainSoftmaxCrossEntropy(const Napi::CallbackInfo& info) {
   return out;
 }
 
+// trainGatherRows(src, cols, order, start, end, dst): dst's row k is src's row order[start + k]
+// (src: a row-major matrix of `cols` columns; order: a Uint32Array). A batch's inputs, one
+// memcpy a row.
+Napi::Value trainGatherRows(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const Napi::Value srcValue = readFloat32Value(env, info[0], "src", false);
+  const double colsArg = numberArg(info, 1, "cols");
+  const Napi::Value orderValue = info[2];
+  if (!orderValue.IsTypedArray() || orderValue.As<Napi::TypedArray>().TypedArrayType() != napi_uint32_array) {
+    badArgument(env, "order", "a Uint32Array", orderValue);
+  }
+  const double startArg = numberArg(info, 3, "start"), endArg = numberArg(info, 4, "end");
+  const Napi::Value dstValue = readFloat32Value(env, info[5], "dst", false);
+  const Napi::TypedArray orderArray = orderValue.As<Napi::TypedArray>();
+  const size_t orderLength = orderArray.ElementLength();
+  if (colsArg < 1 || colsArg != std::floor(colsArg) || startArg < 0 || startArg != std::floor(startArg) || endArg < startArg ||
+      endArg != std::floor(endArg) || endArg > static_cast<double>(orderLength)) {
+    throwError(env, code::kInvalidArgument,
+               "cols, start, end: expected integers with cols >= 1 and 0 <= start <= end <= order.length (" +
+                   std::to_string(orderLength) + ")");
+  }
+  const size_t cols = static_cast<size_t>(colsArg), start = static_cast<size_t>(startArg), end = static_cast<size_t>(endArg);
+  size_t srcLength = 0, dstLength = 0;
+  const float* src = dataOf(env, srcValue, srcLength);
+  float* dst = dataOf(env, dstValue, dstLength);
+  const uint32_t* order = static_cast<const uint32_t*>(typedArrayData(env, orderArray));
+  if (srcLength % cols != 0) {
+    throwError(env, code::kShapeMismatch, "src: " + std::to_string(srcLength) + " values are not rows of " + std::to_string(cols));
+  }
+  if (dstLength != (end - start) * cols) {
+    throwError(env, code::kShapeMismatch, "dst: " + std::to_string(dstLength) + " values for " + shapeString(end - start, cols));
+  }
+  const size_t rows = srcLength / cols;
+  for (size_t k = start; k < end; k++) {
+    if (order[k] >= rows) {
+      throwError(env, code::kInvalidArgument,
+                 "order[" + std::to_string(k) + "]: row " + std::to_string(order[k]) + " of a matrix of " + std::to_string(rows) + " rows");
+    }
+  }
+  for (size_t k = start; k < end; k++) std::memcpy(dst + (k - start) * cols, src + static_cast<size_t>(order[k]) * cols, cols * sizeof(float));
+  return env.Undefined();
+}
+
 // trainMeanSquaredError(output, target, grad | null): the mean loss
 Napi::Value trainMeanSquaredError(const Napi::CallbackInfo& info) {
   static const char* const names[] = {"output", "target"};
@@ -271,6 +315,7 @@ void registerTrain(Napi::Env env, Napi::Object exports) {
   exports.Set("trainReluForward", Napi::Function::New(env, trainReluForward, "trainReluForward"));
   exports.Set("trainReluBackward", Napi::Function::New(env, trainReluBackward, "trainReluBackward"));
   exports.Set("trainSoftmaxCrossEntropy", Napi::Function::New(env, trainSoftmaxCrossEntropy, "trainSoftmaxCrossEntropy"));
+  exports.Set("trainGatherRows", Napi::Function::New(env, trainGatherRows, "trainGatherRows"));
   exports.Set("trainMeanSquaredError", Napi::Function::New(env, trainMeanSquaredError, "trainMeanSquaredError"));
   exports.Set("trainAllFinite", Napi::Function::New(env, trainAllFinite, "trainAllFinite"));
 }
