@@ -7,9 +7,10 @@
  * This file checks the options and the data and sets up the run's state (fresh, or
  * resumed: checkpoint.ts); run.ts makes the updates, in named steps. Every update awaits
  * the native layer kernels (on the addon's compute thread), so the event loop keeps turning while
- * a model trains: a model of Linear, LoRA, EigenLoRA and ReLU layers in one job per pass
- * (fused.ts), other models one job per layer. The optimiser and the finiteness scan are
- * one synchronous native call each (kernels.ts), the loss a short JS loop.
+ * a model trains: a model of Linear, LoRA, EigenLoRA and ReLU layers with a built-in loss
+ * in one job per update (forward, loss, backward: fused.ts), other models one job per layer.
+ * The batch's gathering, the optimiser and the finiteness scan are one synchronous native
+ * call each (kernels.ts, data/dataset.ts).
  *
  * Exact resume: a run resumed from a checkpoint makes the same updates, bit for bit, as an
  * uninterrupted run with the same options: the checkpoint holds the parameters, the
