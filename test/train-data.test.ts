@@ -17,7 +17,6 @@ import {
   transformDataset,
   transformImages,
 } from '../lib/data/index.js';
-import { native } from '../lib/native.js';
 import { freshSeed, randomMatrix } from './helpers/random.js';
 import { tempDir } from './helpers/train-fixtures.js';
 
@@ -194,20 +193,4 @@ test('gathering rows (the training batches) equals row-by-row indexing, for labe
       else t.deepEqual((subset.targets as Matrix).data.subarray(k * 3, k * 3 + 3), targets.data.subarray(row * 3, row * 3 + 3));
     }
   }
-});
-
-test('trainGatherRows refuses indices past the rows, ranges past the order and buffers that do not fit', (t) => {
-  const src = new Float32Array(12); // 4 rows of 3
-  const dst = new Float32Array(6);
-  const refuses = (f: () => void, code: string, message: RegExp) => {
-    const e = t.throws(f) as Error & { code: string };
-    t.is(e.code, code, e.message);
-    t.regex(e.message, message);
-  };
-  t.notThrows(() => native.trainGatherRows(src, 3, new Uint32Array([3, 0]), 0, 2, dst));
-  refuses(() => native.trainGatherRows(src, 3, new Uint32Array([1, 4]), 0, 2, dst), 'ERR_INVALID_ARGUMENT', /order\[1\]: row 4 of a matrix of 4 rows/);
-  refuses(() => native.trainGatherRows(src, 3, new Uint32Array([1]), 0, 2, dst), 'ERR_INVALID_ARGUMENT', /start <= end <= order.length \(1\)/);
-  refuses(() => native.trainGatherRows(src, 5, new Uint32Array([1, 2]), 0, 2, dst), 'ERR_SHAPE_MISMATCH', /src: 12 values are not rows of 5/);
-  refuses(() => native.trainGatherRows(src, 3, new Uint32Array([1, 2]), 0, 1, dst), 'ERR_SHAPE_MISMATCH', /dst: 6 values for 1 x 3/);
-  refuses(() => native.trainGatherRows(src, 3, [1, 2] as unknown as Uint32Array, 0, 2, dst), 'ERR_INVALID_ARGUMENT', /order: expected a Uint32Array/);
 });

@@ -205,3 +205,19 @@ test('native optimiser steps refuse bad arguments with typed errors and write no
   expectError(t, () => adamStep(list, h), 'ERR_SHAPE_MISMATCH', /grad of tensor 0 has 0 values/);
   t.deepEqual([...p], [1, 2, 3]);
 });
+
+test('trainGatherRows refuses indices past the rows, ranges past the order and buffers that do not fit', (t) => {
+  const src = new Float32Array(12); // 4 rows of 3
+  const dst = new Float32Array(6);
+  const refuses = (f: () => void, code: string, message: RegExp) => {
+    const e = t.throws(f) as Error & { code: string };
+    t.is(e.code, code, e.message);
+    t.regex(e.message, message);
+  };
+  t.notThrows(() => native.trainGatherRows(src, 3, new Uint32Array([3, 0]), 0, 2, dst));
+  refuses(() => native.trainGatherRows(src, 3, new Uint32Array([1, 4]), 0, 2, dst), 'ERR_INVALID_ARGUMENT', /order\[1\]: row 4 of a matrix of 4 rows/);
+  refuses(() => native.trainGatherRows(src, 3, new Uint32Array([1]), 0, 2, dst), 'ERR_INVALID_ARGUMENT', /start <= end <= order.length \(1\)/);
+  refuses(() => native.trainGatherRows(src, 5, new Uint32Array([1, 2]), 0, 2, dst), 'ERR_SHAPE_MISMATCH', /src: 12 values are not rows of 5/);
+  refuses(() => native.trainGatherRows(src, 3, new Uint32Array([1, 2]), 0, 1, dst), 'ERR_SHAPE_MISMATCH', /dst: 6 values for 1 x 3/);
+  refuses(() => native.trainGatherRows(src, 3, [1, 2] as unknown as Uint32Array, 0, 2, dst), 'ERR_INVALID_ARGUMENT', /order: expected a Uint32Array/);
+});
