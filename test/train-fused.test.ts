@@ -196,7 +196,7 @@ test('a training step whose loss is not finite writes no gradient, fused or not;
   t.deepEqual(ga, grads(model));
 });
 
-test('fused passes equal the per-layer path bit for bit at sizes that run queued and multi-threaded (LoRA, EigenLoRA)', async (t) => {
+test('fused passes and whole steps equal the per-layer path bit for bit at sizes that run queued and multi-threaded (LoRA, EigenLoRA)', async (t) => {
   const seed = freshSeed();
   const dims = [300, 200, 100, 10];
   const base = dims.slice(0, -1).map((w, i) => Linear.create(`fc${i + 1}`, w, dims[i + 1] as number, { seed: seed + i }));
@@ -217,6 +217,18 @@ test('fused passes equal the per-layer path bit for bit at sizes that run queued
     const reference = await perLayer(layers, x, dy);
     t.deepEqual(y, reference.data, `seed ${seed}`);
     t.deepEqual(g, grads(model), `seed ${seed}`);
+    // The whole step (its backward reusing the forward's products) against the separate passes.
+    for (const rows of [128, 20]) {
+      const xs = randomMatrix(rows, 300, seed + 200 + rows);
+      const labels = targetsFor(crossEntropyLoss, rows, 10, seed + rows);
+      const grad = matrix(rows, 10);
+      const value = await model.trainStep(xs, labels, crossEntropyLoss, grad);
+      const stepGrads = grads(model);
+      const separate = await perLayerStep(layers, xs, crossEntropyLoss, labels);
+      t.deepEqual(value, separate.value, `seed ${seed}, ${rows} rows`);
+      t.deepEqual(grad.data, separate.grad.data, `seed ${seed}, ${rows} rows`);
+      t.deepEqual(stepGrads, grads(model), `seed ${seed}, ${rows} rows`);
+    }
   }
 });
 

@@ -6,7 +6,8 @@
 //                       layer's gradients into the caller's gradient arrays, and the input
 //                       gradient for the layer before, which stays in the job's own memory;
 //   trainModelStep:     both, with a built-in loss (softmax cross-entropy or mean squared
-//                       error, core/optim.h) between them: one job per training step.
+//                       error, core/optim.h) between them: one job per training step, in
+//                       which the backward reuses the forward's low-rank products.
 //
 // One hand-off per step or direction instead of one per layer and activation (each costs
 // tens of microseconds, more on a loaded machine). The kernels are the per-layer ones
@@ -274,14 +275,17 @@ class ModelJob : public Job {
 
   ConstMatView input(size_t i) const { return i == 0 ? x_ : outputs_[i - 1].view(); }
 
-  // Every layer (and its ReLU) into outputs_.
-  void runForward() {
+  // Every layer (and its ReLU) into outputs_; with `save`, each layer's products that its
+  // backward needs again into save[i] (see SavedProducts).
+  void runForward(std::vector<SavedProducts>* save = nullptr) {
+    if (save != nullptr) save->resize(layers_.size());
     for (size_t i = 0; i < layers_.size(); i++) {
       const ModelLayer& l = layers_[i];
       const MatView y = outputs_[i];
+      SavedProducts* keep = save == nullptr ? nullptr : &(*save)[i];
       withThreadsFor(forwardWork(x_.rows, l), [&] {
-        if (l.kind == Kind::Lora) loraForward(input(i), loraOf(l), y);
-        else if (l.kind == Kind::EigenLora) eigenLoraForward(input(i), eigenOf(l), y, l.order);
+        if (l.kind == Kind::Lora) loraForward(input(i), loraOf(l), y, keep);
+        else if (l.kind == Kind::EigenLora) eigenLoraForward(input(i), eigenOf(l), y, l.order, keep);
         else linearForward(input(i), l.weight, l.bias, y);
       });
       if (l.relu) reluForward(y.data, y.data, static_cast<size_t>(y.rows * y.cols));
@@ -289,8 +293,8 @@ class ModelJob : public Job {
   }
 
   // Every layer's gradients from dL/d(last output) `dy`, down to layer `first` (which
-  // gets no input gradient).
-  void runBackward(const float* dy, size_t first) {
+  // gets no input gradient); `saved`: what runForward saved.
+  void runBackward(const float* dy, size_t first, const std::vector<SavedProducts>* saved = nullptr) {
     const Index n = x_.rows;
     Index width = 0;
     for (const ModelLayer& l : layers_) width = std::max(width, std::max(l.dIn, l.dOut));
@@ -318,8 +322,9 @@ class ModelJob : public Job {
       const MatView dx = inputGrad ? MatView{buffers[free].get(), n, l.dIn} : MatView{};
       const ConstMatView dy{g, n, l.dOut};
       withThreadsFor(backwardWork(n, l, inputGrad), [&] {
-        if (l.kind == Kind::Lora) loraBackward(input(i), dy, loraOf(l), dx, l.grad0, l.grad1);
-        else if (l.kind == Kind::EigenLora) eigenLoraBackward(input(i), dy, eigenOf(l), dx, l.grad0, l.grad1, l.order);
+        const SavedProducts* kept = saved == nullptr ? nullptr : &(*saved)[i];
+        if (l.kind == Kind::Lora) loraBackward(input(i), dy, loraOf(l), dx, l.grad0, l.grad1, kept);
+        else if (l.kind == Kind::EigenLora) eigenLoraBackward(input(i), dy, eigenOf(l), dx, l.grad0, l.grad1, l.order, kept);
         else linearBackward(input(i), dy, l.weight, dx, l.grad0, l.dBias);
       });
       if (!inputGrad) break;
@@ -497,7 +502,8 @@ class ModelStepJob : public ModelJob {
  protected:
   void run() override {
     noteThreads();
-    runForward();
+    std::vector<SavedProducts> saved;
+    runForward(&saved);
     const MatView& y = outputs_.back();
     const size_t count = static_cast<size_t>(y.rows * y.cols);
     if (classification_) {
@@ -505,7 +511,7 @@ class ModelStepJob : public ModelJob {
     } else {
       value_.loss = meanSquaredError(y.data, targets_.data, count, grad_.data);
     }
-    if (std::isfinite(value_.loss)) runBackward(grad_.data, first_);
+    if (std::isfinite(value_.loss)) runBackward(grad_.data, first_, &saved);
   }
   double work() const override { return totalForwardWork() + totalBackwardWork(first_); }
   Napi::Value result(Napi::Env env) override {

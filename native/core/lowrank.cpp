@@ -1,6 +1,7 @@
 #include "lowrank.h"
 
 #include <string>
+#include <utility>
 
 #include "threads.h"
 
@@ -46,6 +47,12 @@ RowMatF productOf(const Lhs& lhs, const Rhs& rhs, float alpha = 1.0f) {
   RowMatF out(lhs.rows(), rhs.cols());
   product(out, lhs, rhs, alpha, false);
   return out;
+}
+
+// Whether `saved` holds a forward's products for a backward of `order` (Auto: LoRA) at this
+// thread count.
+bool reusable(const SavedProducts* saved, ProductOrder order) {
+  return saved != nullptr && saved->threads == currentThreads() && saved->order == order;
 }
 
 // y = x W^T + b, or y = 0 without a base layer.
@@ -153,21 +160,27 @@ void checkAddLowRank(ConstMatView target, ConstMatView b, ConstMatView a, bool t
   else requireShape("target", target.rows, target.cols, dOut, dIn);
 }
 
-void loraForward(ConstMatView xv, const LoraLayer& layer, MatView yv) {
+void loraForward(ConstMatView xv, const LoraLayer& layer, MatView yv, SavedProducts* save) {
   checkLoraForward(xv, layer, yv.view());
   const ConstMapF x = xv.map();
   MapF y = yv.map();
   baseForward(x, layer.weight, layer.bias, y);
-  const RowMatF h = productOf(x, layer.a.map().transpose());  // n x r
+  RowMatF h = productOf(x, layer.a.map().transpose());  // n x r
   product(y, h, layer.b.map().transpose(), layer.scale, true);
+  if (save != nullptr) {
+    save->h = std::move(h);
+    save->threads = currentThreads();
+  }
 }
 
 void loraBackward(ConstMatView xv, ConstMatView dyv, const LoraLayer& layer, MatView dxv, MatView dAv,
-                  MatView dBv) {
+                  MatView dBv, const SavedProducts* saved) {
   checkLoraBackward(xv, dyv, layer, dxv.view(), dAv.view(), dBv.view());
 
   const ConstMapF x = xv.map(), dy = dyv.map(), a = layer.a.map(), b = layer.b.map();
-  const RowMatF h = productOf(x, a.transpose());       // n x r
+  const bool reuse = reusable(saved, ProductOrder::Auto);
+  const RowMatF fresh = reuse ? RowMatF() : productOf(x, a.transpose());
+  const RowMatF& h = reuse ? saved->h : fresh;          // n x r
   const RowMatF dh = productOf(dy, b, layer.scale);    // n x r
   product(dBv.map(), dy.transpose(), h, layer.scale, false);
   product(dAv.map(), dh.transpose(), x, 1.0f, false);
@@ -234,7 +247,8 @@ ProductOrder chooseOrder(Index rows, const EigenLoraLayer& l, bool backward, boo
              : ProductOrder::Project;
 }
 
-ProductOrder eigenLoraForward(ConstMatView xv, const EigenLoraLayer& l, MatView yv, ProductOrder order) {
+ProductOrder eigenLoraForward(ConstMatView xv, const EigenLoraLayer& l, MatView yv, ProductOrder order,
+                              SavedProducts* save) {
   checkEigenLoraForward(xv, l, yv.view());
   if (order == ProductOrder::Auto) order = chooseOrder(xv.rows, l, false, false);
 
@@ -242,21 +256,31 @@ ProductOrder eigenLoraForward(ConstMatView xv, const EigenLoraLayer& l, MatView 
                   uB = l.componentsB.map();
   MapF y = yv.map();
   baseForward(x, l.weight, l.bias, y);
+  RowMatF h, z, aT, b;
   if (order == ProductOrder::Rebuild) {
-    const RowMatF aT = productOf(vA, alpha);  // d_in x r
-    const RowMatF b = productOf(uB, beta);    // d_out x r
-    const RowMatF z = productOf(x, aT);       // n x r
+    aT = productOf(vA, alpha);  // d_in x r
+    b = productOf(uB, beta);    // d_out x r
+    z = productOf(x, aT);       // n x r
     product(y, z, b.transpose(), l.scale, true);
   } else {
-    const RowMatF h = productOf(x, vA);                                    // n x K_A
-    const RowMatF t = productOf(productOf(h, alpha), beta.transpose());   // n x K_B
+    h = productOf(x, vA);                              // n x K_A
+    z = productOf(h, alpha);                           // n x r
+    const RowMatF t = productOf(z, beta.transpose());  // n x K_B
     product(y, t, uB.transpose(), l.scale, true);
+  }
+  if (save != nullptr) {
+    save->h = std::move(h);
+    save->z = std::move(z);
+    save->aT = std::move(aT);
+    save->b = std::move(b);
+    save->order = order;
+    save->threads = currentThreads();
   }
   return order;
 }
 
 ProductOrder eigenLoraBackward(ConstMatView xv, ConstMatView dyv, const EigenLoraLayer& l, MatView dxv,
-                               MatView dAlphaV, MatView dBetaV, ProductOrder order) {
+                               MatView dAlphaV, MatView dBetaV, ProductOrder order, const SavedProducts* saved) {
   checkEigenLoraBackward(xv, dyv, l, dxv.view(), dAlphaV.view(), dBetaV.view());
   const Index n = xv.rows;
   if (order == ProductOrder::Auto) order = chooseOrder(n, l, true, !dxv.empty());
@@ -265,11 +289,18 @@ ProductOrder eigenLoraBackward(ConstMatView xv, ConstMatView dyv, const EigenLor
                   beta = l.beta.map(), uB = l.componentsB.map();
   const float s = l.scale;
   MapF dAlpha = dAlphaV.map(), dBeta = dBetaV.map();
+  const bool reuse = reusable(saved, order);
+  RowMatF fresh[3];
 
   if (order == ProductOrder::Rebuild) {
-    const RowMatF aT = productOf(vA, alpha);            // d_in x r
-    const RowMatF b = productOf(uB, beta);              // d_out x r
-    const RowMatF z = productOf(x, aT);                 // n x r
+    if (!reuse) {
+      fresh[0] = productOf(vA, alpha);
+      fresh[1] = productOf(uB, beta);
+      fresh[2] = productOf(x, fresh[0]);
+    }
+    const RowMatF& aT = reuse ? saved->aT : fresh[0];   // d_in x r
+    const RowMatF& b = reuse ? saved->b : fresh[1];     // d_out x r
+    const RowMatF& z = reuse ? saved->z : fresh[2];     // n x r
     const RowMatF dz = productOf(dy, b, s);             // n x r
     const RowMatF xTdz = productOf(x.transpose(), dz);  // d_in x r
     product(dAlpha, vA.transpose(), xTdz, 1.0f, false);
@@ -281,8 +312,12 @@ ProductOrder eigenLoraBackward(ConstMatView xv, ConstMatView dyv, const EigenLor
       product(dx, dz, aT.transpose(), 1.0f, true);
     }
   } else {
-    const RowMatF h = productOf(x, vA);                 // n x K_A
-    const RowMatF z = productOf(h, alpha);              // n x r
+    if (!reuse) {
+      fresh[0] = productOf(x, vA);
+      fresh[1] = productOf(fresh[0], alpha);
+    }
+    const RowMatF& h = reuse ? saved->h : fresh[0];     // n x K_A
+    const RowMatF& z = reuse ? saved->z : fresh[1];     // n x r
     const RowMatF g = productOf(dy, uB);                // n x K_B
     product(dBeta, g.transpose(), z, s, false);
     const RowMatF dz = productOf(g, beta, s);           // n x r

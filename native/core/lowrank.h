@@ -50,10 +50,24 @@ void checkLinearForward(ConstMatView x, ConstMatView weight, ConstMatView y);
 void checkLinearBackward(ConstMatView x, ConstMatView dy, ConstMatView weight, ConstMatView dx, ConstMatView dWeight);
 void checkAddLowRank(ConstMatView target, ConstMatView b, ConstMatView a, bool transposed);
 
+// The products of a forward pass that its backward pass needs again: LoRA's h = x A^T;
+// EigenLoRA's h = x V_A and z = h alpha (projection order) or A'^T = V_A alpha, B' = U_B
+// beta and z = x A'^T (rebuild order). A forward given one fills it; a backward given the
+// same reuses it instead of computing them again, when it runs the same order at the
+// thread count the forward ran at (the products' split over threads, so their bits,
+// depend on it): a training step that runs both passes in one job computes them once, and
+// gets the bits the separate passes give. Valid while the operands are unchanged.
+struct SavedProducts {
+  RowMatF h, z, aT, b;
+  ProductOrder order = ProductOrder::Auto;
+  int threads = 0;  // 0: nothing saved
+};
+
 // y: n x d_out.
-void loraForward(ConstMatView x, const LoraLayer& layer, MatView y);
+void loraForward(ConstMatView x, const LoraLayer& layer, MatView y, SavedProducts* save = nullptr);
 // dy: n x d_out. Outputs dA (r x d_in), dB (d_out x r); dx (n x d_in) only if given.
-void loraBackward(ConstMatView x, ConstMatView dy, const LoraLayer& layer, MatView dx, MatView dA, MatView dB);
+void loraBackward(ConstMatView x, ConstMatView dy, const LoraLayer& layer, MatView dx, MatView dA, MatView dB,
+                  const SavedProducts* saved = nullptr);
 
 // A plain layer y = x W^T + b (bias optional), for frozen and trainable linear layers.
 void linearForward(ConstMatView x, ConstMatView weight, const float* bias, MatView y);
@@ -67,9 +81,11 @@ void linearBackward(ConstMatView x, ConstMatView dy, ConstMatView weight, MatVie
 // unmerging an adapter into a base weight, in place.
 void addLowRank(MatView target, ConstMatView b, ConstMatView a, float scale, bool transposed);
 
-ProductOrder eigenLoraForward(ConstMatView x, const EigenLoraLayer& layer, MatView y, ProductOrder order);
+ProductOrder eigenLoraForward(ConstMatView x, const EigenLoraLayer& layer, MatView y, ProductOrder order,
+                              SavedProducts* save = nullptr);
 // Outputs dAlpha (K_A x r), dBeta (K_B x r); dx (n x d_in) only if given.
 ProductOrder eigenLoraBackward(ConstMatView x, ConstMatView dy, const EigenLoraLayer& layer, MatView dx,
-                               MatView dAlpha, MatView dBeta, ProductOrder order);
+                               MatView dAlpha, MatView dBeta, ProductOrder order,
+                               const SavedProducts* saved = nullptr);
 
 }  // namespace eigenlorax
