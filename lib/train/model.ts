@@ -60,7 +60,7 @@ export class Sequential {
   readonly inFeatures: number;
   /** Output width of the model. */
   readonly outFeatures: number;
-  /** One native job per pass when every layer allows it (fused.ts), else null. */
+  /** One native job per pass (or per training step) when every layer allows it (fused.ts), else null. */
   readonly #fused: FusedPasses | null;
 
   constructor(layers: readonly Layer[]) {
