@@ -181,12 +181,25 @@ test('sharded builds gathered are byte-identical to the one-machine build; the s
   const whole = await buildSubspace(paths, options);
   await writeBuildFolder(whole, path.join(dir, 'whole'));
   const shardDirs: string[] = [];
+  const hashedBy = new Map<number, number>();
   for (let i = 0; i < 3; i++) {
     const shard = await buildSubspace(paths, { ...options, shard: `${i}/3` });
     t.is(shard.report!.shard!.count, 3);
+    // Each shard hashes its share of the files (by size, so configs and weights spread
+    // over the shards); the others it records with bytes and sha256 null.
+    const hashed = shard.report!.shard!.hashed!;
+    t.true(hashed.length > 0 && hashed.length < 12, `shard ${i} hashed ${hashed.length} of 12 files`);
+    shard.sources.flatMap((src) => src.files).forEach((f, k) => {
+      const mine = hashed.includes(k);
+      if (mine) hashedBy.set(k, (hashedBy.get(k) ?? 0) + 1);
+      t.is(f.sha256 === null, !mine, `shard ${i}, file ${k}`);
+      t.is(f.bytes === null, !mine, `shard ${i}, file ${k}`);
+    });
     shardDirs.push(path.join(dir, `shard-${i}`));
     await writeBuildFolder(shard, shardDirs[i]!);
   }
+  t.deepEqual([...hashedBy.keys()].sort((a, b) => a - b), Array.from({ length: 12 }, (_, k) => k), 'every file hashed by a shard');
+  t.true([...hashedBy.values()].every((c) => c === 1), 'no file hashed by two shards');
   const gathered = await gatherShards([...shardDirs].reverse(), path.join(dir, 'gathered'));
   t.is(gathered.id, whole.id, `seed ${seed}`);
   const a = await filesOf(path.join(dir, 'whole'));
@@ -279,6 +292,18 @@ test('gatherShards refuses shards that do not make one build, naming the shard a
   await refuses([s0, otherSeed], otherSeed, /^settings\.seed$/);
   await refuses([s0, otherCount], otherCount, /^count$/);
   await refuses([s0, whole], whole, /^shard\.json$/);
+  // Shards with and without source hashing; source files hashed by no shard, or by two.
+  const unhashed = await write('unhashed', { shard: { index: 1, count: 2 }, hashSources: false });
+  await refuses([s0, unhashed], unhashed, /^hashed$/);
+  const shardJson = path.join(s1, 'shard.json');
+  const original = await readFile(shardJson, 'utf8');
+  const rec = JSON.parse(original);
+  const theirs = JSON.parse(await readFile(path.join(s0, 'shard.json'), 'utf8')).hashed as number[];
+  await writeFile(shardJson, JSON.stringify({ ...rec, hashed: rec.hashed.slice(1) }));
+  await refuses([s0, s1], s0, /^hashed$/);
+  await writeFile(shardJson, JSON.stringify({ ...rec, hashed: [...rec.hashed, theirs[0]] }));
+  await refuses([s0, s1], s1, /^hashed$/);
+  await writeFile(shardJson, original);
   // A source changed between the shards' builds: its sha256 differs.
   const record = JSON.parse(await readFile(path.join(s1, 'subspace.json'), 'utf8'));
   record.sources[0].files[0].sha256 = '0'.repeat(64);

@@ -18,7 +18,7 @@ import { storedSavings } from './savings.js';
 import { FactorArenas, pairFloats, readPairs, streamModuleComponents, streamProjections } from './stream.js';
 import { assignShards } from './shard-plan.js';
 import { withScratch } from '../native/scratch.js';
-import { describeSources, moduleSeed, openInputs, runPool, type AdapterInput, type InputAdapter, type ModuleInfo } from './inputs.js';
+import { describeSources, hashShare, moduleSeed, openInputs, runPool, type AdapterInput, type InputAdapter, type ModuleInfo } from './inputs.js';
 import {
   type ModuleCoefficients,
   type Subspace,
@@ -107,13 +107,17 @@ export async function buildFromInputs(
     inSampleError: NaN,
     timings: { totalMs: 0, readMs: 0, nativeMs: 0, hashMs: 0 },
     streamedModules: [],
-    shard: shard === null ? null : { index: shard.index, count: shard.count, modules: allPlans.map((p) => [p.name, partition!.get(p.name)!] as [string, number]) },
+    shard: shard === null ? null : { index: shard.index, count: shard.count, modules: allPlans.map((p) => [p.name, partition!.get(p.name)!] as [string, number]), hashed: null },
   };
   const hashStarted = performance.now();
-  const sources = describeSources(adapters, hash).then((s) => {
+  // A shard hashes its share of the files; the gather takes each file's sha256 from its shard.
+  const sources = (async () => {
+    const only = hash && shard !== null ? await hashShare(adapters, shard) : null;
+    if (report.shard) report.shard.hashed = only;
+    const s = await describeSources(adapters, hash, only);
     report.timings.hashMs = performance.now() - hashStarted;
     return s;
-  });
+  })();
   sources.catch(() => undefined); // awaited below; a failure of the build itself comes first
 
   const built: BuiltModule[] = new Array(plans.length);

@@ -5,7 +5,7 @@
  * small concurrency pool, and the per-module seed.
  */
 import { createHash } from 'node:crypto';
-import { open, type FileHandle } from 'node:fs/promises';
+import { open, stat, type FileHandle } from 'node:fs/promises';
 import path from 'node:path';
 import { EigenLoraxError } from '../errors.js';
 import { ioError } from '../io/files.js';
@@ -14,6 +14,7 @@ import type { NativeFileFactor } from '../native/ops.js';
 import { OpenedAdapter, openAdapter, type FactorBuffers } from '../adapters/open.js';
 import type { AdapterFormat, LoraAdapter, LoraModuleInfo, OpenAdapterOptions } from '../adapters/types.js';
 import { invalid } from '../validate.js';
+import { assignShards, type ShardSpec } from './shard-plan.js';
 import type { SourceFile, SubspaceSource } from './types.js';
 
 /** A module's factors as files the native kernels read (see OpenedAdapter.locateModule). */
@@ -355,14 +356,29 @@ export async function sha256File(file: string): Promise<{ sha256: string; bytes:
 }
 
 /**
+ * The files whose sha256 shard `share` of a sharded build records, by their index over
+ * every adapter's files in order: the files are split between the shards by size, as the
+ * modules are (assignShards), so that the sources are hashed once over all the shards, as
+ * in the one-machine build. Every shard computes the same split from the same files.
+ */
+export async function hashShare(adapters: readonly InputAdapter[], share: ShardSpec): Promise<number[]> {
+  const files = adapters.flatMap((a) => a.files);
+  const sizes = await Promise.all(files.map((f) => stat(f).then((st) => st.size, () => 0)));
+  const owner = assignShards(sizes.map((cost, k) => ({ name: String(k), cost })), share.count);
+  return files.map((_, k) => k).filter((k) => owner.get(String(k)) === share.index);
+}
+
+/**
  * The source records of `adapters`, with every file hashed (two files at a time) unless
- * `hash` is false. Files of an adapter given in memory that can no longer be read get
+ * `hash` is false; with `only`, just those files (indices as hashShare's), the others with
+ * bytes and sha256 null. Files of an adapter given in memory that can no longer be read get
  * sha256 null; files of paths and opened adapters must be readable.
  */
-export async function describeSources(adapters: readonly InputAdapter[], hash: boolean): Promise<SubspaceSource[]> {
+export async function describeSources(adapters: readonly InputAdapter[], hash: boolean, only: readonly number[] | null = null): Promise<SubspaceSource[]> {
   const files: SourceFile[][] = adapters.map((a) => a.files.map((f) => ({ path: f, bytes: null, sha256: null })));
   if (hash) {
-    const jobs = adapters.flatMap((a, i) => a.files.map((_, j) => ({ a, i, j })));
+    const wanted = only === null ? null : new Set(only);
+    const jobs = adapters.flatMap((a, i) => a.files.map((_, j) => ({ a, i, j }))).filter((_, k) => wanted === null || wanted.has(k));
     await runPool(jobs, 2, async ({ a, i, j }) => {
       const record = files[i]![j]!;
       try {

@@ -17,7 +17,7 @@ import type { Subspace } from './types.js';
 export const COEFFICIENTS_FOLDER = 'coefficients';
 export const SHARD_RECORD_NAME = 'shard.json';
 export const SHARD_FORMAT = 'eigenlorax-shard';
-export const SHARD_FORMAT_VERSION = 3;
+export const SHARD_FORMAT_VERSION = 4;
 /** At most this many adapters (bounds the JSON header) and bytes of loadings per bundle. */
 const BUNDLE_ADAPTERS = 256;
 const BUNDLE_BYTES = 32 << 20;
@@ -39,6 +39,11 @@ export interface ShardRecord {
   count: number;
   /** Every module of the whole build with its shard, in build order. */
   modules: Array<[string, number]>;
+  /**
+   * The source files whose sha256 this shard recorded (indices over every source's files
+   * in order); the others have bytes and sha256 null here. null: the build hashed no file.
+   */
+  hashed: number[] | null;
   subspaceId: string;
   /**
    * The coefficients bundle of each source, in source order (relative to the folder);
@@ -72,6 +77,7 @@ export async function writeBuildFolder(subspace: Subspace, folder: string): Prom
       index: shard.index,
       count: shard.count,
       modules: shard.modules,
+      hashed: shard.hashed,
       subspaceId: subspace.id,
       coefficients: coefficients.map((c) => ({ adapter: c.adapter, file: path.relative(out, c.file) })),
     };

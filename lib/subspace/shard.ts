@@ -12,7 +12,7 @@ import { loadSubspace } from './files.js';
 import { SUBSPACE_FORMAT_VERSION, sidecarOf, subspaceId } from './identity.js';
 import { SHARD_FORMAT, SHARD_FORMAT_VERSION, SHARD_RECORD_NAME, writeBuildFolder, type ShardRecord } from './output.js';
 import { runPool } from './inputs.js';
-import type { AdapterCoefficients, ModuleCoefficients, Subspace, SubspaceModule } from './types.js';
+import type { AdapterCoefficients, ModuleCoefficients, Subspace, SubspaceModule, SubspaceSource } from './types.js';
 
 /** Coefficients bundles read at once by gatherShards. */
 const BUNDLE_READS_IN_FLIGHT = 4;
@@ -63,6 +63,7 @@ async function readRecord(folder: string): Promise<ShardRecord> {
     r.index! < r.count! &&
     Array.isArray(r.modules) &&
     r.modules.every((m) => Array.isArray(m) && typeof m[0] === 'string' && Number.isInteger(m[1]) && m[1] >= 0 && m[1] < r.count!) &&
+    (r.hashed === null || (Array.isArray(r.hashed) && r.hashed.every((k) => Number.isInteger(k) && k >= 0))) &&
     typeof r.subspaceId === 'string' &&
     Array.isArray(r.coefficients) &&
     r.coefficients.every((c) => typeof c?.adapter === 'string' && typeof c?.file === 'string');
@@ -109,6 +110,9 @@ function checkAgreement(shards: LoadedShard[]): void {
     if (sidecar.sources.length !== firstSidecar.sources.length) {
       throw new ShardMismatchError(s.folder, 'sources', `${sidecar.sources.length} sources, but ${first.folder} has ${firstSidecar.sources.length}`);
     }
+    if ((s.record.hashed === null) !== (first.record.hashed === null)) {
+      throw new ShardMismatchError(s.folder, 'hashed', `${s.record.hashed === null ? 'built without' : 'built with'} source hashing, but ${first.folder} was not`);
+    }
     sidecar.sources.forEach((src, i) => {
       const want = firstSidecar.sources[i]!;
       for (const key of ['name', 'path', 'format', 'baseModel'] as const) {
@@ -116,10 +120,8 @@ function checkAgreement(shards: LoadedShard[]): void {
       }
       if (src.files.length !== want.files.length) throw new ShardMismatchError(s.folder, `sources[${i}].files`, `${src.files.length} files, but ${first.folder} has ${want.files.length}`);
       src.files.forEach((f, j) => {
-        for (const key of ['path', 'bytes', 'sha256'] as const) {
-          if (f[key] !== want.files[j]![key]) {
-            throw new ShardMismatchError(s.folder, `sources[${i}].files[${j}].${key}`, `${json(f[key])}, but ${first.folder} has ${json(want.files[j]![key])}`);
-          }
+        if (f.path !== want.files[j]!.path) {
+          throw new ShardMismatchError(s.folder, `sources[${i}].files[${j}].path`, `${json(f.path)}, but ${first.folder} has ${json(want.files[j]!.path)}`);
         }
       });
     });
@@ -153,12 +155,54 @@ function checkAgreement(shards: LoadedShard[]): void {
 }
 
 /**
+ * The sources of the whole build: each file's bytes and sha256 from the shard that hashed
+ * it (every file hashed by exactly one shard, which no other records), or, for a build
+ * without hashing, the records every shard must share.
+ */
+function mergeSources(shards: LoadedShard[]): SubspaceSource[] {
+  const all = shards.map((s) => s.subspace.sources);
+  const owners = new Map<number, number>();
+  shards.forEach((s, si) => {
+    for (const k of s.record.hashed ?? []) {
+      const other = owners.get(k);
+      if (other !== undefined) throw new ShardMismatchError(s.folder, 'hashed', `source file ${k} is also hashed by ${shards[other]!.folder} (were the files' sizes different when the shards ran?)`);
+      owners.set(k, si);
+    }
+  });
+  const hashing = shards[0]!.record.hashed !== null;
+  let k = 0;
+  return all[0]!.map((source, i) => ({
+    ...source,
+    files: source.files.map((file, j) => {
+      const owner = owners.get(k);
+      const at = `sources[${i}].files[${j}]`;
+      if (hashing && owner === undefined) throw new ShardMismatchError(shards[0]!.folder, 'hashed', `source file ${k} (${file.path}) was hashed by no shard (were the files' sizes different when the shards ran?)`);
+      const merged = owner === undefined ? file : all[owner]![i]!.files[j]!;
+      shards.forEach((s, si) => {
+        if (si === owner) return;
+        const f = all[si]![i]!.files[j]!;
+        const expected = hashing ? { bytes: null, sha256: null } : merged;
+        for (const key of ['bytes', 'sha256'] as const) {
+          if (f[key] !== expected[key]) {
+            throw new ShardMismatchError(s.folder, `${at}.${key}`, hashing ? `${json(f[key])}, but the file is another shard's to hash` : `${json(f[key])}, but ${shards[0]!.folder} has ${json(expected[key])}`);
+          }
+        }
+      });
+      k++;
+      return { path: merged.path, bytes: merged.bytes, sha256: merged.sha256 };
+    }),
+  }));
+}
+
+/**
  * Joins the shard folders `folders` (every shard of one sharded build, any order) into
  * the folder `out`, byte-identical to what writeBuildFolder writes for the one-machine
  * build with the same adapters and options. Everything is checked before anything is
  * written: a ShardMismatchError (ERR_SHARD_MISMATCH) names the shard folder and the field
- * that differs (sources and their sha256, settings, seed, library version, module split,
- * a module missing or repeated, a shard missing or repeated). Returns the joined subspace.
+ * that differs (sources, settings, seed, library version, module split, a module missing
+ * or repeated, a shard missing or repeated, a source file hashed by no shard or by two).
+ * Each shard hashes its share of the source files; the sources written carry every
+ * file's sha256 from the shard that hashed it. Returns the joined subspace.
  */
 export async function gatherShards(folders: readonly string[], out: string): Promise<Subspace> {
   if (!Array.isArray(folders) || folders.length === 0 || !folders.every((f) => typeof f === 'string' && f.length > 0)) {
@@ -180,6 +224,7 @@ export async function gatherShards(folders: readonly string[], out: string): Pro
   checkAgreement(shards);
   shards.sort((a, b) => a.record.index - b.record.index);
   const first = shards[0]!;
+  const sources = mergeSources(shards);
 
   // Modules in the whole build's order, each from its shard.
   const modules = new Map<string, SubspaceModule>();
@@ -190,7 +235,7 @@ export async function gatherShards(folders: readonly string[], out: string): Pro
     id: '',
     libraryVersion: base.libraryVersion,
     settings: base.settings,
-    sources: base.sources,
+    sources,
     baseModel: base.baseModel,
     modules,
     coefficients: [],
@@ -214,7 +259,7 @@ export async function gatherShards(folders: readonly string[], out: string): Pro
     list.forEach((c, j) => (perShard[si]![first + j] = c));
   });
   subspace.id = await id;
-  subspace.coefficients = base.sources.map((source, i) => {
+  subspace.coefficients = sources.map((source, i) => {
     const merged = new Map<string, ModuleCoefficients>();
     for (const [name, index] of first.record.modules) {
       const m = perShard[index]![i]!.modules.get(name);

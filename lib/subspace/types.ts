@@ -141,8 +141,12 @@ export interface SubspaceBuildReport {
   storage?: import('./savings.js').StoredSavings;
   /** Modules built out of core (their stacks would have passed `memoryBudget`). */
   streamedModules?: string[];
-  /** For a sharded build: this shard, and the shard of every module of the whole build, in build order. */
-  shard?: { index: number; count: number; modules: Array<[string, number]> } | null;
+  /**
+   * For a sharded build: this shard, the shard of every module of the whole build (in build
+   * order), and the source files this shard hashed (indices over every source's files in
+   * order; null when the build hashes none).
+   */
+  shard?: { index: number; count: number; modules: Array<[string, number]>; hashed: number[] | null } | null;
 }
 
 /** A subspace: the components of every module, the settings, the sources. */
