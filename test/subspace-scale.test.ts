@@ -303,6 +303,8 @@ test('gatherShards refuses shards that do not make one build, naming the shard a
   await refuses([s0, s1], s0, /^hashed$/);
   await writeFile(shardJson, JSON.stringify({ ...rec, hashed: [...rec.hashed, theirs[0]] }));
   await refuses([s0, s1], s1, /^hashed$/);
+  await writeFile(shardJson, JSON.stringify({ ...rec, hashed: [...rec.hashed, 999] }));
+  await refuses([s0, s1], s1, /^hashed$/);
   await writeFile(shardJson, original);
   // A source changed between the shards' builds: its sha256 differs.
   const record = JSON.parse(await readFile(path.join(s1, 'subspace.json'), 'utf8'));

@@ -170,6 +170,10 @@ function mergeSources(shards: LoadedShard[]): SubspaceSource[] {
     }
   });
   const hashing = shards[0]!.record.hashed !== null;
+  const total = all[0]!.reduce((n, source) => n + source.files.length, 0);
+  for (const [file, si] of owners) {
+    if (file >= total) throw new ShardMismatchError(shards[si]!.folder, 'hashed', `source file ${file} does not exist: the sources have ${total} files`);
+  }
   let k = 0;
   return all[0]!.map((source, i) => ({
     ...source,
