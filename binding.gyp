@@ -36,6 +36,7 @@
         "native/addon/multiadapter_jobs.cpp",
         "native/addon/cuda_jobs.cpp",
         "native/addon/train_jobs.cpp",
+        "native/addon/train_model.cpp",
         "native/addon/train_model_jobs.cpp",
         "native/addon/device.cpp"
       ],
