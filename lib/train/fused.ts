@@ -124,20 +124,18 @@ export class FusedPasses {
     return outputs[outputs.length - 1] as Matrix;
   }
 
-  /** Whether a layer has gradients (else there is no backward pass to fuse). */
-  trainable(): boolean {
-    return this.#backward().any;
-  }
-
   /**
    * Forward, the built-in `loss` (dL/doutput into `grad`) and backward as one job; no
-   * backward when the loss is not finite. `x` and `grad` are checked by the caller, the
+   * backward when the loss is not finite. Null, with nothing run, when no layer has
+   * gradients (there is no backward to fuse). `x` and `grad` are checked by the caller, the
    * targets by the job (labels in range, the target matrix's shape).
    */
-  async step(x: Matrix, loss: 'cross-entropy' | 'mse', targets: Targets, grad: Matrix): Promise<LossValue> {
+  async step(x: Matrix, loss: 'cross-entropy' | 'mse', targets: Targets, grad: Matrix): Promise<LossValue | null> {
+    const { layers, any } = this.#backward();
+    if (!any) return null;
     const outputs = this.#outputsFor(x.rows);
     this.#last = null; // the activations are being rewritten
-    const value = await trainModelStep({ x, layers: this.#backward().layers, outputs, loss, targets, grad });
+    const value = await trainModelStep({ x, layers, outputs, loss, targets, grad });
     this.#last = { x, outputs };
     return value;
   }

@@ -129,9 +129,10 @@ export class Sequential {
       throw new EigenLoraxError(`x has ${h.cols} features but the model takes ${this.inFeatures}`, 'ERR_SHAPE_MISMATCH');
     }
     const builtIn = loss === crossEntropyLoss ? 'cross-entropy' : loss === mseLoss ? 'mse' : null;
-    if (this.#fused !== null && builtIn !== null && this.#fused.trainable()) {
+    if (this.#fused !== null && builtIn !== null) {
       checkMatrix(grad, 'grad', { rows: h.rows, cols: this.outFeatures });
-      return this.#fused.step(h, builtIn, targets, grad);
+      const fused = await this.#fused.step(h, builtIn, targets, grad);
+      if (fused !== null) return fused;
     }
     const y = await this.forward(h);
     const v = loss.compute(y, targets, grad);
